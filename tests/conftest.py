@@ -1,0 +1,51 @@
+"""Shared fixtures: paths to the real data beside the project, the embedded sample, a cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dask
+import pytest
+
+import glacierxr as gx
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GLACIERXR_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# Small sample used by most integration tests: two years, 96 x 96 px.
+SMALL_SAMPLE = dict(width=96, height=96, start="2018-01-01", end="2020-01-01")
+
+dask.config.set(scheduler="threads")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; tests that use it skip cleanly where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sample_catalog(tmp_path_factory) -> Path:
+    """A small embedded-sample catalog (real COGs + STAC), written once per session."""
+    directory = tmp_path_factory.mktemp("sample")
+    return gx.sample.write_catalog(directory, seed=0, **SMALL_SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory):
+    """A real 2-worker ``dask.distributed`` LocalCluster (processes), shared by the session."""
+    from dask.distributed import Client, LocalCluster
+
+    scratch = tmp_path_factory.mktemp("dask-scratch")
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        local_directory=str(scratch),
+        memory_limit="2GiB",
+    ) as cluster, Client(cluster) as client:
+        yield client
