@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import dask
 import numpy as np
 import pandas as pd
+import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
 __all__ = ["make_scene_cube", "make_series", "count_computes", "raise_if_dask_computes"]

@@ -1,0 +1,399 @@
+"""Full-scene forecasts stitched from overlapping patches, lazily and block by block.
+
+The scene is covered by a *global* grid of windows (``patch`` pixels, ``stride = patch − overlap``,
+the last window of each row/column shifted to end on the scene edge so no pixel is left out).
+Each window's forecast is weighted by a smooth 2-D Hann taper and the weighted forecasts are
+averaged where windows overlap, so no seam shows at window borders.
+
+Work is split by output block: a block gathers every global window that touches it (from a slab of
+the input that extends ``patch`` pixels beyond the block), so a block's pixels are exactly what a
+single whole-scene computation would give.  Blocks are independent Dask tasks: a region larger
+than memory predicts on a cluster, and the threaded scheduler and ``dask.distributed`` give the same
+numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Literal
+
+import dask
+import dask.array as dsa
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from glacierxr.errors import DataTypeError, DimensionError, ModelError
+
+__all__ = ["predict", "predict_array", "stitch_windows", "window_starts", "blend_weights", "future_times"]
+
+
+def window_starts(length: int, patch: int, stride: int) -> np.ndarray:
+    """Start offsets of windows covering ``[0, length)``; the last one ends on the edge.
+
+    Examples
+    --------
+    >>> window_starts(10, 4, 3).tolist()
+    [0, 3, 6]
+    >>> window_starts(11, 4, 3).tolist()
+    [0, 3, 6, 7]
+    """
+    if patch > length:
+        raise DimensionError(
+            f"The patch ({patch} px) is larger than the scene ({length} px along one axis). "
+            f"Pass a smaller patch= (at most {length})."
+        )
+    starts = list(range(0, length - patch + 1, stride))
+    if starts[-1] + patch < length:
+        starts.append(length - patch)
+    return np.asarray(starts, dtype=int)
+
+
+def blend_weights(patch: int, kind: Literal["hann", "linear", "uniform"] = "hann") -> np.ndarray:
+    """2-D blending weights of one window: a smooth taper that is highest in the centre.
+
+    A small floor keeps pixels covered by a single window (scene corners) finite.
+
+    Examples
+    --------
+    >>> w = blend_weights(8)
+    >>> w.shape, float(w.max()) <= 1.0, float(w.min()) > 0
+    ((8, 8), True, True)
+    """
+    if kind == "uniform":
+        ramp = np.ones(patch)
+    elif kind == "linear":
+        ramp = 1.0 - np.abs(np.linspace(-1.0, 1.0, patch + 2)[1:-1])
+    elif kind == "hann":
+        ramp = np.hanning(patch + 2)[1:-1]
+    else:
+        raise ValueError(f"Unknown blend {kind!r}. Use 'hann', 'linear' or 'uniform'.")
+    ramp = np.maximum(ramp, 1e-3)
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def future_times(time: pd.DatetimeIndex, steps: int, *, months: int | None = None) -> pd.DatetimeIndex:
+    """Dates of the next ``steps`` periods after ``time[-1]``.
+
+    With ``months`` (as recorded by :func:`glacierxr.composite.monthly`) periods are calendar
+    months apart; otherwise the median spacing of ``time`` is used.
+
+    Examples
+    --------
+    >>> t = pd.date_range("2020-01-01", periods=4, freq="3MS")
+    >>> future_times(t, 2, months=3).strftime("%Y-%m-%d").tolist()
+    ['2021-01-01', '2021-04-01']
+    """
+    last = pd.Timestamp(time[-1])
+    if months:
+        return pd.DatetimeIndex([last + pd.DateOffset(months=months * k) for k in range(1, steps + 1)])
+    if len(time) < 2:
+        raise DimensionError("Cannot infer the period length from a single time step; pass months=.")
+    step = pd.Series(time).diff().median()
+    return pd.DatetimeIndex([last + step * k for k in range(1, steps + 1)])
+
+
+def _model_name(model) -> str:
+    config = getattr(model, "get_config", None)
+    if callable(config):
+        return str(config().get("name", type(model).__name__))
+    return type(model).__name__
+
+
+def _weights_sha256(model) -> str:
+    """SHA-256 of the model's weights (stable across processes)."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _run_windows(model, slab: np.ndarray, starts_y, starts_x, *, patch, steps, batch_size, weights, device):
+    """Forecast every window of ``slab`` (T_in, H, W) and blend them. Returns (steps, H, W)."""
+    import torch
+
+    t_in, height, width = slab.shape
+    accumulated = np.zeros((steps, height, width), dtype=np.float64)
+    weight_sum = np.zeros((height, width), dtype=np.float64)
+    corners = [(y, x) for y in starts_y for x in starts_x]
+    with torch.inference_mode():
+        for first in range(0, len(corners), batch_size):
+            batch_corners = corners[first : first + batch_size]
+            batch = np.stack([slab[:, y : y + patch, x : x + patch] for y, x in batch_corners])
+            inputs = torch.from_numpy(batch[:, :, None].astype(np.float32)).to(device)
+            output = model(inputs, steps=steps).detach().float().cpu().numpy()[:, :, 0]
+            _accumulate(accumulated, weight_sum, output, batch_corners, weights)
+    return (accumulated / weight_sum).astype(np.float32)
+
+
+def _accumulate(accumulated, weight_sum, windows, corners, weights) -> None:
+    """Add weighted windows ``(N, T, P, P)`` at ``corners`` into running sums, in place."""
+    patch = weights.shape[0]
+    for (y, x), window in zip(corners, windows):
+        accumulated[:, y : y + patch, x : x + patch] += window * weights
+        weight_sum[y : y + patch, x : x + patch] += weights
+
+
+def _predict_block(
+    slab: np.ndarray,
+    model,
+    *,
+    slab_y0: int,
+    slab_x0: int,
+    core: tuple[int, int, int, int],
+    starts_y: np.ndarray,
+    starts_x: np.ndarray,
+    patch: int,
+    steps: int,
+    batch_size: int,
+    weights: np.ndarray,
+    mean: float,
+    std: float,
+    device: str,
+) -> np.ndarray:
+    y0, y1, x0, x1 = core
+    slab = (np.asarray(slab, dtype=np.float32) - mean) / std
+    slab = np.where(np.isfinite(slab), slab, 0.0).astype(np.float32)
+    local_y = starts_y - slab_y0
+    local_x = starts_x - slab_x0
+    model.eval()
+    blended = _run_windows(
+        model, slab, local_y, local_x, patch=patch, steps=steps, batch_size=batch_size,
+        weights=weights, device=device,
+    )
+    blended = blended * std + mean
+    return blended[:, y0 - slab_y0 : y1 - slab_y0, x0 - slab_x0 : x1 - slab_x0]
+
+
+def predict_array(
+    inputs: dsa.Array,
+    model,
+    *,
+    steps: int,
+    patch: int,
+    stride: int,
+    batch_size: int = 64,
+    blend: Literal["hann", "linear", "uniform"] = "hann",
+    normalization: tuple[float, float] = (0.0, 1.0),
+    device: str = "cpu",
+) -> dsa.Array:
+    """Blockwise, lazy forecast of a ``(T_in, Y, X)`` Dask array; returns ``(steps, Y, X)``.
+
+    Output blocks follow the spatial chunks of ``inputs``.
+    """
+    _, height, width = inputs.shape
+    starts_y_all = window_starts(height, patch, stride)
+    starts_x_all = window_starts(width, patch, stride)
+    weights = blend_weights(patch, blend)
+    mean, std = (float(v) for v in normalization)
+    model_key = dask.delayed(model, pure=True, traverse=False)
+    y_edges = np.cumsum((0,) + inputs.chunks[1])
+    x_edges = np.cumsum((0,) + inputs.chunks[2])
+    rows = []
+    for y0, y1 in zip(y_edges[:-1], y_edges[1:]):
+        sy = starts_y_all[(starts_y_all < y1) & (starts_y_all + patch > y0)]
+        row = []
+        for x0, x1 in zip(x_edges[:-1], x_edges[1:]):
+            sx = starts_x_all[(starts_x_all < x1) & (starts_x_all + patch > x0)]
+            slab_y0, slab_y1 = int(sy.min()), int(sy.max()) + patch
+            slab_x0, slab_x1 = int(sx.min()), int(sx.max()) + patch
+            slab = inputs[:, slab_y0:slab_y1, slab_x0:slab_x1]
+            block = dask.delayed(_predict_block, pure=True)(
+                slab,
+                model_key,
+                slab_y0=slab_y0,
+                slab_x0=slab_x0,
+                core=(int(y0), int(y1), int(x0), int(x1)),
+                starts_y=sy,
+                starts_x=sx,
+                patch=patch,
+                steps=steps,
+                batch_size=batch_size,
+                weights=weights,
+                mean=mean,
+                std=std,
+                device=device,
+            )
+            row.append(dsa.from_delayed(block, shape=(steps, int(y1 - y0), int(x1 - x0)), dtype=np.float32))
+        rows.append(row)
+    return dsa.block(rows)
+
+
+def predict(
+    da: xr.DataArray,
+    model,
+    *,
+    steps: int = 4,
+    input_steps: int | None = None,
+    patch: int = 50,
+    overlap: int | None = None,
+    batch_size: int = 64,
+    blend: Literal["hann", "linear", "uniform"] = "hann",
+    normalization: tuple[float, float] | None = None,
+    chunks: int | dict | None = None,
+    device: str = "cpu",
+    time_dim: str = "time",
+    y_dim: str = "y",
+    x_dim: str = "x",
+) -> xr.DataArray:
+    """Forecast the next ``steps`` periods of a whole scene, lazily, as a labelled DataArray.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        ``(time, y, x)`` series, typically snow-mask composites from
+        :func:`glacierxr.composite.monthly`. The last ``input_steps`` steps are the model input.
+    model : torch.nn.Module
+        A glacierxr model (``model(inputs, steps=...)`` maps ``(B, T_in, 1, H, W)`` to
+        ``(B, steps, 1, H, W)``), e.g. from :func:`glacierxr.ml.get_model` or
+        :func:`glacierxr.ml.checkpoint.load_model`.
+    steps : int
+        Number of future periods to forecast (lead times 1 … steps).
+    input_steps : int, optional
+        Input length; default: the model's ``input_steps`` attribute/config, else 4.
+    patch : int
+        Window size in pixels (the size the model was trained on).
+    overlap : int, optional
+        Overlap of neighbouring windows in pixels; default ``patch // 2``.
+    batch_size : int
+        Windows per forward pass.
+    blend : {"hann", "linear", "uniform"}
+        Weights of each window when overlapping forecasts are averaged; ``"uniform"`` shows seams.
+    normalization : (mean, std), optional
+        Applied to the inputs and undone on the outputs; default: the model's
+        ``normalization`` attribute (set by :func:`glacierxr.ml.checkpoint.load_model`), else none.
+    chunks : int or dict, optional
+        Spatial block size of the output (``{"y": 512, "x": 512}``); default: the input's spatial
+        chunks (or one block for numpy input).
+    device : str
+        Torch device of the forward passes.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(time, y, x)`` named ``<name>_forecast``: ``time`` holds the next period dates, a
+        ``lead`` coordinate 1…steps, the input's ``x``/``y``/``spatial_ref``, attrs naming the
+        model, the SHA-256 of its weights and the input period. Lazy: nothing runs until it is
+        computed or written.
+
+    Raises
+    ------
+    DimensionError
+        Missing dims, too few time steps, ``steps <= 0`` or a patch larger than the scene.
+    DataTypeError
+        ``model`` is not a torch module.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from glacierxr.testing import make_series
+    >>> class Persistence(torch.nn.Module):
+    ...     def forward(self, inputs, steps, targets=None):
+    ...         return inputs[:, -1:].repeat(1, steps, 1, 1, 1)
+    >>> series = make_series(np.random.default_rng(0).random((5, 30, 30)), freq="MS")
+    >>> forecast = predict(series, Persistence(), steps=2, patch=10)
+    >>> forecast.dims, forecast.lead.values.tolist()
+    (('time', 'y', 'x'), [1, 2])
+    >>> bool(np.allclose(forecast.isel(time=0), series.isel(time=-1)))
+    True
+    """
+    try:
+        import torch
+    except ImportError as error:  # pragma: no cover
+        raise ModelError("predict needs PyTorch: pip install 'glacierxr[ml]'") from error
+    if not isinstance(model, torch.nn.Module):
+        raise DataTypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}. "
+            "Load one with glacierxr.ml.checkpoint.load_model(path) or gx.ml.get_model(name)."
+        )
+    if not isinstance(da, xr.DataArray):
+        raise DataTypeError(f"predict works on a DataArray, got {type(da).__name__}. Select a variable first.")
+    missing = [d for d in (time_dim, y_dim, x_dim) if d not in da.dims]
+    if missing or da.ndim != 3:
+        raise DimensionError(
+            f"predict needs a (time, y, x) DataArray; got dims {da.dims}. "
+            f"Missing: {missing}. Pass time_dim=/y_dim=/x_dim= or transpose first."
+        )
+    if not isinstance(steps, (int, np.integer)) or steps <= 0:
+        raise DimensionError(f"steps must be a positive integer, got {steps!r}.")
+    if input_steps is None:
+        config = model.get_config() if callable(getattr(model, "get_config", None)) else {}
+        input_steps = int(getattr(model, "input_steps", config.get("input_steps", 4)))
+    if da.sizes[time_dim] < input_steps:
+        raise DimensionError(
+            f"The model needs {input_steps} input steps but the series has {da.sizes[time_dim]}. "
+            "Pass a longer series or input_steps=."
+        )
+    if overlap is None:
+        overlap = patch // 2
+    if not 0 <= overlap < patch:
+        raise DimensionError(f"overlap must be in [0, patch); got overlap={overlap}, patch={patch}.")
+    for dim in (y_dim, x_dim):
+        if patch > da.sizes[dim]:
+            raise DimensionError(
+                f"The patch ({patch} px) is larger than the scene ({da.sizes[dim]} px along {dim!r}). "
+                f"Pass patch=<= {min(da.sizes[y_dim], da.sizes[x_dim])} (and a model trained on it)."
+            )
+    if normalization is None:
+        normalization = tuple(getattr(model, "normalization", None) or (0.0, 1.0))
+
+    history = da.transpose(time_dim, y_dim, x_dim).isel({time_dim: slice(-input_steps, None)})
+    data = history.data
+    if not isinstance(data, dsa.Array):
+        data = dsa.from_array(np.asarray(data), chunks=(-1, -1, -1))
+    if chunks is not None:
+        if isinstance(chunks, int):
+            chunks = {y_dim: chunks, x_dim: chunks}
+        data = data.rechunk({0: -1, 1: chunks.get(y_dim, -1), 2: chunks.get(x_dim, -1)})
+    else:
+        # The last input_steps steps are a derived array; gathering them in time is needed per block.
+        data = data.rechunk({0: -1})
+
+    forecast = predict_array(
+        data, model, steps=int(steps), patch=patch, stride=patch - overlap, batch_size=batch_size,
+        blend=blend, normalization=normalization, device=device,
+    )
+    times = pd.DatetimeIndex(da[time_dim].values)
+    months = da.attrs.get("months")
+    new_time = future_times(times, int(steps), months=int(months) if months else None)
+    coords = {
+        time_dim: new_time,
+        "lead": (time_dim, np.arange(1, steps + 1)),
+        y_dim: da[y_dim],
+        x_dim: da[x_dim],
+    }
+    if "spatial_ref" in da.coords:
+        coords["spatial_ref"] = da.coords["spatial_ref"]
+    name = f"{da.name or 'snow_mask'}_forecast"
+    attrs = {
+        "units": da.attrs.get("units", "1"),
+        "long_name": f"forecast of {da.attrs.get('long_name', da.name or 'the input')}",
+        "model": _model_name(model),
+        "checkpoint_sha256": getattr(model, "checkpoint_sha256", None) or _weights_sha256(model),
+        "input_period": f"{times[-input_steps].date()}/{times[-1].date()}",
+        "input_steps": int(input_steps),
+        "steps": int(steps),
+        "patch": int(patch),
+        "overlap": int(overlap),
+        "blend": blend,
+        "normalization": list(normalization),
+    }
+    if months:
+        attrs["months"] = int(months)
+    return xr.DataArray(forecast, dims=(time_dim, y_dim, x_dim), coords=coords, name=name, attrs=attrs)
+
+
+def stitch_windows(windows: np.ndarray, corners: Sequence[tuple[int, int]], shape, *, blend="hann") -> np.ndarray:
+    """Blend window forecasts ``(N, T, P, P)`` placed at ``corners`` into a ``(T, *shape)`` scene.
+
+    Used by full-scene training and evaluation to assemble scenes from patch predictions.
+    """
+    windows = np.asarray(windows, dtype=np.float64)
+    _, steps, patch, _ = windows.shape
+    out = np.zeros((steps, *shape))
+    weight_sum = np.zeros(shape)
+    _accumulate(out, weight_sum, windows, corners, blend_weights(patch, blend))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (out / weight_sum).astype(np.float32)
