@@ -1,0 +1,135 @@
+"""Full-scene prediction: labels, laziness, seams, blockwise equality, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from glacierxr.errors import DataTypeError, DimensionError  # noqa: E402
+from glacierxr.ml.predict import predict, window_starts  # noqa: E402
+from glacierxr.testing import make_series, raise_if_dask_computes  # noqa: E402
+
+
+class Persistence(torch.nn.Module):
+    """Repeats the last input frame: the forecast must equal the last frame everywhere."""
+
+    input_steps = 3
+
+    def forward(self, inputs, steps, targets=None):
+        return inputs[:, -1:].repeat(1, steps, 1, 1, 1)
+
+
+class WindowMean(torch.nn.Module):
+    """Predicts each window's mean: a constant per window, so unblended windows show seams."""
+
+    def forward(self, inputs, steps, targets=None):
+        mean = inputs[:, -1:].mean(dim=(-1, -2), keepdim=True)
+        return mean.expand(-1, steps, -1, inputs.shape[-2], inputs.shape[-1]).contiguous()
+
+
+def _series(times=5, height=60, width=70, chunks=None, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.sin(xx / 9.0) * np.cos(yy / 7.0)
+    values = np.stack([base + 0.05 * rng.standard_normal(base.shape) for _ in range(times)])
+    series = make_series(values.astype(np.float32), freq="3MS", chunks=chunks)
+    series.attrs["months"] = 3
+    return series
+
+
+def test_predict__labels_coords_crs_and_lead_dates():
+    series = _series()
+    forecast = predict(series, Persistence(), steps=4, patch=20)
+    assert forecast.dims == ("time", "y", "x")
+    assert forecast.name == "snow_mask_forecast"
+    assert forecast.lead.values.tolist() == [1, 2, 3, 4]
+    expected = pd.date_range(series.time.values[-1], periods=5, freq="3MS")[1:]
+    assert list(forecast.time.values) == list(expected.values)
+    np.testing.assert_array_equal(forecast.x, series.x)
+    np.testing.assert_array_equal(forecast.y, series.y)
+    assert forecast.rio.crs == series.rio.crs
+    assert forecast.attrs["input_period"] == "2020-07-01/2021-01-01"
+    assert len(forecast.attrs["checkpoint_sha256"]) == 64
+    for attr in ("units", "long_name", "model", "steps", "patch"):
+        assert attr in forecast.attrs
+    np.testing.assert_allclose(forecast.isel(time=2), series.isel(time=-1), atol=1e-6)
+
+
+def test_predict__is_lazy_until_computed():
+    series = _series(chunks={"time": 1, "y": 30, "x": 35})
+    with raise_if_dask_computes():
+        forecast = predict(series, Persistence(), steps=2, patch=20)
+    assert forecast.chunks is not None
+    with raise_if_dask_computes(max_computes=1):
+        forecast.compute()
+
+
+def test_predict__blocks_give_the_same_result_as_one_block():
+    series = _series(height=64, width=80)
+    model = WindowMean()
+    whole = predict(series, model, steps=2, patch=16, overlap=8).values
+    blocked = predict(series.chunk({"y": 20, "x": 23}), model, steps=2, patch=16, overlap=8).values
+    np.testing.assert_allclose(blocked, whole, rtol=1e-6, atol=1e-6)
+
+
+def _border_vs_inside_gradient(forecast: np.ndarray, starts: np.ndarray, patch: int):
+    gradient = np.abs(np.diff(forecast, axis=-1)).mean(axis=(0, 1))  # per column step
+    borders = set()
+    for start in starts:
+        borders.update({start - 1, start + patch - 1})  # steps across a window edge
+    borders = sorted(b for b in borders if 0 <= b < gradient.size)
+    inside = [i for i in range(gradient.size) if i not in borders]
+    return gradient[borders].mean(), gradient[inside].mean()
+
+
+def test_predict__hann_blending_leaves_no_seam():
+    series = _series(height=48, width=96)
+    patch, overlap = 16, 8
+    starts = window_starts(96, patch, patch - overlap)
+    hann = predict(series, WindowMean(), steps=1, patch=patch, overlap=overlap).values
+    across, inside = _border_vs_inside_gradient(hann, starts, patch)
+    assert across <= inside
+    # The same windows averaged without tapering do show seams: the check can fail.
+    flat = predict(series, WindowMean(), steps=1, patch=patch, overlap=overlap, blend="uniform").values
+    across_flat, inside_flat = _border_vs_inside_gradient(flat, starts, patch)
+    assert across_flat > inside_flat
+
+
+def test_predict__every_pixel_is_covered_including_edges():
+    series = _series(height=37, width=41)
+    forecast = predict(series, Persistence(), steps=1, patch=16, overlap=5).values
+    assert np.isfinite(forecast).all()
+    np.testing.assert_allclose(forecast[0], series.values[-1], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_predict__local_cluster_equals_threaded(local_cluster):
+    series = _series(chunks={"time": -1, "y": 30, "x": 35})
+    forecast = predict(series, WindowMean(), steps=2, patch=20)
+    threaded = forecast.compute(scheduler="threads")
+    distributed = local_cluster.compute(forecast).result()
+    np.testing.assert_allclose(distributed.values, threaded.values, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "fragment"),
+    [
+        ({"steps": 0}, DimensionError, "steps must be a positive integer"),
+        ({"steps": 2, "patch": 500}, DimensionError, "larger than the scene"),
+        ({"steps": 2, "overlap": 30, "patch": 20}, DimensionError, "overlap must be in"),
+        ({"steps": 2, "input_steps": 50}, DimensionError, "input steps"),
+    ],
+)
+def test_predict__bad_input_says_what_to_fix(kwargs, error, fragment):
+    with pytest.raises(error, match=fragment):
+        predict(_series(), Persistence(), **kwargs)
+
+
+def test_predict__rejects_non_models_and_wrong_dims():
+    with pytest.raises(DataTypeError, match="torch.nn.Module"):
+        predict(_series(), object())
+    with pytest.raises(DimensionError, match="needs a \\(time, y, x\\)"):
+        predict(_series().isel(time=0), Persistence())
