@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/glacierxr demo --out demo-out
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 tests
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x -m "not slow" tests
