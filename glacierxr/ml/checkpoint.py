@@ -196,7 +196,8 @@ def to_plain(value: Any, *, where: str = "value") -> Any:
     """Convert ``value`` to what ``torch.load(weights_only=True)`` accepts.
 
     numpy scalars become Python numbers, numpy arrays become tensors, paths become strings;
-    mappings, lists and tuples are converted recursively.  Anything else raises
+    mappings, lists and tuples are converted recursively (mapping keys that are numbers stay
+    numbers: optimizer states are keyed by parameter index).  Anything else raises
     :class:`CheckpointError` naming where it was found.
     """
     import torch
@@ -210,7 +211,10 @@ def to_plain(value: Any, *, where: str = "value") -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, Mapping):
-        return {str(k): to_plain(v, where=f"{where}[{k!r}]") for k, v in value.items()}
+        return {
+            (k if isinstance(k, (str, int, float, bool)) else str(k)): to_plain(v, where=f"{where}[{k!r}]")
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [to_plain(v, where=f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, tuple):

@@ -1,0 +1,1181 @@
+"""Training: masked MSE, AdamW, teacher forcing, early stopping, exact resume, fine-tuning.
+
+:class:`Trainer` fits any glacierxr forecasting model (``forward(inputs, steps, targets=None,
+teacher_forcing=0.0)`` mapping ``(B, T_in, 1, H, W)`` to ``(B, T_out, 1, H, W)``) on batches of
+``(inputs, targets, valid_mask)``, as yielded by ``PatchSequences.split("train")``.
+
+What it does, following the training recipe of the seed paper (MSE loss, weight decay, dropout,
+teacher forcing, early stopping; fine-tuning on another glacier):
+
+* the loss is the MSE over **valid pixels only** (:func:`masked_mse`); gap-filled or missing
+  pixels (``valid_mask == 0``) never contribute and NaNs there never reach the model;
+* AdamW with decoupled weight decay; gradient-norm clipping; dropout is the model's own;
+* the teacher-forcing ratio goes linearly from a start to an end value over the epochs;
+* early stopping on the validation loss; at the end the model holds the best weights;
+* every epoch a checkpoint is written atomically (``last.pt``, and ``best.pt`` when the
+  validation loss improved) holding everything needed to continue *exactly*: weights, optimizer,
+  gradient-scaler, epoch, history, early-stopping state and the torch / numpy / Python random
+  states.  Each epoch's shuffling comes from a ``torch.Generator`` seeded from
+  ``(seed, epoch)``, so the order of epoch *k* does not depend on what ran before it.  On CPU a
+  run of N epochs that is killed and resumed ends with the same weights as one that was not;
+* Ctrl-C leaves ``last.pt`` holding the last *completed* epoch before the interrupt propagates;
+* wall time and an energy / CO₂ **estimate** per epoch (see :class:`EnergyMeter`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from glacierxr.errors import CheckpointError, ConfigError, DimensionError, GlacierXRError, ModelError
+from glacierxr.ml import checkpoint as ckpt
+
+__all__ = [
+    "CARBON_INTENSITY_WORLD",
+    "CPU_WATTS_PER_CORE",
+    "GPU_WATTS_NOMINAL",
+    "EnergyMeter",
+    "NonFiniteBatchError",
+    "Trainer",
+    "fine_tune",
+    "masked_mse",
+]
+
+logger = logging.getLogger(__name__)
+
+#: World-average carbon intensity of electricity, kg CO₂e per kWh (IEA figure used as the
+#: default by carbontracker).  Pass your grid's value for a meaningful estimate.
+CARBON_INTENSITY_WORLD = 0.475
+#: Assumed power of one fully busy CPU core, W.  A rough figure for current server and laptop
+#: cores (package TDP divided by core count is typically 5–20 W).
+CPU_WATTS_PER_CORE = 15.0
+#: Assumed GPU power, W, used only when the draw cannot be measured (no ``pynvml``).
+GPU_WATTS_NOMINAL = 250.0
+
+_CHECKPOINT_FILES = ("last.pt", "best.pt", "model.pt")
+_HISTORY_COLUMNS = (
+    "train_loss",
+    "val_loss",
+    "lr",
+    "teacher_forcing",
+    "seconds",
+    "samples_per_s",
+    "energy_kwh",
+    "co2_kg",
+)
+
+
+class NonFiniteBatchError(GlacierXRError, ValueError):
+    """A training or validation batch holds NaN/inf where the loss would use it."""
+
+
+# --------------------------------------------------------------------------------------------
+# loss
+# --------------------------------------------------------------------------------------------
+def _masked_sse(prediction, target, valid_mask):
+    """Sum of squared errors over valid pixels and the number of valid pixels (tensors)."""
+    import torch
+
+    valid = valid_mask if valid_mask.dtype == torch.bool else valid_mask > 0.5
+    valid = valid.expand_as(target)
+    zero = torch.zeros((), dtype=prediction.dtype, device=prediction.device)
+    safe_target = torch.where(valid, target.to(prediction.dtype), zero)
+    difference = torch.where(valid, prediction - safe_target, zero)
+    return (difference * difference).sum(), valid.sum()
+
+
+def masked_mse(prediction, target, valid_mask):
+    """Mean squared error over the pixels where ``valid_mask`` is 1 (or True) only.
+
+    Pixels with ``valid_mask == 0`` contribute neither to the sum nor to the count, and a NaN
+    in ``target`` there does not propagate (nor does its gradient).
+
+    Parameters
+    ----------
+    prediction, target : torch.Tensor
+        Same shape, e.g. ``(B, T_out, 1, H, W)``.
+    valid_mask : torch.Tensor
+        Broadcastable to ``target``; 1/True where the target pixel was observed.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar; 0 (with a zero gradient) when no pixel is valid.
+
+    Examples
+    --------
+    >>> import torch
+    >>> prediction = torch.tensor([1.0, 2.0, 3.0])
+    >>> target = torch.tensor([0.0, 0.0, float("nan")])
+    >>> float(masked_mse(prediction, target, torch.tensor([1.0, 1.0, 0.0])))  # (1 + 4) / 2
+    2.5
+    """
+    sse, count = _masked_sse(prediction, target, valid_mask)
+    return sse / count.clamp_min(1).to(sse.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# energy
+# --------------------------------------------------------------------------------------------
+class EnergyMeter:
+    """Estimate the electricity used while training, and its CO₂ equivalent.
+
+    * CPU: the CPU time this process and its finished children (DataLoader workers) used, in
+      core-seconds (the integral of ``psutil`` ``cpu_percent`` over the wall time), times an
+      assumed power per busy core (``cpu_watts_per_core``, default
+      :data:`CPU_WATTS_PER_CORE` = 15 W).
+    * GPU (CUDA only): the board power sampled twice a second with ``torch.cuda.power_draw``
+      (needs ``pynvml``), averaged and multiplied by the wall time; without ``pynvml`` the
+      nominal ``gpu_watts`` (default :data:`GPU_WATTS_NOMINAL` = 250 W) times the wall time.
+    * CO₂ = energy × ``carbon_intensity`` (kg CO₂e per kWh; default
+      :data:`CARBON_INTENSITY_WORLD` = 0.475, the IEA world average used by carbontracker).
+
+    This is an order-of-magnitude figure, not a measurement: it leaves out memory, disks,
+    cooling (data-centre PUE), idle power and other processes, and the per-core power is a
+    generic assumption.  Treat it as good to a factor of about two.
+    """
+
+    def __init__(
+        self,
+        device,
+        *,
+        cpu_watts_per_core: float = CPU_WATTS_PER_CORE,
+        gpu_watts: float = GPU_WATTS_NOMINAL,
+        carbon_intensity: float = CARBON_INTENSITY_WORLD,
+    ) -> None:
+        import psutil
+
+        self.device = device
+        self.cpu_watts_per_core = float(cpu_watts_per_core)
+        self.gpu_watts = float(gpu_watts)
+        self.carbon_intensity = float(carbon_intensity)
+        self._process = psutil.Process()
+        self._samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._gpu_measured = False
+        self._start_wall = 0.0
+        self._start_cpu = 0.0
+
+    @property
+    def method(self) -> str:
+        """How the last figure was obtained, in words (stored in the history)."""
+        text = f"cpu-time x {self.cpu_watts_per_core:g} W/core"
+        if getattr(self.device, "type", str(self.device)) == "cuda":
+            text += (
+                " + gpu power sampled (torch.cuda.power_draw)"
+                if self._gpu_measured
+                else f" + gpu nominal {self.gpu_watts:g} W"
+            )
+        return text + f"; co2 at {self.carbon_intensity:g} kg/kWh"
+
+    def _cpu_seconds(self) -> float:
+        times = self._process.cpu_times()
+        return float(times.user + times.system + times.children_user + times.children_system)
+
+    def _sample_gpu(self) -> None:
+        import torch
+
+        while not self._stop.wait(0.5):
+            with contextlib.suppress(Exception):
+                self._samples.append(torch.cuda.power_draw(self.device) / 1000.0)
+
+    def start(self) -> None:
+        """Start measuring (call at the start of an epoch)."""
+        self._start_wall = time.perf_counter()
+        self._start_cpu = self._cpu_seconds()
+        self._samples = []
+        if getattr(self.device, "type", None) == "cuda":
+            import torch
+
+            try:
+                self._samples.append(torch.cuda.power_draw(self.device) / 1000.0)
+                self._gpu_measured = True
+            except Exception:  # no pynvml / unsupported board
+                self._gpu_measured = False
+            if self._gpu_measured:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._sample_gpu, daemon=True)
+                self._thread.start()
+
+    def stop(self) -> tuple[float, float, float]:
+        """Stop measuring; return ``(wall_seconds, energy_kwh, co2_kg)`` since :meth:`start`."""
+        seconds = time.perf_counter() - self._start_wall
+        cpu_seconds = max(self._cpu_seconds() - self._start_cpu, 0.0)
+        joules = cpu_seconds * self.cpu_watts_per_core
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        if getattr(self.device, "type", None) == "cuda":
+            watts = float(np.mean(self._samples)) if self._gpu_measured and self._samples else self.gpu_watts
+            joules += watts * seconds
+        energy_kwh = joules / 3.6e6
+        return seconds, energy_kwh, energy_kwh * self.carbon_intensity
+
+
+# --------------------------------------------------------------------------------------------
+# random states
+# --------------------------------------------------------------------------------------------
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """A well-mixed 63-bit seed that depends on (seed, epoch, stream) only."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def _capture_rng() -> dict:
+    import torch
+
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_initialized() else [],
+        "numpy": {
+            "bit_generator": str(numpy_state["bit_generator"]),
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "python": random.getstate(),
+    }
+
+
+def _restore_rng(state: Mapping) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"].cpu())
+    cuda_states = list(state.get("cuda") or [])
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": numpy_state["bit_generator"],
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
+    python_state = state["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _clone_tree(value):
+    """Deep copy with every tensor detached and copied to the CPU."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, Mapping):
+        return {k: _clone_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone_tree(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_clone_tree(v) for v in value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# trainer
+# --------------------------------------------------------------------------------------------
+class Trainer:
+    """Fit a glacierxr forecasting model with checkpoints that resume exactly.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        ``forward(inputs, steps, targets=None, teacher_forcing=0.0)`` mapping
+        ``(B, T_in, 1, H, W)`` to ``(B, steps, 1, H, W)``, with ``get_config()`` (every model of
+        :func:`glacierxr.ml.get_model`).  It is moved to ``device`` and trained in place.
+    max_epochs : int
+        Upper bound on the number of epochs (early stopping may end sooner).
+    batch_size : int
+        Sequences per optimizer step.
+    lr, weight_decay : float
+        AdamW learning rate and decoupled weight decay.
+    teacher_forcing : float or (float, float)
+        Probability that the model is fed the true previous target instead of its own
+        prediction while training.  ``(start, end)`` changes it linearly from ``start`` at epoch
+        1 to ``end`` at ``max_epochs``; a float keeps it constant.  Validation never uses it.
+    grad_clip : float or None
+        Maximum global gradient norm; ``None`` disables clipping.
+    patience : int or None
+        Stop after this many epochs without an improvement of the monitored loss (the
+        validation loss, or the training loss when no validation data is given) by more than
+        ``min_delta``; ``None`` disables early stopping.
+    min_delta : float
+        Smallest decrease that counts as an improvement.
+    restore_best : bool
+        At the end of :meth:`fit` load the weights of the best epoch (by the monitored loss)
+        into the model.  This is what early stopping returns.
+    checkpoint_dir : path-like, optional
+        Folder for ``last.pt`` (every epoch), ``best.pt`` (each improvement), ``model.pt`` (the
+        final model, for :func:`glacierxr.ml.checkpoint.load_model`) and ``metrics.jsonl``.
+        With ``resume=False`` the checkpoints of an earlier run there are replaced.
+    resume : bool or path-like
+        Continue from ``checkpoint_dir/last.pt`` (or from the given training checkpoint) when
+        it exists; start from scratch when it does not.  Settings that change the result
+        (batch size, learning rate, seed …) should match the interrupted run; a warning lists
+        those that differ.
+    seed : int
+        Seeds Python, numpy and torch at the start of a fresh run, and (with the epoch) every
+        epoch's shuffling.
+    device : {"auto", "cpu", "cuda", ...} or torch.device
+        ``"auto"``: CUDA when available, else CPU.
+    mixed_precision : {"auto", "bf16", "fp16", "no"}
+        Autocast on CUDA: ``"auto"`` picks bf16 where supported, else fp16 with a gradient
+        scaler.  CPU training is always float32.
+    num_workers : int
+        DataLoader worker processes.
+    progress : bool
+        Show tqdm progress bars (only when stderr is a terminal).
+    log_file : path-like, optional
+        JSON-lines metrics log, one line per epoch (flushed and fsync-ed); default
+        ``checkpoint_dir/metrics.jsonl`` (none without a checkpoint_dir).
+    freeze : sequence of str
+        Parameter-name prefixes to freeze (``("encoder",)`` freezes ``encoder.*``), for
+        fine-tuning; the counts of trainable and frozen parameters are logged and kept in
+        :attr:`parameter_counts`.
+    steps : int, optional
+        Forecast length; default the length of the targets.
+    max_batches_per_epoch : int, optional
+        Use at most this many batches per epoch (training and validation), e.g. for quick runs
+        on large streaming datasets.
+    cpu_watts_per_core, gpu_watts, carbon_intensity : float
+        Assumptions of the energy / CO₂ estimate, see :class:`EnergyMeter`.
+
+    Attributes
+    ----------
+    history : pandas.DataFrame
+        One row per completed epoch (index ``epoch``, from 1): ``train_loss``, ``val_loss``,
+        ``lr``, ``teacher_forcing``, ``seconds`` (wall time of training + validation),
+        ``samples_per_s`` (training sequences per second), ``energy_kwh``, ``co2_kg``.  Its
+        ``attrs`` hold ``best_epoch``, ``best_loss``, ``stopped_early``, ``energy_method`` …
+    parameter_counts : dict
+        ``{"trainable": n, "frozen": m}``.
+
+    Notes
+    -----
+    Exact resume is guaranteed on CPU with deterministic data (the same dataset in the same
+    order for the same index).  On CUDA some kernels are not deterministic; resume is then
+    statistically, not bitwise, equivalent.  An ``IterableDataset`` cannot be shuffled by the
+    DataLoader: if it has ``set_epoch(epoch)`` it is called before every epoch (so the
+    dataset can shuffle itself reproducibly).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> class Persistence(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__(); self.scale = torch.nn.Parameter(torch.tensor(0.5))
+    ...     def forward(self, inputs, steps, targets=None, teacher_forcing=0.0):
+    ...         return self.scale * inputs[:, -1:].repeat(1, steps, 1, 1, 1)
+    ...     def get_config(self):
+    ...         return {"name": "persistence"}
+    >>> x = torch.rand(16, 2, 1, 4, 4)
+    >>> data = TensorDataset(x, x[:, -1:].repeat(1, 2, 1, 1, 1), torch.ones(16, 2, 1, 4, 4))
+    >>> history = Trainer(Persistence(), max_epochs=3, lr=0.1, progress=False).fit(data)
+    >>> list(history.index), bool(history.train_loss.iloc[-1] < history.train_loss.iloc[0])
+    ([1, 2, 3], True)
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        max_epochs: int = 20,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        teacher_forcing: float | tuple[float, float] = (1.0, 0.0),
+        grad_clip: float | None = 1.0,
+        patience: int | None = 5,
+        min_delta: float = 0.0,
+        restore_best: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool | str | os.PathLike = False,
+        seed: int = 0,
+        device: Any = "auto",
+        mixed_precision: Literal["auto", "bf16", "fp16", "no"] | bool | None = "auto",
+        num_workers: int = 0,
+        progress: bool = True,
+        log_file: str | os.PathLike | None = None,
+        freeze: Sequence[str] = (),
+        steps: int | None = None,
+        max_batches_per_epoch: int | None = None,
+        cpu_watts_per_core: float = CPU_WATTS_PER_CORE,
+        gpu_watts: float = GPU_WATTS_NOMINAL,
+        carbon_intensity: float = CARBON_INTENSITY_WORLD,
+    ) -> None:
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            raise ModelError(
+                f"Trainer needs a torch.nn.Module, got {type(model).__name__}. "
+                "Build one with glacierxr.ml.get_model(name)."
+            )
+        _check_positive_int("max_epochs", max_epochs)
+        _check_positive_int("batch_size", batch_size)
+        _check_positive_int("num_workers", num_workers, allow_zero=True)
+        if steps is not None:
+            _check_positive_int("steps", steps)
+        if max_batches_per_epoch is not None:
+            _check_positive_int("max_batches_per_epoch", max_batches_per_epoch)
+        if patience is not None:
+            _check_positive_int("patience", patience)
+        for name, value in (("lr", lr), ("cpu_watts_per_core", cpu_watts_per_core),
+                            ("gpu_watts", gpu_watts)):
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}.")
+        for name, value in (("weight_decay", weight_decay), ("min_delta", min_delta),
+                            ("carbon_intensity", carbon_intensity)):
+            if not (isinstance(value, (int, float)) and value >= 0):
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}.")
+        if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
+            raise ConfigError(f"grad_clip must be a positive number or None, got {grad_clip!r}.")
+        if isinstance(freeze, str):
+            freeze = (freeze,)
+
+        self.model = model
+        self.max_epochs = int(max_epochs)
+        self.batch_size = int(batch_size)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.teacher_forcing = _teacher_forcing_range(teacher_forcing)
+        self.grad_clip = None if grad_clip is None else float(grad_clip)
+        self.patience = None if patience is None else int(patience)
+        self.min_delta = float(min_delta)
+        self.restore_best = bool(restore_best)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.resume = resume
+        self.seed = int(seed)
+        self.num_workers = int(num_workers)
+        self.progress = bool(progress)
+        self.freeze = tuple(str(prefix) for prefix in freeze)
+        self.steps = steps
+        self.max_batches_per_epoch = max_batches_per_epoch
+        if log_file is None and self.checkpoint_dir is not None:
+            log_file = self.checkpoint_dir / "metrics.jsonl"
+        self.log_file = None if log_file is None else Path(log_file)
+        if resume and resume is not True and not isinstance(resume, (str, os.PathLike)):
+            raise ConfigError(f"resume must be True/False or a checkpoint path, got {resume!r}.")
+        if resume is True and self.checkpoint_dir is None:
+            raise ConfigError(
+                "resume=True needs checkpoint_dir= (the folder holding last.pt), or pass the "
+                "checkpoint path itself: resume='path/to/last.pt'."
+            )
+
+        self.device = _resolve_device(device)
+        self.mixed_precision = _resolve_precision(mixed_precision, self.device)
+        self.energy = EnergyMeter(
+            self.device,
+            cpu_watts_per_core=cpu_watts_per_core,
+            gpu_watts=gpu_watts,
+            carbon_intensity=carbon_intensity,
+        )
+        #: Provenance kept in every checkpoint (e.g. the checkpoint a fine-tuning started from).
+        self.provenance: dict = {}
+
+        self.parameter_counts = self._apply_freeze()
+        self.model.to(self.device)
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self._trainable, lr=self.lr, weight_decay=self.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.mixed_precision == "fp16")
+        self.history = _history_frame([])
+        self._records: list[dict] = []
+        self._best_loss = math.inf
+        self._best_epoch = 0
+        self._best_state: dict | None = None
+        self._bad_epochs = 0
+        self._stopped_early = False
+        self._completed: dict | None = None
+        self._loader_generator_state = None
+        self._train_generator = None
+
+    # ---------------------------------------------------------------- construction helpers
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, *, model=None, **trainer_kwargs: Any
+    ) -> Trainer:
+        """A trainer (fresh optimizer, epoch 1) for a model loaded from a checkpoint.
+
+        For fine-tuning on another glacier: the weights, configuration and normalization come
+        from ``path`` (a ``model.pt``, ``best.pt`` or ``last.pt``), everything else from
+        ``trainer_kwargs`` (e.g. ``freeze=("encoder",)``, a smaller ``lr``).  The source
+        checkpoint's SHA-256 is kept in every checkpoint the new trainer writes.
+
+        Parameters
+        ----------
+        path : path-like
+            Checkpoint to start from.
+        model : torch.nn.Module, optional
+            Load into this model instead of rebuilding it through the registry.
+        **trainer_kwargs
+            Arguments of :class:`Trainer`.
+        """
+        model = ckpt.load_model(path, map_location="cpu", model=model)
+        model.train()
+        trainer = cls(model, **trainer_kwargs)
+        trainer.provenance = {
+            "fine_tuned_from": str(path),
+            "fine_tuned_from_sha256": model.checkpoint_sha256,
+        }
+        return trainer
+
+    def _apply_freeze(self) -> dict:
+        names = [name for name, _ in self.model.named_parameters()]
+        for prefix in self.freeze:
+            matched = [name for name in names if name.startswith(prefix)]
+            if not matched:
+                top = sorted({name.split(".")[0] for name in names})
+                raise ConfigError(
+                    f"freeze prefix {prefix!r} matches no parameter of "
+                    f"{type(self.model).__name__}. Top-level parameter names: {top}."
+                )
+        for name, parameter in self.model.named_parameters():
+            if any(name.startswith(prefix) for prefix in self.freeze):
+                parameter.requires_grad_(False)
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        if trainable == 0:
+            raise ConfigError(
+                f"Nothing to train: all {frozen} parameters are frozen (freeze={self.freeze}). "
+                "Freeze fewer prefixes."
+            )
+        if self.freeze:
+            logger.info("freeze=%s: %d trainable, %d frozen parameters", self.freeze, trainable, frozen)
+        return {"trainable": int(trainable), "frozen": int(frozen)}
+
+    # ---------------------------------------------------------------- schedule
+    def teacher_forcing_at(self, epoch: int) -> float:
+        """Teacher-forcing ratio used in ``epoch`` (1-based): linear from start to end.
+
+        Examples
+        --------
+        >>> import torch
+        >>> trainer = Trainer(torch.nn.Linear(1, 1), max_epochs=5, teacher_forcing=(1.0, 0.0),
+        ...                   device="cpu")
+        >>> [trainer.teacher_forcing_at(e) for e in range(1, 6)]
+        [1.0, 0.75, 0.5, 0.25, 0.0]
+        """
+        start, end = self.teacher_forcing
+        if self.max_epochs == 1:
+            return start
+        fraction = (min(max(epoch, 1), self.max_epochs) - 1) / (self.max_epochs - 1)
+        return float(start + (end - start) * fraction)
+
+    # ---------------------------------------------------------------- data
+    def _loader(self, data, *, epoch: int, train: bool):
+        import torch
+        from torch.utils.data import DataLoader, IterableDataset
+
+        target = data.dataset if isinstance(data, DataLoader) else data
+        if callable(getattr(target, "set_epoch", None)):
+            target.set_epoch(epoch)
+        if isinstance(data, DataLoader):
+            sampler = getattr(data, "sampler", None)
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(epoch)
+            return data
+        generator = torch.Generator()
+        generator.manual_seed(_epoch_seed(self.seed, epoch, 0 if train else 1))
+        loader = DataLoader(
+            data,
+            batch_size=self.batch_size,
+            shuffle=train and not isinstance(data, IterableDataset),
+            num_workers=self.num_workers,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
+        if train:
+            self._train_generator = generator
+        return loader
+
+    def _unpack(self, batch, *, index: int, epoch: int, phase: str):
+        import torch
+
+        where = f"{phase} batch {index} of epoch {epoch}"
+        if isinstance(batch, Mapping):
+            batch = tuple(batch[k] for k in ("inputs", "targets", "valid_mask") if k in batch)
+        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+            raise DimensionError(
+                f"The {where} is a {type(batch).__name__}; expected (inputs, targets, valid_mask) "
+                "tensors as yielded by PatchSequences.split(...)."
+            )
+        inputs, targets = batch[0], batch[1]
+        valid = batch[2] if len(batch) == 3 else ~torch.isnan(targets)
+        for name, tensor in (("inputs", inputs), ("targets", targets)):
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim != 5 or tensor.shape[2] != 1:
+                shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise DimensionError(
+                    f"{name} of the {where} have shape {shape}; expected (batch, time, 1, height, "
+                    "width). Use PatchSequences or add the channel axis with .unsqueeze(2)."
+                )
+        valid = valid.bool() if valid.dtype == torch.bool else valid > 0.5
+        # NaNs must never enter the model or the loss: inputs anywhere, targets where valid.
+        bad_inputs = int(torch.isnan(inputs).sum()) + int(torch.isinf(inputs).sum())
+        bad_targets = int((~torch.isfinite(targets) & valid.expand_as(targets)).sum())
+        if bad_inputs or bad_targets:
+            raise NonFiniteBatchError(
+                f"The {where} holds {bad_inputs} NaN/inf input pixel(s) and {bad_targets} NaN/inf "
+                "target pixel(s) marked valid. Fill gaps first (.glacier.fill_gaps(), then "
+                ".glacier.monthly()), or set valid_mask to 0 where targets are missing and drop "
+                "sequences whose inputs have NaN (PatchSequences does both)."
+            )
+        if self.steps is not None and targets.shape[1] != self.steps:
+            raise DimensionError(
+                f"The {where} has {targets.shape[1]} target steps but steps={self.steps}. "
+                "Pass steps=None to use the data's length."
+            )
+        return inputs, targets, valid
+
+    # ---------------------------------------------------------------- one epoch
+    def _autocast(self):
+        import torch
+
+        if self.mixed_precision == "no":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.mixed_precision == "bf16" else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
+    def _batches(self, loader, *, epoch: int, phase: str):
+        from tqdm.auto import tqdm
+
+        try:
+            total = len(loader)
+        except TypeError:
+            total = None
+        if self.max_batches_per_epoch is not None:
+            total = self.max_batches_per_epoch if total is None else min(total, self.max_batches_per_epoch)
+        bar = tqdm(
+            loader,
+            total=total,
+            desc=f"epoch {epoch}/{self.max_epochs} {phase}",
+            leave=False,
+            disable=not self.progress or not sys.stderr.isatty(),
+            unit="batch",
+        )
+        try:
+            for index, batch in enumerate(bar):
+                if self.max_batches_per_epoch is not None and index >= self.max_batches_per_epoch:
+                    break
+                yield index, batch, bar
+        finally:
+            bar.close()
+
+    def _forward(self, inputs, targets, valid, *, teacher_forcing: float, train: bool):
+        steps = self.steps or targets.shape[1]
+        with self._autocast():
+            if train:
+                import torch
+
+                fed_targets = torch.where(valid.expand_as(targets), targets, torch.zeros_like(targets))
+                prediction = self.model(inputs, steps, targets=fed_targets, teacher_forcing=teacher_forcing)
+            else:
+                prediction = self.model(inputs, steps)
+        if tuple(prediction.shape) != tuple(targets.shape):
+            raise ModelError(
+                f"{type(self.model).__name__} returned shape {tuple(prediction.shape)} for targets "
+                f"of shape {tuple(targets.shape)}; a glacierxr model must map (B, T_in, 1, H, W) "
+                "to (B, steps, 1, H, W)."
+            )
+        return _masked_sse(prediction.float(), targets, valid)
+
+    def _train_epoch(self, loader, *, epoch: int, teacher_forcing: float) -> tuple[float, int, float]:
+        import torch
+
+        self.model.train()
+        device = self.device
+        sse_total = torch.zeros((), dtype=torch.float64, device=device)
+        count_total = torch.zeros((), dtype=torch.int64, device=device)
+        samples = 0
+        started = time.perf_counter()
+        for index, batch, bar in self._batches(loader, epoch=epoch, phase="train"):
+            inputs, targets, valid = self._unpack(batch, index=index, epoch=epoch, phase="training")
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            valid = valid.to(device, non_blocking=True)
+            sse, count = self._forward(inputs, targets, valid, teacher_forcing=teacher_forcing, train=True)
+            loss = sse / count.clamp_min(1).to(sse.dtype)
+            if not torch.isfinite(loss):
+                raise NonFiniteBatchError(
+                    f"The training loss became {float(loss)} in batch {index} of epoch {epoch}: "
+                    "training diverged. Lower lr, keep grad_clip on, or check the data scaling."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self._trainable, self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            sse_total += sse.detach().double()
+            count_total += count
+            samples += int(inputs.shape[0])
+            if not bar.disable:
+                bar.set_postfix(loss=f"{float(loss):.4g}")
+        seconds = time.perf_counter() - started
+        if samples == 0:
+            raise GlacierXRError(
+                f"The training data gave no batch in epoch {epoch}. Check that "
+                "split('train') is not empty (more time steps, a smaller patch or stride)."
+            )
+        count = int(count_total)
+        if count == 0:
+            raise NonFiniteBatchError(
+                f"No valid target pixel in the training data of epoch {epoch} (valid_mask is 0 "
+                "everywhere); nothing to learn from. Check the masks of the patch sequences."
+            )
+        return float(sse_total) / count, samples, samples / max(seconds, 1e-12)
+
+    def _evaluate(self, loader, *, epoch: int) -> float:
+        import torch
+
+        self.model.eval()
+        sse_total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count_total = torch.zeros((), dtype=torch.int64, device=self.device)
+        with torch.no_grad():
+            for index, batch, _ in self._batches(loader, epoch=epoch, phase="val"):
+                inputs, targets, valid = self._unpack(batch, index=index, epoch=epoch, phase="validation")
+                sse, count = self._forward(
+                    inputs.to(self.device), targets.to(self.device), valid.to(self.device),
+                    teacher_forcing=0.0, train=False,
+                )
+                sse_total += sse.double()
+                count_total += count
+        count = int(count_total)
+        if count == 0:
+            raise NonFiniteBatchError(
+                f"The validation data of epoch {epoch} has no valid target pixel, so no "
+                "validation loss can be computed. Pass val=None or a larger validation split."
+            )
+        return float(sse_total) / count
+
+    # ---------------------------------------------------------------- checkpoints
+    def _settings(self) -> dict:
+        return {
+            "max_epochs": self.max_epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "teacher_forcing": tuple(self.teacher_forcing),
+            "grad_clip": self.grad_clip,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "seed": self.seed,
+            "freeze": tuple(self.freeze),
+            "steps": self.steps,
+            "max_batches_per_epoch": self.max_batches_per_epoch,
+            "mixed_precision": self.mixed_precision,
+        }
+
+    def _snapshot(self, epoch: int, normalization: Any) -> dict:
+        """Everything of the just-completed epoch, copied to the CPU (safe to keep)."""
+        state = ckpt.cpu_state_dict(self.model)
+        best_state = None if self._best_epoch == epoch else self._best_state
+        return ckpt.build_payload(
+            self.model,
+            kind="training",
+            state=state,
+            normalization=normalization,
+            extra=self.provenance,
+            epoch=epoch,
+            optimizer_state=_clone_tree(self.optimizer.state_dict()),
+            scaler_state=_clone_tree(self.scaler.state_dict()),
+            rng=_capture_rng(),
+            loader_generator=(
+                None if self._loader_generator_state is None else self._loader_generator_state.clone()
+            ),
+            trainer=self._settings(),
+            history=[dict(record) for record in self._records],
+            best_epoch=self._best_epoch,
+            best_loss=self._best_loss,
+            best_model_state=best_state,
+            best_weights_sha256=None if best_state is None else ckpt.weights_sha256(best_state),
+            bad_epochs=self._bad_epochs,
+            stopped_early=self._stopped_early,
+            parameter_counts=dict(self.parameter_counts),
+        )
+
+    def _write_checkpoints(self, payload: dict, *, improved: bool) -> None:
+        if self.checkpoint_dir is None:
+            return
+        ckpt.atomic_save(payload, self.checkpoint_dir / "last.pt")
+        if improved:
+            ckpt.atomic_save(payload, self.checkpoint_dir / "best.pt")
+
+    def _append_log(self, record: dict) -> None:
+        if self.log_file is None:
+            return
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "a", encoding="utf-8") as handle:
+            handle.write(_json_line(record))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _start_fresh(self) -> None:
+        _seed_everything(self.seed)
+        if self.checkpoint_dir is not None:
+            stale = [name for name in _CHECKPOINT_FILES if (self.checkpoint_dir / name).exists()]
+            if stale:
+                warnings.warn(
+                    f"resume=False: replacing the checkpoints {stale} of an earlier run in "
+                    f"{str(self.checkpoint_dir)!r}. Pass resume=True to continue that run instead.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                for name in stale:
+                    (self.checkpoint_dir / name).unlink()
+        if self.log_file is not None and self.log_file.exists():
+            ckpt.atomic_write_text("", self.log_file)
+
+    def _resume_path(self) -> Path | None:
+        if not self.resume:
+            return None
+        if self.resume is True:
+            return self.checkpoint_dir / "last.pt"
+        return Path(self.resume)
+
+    def _load_resume(self, path: Path) -> None:
+        payload = ckpt.load_checkpoint(path, map_location="cpu")
+        if payload.get("kind") != "training":
+            raise CheckpointError(
+                f"{str(path)!r} is a {payload.get('kind')!r} checkpoint, not a training "
+                "checkpoint (last.pt), so it cannot be resumed. To start a new training from "
+                "its weights use Trainer.from_checkpoint(path, ...) or fine_tune(...)."
+            )
+        ckpt.check_model_matches(payload, self.model, path=path)
+        stored = dict(payload.get("trainer") or {})
+        if tuple(stored.get("freeze", ())) != tuple(self.freeze):
+            raise CheckpointError(
+                f"{str(path)!r} was trained with freeze={tuple(stored.get('freeze', ()))}, this "
+                f"trainer has freeze={self.freeze}; the optimizer state cannot be carried over. "
+                "Use the same freeze, or pass resume=False."
+            )
+        current = self._settings()
+        differing = {
+            key: (stored[key], current[key])
+            for key in current
+            if key in stored and key != "max_epochs" and stored[key] != current[key]
+        }
+        if differing:
+            warnings.warn(
+                f"Resuming {str(path)!r} with settings that differ from the interrupted run "
+                f"(stored, now): {differing}. The result will not equal an uninterrupted run.",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.model.load_state_dict(payload["model_state"])
+        try:
+            self.optimizer.load_state_dict(payload["optimizer_state"])
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(
+                f"The optimizer state in {str(path)!r} does not fit this model's trainable "
+                f"parameters ({error}). Pass resume=False to train from scratch."
+            ) from error
+        if payload.get("scaler_state"):
+            self.scaler.load_state_dict(payload["scaler_state"])
+        epoch = int(payload["epoch"])
+        self._records = [dict(record) for record in payload.get("history", [])][:epoch]
+        self._best_epoch = int(payload["best_epoch"])
+        self._best_loss = float(payload["best_loss"])
+        self._bad_epochs = int(payload["bad_epochs"])
+        self._stopped_early = bool(payload["stopped_early"])
+        best_state = payload.get("best_model_state")
+        if best_state is None:
+            self._best_state = {k: v.clone() for k, v in payload["model_state"].items()}
+        else:
+            if ckpt.weights_sha256(best_state) != payload.get("best_weights_sha256"):
+                raise CheckpointError(
+                    f"The best-epoch weights in {str(path)!r} do not match their SHA-256: the "
+                    "file is corrupt. Delete it or pass resume=False."
+                )
+            self._best_state = best_state
+        _restore_rng(payload["rng"])
+        self._completed = payload
+        if self.log_file is not None:  # the log is rebuilt from the checkpoint's own history
+            ckpt.atomic_write_text("".join(_json_line(r) for r in self._records), self.log_file)
+        logger.info("resumed %s at the end of epoch %d", path, epoch)
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, train, val=None) -> pd.DataFrame:
+        """Train on ``train``, validating on ``val`` after every epoch.
+
+        Parameters
+        ----------
+        train, val : torch Dataset, IterableDataset or DataLoader
+            Yielding ``(inputs, targets, valid_mask)``: float32 ``(T_in, 1, P, P)``,
+            ``(T_out, 1, P, P)``, ``(T_out, 1, P, P)`` per item (e.g.
+            ``PatchSequences.split("train")``).  A dataset's ``normalization`` attribute is
+            stored in the checkpoints.
+
+        Returns
+        -------
+        pandas.DataFrame
+            :attr:`history`, one row per epoch (including epochs before a resume).
+
+        Raises
+        ------
+        NonFiniteBatchError
+            A batch has NaN/inf inputs, or NaN/inf targets at valid pixels; the loss diverged.
+        CheckpointError
+            ``resume`` points at a corrupt checkpoint or one of another model.
+        KeyboardInterrupt
+            Re-raised after ``last.pt`` has been (re)written with the last completed epoch.
+        """
+        normalization = _find_normalization(train)
+        if normalization is None:
+            normalization = getattr(self.model, "normalization", None)
+        resume_path = self._resume_path()
+        if resume_path is not None and resume_path.exists():
+            self._load_resume(resume_path)
+        else:
+            if resume_path is not None:
+                logger.info("resume: no checkpoint at %s yet; starting from epoch 1", resume_path)
+            self._start_fresh()
+        start_epoch = len(self._records) + 1
+        fit_started = time.perf_counter()
+        try:
+            for epoch in range(start_epoch, self.max_epochs + 1):
+                if self._stopped_early:
+                    break
+                self._run_epoch(epoch, train, val, normalization)
+        except KeyboardInterrupt:
+            if self.checkpoint_dir is not None and self._completed is not None:
+                ckpt.atomic_save(self._completed, self.checkpoint_dir / "last.pt")
+                logger.warning(
+                    "Interrupted; %s holds epoch %d. Continue with resume=True.",
+                    self.checkpoint_dir / "last.pt",
+                    self._completed["epoch"],
+                )
+            raise
+        if self.restore_best and self._best_state is not None and self._records:
+            if self._best_epoch != len(self._records):
+                self.model.load_state_dict(self._best_state)
+                logger.info("restored the weights of epoch %d (best loss %.4g)", self._best_epoch, self._best_loss)
+        if self.checkpoint_dir is not None and self._records:
+            ckpt.save_model(
+                self.model,
+                self.checkpoint_dir / "model.pt",
+                normalization=normalization,
+                extra={
+                    **self.provenance,
+                    "epochs": len(self._records),
+                    "best_epoch": self._best_epoch,
+                    "best_loss": self._best_loss,
+                    "restored_best": self.restore_best,
+                },
+            )
+        self.history = _history_frame(self._records)
+        self.history.attrs.update(
+            best_epoch=self._best_epoch,
+            best_loss=self._best_loss,
+            monitor="val_loss" if val is not None else "train_loss",
+            stopped_early=self._stopped_early,
+            restored_best=self.restore_best,
+            wall_seconds=time.perf_counter() - fit_started,
+            energy_method=self.energy.method,
+            carbon_intensity_kg_per_kwh=self.energy.carbon_intensity,
+            device=str(self.device),
+            mixed_precision=self.mixed_precision,
+            **{f"{k}_parameters": v for k, v in self.parameter_counts.items()},
+        )
+        if self._records:
+            total_energy = float(self.history.energy_kwh.sum())
+            logger.info(
+                "trained %d epochs, %.3g s; estimated energy %.2g kWh, %.2g kg CO2e (%s)",
+                len(self._records), float(self.history.seconds.sum()), total_energy,
+                float(self.history.co2_kg.sum()), self.energy.method,
+            )
+        return self.history
+
+    def _run_epoch(self, epoch: int, train, val, normalization) -> None:
+        teacher_forcing = self.teacher_forcing_at(epoch)
+        self.energy.start()
+        loader = self._loader(train, epoch=epoch, train=True)
+        train_loss, samples, samples_per_s = self._train_epoch(loader, epoch=epoch, teacher_forcing=teacher_forcing)
+        generator = getattr(self, "_train_generator", None)
+        self._loader_generator_state = None if generator is None else generator.get_state()
+        val_loss = math.nan
+        if val is not None:
+            val_loss = self._evaluate(self._loader(val, epoch=epoch, train=False), epoch=epoch)
+        seconds, energy_kwh, co2_kg = self.energy.stop()
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "teacher_forcing": teacher_forcing,
+            "seconds": seconds,
+            "samples_per_s": samples_per_s,
+            "energy_kwh": energy_kwh,
+            "co2_kg": co2_kg,
+        }
+        monitored = val_loss if val is not None else train_loss
+        improved = monitored < self._best_loss - self.min_delta
+        if improved:
+            self._best_loss = monitored
+            self._best_epoch = epoch
+            self._best_state = ckpt.cpu_state_dict(self.model)
+            self._bad_epochs = 0
+        else:
+            self._bad_epochs += 1
+            if self.patience is not None and self._bad_epochs >= self.patience:
+                self._stopped_early = True
+                logger.info(
+                    "early stopping after epoch %d: no improvement for %d epochs (best: epoch %d)",
+                    epoch, self._bad_epochs, self._best_epoch,
+                )
+        self._records.append(record)
+        payload = self._snapshot(epoch, normalization)
+        self._completed = payload
+        self._write_checkpoints(payload, improved=improved)
+        self._append_log(record)
+        logger.info(
+            "epoch %d/%d: train %.4g, val %.4g, %.1f s", epoch, self.max_epochs, train_loss, val_loss, seconds
+        )
+
+
+def fine_tune(
+    checkpoint: str | os.PathLike,
+    train,
+    val=None,
+    *,
+    freeze: Sequence[str] = ("encoder",),
+    lr: float = 1e-4,
+    model=None,
+    **trainer_kwargs: Any,
+) -> Trainer:
+    """Fine-tune a model trained on one glacier on the data of another.
+
+    Loads ``checkpoint`` (:meth:`Trainer.from_checkpoint`), freezes the parameters whose names
+    start with ``freeze`` and trains the rest with a fresh AdamW optimizer.
+
+    Parameters
+    ----------
+    checkpoint : path-like
+        ``model.pt`` / ``best.pt`` / ``last.pt`` of the source run.
+    train, val
+        Data of the target glacier (see :meth:`Trainer.fit`).
+    freeze : sequence of str
+        Parameter-name prefixes to keep fixed; ``()`` trains everything.
+    lr : float
+        Learning rate (smaller than for training from scratch).
+    model : torch.nn.Module, optional
+        Load into this model instead of rebuilding it through the registry.
+    **trainer_kwargs
+        Other :class:`Trainer` arguments (``max_epochs``, ``checkpoint_dir`` …).
+
+    Returns
+    -------
+    Trainer
+        The fitted trainer: ``.model``, ``.history`` and ``.parameter_counts``.
+    """
+    trainer = Trainer.from_checkpoint(checkpoint, model=model, freeze=freeze, lr=lr, **trainer_kwargs)
+    trainer.fit(train, val)
+    return trainer
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _check_positive_int(name: str, value, *, allow_zero: bool = False) -> None:
+    lowest = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
+        raise ConfigError(f"{name} must be an integer >= {lowest}, got {value!r}.")
+
+
+def _teacher_forcing_range(value) -> tuple[float, float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        pair = (float(value), float(value))
+    elif isinstance(value, Iterable) and not isinstance(value, str):
+        pair = tuple(float(v) for v in value)
+    else:
+        pair = ()
+    if len(pair) != 2 or not all(0.0 <= v <= 1.0 for v in pair):
+        raise ConfigError(
+            f"teacher_forcing must be a ratio in [0, 1] or a (start, end) pair of them, got {value!r}."
+        )
+    return pair  # type: ignore[return-value]
+
+
+def _resolve_device(device):
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"Unknown device {device!r}: {error}. Use 'auto', 'cpu' or 'cuda'.") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA GPU is available. Use device='auto' or 'cpu'.")
+    return resolved
+
+
+def _resolve_precision(value, device) -> str:
+    import torch
+
+    if value is True:
+        value = "auto"
+    if value in (False, None, "no", "fp32", "32"):
+        return "no"
+    if value not in ("auto", "bf16", "fp16"):
+        raise ConfigError(f"mixed_precision must be 'auto', 'bf16', 'fp16' or 'no', got {value!r}.")
+    if device.type != "cuda":
+        if value == "auto":
+            return "no"
+        raise ConfigError(
+            f"mixed_precision={value!r} needs a CUDA device, but training runs on {device}. "
+            "Use mixed_precision='auto' or 'no'."
+        )
+    if value == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return value
+
+
+def _find_normalization(data):
+    for candidate in (data, getattr(data, "dataset", None)):
+        value = getattr(candidate, "normalization", None)
+        if value is not None:
+            return value
+    return None
+
+
+def _json_line(record: Mapping) -> str:
+    clean = {
+        key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+        for key, value in record.items()
+    }
+    return json.dumps(clean) + "\n"
+
+
+def _history_frame(records: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(records, columns=["epoch", *_HISTORY_COLUMNS])
+    frame = frame.astype({column: "float64" for column in _HISTORY_COLUMNS})
+    frame["epoch"] = frame["epoch"].astype("int64")
+    return frame.set_index("epoch")
