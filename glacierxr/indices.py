@@ -110,7 +110,7 @@ def ndsi(ds: xr.Dataset, *, green: Hashable = "green", swir: Hashable = "swir16"
         s,
         dask="parallelized",
         output_dtypes=[np.float32],
-        keep_attrs=False,
+        keep_attrs="override",  # keeps coordinate attrs (spatial_ref); own attrs set below
     )
     index.name = "ndsi"
     index.attrs = {
