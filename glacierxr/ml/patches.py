@@ -177,8 +177,14 @@ class _Layout:
 
 
 class _Batch(NamedTuple):
-    raw: np.ndarray  # (B, history + steps, P, P) float32, NaN where missing
-    valid: np.ndarray  # (B, history + steps, P, P) bool
+    """One batch from :meth:`PatchSequences._stream`.
+
+    ``arrays`` is ``(inputs, targets, valid_mask)`` — normalised, NaN-free float32 arrays
+    ``(B, T, 1, P, P)`` — when streaming for training, or ``(raw, valid)`` — data units with NaN
+    kept, ``(B, history + steps, P, P)`` float32 and bool — when streaming raw windows.
+    """
+
+    arrays: tuple[np.ndarray, ...]
     ids: np.ndarray  # (B,) window ids
     positions: np.ndarray  # (B,) positions in the view's canonical order
     has_history: np.ndarray  # (B,) bool: all ``history`` periods before the window exist
@@ -508,10 +514,9 @@ class PatchSequences(IterableDataset):
         layout = self._layout
         (t0,), (y0,), (x0,) = layout.decompose(window)
         region = _Region(t0, t0 + layout.steps, y0, y0 + layout.patch, x0, x0 + layout.patch)
-        raw, valid = _read_region(layout, region)
-        batch = _Batch(raw[None], valid[None], window, np.array([position]), np.array([True]))
-        inputs, targets, mask = self._to_tensors(batch)
-        return inputs[0], targets[0], mask[0]
+        tile = _prepare_tile(layout, region, "train", self._stats())
+        arrays = _gather(layout, [tile], window, np.zeros(1, np.int64), "train", 0)
+        return tuple(torch.from_numpy(a[0]) for a in arrays)
 
     # ------------------------------------------------------------------------------ iteration
     def set_epoch(self, epoch: int) -> None:
@@ -530,22 +535,21 @@ class PatchSequences(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for batch in self._stream_worker(batch_size=256):
-            inputs, targets, mask = self._to_tensors(batch)
+            inputs, targets, mask = (torch.from_numpy(a) for a in batch.arrays)
             for i in range(inputs.shape[0]):
                 yield inputs[i], targets[i], mask[i]
 
     def batched(self, batch_size: int = 64) -> _BatchedSequences:
-        """An iterable dataset of whole batches ``(B, T, 1, P, P)``, cut with one NumPy gather each.
+        """An iterable dataset of whole batches ``(B, T, 1, P, P)`` (no per-sample collation).
 
-        Use it with ``DataLoader(ds.batched(64), batch_size=None, num_workers=…)``: faster than
-        letting the ``DataLoader`` collate single samples. The last batch may be smaller.
+        Use it with ``DataLoader(ds.batched(64), batch_size=None, num_workers=…)``. The last
+        batch of each tile group may be smaller.
         """
         return _BatchedSequences(self, int(batch_size))
 
     def _stream_worker(self, batch_size: int) -> Iterator[_Batch]:
         worker = torch.utils.data.get_worker_info()
         epoch = self._current_epoch(worker) if self.shuffle else 0
-        self._stats()  # resolve "auto" statistics before reading tiles
         yield from self._stream(
             batch_size=batch_size,
             shuffle=self.shuffle,
@@ -562,14 +566,17 @@ class PatchSequences(IterableDataset):
         epoch: int = 0,
         worker_id: int = 0,
         num_workers: int = 1,
+        mode: Literal["train", "raw"] = "train",
         history: int = 0,
     ) -> Iterator[_Batch]:
-        """Raw batches (data units, NaN kept), tile by tile, ``history`` extra periods in front."""
+        """Batches cut tile by tile (see :class:`_Batch`); ``history`` extra periods in raw mode."""
         layout = self._layout
+        stats = self._stats() if mode == "train" else None
+        history = history if mode == "raw" else 0
         for group in _plan(self._keys, shuffle=shuffle, epoch=epoch, seed=layout.seed,
                            worker_id=worker_id, num_workers=num_workers, group_size=layout.shuffle_tiles):
-            positions = np.concatenate([p for p in group])
-            tiles = [_cut_tile(layout, self._ids[p], history) for p in group]
+            positions = np.concatenate(group)
+            tiles = [_prepare_tile(layout, _tile_region(layout, self._ids[p], history), mode, stats) for p in group]
             tile_of = np.concatenate([np.full(p.size, k) for k, p in enumerate(group)])
             if shuffle:
                 rng = np.random.default_rng([layout.seed, epoch, 1, int(positions[0])])
@@ -577,22 +584,10 @@ class PatchSequences(IterableDataset):
                 positions, tile_of = positions[order], tile_of[order]
             for start in range(0, positions.size, batch_size):
                 chunk = positions[start : start + batch_size]
-                which = tile_of[start : start + batch_size]
-                yield _gather(layout, tiles, self._ids[chunk], chunk, which, history)
-
-    def _to_tensors(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalised, NaN-free tensors ``(B, T, 1, P, P)`` and the target validity mask."""
-        layout = self._layout
-        raw = batch.raw[:, batch.raw.shape[1] - layout.steps :]
-        valid = batch.valid[:, batch.valid.shape[1] - layout.steps :]
-        stats = self._stats()
-        values = raw if stats is None else (raw - np.float32(stats[0])) / np.float32(stats[1])
-        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
-        inputs = torch.from_numpy(np.ascontiguousarray(values[:, : layout.input_steps, None]))
-        targets_np = np.where(valid[:, layout.input_steps :], values[:, layout.input_steps :], np.float32(0))
-        targets = torch.from_numpy(np.ascontiguousarray(targets_np[:, :, None]))
-        mask = torch.from_numpy(np.ascontiguousarray(valid[:, layout.input_steps :, None], dtype=np.float32))
-        return inputs, targets, mask
+                ids = self._ids[chunk]
+                arrays = _gather(layout, tiles, ids, tile_of[start : start + batch_size], mode, history)
+                t0 = ids // layout.n_spatial
+                yield _Batch(arrays, ids, chunk, layout.t_starts[t0] - history >= 0)
 
 
 class _BatchedSequences(IterableDataset):
@@ -608,9 +603,9 @@ class _BatchedSequences(IterableDataset):
     def __len__(self) -> int:
         return math.ceil(len(self.sequences) / self.batch_size)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for batch in self.sequences._stream_worker(batch_size=self.batch_size):
-            yield self.sequences._to_tensors(batch)
+            yield tuple(torch.from_numpy(a) for a in batch.arrays)
 
 
 # --------------------------------------------------------------------------------------------
@@ -848,8 +843,7 @@ class _Region(NamedTuple):
 
 class _Tile(NamedTuple):
     region: _Region
-    windows: np.ndarray  # sliding-window view (nt, ny, nx, history + steps, P, P) of raw
-    valid: np.ndarray
+    arrays: tuple[np.ndarray, np.ndarray]  # (values, valid): normalised NaN-free (train) or raw (raw)
 
 
 def _tile_shape(layout: _Layout, ids: np.ndarray) -> tuple[int, int]:
@@ -866,7 +860,8 @@ def _tile_shape(layout: _Layout, ids: np.ndarray) -> tuple[int, int]:
     tile_w = int(chunks[x_dim][0]) if x_dim in chunks else width
     budget = layout.tile_mb * 1e6
     p = layout.patch
-    while (tile_h + p) * (tile_w + p) * periods * 5 > budget and max(tile_h, tile_w) > layout.stride:
+    # raw float32 + normalised float32 + bool mask while preparing a tile
+    while (tile_h + p) * (tile_w + p) * periods * 9 > budget and max(tile_h, tile_w) > layout.stride:
         if tile_h >= tile_w:
             tile_h = max(tile_h // 2, 1)
         else:
@@ -923,35 +918,46 @@ def _read_region(layout: _Layout, region: _Region) -> tuple[np.ndarray, np.ndarr
     return raw, valid
 
 
-def _cut_tile(layout: _Layout, ids: np.ndarray, history: int) -> _Tile:
-    from numpy.lib.stride_tricks import sliding_window_view
-
+def _tile_region(layout: _Layout, ids: np.ndarray, history: int) -> _Region:
     t0, y0, x0 = layout.decompose(ids)
     p = layout.patch
-    length = layout.steps + history
-    region = _Region(
+    return _Region(
         int(t0.min()) - history, int(t0.max()) + layout.steps, int(y0.min()), int(y0.max()) + p,
         int(x0.min()), int(x0.max()) + p,
     )
+
+
+def _prepare_tile(layout: _Layout, region: _Region, mode: str, stats) -> _Tile:
+    """Read a tile and prepare it once for cutting (its pixels are shared by many windows)."""
     raw, valid = _read_region(layout, region)
-    return _Tile(
-        region,
-        sliding_window_view(raw, (length, p, p)),
-        sliding_window_view(valid, (length, p, p)),
-    )
+    if mode == "raw":
+        return _Tile(region, (raw, valid))
+    values = raw - np.float32(stats[0]) if stats is not None else raw.copy()  # never write to the caller's array
+    if stats is not None:
+        values /= np.float32(stats[1])
+    values[np.isnan(values)] = 0.0
+    return _Tile(region, (values, valid))
 
 
-def _gather(layout, tiles: Sequence[_Tile], ids, positions, which, history) -> _Batch:
+def _gather(layout: _Layout, tiles: Sequence[_Tile], ids: np.ndarray, which: np.ndarray, mode: str, history: int):
+    """Copy each window of ``ids`` out of its tile into batch arrays (see :class:`_Batch`)."""
     t0, y0, x0 = layout.decompose(ids)
-    length, p = layout.steps + history, layout.patch
-    raw = np.empty((ids.size, length, p, p), np.float32)
-    valid = np.empty((ids.size, length, p, p), bool)
-    for k, tile in enumerate(tiles):
-        sel = which == k
-        if not sel.any():
-            continue
-        r = tile.region
-        at = (t0[sel] - history - r.t_lo, y0[sel] - r.y_lo, x0[sel] - r.x_lo)
-        raw[sel] = tile.windows[at]
-        valid[sel] = tile.valid[at]
-    return _Batch(raw, valid, ids, positions, t0 - history >= 0)
+    n, p, t_in, steps = ids.size, layout.patch, layout.input_steps, layout.steps
+    length = steps + history
+    values = np.empty((n, length, p, p), np.float32)
+    if mode == "raw":
+        valid, valid_from = np.empty((n, length, p, p), bool), 0
+    else:
+        valid, valid_from = np.empty((n, steps - t_in, p, p), bool), t_in
+    regions = [tile.region for tile in tiles]
+    for i, (k, t, y, x) in enumerate(zip(which.tolist(), (t0 - history).tolist(), y0.tolist(), x0.tolist())):
+        r = regions[k]
+        t, y, x = t - r.t_lo, y - r.y_lo, x - r.x_lo
+        tile_values, tile_valid = tiles[k].arrays
+        values[i] = tile_values[t : t + length, y : y + p, x : x + p]
+        valid[i] = tile_valid[t + valid_from : t + length, y : y + p, x : x + p]
+    if mode == "raw":
+        return values, valid
+    inputs = np.ascontiguousarray(values[:, :t_in, None])
+    targets = values[:, t_in:, None] * valid[:, :, None]
+    return inputs, targets, valid[:, :, None].astype(np.float32)
