@@ -1,0 +1,261 @@
+"""Tests of glacierxr.gapfill: normalised-convolution gap filling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import glacierxr  # noqa: F401  (registers .glacier)
+from glacierxr.errors import ConfigError, DataTypeError, DimensionError
+from glacierxr.gapfill import fill_gaps, make_kernel
+from glacierxr.testing import make_series, raise_if_dask_computes
+
+
+def _fill_gaps_loop(image: np.ndarray, kernel: np.ndarray, max_iter: int = 1) -> np.ndarray:
+    """Reference: the per-pixel Python loop of the seed paper's code, generalised.
+
+    For every missing pixel, the weighted average of the valid neighbours in the window centred
+    on it (pixels outside the image do not exist). Each pass reads the previous pass's image.
+    """
+    current = np.asarray(image, dtype=np.float64).copy()
+    height, width = current.shape
+    ry, rx = kernel.shape[0] // 2, kernel.shape[1] // 2
+    for _ in range(max_iter):
+        previous = current.copy()
+        for i in range(height):
+            for j in range(width):
+                if not np.isnan(previous[i, j]):
+                    continue
+                total = norm = 0.0
+                for di in range(-ry, ry + 1):
+                    for dj in range(-rx, rx + 1):
+                        ii, jj = i + di, j + dj
+                        if 0 <= ii < height and 0 <= jj < width and np.isfinite(previous[ii, jj]):
+                            weight = kernel[di + ry, dj + rx]
+                            total += weight * previous[ii, jj]
+                            norm += weight
+                if norm > 0:
+                    current[i, j] = total / norm
+    return current
+
+
+def holey(shape=(3, 12, 14), *, seed=0, fraction=0.4, dtype=np.float32) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    values = rng.random(shape).astype(dtype)
+    values[rng.random(shape) < fraction] = np.nan
+    return values
+
+
+# ---------------------------------------------------------------- kernels
+
+
+def test_make_kernel__triangular_is_outer_product_of_paper_profile():
+    kernel = make_kernel("triangular", size=5)
+    np.testing.assert_array_equal(kernel, np.outer([1, 2, 3, 2, 1], [1, 2, 3, 2, 1]))
+    np.testing.assert_array_equal(make_kernel("triangular", size=7)[3], 4 * np.array([1, 2, 3, 4, 3, 2, 1]))
+
+
+def test_make_kernel__uniform_and_gaussian():
+    np.testing.assert_array_equal(make_kernel("uniform", size=3), np.ones((3, 3)))
+    gauss = make_kernel("gaussian", size=5)
+    assert gauss.shape == (5, 5)
+    assert gauss[2, 2] == gauss.max() and np.allclose(gauss, gauss.T)
+    sigma = 0.3 * ((5 - 1) * 0.5 - 1) + 0.8  # OpenCV's default for ksize=5
+    np.testing.assert_allclose(gauss[2, 0] / gauss[2, 2], np.exp(-4 / (2 * sigma**2)))
+
+
+@pytest.mark.parametrize(
+    "weights, size, message",
+    [
+        ("triangular", 4, "odd integer"),
+        ("triangular", 1, "odd integer"),
+        ("box", 5, "Unknown weights"),
+        (np.ones((4, 5)), 5, "odd side lengths"),
+        (np.ones(5), 5, "odd side lengths"),
+        (-np.ones((3, 3)), 3, "non-negative"),
+        (np.full((3, 3), np.nan), 3, "non-negative"),
+    ],
+)
+def test_make_kernel__bad_arguments(weights, size, message):
+    with pytest.raises(ConfigError, match=message):
+        make_kernel(weights, size=size)
+
+
+# ---------------------------------------------------------------- known truth
+
+
+def test_fill_gaps__single_hole_gets_hand_computed_weighted_mean():
+    values = np.arange(9, dtype=np.float32).reshape(1, 3, 3)
+    values[0, 1, 1] = np.nan
+    filled = fill_gaps(make_series(values), size=3)
+    # triangular size 3: corners weigh 1, edge neighbours 2 (sum 12)
+    corners, edges = 0 + 2 + 6 + 8, 1 + 3 + 5 + 7
+    assert filled.values[0, 1, 1] == pytest.approx((corners + 2 * edges) / 12)
+
+
+def test_fill_gaps__outside_of_the_image_counts_as_missing():
+    values = np.array([[[np.nan, 2.0, 10.0], [4.0, 8.0, 10.0], [10.0, 10.0, 10.0]]])
+    filled = fill_gaps(make_series(values), size=3)
+    # corner (0, 0) sees only (0, 1) w=2, (1, 0) w=2, (1, 1) w=1 inside the image
+    assert filled.values[0, 0, 0] == pytest.approx((2 * 2 + 2 * 4 + 8) / 5)
+
+
+def test_fill_gaps__constant_field_fills_with_the_constant():
+    values = np.full((2, 10, 10), 0.7, np.float32)
+    values[0, 2:8, 3:9] = np.nan
+    values[1, ::2] = np.nan
+    filled = fill_gaps(make_series(values))
+    np.testing.assert_allclose(filled.values, 0.7, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "weights",
+    ["triangular", "uniform", "gaussian", np.array([[0.0, 1.0, 3.0], [2.0, 0.0, 0.5], [1.0, 4.0, 0.0]])],
+    ids=["triangular", "uniform", "gaussian", "asymmetric"],
+)
+def test_fill_gaps__single_pass_agrees_with_per_pixel_loop(weights):
+    values = holey(seed=1)
+    kernel = make_kernel(weights, size=5)
+    filled = fill_gaps(make_series(values), weights=weights, max_iter=1).values
+    for t in range(values.shape[0]):
+        expected = _fill_gaps_loop(values[t], kernel, max_iter=1)
+        np.testing.assert_allclose(filled[t], expected.astype(np.float32), rtol=1e-6, equal_nan=True)
+
+
+def test_fill_gaps__several_passes_agree_with_per_pixel_loop():
+    values = holey(shape=(1, 16, 16), seed=2, fraction=0.2)
+    values[0, 3:13, 2:12] = np.nan  # a hole wider than the window
+    kernel = make_kernel("triangular", size=3)
+    for passes in (1, 2, 4):
+        filled = fill_gaps(make_series(values), size=3, max_iter=passes).values[0]
+        expected = _fill_gaps_loop(values[0], kernel, max_iter=passes)
+        np.testing.assert_allclose(filled, expected.astype(np.float32), rtol=1e-6, equal_nan=True)
+
+
+def test_fill_gaps__large_hole_needs_enough_passes():
+    values = np.ones((1, 15, 15), np.float32)
+    values[0, 2:13, 2:13] = np.nan  # centre is 6 px from valid data
+    one = fill_gaps(make_series(values), size=5, max_iter=1)
+    assert np.isnan(one.values[0, 7, 7]) and not np.isnan(one.values[0, 3, 7])
+    three = fill_gaps(make_series(values), size=5, max_iter=3)
+    assert not np.isnan(three.values).any()
+    assert not bool(three.observed[0, 7, 7]) and bool(three.observed[0, 0, 0])
+
+
+def test_fill_gaps__all_missing_scene_stays_missing():
+    values = holey(shape=(2, 6, 6))
+    values[1] = np.nan
+    filled = fill_gaps(make_series(values))
+    assert np.isnan(filled.values[1]).all()
+    assert not np.isnan(filled.values[0]).any()
+
+
+def test_fill_gaps__observed_coord_metadata_and_attrs():
+    values = holey(shape=(3, 8, 8))
+    series = make_series(values, name="snow_mask")
+    series.attrs["threshold"] = 0.3
+    filled = fill_gaps(series, size=3, weights="uniform", max_iter=2)
+    assert filled.name == "snow_mask" and filled.dtype == np.float32
+    assert filled.dims == series.dims
+    np.testing.assert_array_equal(filled.observed.values, ~np.isnan(values))
+    assert filled.observed.dims == ("time", "y", "x") and filled.observed.dtype == bool
+    assert filled.attrs["threshold"] == 0.3 and filled.attrs["units"] == "1"
+    assert filled.attrs["fill_gaps_size"] == 3
+    assert filled.attrs["fill_gaps_weights"] == "uniform"
+    assert filled.attrs["fill_gaps_max_iter"] == 2
+    assert filled.rio.crs.to_epsg() == 32643
+    custom = fill_gaps(series, weights=np.ones((3, 5)))
+    assert custom.attrs["fill_gaps_weights"] == "custom" and len(custom.attrs["fill_gaps_kernel"]) == 15
+
+
+def test_fill_gaps__existing_observed_coord_is_anded():
+    values = holey(shape=(2, 8, 8), fraction=0.3)
+    once = fill_gaps(make_series(values), max_iter=1)
+    again = once.copy(data=np.where(np.random.default_rng(5).random(values.shape) < 0.2, np.nan, once.values))
+    twice = fill_gaps(again)
+    np.testing.assert_array_equal(twice.observed.values, ~np.isnan(values) & ~np.isnan(again.values))
+
+
+def test_fill_gaps__dimension_order_does_not_matter():
+    values = holey(shape=(2, 9, 7))
+    series = make_series(values)
+    flipped = fill_gaps(series.transpose("x", "time", "y"))
+    assert flipped.dims == ("x", "time", "y")
+    xr.testing.assert_identical(flipped.transpose("time", "y", "x"), fill_gaps(series))
+
+
+def test_fill_gaps__accessor_forwards_keywords():
+    series = make_series(holey())
+    xr.testing.assert_identical(series.glacier.fill_gaps(size=3), fill_gaps(series, size=3))
+
+
+# ---------------------------------------------------------------- invariants
+
+
+@st.composite
+def gappy_arrays(draw):
+    times = draw(st.integers(1, 2))
+    height = draw(st.integers(3, 12))
+    width = draw(st.integers(3, 12))
+    values = draw(
+        hnp.arrays(
+            np.float32,
+            (times, height, width),
+            elements=st.floats(-1, 1, width=32) | st.just(np.nan),
+        )
+    )
+    chunk_y = draw(st.integers(1, height))
+    chunk_x = draw(st.integers(1, width))
+    return values, {"time": 1, "y": chunk_y, "x": chunk_x}
+
+
+@given(case=gappy_arrays(), size=st.sampled_from([3, 5]), max_iter=st.integers(1, 3))
+@settings(max_examples=30, deadline=None)
+def test_fill_gaps__observed_unchanged_and_chunking_independent(case, size, max_iter):
+    values, chunks = case
+    eager = fill_gaps(make_series(values), size=size, max_iter=max_iter)
+    lazy = fill_gaps(make_series(values, chunks=chunks), size=size, max_iter=max_iter)
+    observed = ~np.isnan(values)
+    np.testing.assert_array_equal(eager.values[observed], values[observed])
+    assert lazy.chunks == make_series(values, chunks=chunks).chunks
+    np.testing.assert_array_equal(lazy.values, eager.values)
+    np.testing.assert_array_equal(lazy.observed.values, observed)
+    # filled values stay inside the range of the data they average
+    if observed.any():
+        filled = eager.values[~observed & ~np.isnan(eager.values)]
+        assert np.all(filled >= values[observed].min()) and np.all(filled <= values[observed].max())
+
+
+def test_fill_gaps__lazy_for_many_chunkings_and_equal_to_numpy():
+    values = holey(shape=(3, 23, 17), fraction=0.5)
+    values[1, 3:15, 2:12] = np.nan
+    eager = fill_gaps(make_series(values), max_iter=3)
+    for chunks in ({"time": 1}, {"time": 1, "y": 4, "x": 5}, {"y": 7, "x": 3}, {"y": 1, "x": 1}):
+        series = make_series(values, chunks=chunks)
+        with raise_if_dask_computes():
+            lazy = fill_gaps(series, max_iter=3)
+        assert lazy.chunks == series.chunks
+        xr.testing.assert_identical(lazy.compute(), eager)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_fill_gaps__missing_spatial_dim():
+    with pytest.raises(DimensionError, match=r"\['x'\]"):
+        fill_gaps(xr.DataArray(np.zeros((2, 3)), dims=("time", "y")))
+
+
+def test_fill_gaps__integer_data_is_type_error():
+    with pytest.raises(DataTypeError, match="astype"):
+        fill_gaps(make_series(np.zeros((1, 3, 3), np.int16)))
+
+
+@pytest.mark.parametrize("kwargs", [{"max_iter": 0}, {"max_iter": 1.5}, {"size": 6}, {"weights": "mean"}])
+def test_fill_gaps__bad_parameters(kwargs):
+    with pytest.raises(ConfigError):
+        fill_gaps(make_series(holey()), **kwargs)
