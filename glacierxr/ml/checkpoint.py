@@ -30,6 +30,7 @@ import hashlib
 import os
 import pickle
 import platform
+import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -333,18 +334,18 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsafe is None:
+            raise _corrupt(path, error) from error
         raise CheckpointError(
-            f"Refusing to load {str(path)!r}: it holds Python objects other than tensors and "
-            f"plain values, which torch.load(weights_only=True) does not run ({error}). "
-            "Re-save the model with glacierxr.ml.checkpoint.save_model(model, path)."
+            f"Refusing to load {str(path)!r}: it holds a Python object ({unsafe.group(1)}) that "
+            "only full unpickling could rebuild, and glacierxr loads checkpoints with "
+            "torch.load(weights_only=True) so that opening a file never runs code from it. "
+            "If you trust the file, rebuild the model yourself and re-save it with "
+            "glacierxr.ml.checkpoint.save_model(model, path)."
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as error:
-        size = path.stat().st_size
-        raise CheckpointError(
-            f"Checkpoint {str(path)!r} ({size} bytes) is truncated or corrupt and cannot be "
-            f"read: {type(error).__name__}: {error}. Delete it (or pass resume=False to "
-            "train from scratch), or use another copy such as best.pt."
-        ) from error
+        raise _corrupt(path, error) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = sorted(map(str, payload)) if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
@@ -373,6 +374,16 @@ def load_checkpoint(
                 "is corrupt. Delete it or use another copy (best.pt / model.pt)."
             )
     return payload
+
+
+def _corrupt(path: Path, error: BaseException) -> CheckpointError:
+    size = path.stat().st_size
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return CheckpointError(
+        f"Checkpoint {str(path)!r} ({size} bytes) is truncated or corrupt and cannot be read "
+        f"({type(error).__name__}: {reason}). Delete it (or pass resume=False to train from "
+        "scratch), or use another copy such as best.pt."
+    )
 
 
 def check_model_matches(payload: Mapping, model, *, path: str | os.PathLike = "checkpoint") -> None:
