@@ -1,0 +1,973 @@
+"""Embedded synthetic sample: Landsat C2 L2-like glacier scenes as COGs + a STAC catalog, with truth.
+
+:func:`write_catalog` renders a glacierised mountain valley, seen by Landsat-8 (and Landsat-9 from
+late 2021) every 16 days, into real Cloud-Optimized GeoTIFFs described by a self-contained static
+STAC catalog whose items look like Planetary Computer ``landsat-c2-l2`` items (asset keys
+``green``, ``swir16`` and ``qa_pixel``, ``raster:bands`` scale/offset, ``proj:*`` fields,
+``classification:bitfields``). :func:`open_truth` opens the ground truth written beside it.
+
+Everything is analytic, so the truth is exact:
+
+* **Terrain.** A straight valley whose axis runs through the image centre at a seed-dependent
+  angle. ``s`` is the along-flow coordinate (pixels, increasing downstream, 0 at the image
+  centre) and ``n`` the across-flow one. The valley floor descends along ``s``, the walls rise
+  with ``|n|`` and carry spurs and small-scale roughness; the rock is lit by the sun of the
+  acquisition (hill shading from the elevation model).
+* **Ice flow.** Inside the glacier (``|n| < half_width``) ice moves along the valley axis with
+  speed ``V(n) = V_max (1 - (n / half_width)**2)`` (a parabolic cross-valley profile) and zero
+  outside. Speed depends only on ``n`` and ``n`` is constant along the (straight) flow lines, so
+  the ice surface texture (crevasses, debris: a sum of random sinusoids with wavelengths of
+  4–20 px) seen at time ``t`` is the texture at ``p - velocity(p) * (t - t0)``: between two dates
+  the texture moves by exactly ``velocity * dt``.
+* **Retreat.** The terminus (a rounded tongue) retreats up-valley at a constant rate; a small
+  proglacial lake lies in front of it (flagged water in QA_PIXEL unless snow-covered).
+* **Seasonal snow.** Ground above a snow line elevation is snow-covered; the snow line follows a
+  smooth annual cycle (highest in early August) plus per-scene noise, and a static spatial noise
+  field makes its edge irregular.
+* **Clouds.** Smooth random blobs whose area is drawn per scene (about 60 % of scenes under 20 %
+  cover, the rest up to 95 %), thin cloud in a 2-pixel dilated ring, cloud shadows offset away
+  from the sun, occasional cirrus. QA_PIXEL uses the Collection-2 bit layout; snow/ice is flagged
+  only where no cloud, dilated-cloud, cirrus or shadow bit is set.
+* **Nodata.** Some scenes lose a corner (a diagonal scene edge), a few carry diagonal stripes;
+  there DN is 0 in the reflectance bands and QA_PIXEL is 1 (fill).
+* **Misregistration.** Each scene is rendered at coordinates ``(col - shift_x, row - shift_y)``
+  with ``shift_x``, ``shift_y`` uniform in ±1.5 px: the scene content is displaced by
+  ``+shift_x`` columns (east) and ``+shift_y`` rows (down), as in ``docs/conventions.md``. Clouds,
+  nodata and noise are drawn in the scene's own frame.
+* **Sensor.** Gaussian noise (0.004 reflectance), then DN = (reflectance + 0.2) / 2.75e-05 rounded
+  and clipped to [1, 65535] (uint16, DN 0 is nodata).
+
+Location: the grid's upper-left corner defaults to a point in the Karakoram for EPSG:32643
+(and to the centre of the CRS's area of use otherwise), moved by ``seed`` on a 16 x 16 lattice of
+tiles spaced one image size plus 3 km apart, so two seeds (two "glaciers") have different bounding
+boxes as well as different terrain (seeds 256 apart share a location). Pixel corners sit on
+multiples of ``resolution``.
+
+Files written under ``directory``::
+
+    catalog.json                          root catalog; link rel="describedby" -> truth.nc
+    truth.nc                              ground truth (NetCDF, see open_truth)
+    landsat-c2-l2/collection.json         the collection
+    landsat-c2-l2/<id>/<id>.json          one item per scene
+    landsat-c2-l2/<id>/<id>_SR_B3.TIF     green  (COG, uint16, DEFLATE)
+    landsat-c2-l2/<id>/<id>_SR_B6.TIF     swir16 (COG, uint16, DEFLATE)
+    landsat-c2-l2/<id>/<id>_QA_PIXEL.TIF  qa_pixel (COG, uint16, DEFLATE)
+
+Scenes are drawn from random generators keyed on ``seed`` and the acquisition date, so the same
+seed always gives the same files, and changing ``end`` does not change earlier scenes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from glacierxr.errors import CatalogError, ConfigError
+from glacierxr.landsat import QA_BITS, SR_NODATA, SR_OFFSET, SR_SCALE
+
+__all__ = ["write_catalog", "open_truth", "SAMPLE_BANDS", "TRUTH_FILENAME"]
+
+#: Asset keys written for every item (Planetary Computer ``landsat-c2-l2`` keys).
+SAMPLE_BANDS = ("green", "swir16", "qa_pixel")
+
+#: File name of the ground truth, next to ``catalog.json``.
+TRUTH_FILENAME = "truth.nc"
+
+_COLLECTION_ID = "landsat-c2-l2"
+_TRUTH_REL = "describedby"
+_TRUTH_MEDIA_TYPE = "application/x-netcdf"
+_COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+_LANDSAT9_FIRST = dt.date(2021, 11, 1)  # first Landsat-9 acquisitions in the sample
+_KARAKORAM_ORIGIN = (600_000.0, 3_960_000.0)  # EPSG:32643, ~76.1 E 35.8 N
+_MAX_SHIFT_PX = 1.5
+_NOISE_SIGMA = 0.004
+_DILATION_PX = 2
+
+_ITEM_EXTENSIONS = [
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/eo/v1.0.0/schema.json",
+    "https://stac-extensions.github.io/view/v1.0.0/schema.json",
+    "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+    "https://landsat.usgs.gov/stac/landsat-extension/v1.1.1/schema.json",
+    "https://stac-extensions.github.io/classification/v1.0.0/schema.json",
+    "https://stac-extensions.github.io/scientific/v1.0.0/schema.json",
+]
+_COLLECTION_EXTENSIONS = [
+    "https://stac-extensions.github.io/item-assets/v1.0.0/schema.json",
+    "https://stac-extensions.github.io/view/v1.0.0/schema.json",
+    "https://stac-extensions.github.io/scientific/v1.0.0/schema.json",
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/eo/v1.0.0/schema.json",
+]
+_DOI = "10.5066/P9OGBGM6"
+
+_SR_BANDS = {
+    # key: (file suffix, title, description, eo:bands entry)
+    "green": (
+        "SR_B3",
+        "Green Band",
+        "Collection 2 Level-2 Green Band (SR_B3) Surface Reflectance",
+        {"name": "OLI_B3", "common_name": "green", "description": "Visible green",
+         "center_wavelength": 0.56, "full_width_half_max": 0.06},
+    ),
+    "swir16": (
+        "SR_B6",
+        "Short-wave Infrared Band 1.6",
+        "Collection 2 Level-2 Short-wave Infrared Band 1.6 (SR_B6) Surface Reflectance",
+        {"name": "OLI_B6", "common_name": "swir16", "description": "Short-wave infrared",
+         "center_wavelength": 1.61, "full_width_half_max": 0.09},
+    ),
+}
+
+# QA_PIXEL words (Collection 2). Confidence pairs: cloud 8-9, shadow 10-11, snow 12-13, cirrus 14-15.
+_CONF_LOW = (1 << 8) | (1 << 10) | (1 << 12) | (1 << 14)
+_QA_CLEAR = _CONF_LOW | (1 << QA_BITS["clear"])
+_QA_SNOW = _QA_CLEAR | (1 << QA_BITS["snow"]) | (1 << 13)
+_QA_WATER = _QA_CLEAR | (1 << QA_BITS["water"])
+_QA_FILL = 1 << QA_BITS["fill"]
+
+
+# --------------------------------------------------------------------------------------------
+# analytic fields
+# --------------------------------------------------------------------------------------------
+class _Waves:
+    """A sum of random plane waves ``sum_k a_k cos(2 pi (kx_k c + ky_k r) + phi_k)``, unit std."""
+
+    def __init__(self, rng: np.random.Generator, count: int, wl_min: float, wl_max: float,
+                 spectral_slope: float = 1.0) -> None:
+        wavelength = np.exp(rng.uniform(np.log(wl_min), np.log(wl_max), count))
+        angle = rng.uniform(0.0, 2.0 * np.pi, count)
+        self.kx = np.cos(angle) / wavelength
+        self.ky = np.sin(angle) / wavelength
+        self.phase = rng.uniform(0.0, 2.0 * np.pi, count)
+        amp = wavelength**spectral_slope
+        self.amp = amp / np.sqrt(0.5 * np.sum(amp**2))  # unit standard deviation
+
+    def __call__(self, col: np.ndarray, row: np.ndarray) -> np.ndarray:
+        out = np.zeros(np.broadcast_shapes(np.shape(col), np.shape(row)), dtype=np.float64)
+        for kx, ky, phase, amp in zip(self.kx, self.ky, self.phase, self.amp):
+            out += amp * np.cos(2.0 * np.pi * (kx * col + ky * row) + phase)
+        return out
+
+
+@dataclass
+class _Scene:
+    index: int
+    date: dt.datetime
+    platform: str
+    shift_x: float
+    shift_y: float
+    snow_line: float
+    cloud_target: float
+    cirrus: bool
+    nodata: str  # "none" | "corner" | "stripes"
+    sun_elevation: float
+    sun_azimuth: float
+
+
+class _Valley:
+    """Static, seed-dependent terrain, glacier and texture parameters (pixel units)."""
+
+    def __init__(self, seed: int, width: int, height: int, resolution: float,
+                 t0: dt.datetime) -> None:
+        rng = np.random.default_rng([seed, 0])
+        self.width, self.height, self.resolution, self.t0 = width, height, resolution, t0
+        self.cx, self.cy = (width - 1) / 2.0, (height - 1) / 2.0
+        quadrant = rng.integers(4)
+        self.theta = np.pi / 4 + quadrant * np.pi / 2 + np.deg2rad(rng.uniform(-20.0, 20.0))
+        self.cos, self.sin = math.cos(self.theta), math.sin(self.theta)
+        # half-length of the valley axis inside the image
+        self.half_length = abs(width / 2 * self.cos) + abs(height / 2 * self.sin)
+        size = min(width, height)
+        self.half_width = rng.uniform(0.09, 0.11) * size  # glacier half-width, px
+        self.floor_half_width = 1.5 * self.half_width
+        self.max_speed = rng.uniform(700.0, 1000.0)  # m/yr
+        self.terminus0 = rng.uniform(0.38, 0.48) * self.half_length  # s of the terminus at t0
+        self.retreat_rate = rng.uniform(15.0, 35.0)  # m/yr
+        self.lake_s = self.terminus0 + 0.22 * self.half_length
+        self.lake_a = 0.09 * self.half_length
+        self.lake_b = 0.8 * self.half_width
+        self.centre_elevation = rng.uniform(4300.0, 4700.0)
+        self.valley_drop = 600.0  # m from s=0 to s=half_length
+        self.wall_height = 1000.0
+        self.spur_height = 250.0
+        self.spur_wavelength = rng.uniform(0.4, 0.6) * self.half_length
+        self.spur_phase = rng.uniform(0, 2 * np.pi)
+        self.roughness = _Waves(rng, 14, 4.0, 40.0, 1.0)
+        self.ice_texture = _Waves(rng, 24, 4.0, 20.0, 0.5)
+        self.ice_texture2 = _Waves(rng, 16, 4.0, 20.0, 0.5)
+        self.rock_texture = _Waves(rng, 20, 3.0, 30.0, 0.5)
+        self.rock_texture2 = _Waves(rng, 12, 3.0, 30.0, 0.5)
+        self.snow_texture = _Waves(rng, 10, 4.0, 30.0, 1.0)
+        self.snow_noise = _Waves(rng, 10, 6.0, 40.0, 1.0)
+        # snow line: highest (summer) well up-valley, lowest (winter) near the terminus
+        self.snow_line_summer = self.floor_elevation(-0.6 * self.half_length)
+        self.snow_line_winter = self.floor_elevation(0.5 * self.half_length)
+        self.snow_line_noise = 40.0  # m, per scene
+        self.snow_edge_noise = 60.0  # m, static spatial field
+
+    # geometry ---------------------------------------------------------------------------
+    def along_across(self, col, row):
+        dc, dr = col - self.cx, row - self.cy
+        return dc * self.cos + dr * self.sin, -dc * self.sin + dr * self.cos
+
+    def floor_elevation(self, s):
+        return self.centre_elevation - self.valley_drop * s / self.half_length
+
+    def elevation(self, col, row):
+        s, n = self.along_across(col, row)
+        outside = np.clip(np.abs(n) - self.floor_half_width, 0.0, None)
+        wall = self.wall_height * np.tanh(outside / (0.35 * self.half_length))
+        spur = self.spur_height * np.sin(2 * np.pi * s / self.spur_wavelength + self.spur_phase
+                                         + 0.05 * np.abs(n))
+        spur *= np.clip(outside / (0.3 * self.half_length), 0.0, 1.0)
+        ice = np.abs(n) < self.half_width
+        bulge = np.where(ice, 30.0 * (1.0 - (n / self.half_width) ** 2), 0.0)
+        rough = 25.0 * self.roughness(col, row) * np.clip(outside / 3.0 + 0.3, 0.3, 1.0)
+        return self.floor_elevation(s) + wall + spur + bulge + rough
+
+    def speed(self, n):
+        """Ice speed (m/yr) as a function of the across-flow coordinate only."""
+        rel = n / self.half_width
+        return np.where(np.abs(rel) < 1.0, self.max_speed * (1.0 - rel**2), 0.0)
+
+    def terminus(self, years):
+        return self.terminus0 - self.retreat_rate * years / self.resolution
+
+    def glacier(self, s, n, years):
+        rel = n / self.half_width
+        return (np.abs(rel) < 1.0) & (s < self.terminus(years) - 0.6 * self.half_width * rel**2)
+
+    def lake(self, s, n):
+        return ((s - self.lake_s) / self.lake_a) ** 2 + (n / self.lake_b) ** 2 < 1.0
+
+    def snow_line(self, date: dt.datetime) -> float:
+        phase = 2 * np.pi * (date.timetuple().tm_yday - 218) / 365.25
+        mean = 0.5 * (self.snow_line_summer + self.snow_line_winter)
+        amp = 0.5 * (self.snow_line_summer - self.snow_line_winter)
+        return mean + amp * math.cos(phase)
+
+    def years(self, date: dt.datetime) -> float:
+        return (date - self.t0).total_seconds() / (365.25 * 86400.0)
+
+    # rendering --------------------------------------------------------------------------
+    def surface(self, scene: _Scene):
+        """Surface reflectance (green, swir16), snow/ice, water and glacier masks of a scene.
+
+        Everything is evaluated at ``(col - shift_x, row - shift_y)``.
+        """
+        h, w = self.height, self.width
+        # a 1-px padded grid for the central differences of the hill shading
+        rows = np.arange(-1, h + 1, dtype=np.float64)[:, None] - scene.shift_y
+        cols = np.arange(-1, w + 1, dtype=np.float64)[None, :] - scene.shift_x
+        elev_pad = self.elevation(cols, rows)
+        elevation = elev_pad[1:-1, 1:-1]
+        col, row = cols[:, 1:-1], rows[1:-1, :]
+        col, row = np.broadcast_to(col, (h, w)), np.broadcast_to(row, (h, w))
+        s, n = self.along_across(col, row)
+        years = self.years(scene.date)
+
+        # hill shading (rows point south, so d/dnorth = -d/drow)
+        res = self.resolution
+        dz_east = (elev_pad[1:-1, 2:] - elev_pad[1:-1, :-2]) / (2 * res)
+        dz_north = -(elev_pad[2:, 1:-1] - elev_pad[:-2, 1:-1]) / (2 * res)
+        norm = np.sqrt(1.0 + dz_east**2 + dz_north**2)
+        el, az = np.deg2rad(scene.sun_elevation), np.deg2rad(scene.sun_azimuth)
+        cos_i = (-dz_east * math.sin(az) * math.cos(el) - dz_north * math.cos(az) * math.cos(el)
+                 + math.sin(el)) / norm
+        shade = np.clip(0.45 + 0.55 * np.clip(cos_i, 0.0, None) / math.sin(el), 0.3, 1.25)
+
+        glacier = self.glacier(s, n, years)
+        lake = self.lake(s, n) & ~glacier
+        snow = (elevation + self.snow_edge_noise * self.snow_noise(col, row)) > scene.snow_line
+
+        # ice texture advected with the flow: texture at p - velocity * (t - t0)
+        travel = self.speed(n) * years / res  # pixels along the flow direction
+        qc, qr = col - travel * self.cos, row - travel * self.sin
+        t_ice = np.clip(0.4 * self.ice_texture(qc, qr), -1, 1)
+        t_ice2 = np.clip(0.4 * self.ice_texture2(qc, qr), -1, 1)
+        t_rock = np.clip(0.4 * self.rock_texture(col, row), -1, 1)
+        t_rock2 = np.clip(0.4 * self.rock_texture2(col, row), -1, 1)
+        t_snow = np.clip(0.4 * self.snow_texture(col, row), -1, 1)
+
+        green = 0.12 * (1 + 0.35 * t_rock) + 0.02 * t_rock2
+        swir = 0.22 * (1 + 0.25 * t_rock) + 0.03 * t_rock2
+        green = np.where(glacier, 0.45 + 0.11 * t_ice + 0.02 * t_ice2, green)
+        swir = np.where(glacier, 0.06 - 0.03 * t_ice + 0.01 * t_ice2, swir)
+        green = np.where(lake, 0.06, green)
+        swir = np.where(lake, 0.012, swir)
+        green = np.where(snow, 0.85 + 0.04 * t_snow, green)
+        swir = np.where(snow, 0.05 + 0.01 * t_snow, swir)
+        green, swir = green * shade, swir * shade
+        snow_ice = snow | glacier
+        water = lake & ~snow
+        return green, swir, snow_ice, water, glacier, elevation
+
+    def truth_static(self, years0: float = 0.0):
+        h, w = self.height, self.width
+        row, col = np.mgrid[0:h, 0:w].astype(np.float64)
+        s, n = self.along_across(col, row)
+        speed = self.speed(n)
+        glacier = self.glacier(s, n, years0)
+        speed = np.where(glacier, speed, 0.0)
+        u = speed * self.cos
+        v = -speed * self.sin  # rows point south; v is positive north
+        lake = self.lake(s, n)
+        # stable: off the glacier (with a 1-px margin) and off the lake
+        near_ice = (np.abs(n) < self.half_width + 1.0) & (s < self.terminus0 + 1.0)
+        stable = ~near_ice & ~lake
+        return u, v, self.elevation(col, row), glacier, stable, lake
+
+
+# --------------------------------------------------------------------------------------------
+# scenes: dates, clouds, nodata
+# --------------------------------------------------------------------------------------------
+def _sun_position(date: dt.datetime, lat: float, lon: float) -> tuple[float, float]:
+    """Approximate solar elevation and azimuth (degrees) at ``date`` (UTC)."""
+    doy = date.timetuple().tm_yday
+    decl = math.radians(23.44) * math.sin(2 * math.pi * (doy - 81) / 365.0)
+    solar_time = date.hour + date.minute / 60 + lon / 15.0
+    hour_angle = math.radians(15.0 * (solar_time - 12.0))
+    phi = math.radians(lat)
+    sin_el = math.sin(phi) * math.sin(decl) + math.cos(phi) * math.cos(decl) * math.cos(hour_angle)
+    el = math.asin(sin_el)
+    cos_az = (math.sin(decl) - sin_el * math.sin(phi)) / (math.cos(el) * math.cos(phi))
+    az = math.degrees(math.acos(max(-1.0, min(1.0, cos_az))))
+    if hour_angle > 0:
+        az = 360.0 - az
+    return math.degrees(el), az
+
+
+def _schedule(seed: int, start: dt.date, end: dt.date, revisit_days: int, valley: _Valley,
+              lat: float, lon: float) -> list[_Scene]:
+    candidates: list[tuple[dt.date, str]] = []
+    day = start
+    while day <= end:
+        candidates.append((day, "landsat-8"))
+        day9 = day + dt.timedelta(days=revisit_days // 2)
+        if day9 >= _LANDSAT9_FIRST and day9 <= end:
+            candidates.append((day9, "landsat-9"))
+        day += dt.timedelta(days=revisit_days)
+    scenes = []
+    for day, platform in candidates:
+        rng = np.random.default_rng([seed, 1, day.toordinal()])
+        if rng.random() < 0.12:  # acquisition gap
+            continue
+        when = dt.datetime(day.year, day.month, day.day, 5, 30, tzinfo=dt.timezone.utc)
+        when += dt.timedelta(seconds=int(rng.integers(0, 120)))
+        shift_x, shift_y = rng.uniform(-_MAX_SHIFT_PX, _MAX_SHIFT_PX, 2)
+        kind = rng.random()
+        if kind < 0.3:
+            cloud_target = 0.0
+        elif kind < 0.6:
+            cloud_target = rng.uniform(0.01, 0.16)
+        else:
+            cloud_target = rng.uniform(0.22, 0.95)
+        nodata_draw = rng.random()
+        nodata = "corner" if nodata_draw < 0.18 else "stripes" if nodata_draw < 0.24 else "none"
+        snow_line = valley.snow_line(when) + valley.snow_line_noise * rng.standard_normal()
+        el, az = _sun_position(when, lat, lon)
+        scenes.append(_Scene(len(scenes), when, platform, float(shift_x), float(shift_y),
+                             float(snow_line), float(cloud_target), bool(rng.random() < 0.15),
+                             nodata, el, az))
+    return scenes
+
+
+def _shift_mask(mask: np.ndarray, dc: int, dr: int) -> np.ndarray:
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    src = mask[max(0, -dr):h - max(0, dr), max(0, -dc):w - max(0, dc)]
+    out[max(0, dr):max(0, dr) + src.shape[0], max(0, dc):max(0, dc) + src.shape[1]] = src
+    return out
+
+
+def _render(valley: _Valley, scene: _Scene, seed: int):
+    """Render one scene: DN arrays for green and swir16, QA_PIXEL, and per-scene diagnostics."""
+    from scipy import ndimage
+
+    h, w = valley.height, valley.width
+    rng = np.random.default_rng([seed, 2, scene.date.toordinal()])
+    green, swir, snow_ice, water, glacier, _ = valley.surface(scene)
+    row, col = np.mgrid[0:h, 0:w].astype(np.float64)
+
+    # clouds: smooth blobs thresholded to the drawn cover fraction (scene frame)
+    cloud = np.zeros((h, w), bool)
+    if scene.cloud_target > 0:
+        size = max(h, w)
+        field = _Waves(rng, 10, 0.3 * size, 1.2 * size, 1.0)(col, row)
+        field += 0.15 * _Waves(rng, 10, 6.0, 25.0, 1.0)(col, row)
+        cloud = field > np.quantile(field, 1.0 - scene.cloud_target)
+    ring1 = ndimage.binary_dilation(cloud, iterations=1) & ~cloud
+    dilated = ndimage.binary_dilation(cloud, iterations=_DILATION_PX) & ~cloud
+    ring2 = dilated & ~ring1
+    # shadow cast away from the sun
+    reach = int(np.clip(round(0.08 * min(h, w)), 3, 20))
+    az = math.radians(scene.sun_azimuth)
+    shadow = _shift_mask(cloud, -round(reach * math.sin(az)), round(reach * math.cos(az))) & ~cloud
+    cirrus = np.zeros((h, w), bool)
+    if scene.cirrus:
+        cfield = _Waves(rng, 8, 0.3 * max(h, w), 1.0 * max(h, w), 1.0)(col, row)
+        cirrus = (cfield > np.quantile(cfield, 1.0 - rng.uniform(0.1, 0.4))) & ~cloud & ~dilated
+
+    green = np.where(shadow, 0.3 * green, green)
+    swir = np.where(shadow, 0.3 * swir, swir)
+    cloud_texture = 0.4 * _Waves(rng, 8, 5.0, 40.0, 1.0)(col, row)
+    cloud_green, cloud_swir = 0.75 + 0.05 * cloud_texture, 0.5 + 0.04 * cloud_texture
+    alpha = np.where(cloud, 1.0, np.where(ring1, 0.3, np.where(ring2, 0.12, 0.0)))
+    green = (1 - alpha) * green + alpha * cloud_green
+    swir = (1 - alpha) * swir + alpha * cloud_swir
+    green = np.where(cirrus, green + 0.04, green)
+    swir = np.where(cirrus, swir + 0.02, swir)
+    green = green + _NOISE_SIGMA * rng.standard_normal((h, w))
+    swir = swir + _NOISE_SIGMA * rng.standard_normal((h, w))
+
+    # nodata (scene frame)
+    fill = np.zeros((h, w), bool)
+    if scene.nodata == "corner":
+        corner = rng.integers(4)
+        u = col / (w - 1) if corner in (0, 3) else 1 - col / (w - 1)
+        v = row / (h - 1) if corner in (0, 1) else 1 - row / (h - 1)
+        fill = u + v > rng.uniform(1.35, 1.8)
+    elif scene.nodata == "stripes":
+        period, width_px = rng.uniform(14, 26), rng.uniform(1.5, 2.5)
+        fill = np.mod(col + 0.2 * row + rng.uniform(0, period), period) < width_px
+
+    # QA_PIXEL
+    qa = np.full((h, w), _QA_CLEAR, np.uint16)
+    qa[water] = _QA_WATER
+    qa[snow_ice] = _QA_SNOW
+    shadow_word = _QA_CLEAR | (1 << QA_BITS["cloud_shadow"]) | (1 << 11)
+    qa[shadow] = shadow_word
+    qa[cirrus] = _QA_CLEAR | (1 << QA_BITS["cirrus"]) | (1 << 15)
+    qa[dilated] = (_CONF_LOW | (1 << QA_BITS["dilated_cloud"])
+                   | np.where(shadow[dilated], (1 << QA_BITS["cloud_shadow"]) | (1 << 11), 0))
+    qa[cloud] = _CONF_LOW | (1 << QA_BITS["cloud"]) | (1 << 9)
+    qa[fill] = _QA_FILL
+
+    def to_dn(refl):
+        dn = np.clip(np.rint((refl - SR_OFFSET) / SR_SCALE), 1, 65535).astype(np.uint16)
+        dn[fill] = SR_NODATA
+        return dn
+
+    valid = ~fill
+    n_valid = int(valid.sum())
+    cloud_fraction = float((cloud & valid).sum() / n_valid) if n_valid else 0.0
+    info = {
+        "cloud_fraction": cloud_fraction,
+        "nodata_fraction": float(fill.mean()),
+        "snow_ice": snow_ice,
+        "glacier_area": float(glacier.sum()) * valley.resolution**2 / 1e6,
+    }
+    return to_dn(green), to_dn(swir), qa, info
+
+
+# --------------------------------------------------------------------------------------------
+# STAC
+# --------------------------------------------------------------------------------------------
+def _wrs(seed: int) -> tuple[str, str]:
+    return f"{147 + seed % 5:03d}", f"{35 + (seed // 5) % 3:03d}"
+
+
+def _item_id(scene: _Scene, seed: int = 0) -> str:
+    sat = "08" if scene.platform == "landsat-8" else "09"
+    path, row = _wrs(seed)
+    return f"LC{sat}_L2SP_{path}{row}_{scene.date:%Y%m%d}_02_T1"
+
+
+def _bitfields() -> list[dict]:
+    single = [
+        ("fill", "Image or fill data", ("not_fill", "Image data"), ("fill", "Fill data")),
+        ("dilated_cloud", "Dilated cloud", ("not_dilated", "Cloud is not dilated or no cloud"),
+         ("dilated", "Cloud dilation")),
+        ("cirrus", "Cirrus mask", ("not_cirrus", "Cirrus confidence is not high"),
+         ("cirrus", "High confidence cirrus")),
+        ("cloud", "Cloud mask", ("not_cloud", "Cloud confidence is not high"),
+         ("cloud", "High confidence cloud")),
+        ("cloud_shadow", "Cloud shadow mask", ("not_shadow", "Cloud shadow confidence is not high"),
+         ("shadow", "High confidence cloud shadow")),
+        ("snow", "Snow/Ice mask", ("not_snow", "Snow/Ice confidence is not high"),
+         ("snow", "High confidence snow cover")),
+        ("clear", "Clear mask", ("not_clear", "Cloud or dilated cloud bits are set"),
+         ("clear", "Cloud and dilated cloud bits are not set")),
+        ("water", "Water mask", ("not_water", "Land or cloud"), ("water", "Water")),
+    ]
+    fields = []
+    for name, description, zero, one in single:
+        fields.append({
+            "name": name, "length": 1, "offset": QA_BITS[name], "description": description,
+            "classes": [{"name": zero[0], "value": 0, "description": zero[1]},
+                        {"name": one[0], "value": 1, "description": one[1]}],
+        })
+    pairs = [("cloud_confidence", 8, "cloud", "medium"),
+             ("cloud_shadow_confidence", 10, "cloud shadow", "reserved"),
+             ("snow_confidence", 12, "snow/ice", "reserved"),
+             ("cirrus_confidence", 14, "cirrus", "reserved")]
+    for name, offset, what, two in pairs:
+        two_desc = f"Medium confidence {what}" if two == "medium" else "Reserved - value not used"
+        fields.append({
+            "name": name, "length": 2, "offset": offset,
+            "description": f"{what.capitalize()} confidence levels",
+            "classes": [{"name": "not_set", "value": 0, "description": "No confidence level set"},
+                        {"name": "low", "value": 1, "description": f"Low confidence {what}"},
+                        {"name": two, "value": 2, "description": two_desc},
+                        {"name": "high", "value": 3, "description": f"High confidence {what}"}],
+        })
+    return fields
+
+
+def _asset_fields(key: str, resolution: float) -> dict:
+    if key == "qa_pixel":
+        return {
+            "type": _COG_MEDIA_TYPE,
+            "roles": ["cloud", "cloud-shadow", "snow-ice", "water-mask"],
+            "title": "Pixel Quality Assessment Band",
+            "description": "Collection 2 Level-1 Pixel Quality Assessment Band (QA_PIXEL)",
+            "classification:bitfields": _bitfields(),
+            "raster:bands": [{"unit": "bit index", "nodata": 1, "data_type": "uint16",
+                              "spatial_resolution": resolution}],
+        }
+    _, title, description, eo_band = _SR_BANDS[key]
+    return {
+        "type": _COG_MEDIA_TYPE,
+        "roles": ["data", "reflectance"],
+        "title": title,
+        "description": description,
+        "eo:bands": [dict(eo_band)],
+        "raster:bands": [{"scale": SR_SCALE, "nodata": SR_NODATA, "offset": SR_OFFSET,
+                          "data_type": "uint16", "spatial_resolution": resolution}],
+    }
+
+
+def _write_cog(path: Path, data: np.ndarray, transform, crs, nodata: int) -> None:
+    import rasterio
+
+    h, w = data.shape
+    blocksize = 256 if min(h, w) > 256 else 128
+    with rasterio.open(
+        path, "w", driver="COG", width=w, height=h, count=1, dtype="uint16", crs=crs,
+        transform=transform, nodata=nodata, compress="DEFLATE", predictor=2,
+        blocksize=blocksize, overview_resampling="nearest", num_threads=1,
+    ) as dst:
+        dst.write(data, 1)
+
+
+def _default_origin(epsg: int, seed: int, width: int, height: int,
+                    resolution: float) -> tuple[float, float]:
+    if epsg == 32643:
+        x, y = _KARAKORAM_ORIGIN
+    else:
+        from pyproj import CRS, Transformer
+
+        area = CRS.from_epsg(epsg).area_of_use
+        lon, lat = (area.west + area.east) / 2, (area.south + area.north) / 2
+        x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, lat)
+    step = max(width, height) * resolution + 3000.0
+    x += (seed % 16) * step
+    y -= ((seed // 16) % 16) * step
+    return x, y
+
+
+def _parse_date(value, name: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        raise ConfigError(
+            f"{name}={value!r} is not a date. Pass an ISO date such as '2018-01-01'."
+        ) from None
+
+
+def write_catalog(
+    directory,
+    *,
+    seed: int = 0,
+    width: int = 256,
+    height: int = 256,
+    start: str = "2013-04-01",
+    end: str = "2021-04-01",
+    revisit_days: int = 16,
+    resolution: float = 30.0,
+    epsg: int = 32643,
+    origin: tuple[float, float] | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write the synthetic glacier sample: COGs, a static STAC catalog and the ground truth.
+
+    Parameters
+    ----------
+    directory
+        Folder to write into (created if needed).
+    seed
+        Seed of the terrain, glacier, weather and noise; another seed is another glacier at
+        another place.
+    width, height
+        Size of every scene in pixels (at least 32).
+    start, end
+        First and last possible acquisition date (ISO dates, both inclusive).
+    revisit_days
+        Landsat-8 revisit; Landsat-9 scenes (from November 2021) fall half-way in between.
+        About 12 % of the acquisitions are dropped at random.
+    resolution
+        Pixel size in CRS units (metres).
+    epsg
+        EPSG code of a projected CRS in metres (default UTM 43N).
+    origin
+        ``(x, y)`` of the grid's upper-left corner; by default a place chosen from ``seed``.
+    overwrite
+        Replace a sample already written in ``directory``.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    pathlib.Path
+        Path of ``catalog.json``.
+
+    Raises
+    ------
+    ConfigError
+        A parameter is out of range.
+    CatalogError
+        ``directory`` already holds a catalog and ``overwrite`` is False.
+
+    Examples
+    --------
+    >>> import tempfile, pystac
+    >>> path = write_catalog(tempfile.mkdtemp(), width=48, height=48,
+    ...                      start="2020-06-01", end="2020-07-31")
+    >>> items = list(pystac.read_file(path).get_items(recursive=True))
+    >>> sorted(items[0].assets)
+    ['green', 'qa_pixel', 'swir16']
+    >>> open_truth(path).sizes["time"] == len(items)
+    True
+    """
+    import rasterio
+    from affine import Affine
+    from pyproj import CRS, Transformer
+    from rasterio.warp import transform_bounds
+
+    _check_args(width, height, revisit_days, resolution)
+    first, last = _parse_date(start, "start"), _parse_date(end, "end")
+    if last <= first:
+        raise ConfigError(f"end={end!r} is not after start={start!r}. Pass an end after the start.")
+    try:
+        crs = CRS.from_epsg(int(epsg))
+    except Exception:
+        raise ConfigError(f"epsg={epsg!r} is not a known EPSG code. Pass e.g. epsg=32643.") from None
+    unit = crs.axis_info[0].unit_name if crs.axis_info else ""
+    if not crs.is_projected or unit not in ("metre", "meter"):
+        raise ConfigError(
+            f"epsg={epsg} is not a projected CRS in metres (found {crs.name!r}). "
+            "Pass a UTM zone such as epsg=32643."
+        )
+
+    directory = Path(directory)
+    catalog_path = directory / "catalog.json"
+    collection_dir = directory / _COLLECTION_ID
+    truth_path = directory / TRUTH_FILENAME
+    if catalog_path.exists() or collection_dir.exists() or truth_path.exists():
+        if not overwrite:
+            raise CatalogError(
+                f"A sample is already written in {directory} (found catalog.json, "
+                f"{_COLLECTION_ID}/ or {TRUTH_FILENAME}). Pass overwrite=True to replace it, or "
+                "choose an empty directory."
+            )
+        catalog_path.unlink(missing_ok=True)
+        truth_path.unlink(missing_ok=True)
+        shutil.rmtree(collection_dir, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    if origin is None:
+        origin = _default_origin(int(epsg), seed, width, height, resolution)
+    x0 = math.floor(float(origin[0]) / resolution) * resolution
+    y0 = math.ceil(float(origin[1]) / resolution) * resolution
+    transform = Affine(resolution, 0.0, x0, 0.0, -resolution, y0)
+    proj_bbox = [x0, y0 - height * resolution, x0 + width * resolution, y0]
+    to_lonlat = Transformer.from_crs(crs, 4326, always_xy=True)
+    corners = [(proj_bbox[0], proj_bbox[3]), (proj_bbox[0], proj_bbox[1]),
+               (proj_bbox[2], proj_bbox[1]), (proj_bbox[2], proj_bbox[3])]
+    ring = [list(to_lonlat.transform(x, y)) for x, y in corners]
+    geometry = {"type": "Polygon", "coordinates": [ring + [ring[0]]]}
+    bbox = list(transform_bounds(crs, "EPSG:4326", *proj_bbox, densify_pts=21))
+    lon_c, lat_c = to_lonlat.transform(x0 + width * resolution / 2, y0 - height * resolution / 2)
+
+    t0 = dt.datetime(first.year, first.month, first.day, tzinfo=dt.timezone.utc)
+    valley = _Valley(seed, width, height, resolution, t0)
+    scenes = _schedule(seed, first, last, revisit_days, valley, lat_c, lon_c)
+    if not scenes:
+        raise ConfigError(
+            f"No acquisition falls between start={start!r} and end={end!r}. "
+            f"Widen the period (revisit is {revisit_days} days)."
+        )
+
+    import pystac
+
+    catalog = pystac.Catalog(
+        id=f"glacierxr-sample-seed{seed}",
+        description=("Synthetic Landsat Collection-2 Level-2 scenes of a glacier valley written by "
+                     "glacierxr.sample.write_catalog, with ground truth in truth.nc."),
+        title=f"glacierxr embedded sample (seed {seed})",
+    )
+    collection = pystac.Collection(
+        id=_COLLECTION_ID,
+        title="Landsat Collection 2 Level-2",
+        description=("Synthetic stand-in for Landsat Collection 2 Level-2 surface reflectance "
+                     "(green, swir16 and QA_PIXEL only), rendered by glacierxr.sample."),
+        extent=pystac.Extent(
+            pystac.SpatialExtent([bbox]),
+            pystac.TemporalExtent([[scenes[0].date, scenes[-1].date]]),
+        ),
+        license="proprietary",
+        keywords=["Landsat", "USGS", "NASA", "Satellite", "Reflectance", "Synthetic"],
+        providers=[pystac.Provider(name="glacierxr", roles=["producer", "processor"])],
+        stac_extensions=list(_COLLECTION_EXTENSIONS),
+        extra_fields={"item_assets": {k: _asset_fields(k, resolution) for k in SAMPLE_BANDS}},
+        summaries=pystac.Summaries({
+            "gsd": [resolution],
+            "sci:doi": [_DOI],
+            "platform": sorted({s.platform for s in scenes}),
+            "instruments": ["oli", "tirs"],
+            "view:off_nadir": [0],
+        }),
+    )
+    catalog.add_child(collection)
+
+    path, row = _wrs(seed)
+    n = len(scenes)
+    records = {k: np.empty(n) for k in ("cloud_fraction", "nodata_fraction", "glacier_area",
+                                        "terminus")}
+    snow_ice = np.empty((n, height, width), bool)
+    ids = []
+    iterator = scenes
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(scenes, desc="glacierxr sample", unit="scene")
+    with rasterio.Env(GDAL_NUM_THREADS="1"):
+        for scene in iterator:
+            green, swir, qa, info = _render(valley, scene, seed)
+            item_id = _item_id(scene, seed)
+            ids.append(item_id)
+            i = scene.index
+            records["cloud_fraction"][i] = info["cloud_fraction"]
+            records["nodata_fraction"][i] = info["nodata_fraction"]
+            records["glacier_area"][i] = info["glacier_area"]
+            records["terminus"][i] = valley.terminus(valley.years(scene.date)) * resolution
+            snow_ice[i] = info["snow_ice"]
+
+            item_dir = collection_dir / item_id
+            item_dir.mkdir(parents=True, exist_ok=True)
+            cover = round(100.0 * info["cloud_fraction"], 2)
+            sat = "8" if scene.platform == "landsat-8" else "9"
+            properties = {
+                "gsd": resolution,
+                "created": (scene.date + dt.timedelta(days=8)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "sci:doi": _DOI,
+                "platform": scene.platform,
+                "proj:epsg": int(epsg),
+                "proj:code": f"EPSG:{int(epsg)}",
+                "proj:shape": [height, width],
+                "proj:bbox": proj_bbox,
+                "description": "Landsat Collection 2 Level-2",
+                "instruments": ["oli", "tirs"],
+                "eo:cloud_cover": cover,
+                "proj:transform": list(transform)[:6],
+                "view:off_nadir": 0,
+                "landsat:wrs_row": row,
+                "landsat:scene_id": (f"LC{sat}{path}{row}{scene.date:%Y}"
+                                     f"{scene.date.timetuple().tm_yday:03d}LGN00"),
+                "landsat:wrs_path": path,
+                "landsat:wrs_type": "2",
+                "view:sun_azimuth": round(scene.sun_azimuth, 8),
+                "landsat:correction": "L2SP",
+                "view:sun_elevation": round(scene.sun_elevation, 8),
+                "landsat:cloud_cover_land": cover,
+                "landsat:collection_number": "02",
+                "landsat:collection_category": "T1",
+            }
+            item = pystac.Item(
+                id=item_id, geometry=geometry, bbox=bbox, datetime=scene.date,
+                properties=properties, stac_extensions=list(_ITEM_EXTENSIONS),
+                collection=_COLLECTION_ID,
+            )
+            item.add_link(pystac.Link("cite-as", f"https://doi.org/{_DOI}",
+                                      title="Landsat 8-9 OLI/TIRS Collection 2 Level-2"))
+            for key, data, suffix in (("green", green, "SR_B3"), ("swir16", swir, "SR_B6"),
+                                      ("qa_pixel", qa, "QA_PIXEL")):
+                file = item_dir / f"{item_id}_{suffix}.TIF"
+                nodata = 1 if key == "qa_pixel" else SR_NODATA
+                _write_cog(file, data, transform, crs, nodata)
+                fields = _asset_fields(key, resolution)
+                item.add_asset(key, pystac.Asset(
+                    href=str(file.resolve()), title=fields.pop("title"),
+                    description=fields.pop("description"), media_type=fields.pop("type"),
+                    roles=fields.pop("roles"), extra_fields=fields,
+                ))
+            collection.add_item(item)
+
+    _write_truth(truth_path, valley, scenes, ids, records, snow_ice, transform, crs, seed=seed,
+                 width=width, height=height, start=first.isoformat(), end=last.isoformat(),
+                 revisit_days=revisit_days, epsg=int(epsg), origin=(x0, y0))
+
+    catalog.normalize_hrefs(str(directory.resolve()))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.add_link(pystac.Link(
+        _TRUTH_REL, f"./{TRUTH_FILENAME}", media_type=_TRUTH_MEDIA_TYPE,
+        title="glacierxr sample ground truth",
+    ))
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    return catalog_path
+
+
+def _check_args(width, height, revisit_days, resolution) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if int(value) != value or value < 32:
+            raise ConfigError(f"{name}={value!r} is too small. Pass an integer of at least 32.")
+    if int(revisit_days) != revisit_days or revisit_days < 2:
+        raise ConfigError(f"revisit_days={revisit_days!r} is invalid. Pass an integer >= 2.")
+    if not resolution > 0:
+        raise ConfigError(f"resolution={resolution!r} is not positive. Pass e.g. 30.0.")
+
+
+def _write_truth(path: Path, valley: _Valley, scenes, ids, records, snow_ice, transform, crs,
+                 **params) -> None:
+    import pandas as pd
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    h, w = valley.height, valley.width
+    res = valley.resolution
+    x = transform.c + res * (np.arange(w) + 0.5)
+    y = transform.f - res * (np.arange(h) + 0.5)
+    times = pd.DatetimeIndex([s.date.replace(tzinfo=None) for s in scenes])
+    u, v, elevation, glacier, stable, lake = valley.truth_static()
+    yx, t = ("y", "x"), ("time",)
+
+    def var(dims, data, units, long_name, **attrs):
+        return xr.Variable(dims, data, {"units": units, "long_name": long_name, **attrs})
+
+    ds = xr.Dataset(
+        {
+            "shift_x": var(t, [s.shift_x for s in scenes], "pixel",
+                           "misregistration: content displacement towards +x (east, columns)"),
+            "shift_y": var(t, [s.shift_y for s in scenes], "pixel",
+                           "misregistration: content displacement towards +y rows (down, south)"),
+            "snow_line": var(t, [s.snow_line for s in scenes], "m", "snow line elevation"),
+            "cloud_fraction": var(t, records["cloud_fraction"], "1",
+                                  "fraction of non-fill pixels flagged cloud in QA_PIXEL"),
+            "nodata_fraction": var(t, records["nodata_fraction"], "1",
+                                   "fraction of fill pixels"),
+            "terminus_distance": var(t, records["terminus"], "m",
+                                     "along-flow distance of the terminus (centreline) "
+                                     "downstream of the image centre"),
+            "glacier_area": var(t, records["glacier_area"], "km2", "glacier area in the scene"),
+            "sun_elevation": var(t, [s.sun_elevation for s in scenes], "degree", "sun elevation"),
+            "u": var(yx, u.astype(np.float32), "m/yr",
+                     "true surface velocity, east component (glacier extent at start)"),
+            "v": var(yx, v.astype(np.float32), "m/yr",
+                     "true surface velocity, north component (glacier extent at start)"),
+            "speed": var(yx, np.hypot(u, v).astype(np.float32), "m/yr", "true surface speed"),
+            "elevation": var(yx, elevation.astype(np.float32), "m", "surface elevation"),
+            "glacier": var(yx, glacier, "1", "glacier ice extent at start"),
+            "stable": var(yx, stable, "1", "stable ground (off the glacier and lake, never moves)"),
+            "lake": var(yx, lake, "1", "proglacial lake"),
+            "snow_ice": var(("time", "y", "x"), snow_ice, "1",
+                            "ground covered by snow or glacier ice as rendered in the scene "
+                            "(scene frame, i.e. misregistered; clouds ignored)"),
+        },
+        coords={
+            "time": times,
+            "y": ("y", y, {"units": "m", "long_name": "y coordinate of pixel centre"}),
+            "x": ("x", x, {"units": "m", "long_name": "x coordinate of pixel centre"}),
+            "id": ("time", np.array(ids)),
+            "platform": ("time", np.array([s.platform for s in scenes])),
+        },
+    )
+    flow_azimuth = (90.0 - math.degrees(math.atan2(-valley.sin, valley.cos))) % 360.0
+    ds.attrs.update(
+        title="glacierxr embedded sample: ground truth",
+        source="glacierxr.sample.write_catalog",
+        seed=params["seed"],
+        width=params["width"],
+        height=params["height"],
+        start=params["start"],
+        end=params["end"],
+        revisit_days=params["revisit_days"],
+        resolution=res,
+        epsg=params["epsg"],
+        origin=list(params["origin"]),
+        reference_time=valley.t0.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        flow_azimuth_deg=flow_azimuth,
+        max_speed=valley.max_speed,
+        glacier_half_width_m=valley.half_width * res,
+        retreat_rate=valley.retreat_rate,
+        snow_line_summer=valley.snow_line_summer,
+        snow_line_winter=valley.snow_line_winter,
+        max_shift_px=_MAX_SHIFT_PX,
+        sensor_noise=_NOISE_SIGMA,
+        shift_convention=("scene content displaced by +shift_x columns (east) and +shift_y rows "
+                          "(down); rendered at (col - shift_x, row - shift_y)"),
+        velocity_convention="u positive east, v positive north",
+    )
+    ds = ds.rio.write_crs(crs)
+    ds["time"].encoding.update(units="seconds since 2000-01-01T00:00:00", dtype="int32")
+    ds.to_netcdf(path)
+
+
+def open_truth(catalog_path) -> "xr.Dataset":
+    """Open the ground truth of a sample written by :func:`write_catalog` (loaded in memory).
+
+    Parameters
+    ----------
+    catalog_path
+        Path of the sample's ``catalog.json`` (or of its directory).
+
+    Returns
+    -------
+    xarray.Dataset
+        Per time: ``shift_x``, ``shift_y`` (pixels, content displacement; +x east, +y down),
+        ``snow_line`` (m), ``cloud_fraction``, ``nodata_fraction``, ``terminus_distance`` (m),
+        ``glacier_area`` (km2), ``sun_elevation`` and coords ``id``, ``platform``. Per pixel:
+        ``u``, ``v`` (m/yr, u east, v north), ``speed``, ``elevation`` (m), ``glacier``,
+        ``stable``, ``lake`` (bool). ``snow_ice`` (time, y, x) as rendered in each scene. ``x`` /
+        ``y`` are pixel centres; the CRS is in ``spatial_ref``; attrs hold the parameters.
+
+    Raises
+    ------
+    CatalogError
+        No catalog at ``catalog_path``, or it has no ground-truth link.
+    """
+    import rioxarray  # noqa: F401
+    import xarray as xr
+
+    path = Path(catalog_path)
+    if path.is_dir():
+        path = path / "catalog.json"
+    if not path.is_file():
+        raise CatalogError(
+            f"No sample catalog at {path}. Pass the path returned by "
+            "glacierxr.sample.write_catalog()."
+        )
+    doc = json.loads(path.read_text())
+    hrefs = [link["href"] for link in doc.get("links", [])
+             if link.get("rel") == _TRUTH_REL and link.get("type") == _TRUTH_MEDIA_TYPE]
+    if not hrefs:
+        raise CatalogError(
+            f"{path} has no ground-truth link (rel={_TRUTH_REL!r}, type={_TRUTH_MEDIA_TYPE!r}); "
+            f"found rels {[link.get('rel') for link in doc.get('links', [])]}. Only catalogs "
+            "written by glacierxr.sample.write_catalog carry a truth."
+        )
+    truth_file = (path.parent / hrefs[0]).resolve()
+    with xr.open_dataset(truth_file, decode_coords="all") as ds:
+        ds = ds.load()
+    if "spatial_ref" in ds.data_vars:
+        ds = ds.set_coords("spatial_ref")
+    for name in ("glacier", "stable", "lake", "snow_ice"):
+        ds[name] = ds[name].astype(bool)
+    return ds
