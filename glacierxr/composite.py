@@ -8,7 +8,8 @@ observation, so the output has exactly one step per period and no holes in time.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import warnings
+from collections.abc import Callable, Hashable
 from typing import Literal
 
 import dask
@@ -32,6 +33,33 @@ _MONTH_NAMES = {
     )
 }
 _GROUP = "__glacierxr_period__"
+_NUMPY_REDUCTIONS: dict[str, Callable[..., np.ndarray]] = {
+    "mean": np.nanmean,
+    "median": np.nanmedian,
+    "max": np.nanmax,
+    "min": np.nanmin,
+}
+
+
+def _reduce_time(values: np.ndarray, *, how: str) -> np.ndarray:
+    """NaN-skipping reduction over the last axis; all-NaN pixels give NaN without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice", "Mean of empty slice"
+        return _NUMPY_REDUCTIONS[how](values, axis=-1).astype(values.dtype, copy=False)
+
+
+def _reduce_group(group: xr.DataArray, *, how: str, time_dim: Hashable) -> xr.DataArray:
+    # One period's scenes (a handful) are brought into one time chunk for the reduction.
+    return xr.apply_ufunc(
+        _reduce_time,
+        group,
+        input_core_dims=[[time_dim]],
+        kwargs={"how": how},
+        dask="parallelized",
+        output_dtypes=[group.dtype],
+        dask_gufunc_kwargs={"allow_rechunk": True},
+        keep_attrs=True,
+    )
 
 
 def _anchor_month(anchor: int | str) -> int:
@@ -138,10 +166,11 @@ def monthly(
     before the first or after the last period with data for that pixel stay NaN (no
     extrapolation).
 
-    Laziness and chunking: the reduction works for any chunking. The interpolation needs the
-    (small) *composite* in one chunk along time, so the output is rechunked to a single time
-    chunk; the caller's data is never rechunked. Without ``interpolate`` the output keeps one
-    chunk per period.
+    Laziness and chunking: nothing is computed, and any chunking works. Each period's few scenes
+    are brought into one time chunk for its reduction (a small, per-period step), and the
+    interpolation needs the (small) *composite* in one chunk along time, so the output has a
+    single time chunk; ``y``/``x`` chunks are kept and the caller's data is never rechunked.
+    Without ``interpolate`` the output keeps one chunk per period.
 
     Parameters
     ----------
@@ -238,13 +267,16 @@ def monthly(
     clean = da.reset_coords(per_scene, drop=True).assign_coords({_GROUP: (time_dim, labels)})
     valid = clean.notnull()
 
-    def per_period(values: xr.DataArray, reduction: str, **kwargs) -> xr.DataArray:
-        reduced = getattr(values.groupby(_GROUP), reduction)(time_dim, **kwargs)
+    def per_period(reduced: xr.DataArray) -> xr.DataArray:
         reduced = reduced.rename({_GROUP: time_dim})
-        return reduced.drop_vars(time_dim).assign_coords({time_dim: pd.DatetimeIndex(reduced[time_dim].values)})
+        times = pd.DatetimeIndex(reduced[time_dim].values)
+        return reduced.drop_vars(time_dim).assign_coords({time_dim: times})
 
-    composite = per_period(clean, how, skipna=True).reindex({time_dim: grid})
-    count = per_period(valid, "sum").reindex({time_dim: grid}, fill_value=0).astype(np.int64)
+    composite = per_period(
+        clean.groupby(_GROUP).map(_reduce_group, how=how, time_dim=time_dim)
+    ).reindex({time_dim: grid})
+    count = per_period(valid.groupby(_GROUP).sum(time_dim))
+    count = count.reindex({time_dim: grid}, fill_value=0).astype(np.int64)
     enough = count >= min_count
     composite = composite.where(enough)
     other_dims = [d for d in composite.dims if d != time_dim]
@@ -273,7 +305,8 @@ def monthly(
     }
     if observed is not None:
         counted = (valid & observed.astype(bool).reset_coords(drop=True))
-        observed_count = per_period(counted, "sum").reindex({time_dim: grid}, fill_value=0)
+        observed_count = per_period(counted.groupby(_GROUP).sum(time_dim))
+        observed_count = observed_count.reindex({time_dim: grid}, fill_value=0)
         coords["observed_count"] = (
             observed_count.astype(np.int64)
             .transpose(*composite.dims)
