@@ -379,6 +379,10 @@ class Trainer:
 
     Notes
     -----
+    The trainer keeps a CPU copy of the last completed epoch (weights and optimizer state, about
+    three times the model's size) so that Ctrl-C can always write a consistent ``last.pt``, plus
+    a copy of the best weights.
+
     Exact resume is guaranteed on CPU with deterministic data (the same dataset in the same
     order for the same index).  On CUDA some kernels are not deterministic; resume is then
     statistically, not bitwise, equivalent.  An ``IterableDataset`` cannot be shuffled by the
@@ -838,12 +842,20 @@ class Trainer:
             os.fsync(handle.fileno())
 
     def _start_fresh(self) -> None:
+        """Begin at epoch 1: seed, forget earlier bookkeeping, replace stale files.
+
+        The model's current weights and the optimizer are kept, so calling :meth:`fit` again
+        continues training them as a new run.
+        """
         _seed_everything(self.seed)
+        self._records = []
+        self._best_loss, self._best_epoch, self._best_state = math.inf, 0, None
+        self._bad_epochs, self._stopped_early, self._completed = 0, False, None
         if self.checkpoint_dir is not None:
             stale = [name for name in _CHECKPOINT_FILES if (self.checkpoint_dir / name).exists()]
             if stale:
                 warnings.warn(
-                    f"resume=False: replacing the checkpoints {stale} of an earlier run in "
+                    f"Starting a new run: replacing the checkpoints {stale} of an earlier run in "
                     f"{str(self.checkpoint_dir)!r}. Pass resume=True to continue that run instead.",
                     UserWarning,
                     stacklevel=3,
