@@ -258,10 +258,14 @@ class PatchSequences(IterableDataset):
     --------
     >>> import numpy as np
     >>> from glacierxr.testing import make_series
-    >>> cube = make_series(np.random.default_rng(0).random((24, 40, 40)), freq="QS")
+    Ten years of 3-monthly composites, 40 × 40 px:
+
+    >>> cube = make_series(np.random.default_rng(0).random((40, 40, 40)), freq="QS")
     >>> ds = PatchSequences(cube, patch=20, stride=10)
-    >>> len(ds), len(ds.split("train")), len(ds.split("test"))
-    (153, 81, 9)
+    >>> ds.split_info["time_ranges"]
+    {'train': (0, 24), 'val': (24, 32), 'test': (32, 40)}
+    >>> len(ds), len(ds.split("train")), len(ds.split("val")), len(ds.split("test"))
+    (297, 153, 9, 9)
     >>> inputs, targets, valid = ds.split("train")[0]
     >>> tuple(inputs.shape), tuple(targets.shape), tuple(valid.shape)
     ((4, 1, 20, 20), (4, 1, 20, 20), (4, 1, 20, 20))
@@ -534,7 +538,7 @@ class PatchSequences(IterableDataset):
         return epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for batch in self._stream_worker(batch_size=256):
+        for batch in self._stream_worker(batch_size=64):
             inputs, targets, mask = (torch.from_numpy(a) for a in batch.arrays)
             for i in range(inputs.shape[0]):
                 yield inputs[i], targets[i], mask[i]
@@ -847,25 +851,26 @@ class _Tile(NamedTuple):
 
 
 def _tile_shape(layout: _Layout, ids: np.ndarray) -> tuple[int, int]:
-    """Spatial extent (in window-start pixels) of a tile: chunk-aligned, under ``tile_mb``."""
-    time_dim, y_dim, x_dim = layout.dims
-    height, width = layout.data.sizes[y_dim], layout.data.sizes[x_dim]
+    """Spatial extent (in window-start pixels) of a tile: the scene halved until under ``tile_mb``.
+
+    The tiling depends only on the scene size, the windows and the budget (not on the Dask
+    chunks), so the order of the windows is the same for NumPy- and Dask-backed cubes.
+    """
+    _, y_dim, x_dim = layout.dims
+    tile_h, tile_w = layout.data.sizes[y_dim], layout.data.sizes[x_dim]
     if ids.size:
         t0, _, _ = layout.decompose(ids[[0, -1]])
         periods = int(t0.max() - t0.min()) + layout.steps
     else:
         periods = layout.steps
-    chunks = layout.data.chunksizes if layout.data.chunks is not None else {}
-    tile_h = int(chunks[y_dim][0]) if y_dim in chunks else height
-    tile_w = int(chunks[x_dim][0]) if x_dim in chunks else width
     budget = layout.tile_mb * 1e6
     p = layout.patch
     # raw float32 + normalised float32 + bool mask while preparing a tile
     while (tile_h + p) * (tile_w + p) * periods * 9 > budget and max(tile_h, tile_w) > layout.stride:
         if tile_h >= tile_w:
-            tile_h = max(tile_h // 2, 1)
+            tile_h = max(-(-tile_h // 2), 1)
         else:
-            tile_w = max(tile_w // 2, 1)
+            tile_w = max(-(-tile_w // 2), 1)
     return tile_h, tile_w
 
 
