@@ -258,6 +258,7 @@ class PatchSequences(IterableDataset):
     --------
     >>> import numpy as np
     >>> from glacierxr.testing import make_series
+
     Ten years of 3-monthly composites, 40 × 40 px:
 
     >>> cube = make_series(np.random.default_rng(0).random((40, 40, 40)), freq="QS")
