@@ -135,8 +135,9 @@ class EnergyMeter:
     """Estimate the electricity used while training, and its CO₂ equivalent.
 
     * CPU: the CPU time this process and its finished children (DataLoader workers) used, in
-      core-seconds (the integral of ``psutil`` ``cpu_percent`` over the wall time), times an
-      assumed power per busy core (``cpu_watts_per_core``, default
+      core-seconds (:func:`time.process_time` and :func:`os.times`: the integral of the
+      process's ``cpu_percent`` over the wall time, without sampling), times an assumed power
+      per busy core (``cpu_watts_per_core``, default
       :data:`CPU_WATTS_PER_CORE` = 15 W).
     * GPU (CUDA only): the board power sampled twice a second with ``torch.cuda.power_draw``
       (needs ``pynvml``), averaged and multiplied by the wall time; without ``pynvml`` the
@@ -157,13 +158,10 @@ class EnergyMeter:
         gpu_watts: float = GPU_WATTS_NOMINAL,
         carbon_intensity: float = CARBON_INTENSITY_WORLD,
     ) -> None:
-        import psutil
-
         self.device = device
         self.cpu_watts_per_core = float(cpu_watts_per_core)
         self.gpu_watts = float(gpu_watts)
         self.carbon_intensity = float(carbon_intensity)
-        self._process = psutil.Process()
         self._samples: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -183,9 +181,11 @@ class EnergyMeter:
             )
         return text + f"; co2 at {self.carbon_intensity:g} kg/kWh"
 
-    def _cpu_seconds(self) -> float:
-        times = self._process.cpu_times()
-        return float(times.user + times.system + times.children_user + times.children_system)
+    @staticmethod
+    def _cpu_seconds() -> float:
+        # this process at nanosecond resolution, plus reaped children (DataLoader workers)
+        children = os.times()
+        return time.process_time() + children.children_user + children.children_system
 
     def _sample_gpu(self) -> None:
         import torch
