@@ -148,6 +148,6 @@ def model_from_config(config: Mapping[str, Any]) -> ForecastModel:
 # Import the models last: each registers itself.
 from glacierxr.ml.models.convlstm import ConvLSTMForecaster  # noqa: E402
 from glacierxr.ml.models.lstm import LSTMEncoderDecoder  # noqa: E402
-# from glacierxr.ml.models.transformer import TransformerLSTM  # noqa: E402
-# from glacierxr.ml.models.unet import RecurrentUNet  # noqa: E402
-# from glacierxr.ml.models.vit import VisionTransformerForecaster  # noqa: E402
+from glacierxr.ml.models.transformer import TransformerLSTM  # noqa: E402
+from glacierxr.ml.models.unet import RecurrentUNet  # noqa: E402
+from glacierxr.ml.models.vit import VisionTransformerForecaster  # noqa: E402
