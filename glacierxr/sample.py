@@ -137,12 +137,18 @@ _QA_FILL = 1 << QA_BITS["fill"]
 # analytic fields
 # --------------------------------------------------------------------------------------------
 class _Waves:
-    """A sum of random plane waves ``sum_k a_k cos(2 pi (kx_k c + ky_k r) + phi_k)``, unit std."""
+    """A sum of random plane waves ``sum_k a_k cos(2 pi (kx_k c + ky_k r) + phi_k)``, unit std.
+
+    Evaluated exactly at any (non-integer) position; used for the advected ice texture, which
+    is displaced by a different amount in every pixel.
+    """
 
     def __init__(self, rng: np.random.Generator, count: int, wl_min: float, wl_max: float,
-                 spectral_slope: float = 1.0) -> None:
+                 spectral_slope: float = 1.0, direction: float | None = None,
+                 spread: float = np.pi) -> None:
         wavelength = np.exp(rng.uniform(np.log(wl_min), np.log(wl_max), count))
-        angle = rng.uniform(0.0, 2.0 * np.pi, count)
+        centre = 0.0 if direction is None else direction
+        angle = centre + rng.uniform(-spread, spread, count)
         self.kx = np.cos(angle) / wavelength
         self.ky = np.sin(angle) / wavelength
         self.phase = rng.uniform(0.0, 2.0 * np.pi, count)
@@ -154,6 +160,45 @@ class _Waves:
         for kx, ky, phase, amp in zip(self.kx, self.ky, self.phase, self.amp):
             out += amp * np.cos(2.0 * np.pi * (kx * col + ky * row) + phase)
         return out
+
+
+def _band_spectrum(rng, shape, wl_min, wl_max, slope) -> np.ndarray:
+    """Spectrum of a real random field (unit std) with power in wavelengths [wl_min, wl_max] px."""
+    ky = np.fft.fftfreq(shape[0])[:, None]
+    kx = np.fft.fftfreq(shape[1])[None, :]
+    kr = np.hypot(kx, ky)
+    band = (kr >= 1.0 / wl_max) & (kr <= 1.0 / wl_min)
+    amp = np.where(band, np.where(band, kr, 1.0) ** (-slope), 0.0)
+    spectrum = np.fft.fft2(rng.standard_normal(shape)) * amp  # Hermitian: the field is real
+    std = np.sqrt(np.sum(np.abs(spectrum) ** 2)) / (shape[0] * shape[1])
+    return spectrum / std
+
+
+class _PeriodicFields:
+    """Static random fields on a torus, sampled exactly at a sub-pixel shift through the FFT.
+
+    A field is the real trigonometric polynomial ``f(c, r) = sum_k F_k exp(2 pi i k.(c, r))``;
+    ``f(c - shift_x, r - shift_y)`` on the integer grid is the inverse FFT of
+    ``F_k exp(-2 pi i k.shift)``, so misregistered scenes see exactly the same ground.
+    """
+
+    def __init__(self, rng, shape, specs) -> None:
+        self.shape = shape
+        self.spectra = np.stack([_band_spectrum(rng, shape, *spec) for spec in specs])
+        self.ky = np.fft.fftfreq(shape[0])[:, None]
+        self.kx = np.fft.fftfreq(shape[1])[None, :]
+
+    def sample(self, shift_x: float, shift_y: float, rows: np.ndarray, cols: np.ndarray):
+        from scipy import fft
+
+        ramp = np.exp(-2j * np.pi * (self.kx * shift_x + self.ky * shift_y))
+        fields = fft.ifft2((self.spectra * ramp).astype(np.complex64), workers=1).real
+        return fields[:, (rows % self.shape[0])[:, None], (cols % self.shape[1])[None, :]]
+
+
+def _lowpass_noise(rng, shape, wl_min, wl_max, slope=1.0) -> np.ndarray:
+    """A fresh random field of unit std in the scene frame (clouds)."""
+    return np.fft.ifft2(_band_spectrum(rng, shape, wl_min, wl_max, slope)).real
 
 
 @dataclass
@@ -171,11 +216,17 @@ class _Scene:
     sun_azimuth: float
 
 
+# indices of the static fields in _Valley.fields
+_ROUGH, _ROCK, _ROCK2, _SNOW, _SNOW_EDGE = range(5)
+
+
 class _Valley:
     """Static, seed-dependent terrain, glacier and texture parameters (pixel units)."""
 
     def __init__(self, seed: int, width: int, height: int, resolution: float,
                  t0: dt.datetime) -> None:
+        from scipy import fft
+
         rng = np.random.default_rng([seed, 0])
         self.width, self.height, self.resolution, self.t0 = width, height, resolution, t0
         self.cx, self.cy = (width - 1) / 2.0, (height - 1) / 2.0
@@ -186,26 +237,34 @@ class _Valley:
         self.half_length = abs(width / 2 * self.cos) + abs(height / 2 * self.sin)
         size = min(width, height)
         self.half_width = rng.uniform(0.09, 0.11) * size  # glacier half-width, px
-        self.floor_half_width = 1.5 * self.half_width
+        self.floor_half_width = 1.45 * self.half_width
+        self.floor_wobble = (0.25 * self.half_width, rng.uniform(0.25, 0.4) * self.half_length,
+                             rng.uniform(0, 2 * np.pi))
         self.max_speed = rng.uniform(700.0, 1000.0)  # m/yr
         self.terminus0 = rng.uniform(0.38, 0.48) * self.half_length  # s of the terminus at t0
         self.retreat_rate = rng.uniform(15.0, 35.0)  # m/yr
-        self.lake_s = self.terminus0 + 0.22 * self.half_length
+        self.lake_s = self.terminus0 + 0.2 * self.half_length
         self.lake_a = 0.09 * self.half_length
         self.lake_b = 0.8 * self.half_width
+        self.medial_moraine = rng.uniform(-0.3, 0.3) * self.half_width
         self.centre_elevation = rng.uniform(4300.0, 4700.0)
         self.valley_drop = 600.0  # m from s=0 to s=half_length
-        self.wall_height = 1000.0
-        self.spur_height = 250.0
+        self.wall_height = 1400.0
+        self.spur_height = 300.0
         self.spur_wavelength = rng.uniform(0.4, 0.6) * self.half_length
         self.spur_phase = rng.uniform(0, 2 * np.pi)
-        self.roughness = _Waves(rng, 14, 4.0, 40.0, 1.0)
-        self.ice_texture = _Waves(rng, 24, 4.0, 20.0, 0.5)
-        self.ice_texture2 = _Waves(rng, 16, 4.0, 20.0, 0.5)
-        self.rock_texture = _Waves(rng, 20, 3.0, 30.0, 0.5)
-        self.rock_texture2 = _Waves(rng, 12, 3.0, 30.0, 0.5)
-        self.snow_texture = _Waves(rng, 10, 4.0, 30.0, 1.0)
-        self.snow_noise = _Waves(rng, 10, 6.0, 40.0, 1.0)
+        # static fields (ground), sampled exactly at each scene's misregistration
+        period = (fft.next_fast_len(height + 2 + 16), fft.next_fast_len(width + 2 + 16))
+        self.fields = _PeriodicFields(rng, period, [
+            (6.0, 40.0, 1.2),   # _ROUGH: terrain roughness
+            (4.0, 30.0, 0.6),   # _ROCK: rock albedo
+            (4.0, 30.0, 0.6),   # _ROCK2: rock spectral variation
+            (4.0, 40.0, 1.0),   # _SNOW: snow surface
+            (6.0, 60.0, 1.0),   # _SNOW_EDGE: irregular snow-line edge
+        ])
+        # ice texture: transverse crevasses (crests across the flow) + isotropic debris/ogives
+        self.crevasses = _Waves(rng, 24, 4.0, 9.0, 0.3, direction=self.theta, spread=0.5)
+        self.ice_texture = _Waves(rng, 32, 4.0, 20.0, 0.6)
         # snow line: highest (summer) well up-valley, lowest (winter) near the terminus
         self.snow_line_summer = self.floor_elevation(-0.6 * self.half_length)
         self.snow_line_winter = self.floor_elevation(0.5 * self.half_length)
@@ -220,16 +279,18 @@ class _Valley:
     def floor_elevation(self, s):
         return self.centre_elevation - self.valley_drop * s / self.half_length
 
-    def elevation(self, col, row):
+    def elevation(self, col, row, roughness):
         s, n = self.along_across(col, row)
-        outside = np.clip(np.abs(n) - self.floor_half_width, 0.0, None)
-        wall = self.wall_height * np.tanh(outside / (0.35 * self.half_length))
+        amp, wavelength, phase = self.floor_wobble
+        floor = self.floor_half_width + amp * np.sin(2 * np.pi * s / wavelength + phase)
+        outside = np.clip(np.abs(n) - floor, 0.0, None)
+        wall = self.wall_height * np.tanh(outside / (0.45 * self.half_length))
         spur = self.spur_height * np.sin(2 * np.pi * s / self.spur_wavelength + self.spur_phase
                                          + 0.05 * np.abs(n))
         spur *= np.clip(outside / (0.3 * self.half_length), 0.0, 1.0)
         ice = np.abs(n) < self.half_width
         bulge = np.where(ice, 30.0 * (1.0 - (n / self.half_width) ** 2), 0.0)
-        rough = 25.0 * self.roughness(col, row) * np.clip(outside / 3.0 + 0.3, 0.3, 1.0)
+        rough = np.where(ice, 4.0, np.clip(8.0 + 1.5 * outside, 8.0, 45.0)) * roughness
         return self.floor_elevation(s) + wall + spur + bulge + rough
 
     def speed(self, n):
@@ -246,6 +307,13 @@ class _Valley:
 
     def lake(self, s, n):
         return ((s - self.lake_s) / self.lake_a) ** 2 + (n / self.lake_b) ** 2 < 1.0
+
+    def moraines(self, n):
+        """Debris stripes along the flow (functions of n only, so they move with the ice)."""
+        rel = np.abs(n) / self.half_width
+        lateral = np.exp(-(((rel - 0.9) / 0.07) ** 2))
+        medial = np.exp(-(((n - self.medial_moraine) / 0.8) ** 2))
+        return np.clip(lateral + 0.8 * medial, 0.0, 1.0)
 
     def snow_line(self, date: dt.datetime) -> float:
         phase = 2 * np.pi * (date.timetuple().tm_yday - 218) / 365.25
@@ -264,12 +332,15 @@ class _Valley:
         """
         h, w = self.height, self.width
         # a 1-px padded grid for the central differences of the hill shading
-        rows = np.arange(-1, h + 1, dtype=np.float64)[:, None] - scene.shift_y
-        cols = np.arange(-1, w + 1, dtype=np.float64)[None, :] - scene.shift_x
-        elev_pad = self.elevation(cols, rows)
+        rows_i, cols_i = np.arange(-1, h + 1), np.arange(-1, w + 1)
+        fields = self.fields.sample(scene.shift_x, scene.shift_y, rows_i, cols_i)
+        rows = rows_i[:, None] - scene.shift_y
+        cols = cols_i[None, :] - scene.shift_x
+        elev_pad = self.elevation(cols, rows, fields[_ROUGH])
         elevation = elev_pad[1:-1, 1:-1]
-        col, row = cols[:, 1:-1], rows[1:-1, :]
-        col, row = np.broadcast_to(col, (h, w)), np.broadcast_to(row, (h, w))
+        fields = fields[:, 1:-1, 1:-1]
+        col = np.broadcast_to(cols[:, 1:-1], (h, w))
+        row = np.broadcast_to(rows[1:-1, :], (h, w))
         s, n = self.along_across(col, row)
         years = self.years(scene.date)
 
@@ -281,27 +352,32 @@ class _Valley:
         el, az = np.deg2rad(scene.sun_elevation), np.deg2rad(scene.sun_azimuth)
         cos_i = (-dz_east * math.sin(az) * math.cos(el) - dz_north * math.cos(az) * math.cos(el)
                  + math.sin(el)) / norm
-        shade = np.clip(0.45 + 0.55 * np.clip(cos_i, 0.0, None) / math.sin(el), 0.3, 1.25)
+        # direct light (relative to flat ground) plus diffuse sky light, less on steep slopes
+        shade = np.clip(0.2 + 0.2 / norm**2 + 0.6 * np.clip(cos_i, 0.0, None) / math.sin(el),
+                        0.25, 1.25)
 
         glacier = self.glacier(s, n, years)
         lake = self.lake(s, n) & ~glacier
-        snow = (elevation + self.snow_edge_noise * self.snow_noise(col, row)) > scene.snow_line
+        snow = (elevation + self.snow_edge_noise * fields[_SNOW_EDGE]) > scene.snow_line
 
-        # ice texture advected with the flow: texture at p - velocity * (t - t0)
-        travel = self.speed(n) * years / res  # pixels along the flow direction
-        qc, qr = col - travel * self.cos, row - travel * self.sin
-        t_ice = np.clip(0.4 * self.ice_texture(qc, qr), -1, 1)
-        t_ice2 = np.clip(0.4 * self.ice_texture2(qc, qr), -1, 1)
-        t_rock = np.clip(0.4 * self.rock_texture(col, row), -1, 1)
-        t_rock2 = np.clip(0.4 * self.rock_texture2(col, row), -1, 1)
-        t_snow = np.clip(0.4 * self.snow_texture(col, row), -1, 1)
+        # rock: albedo texture; swir above green so NDSI < 0
+        rock = 0.13 * np.exp(0.3 * np.clip(fields[_ROCK], -3, 3))
+        green = rock
+        swir = rock * (1.75 + 0.2 * np.clip(fields[_ROCK2], -3, 3))
 
-        green = 0.12 * (1 + 0.35 * t_rock) + 0.02 * t_rock2
-        swir = 0.22 * (1 + 0.25 * t_rock) + 0.03 * t_rock2
-        green = np.where(glacier, 0.45 + 0.11 * t_ice + 0.02 * t_ice2, green)
-        swir = np.where(glacier, 0.06 - 0.03 * t_ice + 0.01 * t_ice2, swir)
+        # ice: texture advected with the flow, i.e. evaluated at p - velocity * (t - t0)
+        ice = np.nonzero(glacier)
+        if ice[0].size:
+            ns = n[ice]
+            travel = self.speed(ns) * years / res  # pixels along the flow direction
+            qc, qr = col[ice] - travel * self.cos, row[ice] - travel * self.sin
+            t_ice = np.clip(0.35 * self.ice_texture(qc, qr) + 0.25 * self.crevasses(qc, qr), -1, 1)
+            debris = 1.0 - 0.45 * self.moraines(ns)
+            green[ice] = (0.46 + 0.12 * t_ice) * debris
+            swir[ice] = (0.06 - 0.03 * t_ice) * debris
         green = np.where(lake, 0.06, green)
         swir = np.where(lake, 0.012, swir)
+        t_snow = np.clip(0.3 * fields[_SNOW], -1, 1)
         green = np.where(snow, 0.85 + 0.04 * t_snow, green)
         swir = np.where(snow, 0.05 + 0.01 * t_snow, swir)
         green, swir = green * shade, swir * shade
@@ -311,6 +387,7 @@ class _Valley:
 
     def truth_static(self, years0: float = 0.0):
         h, w = self.height, self.width
+        fields = self.fields.sample(0.0, 0.0, np.arange(h), np.arange(w))
         row, col = np.mgrid[0:h, 0:w].astype(np.float64)
         s, n = self.along_across(col, row)
         speed = self.speed(n)
@@ -322,7 +399,7 @@ class _Valley:
         # stable: off the glacier (with a 1-px margin) and off the lake
         near_ice = (np.abs(n) < self.half_width + 1.0) & (s < self.terminus0 + 1.0)
         stable = ~near_ice & ~lake
-        return u, v, self.elevation(col, row), glacier, stable, lake
+        return u, v, self.elevation(col, row, fields[_ROUGH]), glacier, stable, lake
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,8 +477,8 @@ def _render(valley: _Valley, scene: _Scene, seed: int):
     cloud = np.zeros((h, w), bool)
     if scene.cloud_target > 0:
         size = max(h, w)
-        field = _Waves(rng, 10, 0.3 * size, 1.2 * size, 1.0)(col, row)
-        field += 0.15 * _Waves(rng, 10, 6.0, 25.0, 1.0)(col, row)
+        field = _lowpass_noise(rng, (h, w), 0.25 * size, 2.0 * size, 1.5)
+        field += 0.15 * _lowpass_noise(rng, (h, w), 4.0, 25.0, 1.0)
         cloud = field > np.quantile(field, 1.0 - scene.cloud_target)
     ring1 = ndimage.binary_dilation(cloud, iterations=1) & ~cloud
     dilated = ndimage.binary_dilation(cloud, iterations=_DILATION_PX) & ~cloud
@@ -412,12 +489,12 @@ def _render(valley: _Valley, scene: _Scene, seed: int):
     shadow = _shift_mask(cloud, -round(reach * math.sin(az)), round(reach * math.cos(az))) & ~cloud
     cirrus = np.zeros((h, w), bool)
     if scene.cirrus:
-        cfield = _Waves(rng, 8, 0.3 * max(h, w), 1.0 * max(h, w), 1.0)(col, row)
+        cfield = _lowpass_noise(rng, (h, w), 0.3 * max(h, w), 2.0 * max(h, w), 1.5)
         cirrus = (cfield > np.quantile(cfield, 1.0 - rng.uniform(0.1, 0.4))) & ~cloud & ~dilated
 
     green = np.where(shadow, 0.3 * green, green)
     swir = np.where(shadow, 0.3 * swir, swir)
-    cloud_texture = 0.4 * _Waves(rng, 8, 5.0, 40.0, 1.0)(col, row)
+    cloud_texture = 0.4 * _lowpass_noise(rng, (h, w), 4.0, 40.0, 1.0)
     cloud_green, cloud_swir = 0.75 + 0.05 * cloud_texture, 0.5 + 0.04 * cloud_texture
     alpha = np.where(cloud, 1.0, np.where(ring1, 0.3, np.where(ring2, 0.12, 0.0)))
     green = (1 - alpha) * green + alpha * cloud_green

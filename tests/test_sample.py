@@ -1,0 +1,424 @@
+"""Tests of glacierxr.sample: the embedded synthetic Landsat C2 L2 sample and its ground truth."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from scipy import ndimage, optimize
+
+import glacierxr as gx
+from glacierxr.errors import CatalogError, ConfigError
+from glacierxr.landsat import QA_BITS, SR_OFFSET, SR_SCALE
+
+BANDS = {"green", "swir16", "qa_pixel"}
+CLOUDY_BITS = (1 << QA_BITS["dilated_cloud"]) | (1 << QA_BITS["cirrus"]) | (1 << QA_BITS["cloud"])
+SHADOW_BIT = 1 << QA_BITS["cloud_shadow"]
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------
+def _items(catalog_path) -> list[pystac.Item]:
+    catalog = pystac.read_file(str(catalog_path))
+    return sorted(catalog.get_items(recursive=True), key=lambda item: item.datetime)
+
+
+def _read(item: pystac.Item, key: str) -> np.ndarray:
+    with rasterio.open(item.assets[key].get_absolute_href()) as src:
+        return src.read(1)
+
+
+def _reflectance(item: pystac.Item, key: str) -> np.ndarray:
+    dn = _read(item, key)
+    band = item.assets[key].extra_fields["raster:bands"][0]
+    refl = dn * band["scale"] + band["offset"]
+    return np.where(dn == band["nodata"], np.nan, refl)
+
+
+def _ndsi(item: pystac.Item) -> np.ndarray:
+    green, swir = _reflectance(item, "green"), _reflectance(item, "swir16")
+    return (green - swir) / (green + swir)
+
+
+def _usable(qa: np.ndarray) -> np.ndarray:
+    """Not fill and no cloud, dilated cloud, cirrus or shadow bit."""
+    return (qa & (1 | CLOUDY_BITS | SHADOW_BIT)) == 0
+
+
+@pytest.fixture(scope="module")
+def items(sample_catalog):
+    return _items(sample_catalog)
+
+
+@pytest.fixture(scope="module")
+def truth(sample_catalog):
+    return gx.sample.open_truth(sample_catalog)
+
+
+@pytest.fixture(scope="module")
+def qa_stack(items):
+    return np.stack([_read(item, "qa_pixel") for item in items])
+
+
+def _bare_ice_pairs(truth, qa_stack, *, min_pixels=120, margin=150.0):
+    """Pairs of consecutive scenes where enough glacier pixels are bare ice and usable in both."""
+    glacier = truth["glacier"].values
+    elevation = truth.elevation.values
+    pairs = []
+    for a in range(truth.sizes["time"] - 1):
+        b = a + 1
+        bare = glacier & (elevation < float(min(truth.snow_line[a], truth.snow_line[b])) - margin)
+        ok = bare & _usable(qa_stack[a]) & _usable(qa_stack[b])
+        ok = ndimage.binary_erosion(ok, iterations=3)  # keep away from edges of masks
+        if ok.sum() >= min_pixels:
+            pairs.append((a, b, ok))
+    return pairs
+
+
+def _warp(image: np.ndarray, d_col: np.ndarray, d_row: np.ndarray) -> np.ndarray:
+    """Sample ``image`` at (row - d_row, col - d_col): moves content by (+d_col, +d_row)."""
+    rows, cols = np.mgrid[0 : image.shape[0], 0 : image.shape[1]].astype(float)
+    return ndimage.map_coordinates(image, [rows - d_row, cols - d_col], order=3, mode="nearest")
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+# ------------------------------------------------------------------------------------------
+# STAC catalog and COGs
+# ------------------------------------------------------------------------------------------
+def test_write_catalog__items_look_like_planetary_computer(sample_catalog, items, truth):
+    catalog = pystac.read_file(str(sample_catalog))
+    (collection,) = catalog.get_children()
+    assert collection.id == "landsat-c2-l2"
+    assert len(items) == truth.sizes["time"] > 20
+    assert [item.id for item in items] == list(truth.id.values)
+    for item in items:
+        assert set(item.assets) == BANDS
+        assert item.collection_id == "landsat-c2-l2"
+        props = item.properties
+        assert props["proj:code"] == "EPSG:32643"
+        assert props["platform"] in ("landsat-8", "landsat-9")
+        assert props["landsat:wrs_path"] + props["landsat:wrs_row"] == item.id[10:16]
+        assert item.id.startswith("LC08_L2SP_") and item.id.endswith("_02_T1")
+        assert item.id[17:25] == f"{item.datetime:%Y%m%d}"
+        for key in ("green", "swir16"):
+            asset = item.assets[key]
+            assert asset.media_type == "image/tiff; application=geotiff; profile=cloud-optimized"
+            (band,) = asset.extra_fields["raster:bands"]
+            assert (band["scale"], band["offset"], band["nodata"], band["data_type"]) == (
+                SR_SCALE, SR_OFFSET, 0, "uint16")
+            assert asset.extra_fields["eo:bands"][0]["common_name"] == key
+            assert "data" in asset.roles
+        qa = item.assets["qa_pixel"].extra_fields
+        assert qa["raster:bands"][0]["nodata"] == 1
+        offsets = {f["name"]: f["offset"] for f in qa["classification:bitfields"]}
+        assert offsets["snow"] == 5 and offsets["cloud"] == 3 and offsets["snow_confidence"] == 12
+    # hrefs are relative: the catalog is self-contained
+    raw = json.loads(items[0].get_self_href() and open(items[0].get_self_href()).read())
+    assert all(not a["href"].startswith("/") for a in raw["assets"].values())
+    assert raw["properties"]["proj:epsg"] == 32643  # on disk both proj:epsg and proj:code
+
+
+def test_write_catalog__has_every_field_of_a_real_pc_item(sample_catalog, items, shared_data):
+    real = json.loads(
+        (shared_data / "stac" / "pc_landsat-c2-l2_item_LC09_L2SR_084082_20250722_02_T1.json")
+        .read_text()
+    )
+    ours = json.loads(open(items[0].get_self_href()).read())
+    missing = set(real["properties"]) - set(ours["properties"])
+    assert not missing, missing
+    for key in BANDS:
+        assert set(real["assets"][key]) <= set(ours["assets"][key])
+        ours_bands, real_bands = ours["assets"][key]["raster:bands"], real["assets"][key]["raster:bands"]
+        assert set(real_bands[0]) <= set(ours_bands[0])
+    real_fields = real["assets"]["qa_pixel"]["classification:bitfields"]
+    ours_fields = ours["assets"]["qa_pixel"]["classification:bitfields"]
+    assert [(f["name"], f["offset"], f["length"]) for f in ours_fields] == [
+        (f["name"], f["offset"], f["length"]) for f in real_fields]
+    real_ext = {u.rsplit("/", 3)[-3] for u in real["stac_extensions"]}
+    ours_ext = {u.rsplit("/", 3)[-3] for u in ours["stac_extensions"]}
+    assert real_ext <= ours_ext
+
+
+def test_write_catalog__geometry_matches_projected_bbox(items):
+    from pyproj import Transformer
+
+    item = items[0]
+    xmin, ymin, xmax, ymax = item.properties["proj:bbox"]
+    to_lonlat = Transformer.from_crs(32643, 4326, always_xy=True)
+    lon, lat = to_lonlat.transform([xmin, xmax], [ymin, ymax])
+    w, s, e, n = item.bbox
+    assert w <= min(lon) + 1e-9 and e >= max(lon) - 1e-9 and s <= min(lat) + 1e-9
+    assert 75 < w < e < 78 and 35 < s < n < 37  # Karakoram, UTM 43N
+    a, b, c, d, e_, f = item.properties["proj:transform"]
+    assert (a, b, d, e_) == (30.0, 0.0, 0.0, -30.0) and (c, f) == (xmin, ymax)
+    assert item.properties["proj:shape"] == [96, 96]
+
+
+def test_cogs__are_valid_tiled_geotiffs_on_the_item_grid(items):
+    from affine import Affine
+
+    for item in items[:3]:
+        for key in BANDS:
+            with rasterio.open(item.assets[key].get_absolute_href()) as src:
+                assert src.driver == "GTiff"
+                assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+                assert src.profile["tiled"] and src.block_shapes[0][0] == src.block_shapes[0][1]
+                assert src.compression.name.upper() == "DEFLATE"
+                assert src.dtypes == ("uint16",)
+                assert src.crs.to_epsg() == 32643
+                assert src.transform == Affine(*item.properties["proj:transform"])
+                assert [src.height, src.width] == item.properties["proj:shape"]
+                assert src.nodata == (1 if key == "qa_pixel" else 0)
+
+
+def test_write_catalog__cloud_cover_matches_qa(items, qa_stack, truth):
+    covers = []
+    for item, qa in zip(items, qa_stack):
+        valid = (qa & 1) == 0
+        cloud = (qa & (1 << QA_BITS["cloud"])) != 0
+        fraction = (cloud & valid).sum() / valid.sum()
+        assert item.properties["eo:cloud_cover"] == pytest.approx(100 * fraction, abs=0.01)
+        covers.append(item.properties["eo:cloud_cover"])
+    np.testing.assert_allclose(truth.cloud_fraction * 100, covers, atol=0.01)
+    under = np.mean(np.asarray(covers) <= 20)
+    assert 0.35 < under < 0.9, "max_cloud=20 must keep some scenes and drop others"
+
+
+def test_qa__snow_never_carries_cloud_bits(qa_stack):
+    snow = (qa_stack & (1 << QA_BITS["snow"])) != 0
+    assert snow.mean() > 0.2
+    assert not np.any(snow & ((qa_stack & (CLOUDY_BITS | SHADOW_BIT | 1)) != 0))
+    # clear bit = neither cloud nor dilated cloud (fill excluded)
+    not_fill = (qa_stack & 1) == 0
+    clear = (qa_stack & (1 << QA_BITS["clear"])) != 0
+    cloudy = (qa_stack & ((1 << QA_BITS["cloud"]) | (1 << QA_BITS["dilated_cloud"]))) != 0
+    assert np.array_equal(clear[not_fill], ~cloudy[not_fill])
+
+
+def test_qa__dilated_cloud_is_a_ring_around_clouds(qa_stack):
+    checked = 0
+    for qa in qa_stack:
+        cloud = (qa & (1 << QA_BITS["cloud"])) != 0
+        if not 0.01 < cloud.mean() < 0.6 or (qa & 1).any():  # fill may hide clouds
+            continue
+        dilated = (qa & (1 << QA_BITS["dilated_cloud"])) != 0
+        ring = ndimage.binary_dilation(cloud, iterations=2) & ~cloud
+        assert np.array_equal(dilated, ring)
+        assert not np.any(dilated & cloud)
+        checked += 1
+    assert checked >= 3
+
+
+def test_qa__nodata_scenes_have_fill_and_zero_dn(items, qa_stack, truth):
+    with_fill = [i for i in range(len(items)) if (qa_stack[i] == 1).any()]
+    assert 1 <= len(with_fill) < len(items) // 2
+    for i in with_fill[:3]:
+        fill = qa_stack[i] == 1
+        assert np.all(_read(items[i], "green")[fill] == 0)
+        assert np.all(_read(items[i], "swir16")[fill] == 0)
+        assert np.all(_read(items[i], "green")[~fill] > 0)
+        assert truth.nodata_fraction[i] == pytest.approx(fill.mean())
+
+
+def test_qa__lake_is_flagged_water(truth, qa_stack):
+    water = (qa_stack & (1 << QA_BITS["water"])) != 0
+    assert water.any()
+    # water only where the truth has the lake (allowing for the misregistration of 1.5 px)
+    lake_zone = ndimage.binary_dilation(truth.lake.values, np.ones((3, 3), bool), iterations=2)
+    assert not np.any(water & ~lake_zone[None])
+
+
+# ------------------------------------------------------------------------------------------
+# truth
+# ------------------------------------------------------------------------------------------
+def test_open_truth__shapes_coords_and_attrs(sample_catalog, items, truth):
+    assert truth.sizes == {"time": len(items), "y": 96, "x": 96}
+    transform = rasterio.Affine(*items[0].properties["proj:transform"])
+    np.testing.assert_allclose(truth.x, transform.c + 30 * (np.arange(96) + 0.5))
+    np.testing.assert_allclose(truth.y, transform.f - 30 * (np.arange(96) + 0.5))
+    assert truth.rio.crs.to_epsg() == 32643
+    for name in ("shift_x", "shift_y", "snow_line", "cloud_fraction"):
+        assert truth[name].dims == ("time",)
+        assert "units" in truth[name].attrs and "long_name" in truth[name].attrs
+    for name in ("u", "v", "elevation", "glacier", "stable"):
+        assert truth[name].dims == ("y", "x")
+    assert truth["glacier"].dtype == bool and truth.stable.dtype == bool
+    assert not np.any(truth["glacier"] & truth.stable)
+    assert np.all(np.abs(truth.shift_x) <= 1.5) and np.all(np.abs(truth.shift_y) <= 1.5)
+    speed = np.hypot(truth.u, truth.v)
+    assert 650 < float(speed.max()) < 1050
+    assert float(speed.where(~truth["glacier"]).max()) == 0.0
+    assert truth.attrs["seed"] == 0 and truth.attrs["width"] == 96
+    times = np.array([np.datetime64(item.datetime.replace(tzinfo=None), "ns") for item in items])
+    np.testing.assert_array_equal(truth.time.values, times)
+    # the glacier retreats: terminus moves up-valley
+    assert np.all(np.diff(truth.terminus_distance) < 0)
+
+
+def test_open_truth__rejects_a_catalog_without_truth(tmp_path):
+    with pytest.raises(CatalogError, match="No sample catalog"):
+        gx.sample.open_truth(tmp_path / "nothing.json")
+    catalog = pystac.Catalog(id="x", description="no truth")
+    catalog.normalize_hrefs(str(tmp_path))
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    with pytest.raises(CatalogError, match="no ground-truth link"):
+        gx.sample.open_truth(tmp_path / "catalog.json")
+
+
+# ------------------------------------------------------------------------------------------
+# reproducibility, arguments
+# ------------------------------------------------------------------------------------------
+def test_write_catalog__reproducible_for_a_seed_and_different_for_another(tmp_path):
+    small = dict(width=48, height=48, start="2019-06-01", end="2019-08-01")
+    a = gx.sample.write_catalog(tmp_path / "a", seed=3, **small)
+    b = gx.sample.write_catalog(tmp_path / "b", seed=3, **small)
+    c = gx.sample.write_catalog(tmp_path / "c", seed=4, **small)
+    items_a, items_b, items_c = _items(a), _items(b), _items(c)
+    assert [i.id for i in items_a] == [i.id for i in items_b]
+    assert [i.to_dict()["properties"] for i in items_a] == [i.to_dict()["properties"] for i in items_b]
+    for ia, ib in zip(items_a, items_b):
+        for key in BANDS:
+            assert np.array_equal(_read(ia, key), _read(ib, key))
+    ta, tb, tc = (gx.sample.open_truth(p) for p in (a, b, c))
+    assert ta.identical(tb)
+    assert not np.array_equal(ta.elevation, tc.elevation)
+    assert items_a[0].bbox != items_c[0].bbox  # another glacier, another place
+    assert not np.array_equal(_read(items_a[0], "green"), _read(items_c[0], "green"))
+
+
+def test_write_catalog__refuses_to_overwrite_unless_asked(tmp_path):
+    small = dict(width=32, height=32, start="2019-07-01", end="2019-07-20")
+    gx.sample.write_catalog(tmp_path, **small)
+    with pytest.raises(CatalogError, match="overwrite=True"):
+        gx.sample.write_catalog(tmp_path, **small)
+    path = gx.sample.write_catalog(tmp_path, overwrite=True, seed=1, **small)
+    assert gx.sample.open_truth(path).attrs["seed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        (dict(width=8), "width=8"),
+        (dict(start="2020-01-01", end="2019-01-01"), "not after start"),
+        (dict(start="yesterday"), "not a date"),
+        (dict(epsg=4326), "projected CRS"),
+        (dict(resolution=0), "not positive"),
+        (dict(start="2020-01-01", end="2020-01-02", revisit_days=16, origin=None), "No acquisition"),
+    ],
+)
+def test_write_catalog__rejects_bad_arguments(tmp_path, kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        gx.sample.write_catalog(tmp_path, **{"width": 32, "height": 32, **kwargs})
+
+
+def test_write_catalog__landsat9_interleaves_eight_days_after_landsat8(tmp_path):
+    path = gx.sample.write_catalog(tmp_path, width=32, height=32, start="2021-10-01",
+                                   end="2022-03-01")
+    items = _items(path)
+    platforms = {item.properties["platform"] for item in items}
+    assert platforms == {"landsat-8", "landsat-9"}
+    l8 = [item.datetime.date() for item in items if item.properties["platform"] == "landsat-8"]
+    l9 = [item.datetime.date() for item in items if item.properties["platform"] == "landsat-9"]
+    assert min(l9).isoformat() >= "2021-11-01"
+    start = items[0].datetime.date()
+    assert all((d - start).days % 16 == 0 for d in l8)
+    assert all((d - start).days % 16 == 8 for d in l9)
+    assert all(item.id.startswith("LC09_") for item in items if item.properties["platform"] == "landsat-9")
+
+
+# ------------------------------------------------------------------------------------------
+# the science embedded in the pixels
+# ------------------------------------------------------------------------------------------
+def test_ndsi__high_on_snow_and_ice_low_on_rock(items, qa_stack, truth):
+    checked = 0
+    for i, item in enumerate(items):
+        if truth.cloud_fraction[i] > 0.1:
+            continue
+        ndsi = _ndsi(item)
+        usable = _usable(qa_stack[i])
+        snow_ice = truth.snow_ice[i].values
+        water = (qa_stack[i] & (1 << QA_BITS["water"])) != 0
+        assert np.all(ndsi[usable & snow_ice] >= 0.3)
+        rock = usable & ~snow_ice & ~water
+        if rock.sum() > 50:
+            assert np.mean(ndsi[rock] < 0.3) > 0.95
+        # QA snow flag and the truth agree
+        snow_flag = (qa_stack[i] & (1 << QA_BITS["snow"])) != 0
+        assert np.array_equal(snow_flag[usable], snow_ice[usable])
+        checked += 1
+    assert checked >= 5
+
+
+def test_ndsi__ice_texture_is_visible(items, qa_stack, truth):
+    (a, _, ok), *_ = _bare_ice_pairs(truth, qa_stack)
+    ndsi = _ndsi(items[a])[ok]
+    assert 0.45 < ndsi.min() and ndsi.max() < 0.95
+    assert ndsi.std() > 0.05
+    green = _reflectance(items[a], "green")[ok]
+    assert green.std() > 0.03
+
+
+def test_texture__moves_with_the_true_velocity(items, qa_stack, truth):
+    pairs = _bare_ice_pairs(truth, qa_stack)
+    assert pairs, "no pair of consecutive scenes with bare, clear glacier ice"
+    res = truth.attrs["resolution"]
+    for a, b, ok in pairs[:3]:
+        years = (truth.time[b] - truth.time[a]).values / np.timedelta64(1, "D") / 365.25
+        d_col_shift = float(truth.shift_x[b] - truth.shift_x[a])
+        d_row_shift = float(truth.shift_y[b] - truth.shift_y[a])
+        flow_col = truth.u.values * years / res
+        flow_row = -truth.v.values * years / res  # v is positive north, rows point south
+        assert np.abs(np.hypot(flow_col, flow_row)[ok]).max() > 0.8  # at least ~1 px of motion
+        green_a = np.nan_to_num(_reflectance(items[a], "green"))
+        green_b = _reflectance(items[b], "green")
+        moved = _warp(green_a, d_col_shift + flow_col, d_row_shift + flow_row)
+        static = _warp(green_a, np.full_like(flow_col, d_col_shift), np.full_like(flow_row, d_row_shift))
+        r_moved = _corr(moved[ok], green_b[ok])
+        assert r_moved > 0.95, (a, b, r_moved)
+        rms_moved = np.sqrt(np.mean((moved[ok] - green_b[ok]) ** 2))
+        rms_static = np.sqrt(np.mean((static[ok] - green_b[ok]) ** 2))
+        assert rms_moved < 0.5 * rms_static, (rms_moved, rms_static)
+
+
+def _fit_shift(a, b, mask):
+    """Shift (d_col, d_row) moving ``a``'s content onto ``b`` on ``mask``, by least squares."""
+    def cost(d):
+        warped = _warp(a, np.full(a.shape, d[0]), np.full(a.shape, d[1]))[mask]
+        target = b[mask]
+        warped = (warped - warped.mean()) / warped.std()
+        target = (target - target.mean()) / target.std()
+        return float(np.mean((warped - target) ** 2))
+
+    result = optimize.minimize(cost, x0=[0.0, 0.0], method="Nelder-Mead",
+                               options={"xatol": 1e-3, "fatol": 1e-7})
+    return result.x
+
+
+def test_misregistration__truth_matches_content_shift_on_stable_ground(items, qa_stack, truth):
+    stable = ndimage.binary_erosion(truth.stable.values, iterations=3)
+    elevation = truth.elevation.values
+    checked = 0
+    for a in range(truth.sizes["time"] - 1):
+        b = a + 1
+        bare = ~truth.snow_ice[a].values & ~truth.snow_ice[b].values
+        ok = stable & bare & _usable(qa_stack[a]) & _usable(qa_stack[b])
+        # keep 4 px away from snow, clouds and fill: interpolation must not reach them
+        ok = ndimage.binary_erosion(ok, iterations=4)
+        if ok.sum() < 200:
+            continue
+        green_a = np.nan_to_num(_reflectance(items[a], "green"))
+        green_b = np.nan_to_num(_reflectance(items[b], "green"))
+        d_col, d_row = _fit_shift(green_a, green_b, ok)
+        assert d_col == pytest.approx(float(truth.shift_x[b] - truth.shift_x[a]), abs=0.1)
+        assert d_row == pytest.approx(float(truth.shift_y[b] - truth.shift_y[a]), abs=0.1)
+        checked += 1
+        if checked == 3:
+            break
+    assert checked >= 1
