@@ -337,7 +337,10 @@ def predict(
                 f"Pass patch=<= {min(da.sizes[y_dim], da.sizes[x_dim])} (and a model trained on it)."
             )
     if normalization is None:
-        normalization = tuple(getattr(model, "normalization", None) or (0.0, 1.0))
+        normalization = getattr(model, "normalization", None) or (0.0, 1.0)
+    if isinstance(normalization, dict):  # as stored by PatchSequences / checkpoints
+        normalization = (normalization.get("mean", 0.0), normalization.get("std", 1.0))
+    normalization = tuple(float(v) for v in normalization)
 
     history = da.transpose(time_dim, y_dim, x_dim).isel({time_dim: slice(-input_steps, None)})
     data = history.data
