@@ -8,8 +8,7 @@ observation, so the output has exactly one step per period and no holes in time.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Literal
 
 import dask
@@ -32,34 +31,75 @@ _MONTH_NAMES = {
         pd.Timestamp(2000, number, 1).strftime("%B").upper(),
     )
 }
-_GROUP = "__glacierxr_period__"
-_NUMPY_REDUCTIONS: dict[str, Callable[..., np.ndarray]] = {
-    "mean": np.nanmean,
-    "median": np.nanmedian,
-    "max": np.nanmax,
-    "min": np.nanmin,
-}
 
 
-def _reduce_time(values: np.ndarray, *, how: str) -> np.ndarray:
-    """NaN-skipping reduction over the last axis; all-NaN pixels give NaN without a warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice", "Mean of empty slice"
-        return _NUMPY_REDUCTIONS[how](values, axis=-1).astype(values.dtype, copy=False)
+def _reduce_block(block: np.ndarray, *, how: str) -> np.ndarray:
+    """Reduce axis 0 (the scenes of one period) to length 1, skipping NaN, without warnings.
+
+    ``how`` is a reduction of :func:`monthly` or ``"sum"`` (count of True in a boolean block).
+    All-NaN pixels give NaN (numpy's nan-functions would warn there, and warning filters are not
+    thread-safe under Dask's threaded scheduler, so the reductions are written warning-free).
+    """
+    values = np.asarray(block)
+    if how == "sum":
+        return values.sum(axis=0, keepdims=True, dtype=np.int64)
+    valid = ~np.isnan(values)
+    if how == "mean":
+        count = valid.sum(axis=0, keepdims=True)
+        total = np.where(valid, values, 0).sum(axis=0, keepdims=True, dtype=np.float64)
+        out = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    elif how == "max":
+        out = np.fmax.reduce(values, axis=0, keepdims=True)
+    elif how == "min":
+        out = np.fmin.reduce(values, axis=0, keepdims=True)
+    else:  # median
+        empty = ~valid.any(axis=0, keepdims=True)
+        out = np.nanmedian(np.where(empty, 0, values), axis=0, keepdims=True)
+        out = np.where(empty, np.nan, out)
+    return out.astype(values.dtype, copy=False)
 
 
-def _reduce_group(group: xr.DataArray, *, how: str, time_dim: Hashable) -> xr.DataArray:
-    # One period's scenes (a handful) are brought into one time chunk for the reduction.
-    return xr.apply_ufunc(
-        _reduce_time,
-        group,
-        input_core_dims=[[time_dim]],
-        kwargs={"how": how},
-        dask="parallelized",
-        output_dtypes=[group.dtype],
-        dask_gufunc_kwargs={"allow_rechunk": True},
-        keep_attrs=True,
-    )
+def _per_period(data, sizes: tuple[int, ...], *, how: str, dtype) -> np.ndarray:
+    """Apply :func:`_reduce_block` to consecutive runs of ``sizes`` scenes along axis 0."""
+    if dask.is_dask_collection(data):
+        # One chunk per period (neighbouring scene chunks merge, big ones split): the graph has
+        # about one task per period and spatial chunk, whatever the input's time chunking.
+        aligned = data.rechunk({0: sizes})
+        return aligned.map_blocks(
+            _reduce_block,
+            how=how,
+            chunks=((1,) * len(sizes),) + aligned.chunks[1:],
+            dtype=dtype,
+            meta=np.empty((0,) * data.ndim, dtype=dtype),
+        )
+    parts = np.split(np.asarray(data), np.cumsum(sizes)[:-1], axis=0)
+    return np.concatenate([_reduce_block(part, how=how) for part in parts], axis=0)
+
+
+def _interpolate_block(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Fill NaNs along the last axis linearly between the nearest valid neighbours; vectorised.
+
+    ``positions`` are the (increasing) coordinates of the last axis. NaNs before the first or
+    after the last valid value stay NaN (no extrapolation).
+    """
+    series = np.moveaxis(np.asarray(values), -1, 0)  # time first: contiguous for (time, y, x)
+    steps = series.shape[0]
+    valid = ~np.isnan(series)
+    index = np.arange(steps, dtype=np.int32).reshape((steps,) + (1,) * (series.ndim - 1))
+    before = np.maximum.accumulate(np.where(valid, index, -1), axis=0)
+    after = np.minimum.accumulate(np.where(valid, index, steps)[::-1], axis=0)[::-1]
+    gap = ~valid & (before >= 0) & (after < steps)
+    if not gap.any():
+        return np.asarray(values)
+    where = np.nonzero(gap)
+    rest = where[1:]
+    t0_index, t1_index = before[where], after[where]
+    start = series[(t0_index, *rest)].astype(np.float64)
+    end = series[(t1_index, *rest)].astype(np.float64)
+    t, t0, t1 = positions[where[0]], positions[t0_index], positions[t1_index]
+    out = series.copy()
+    out[where] = start + (end - start) * (t - t0) / (t1 - t0)
+    return np.moveaxis(out, 0, -1)
 
 
 def _anchor_month(anchor: int | str) -> int:
@@ -166,11 +206,11 @@ def monthly(
     before the first or after the last period with data for that pixel stay NaN (no
     extrapolation).
 
-    Laziness and chunking: nothing is computed, and any chunking works. Each period's few scenes
-    are brought into one time chunk for its reduction (a small, per-period step), and the
-    interpolation needs the (small) *composite* in one chunk along time, so the output has a
-    single time chunk; ``y``/``x`` chunks are kept and the caller's data is never rechunked.
-    Without ``interpolate`` the output keeps one chunk per period.
+    Laziness and chunking: nothing is computed, and any chunking works. Inside the graph the
+    scenes are regrouped into one chunk per period (the caller's array is not changed) and
+    each period is reduced by one task per spatial chunk. The interpolation needs the (small)
+    *composite* in one chunk along time, so the output has a single time chunk; ``y``/``x``
+    chunks are kept. Without ``interpolate`` the output keeps one chunk per period.
 
     Parameters
     ----------
@@ -264,19 +304,32 @@ def monthly(
     labels, grid = period_starts(da[time_dim].values, months=months, anchor=first_month)
     per_scene = [name for name, c in da.coords.items() if time_dim in c.dims and name != time_dim]
     observed = da.coords["observed"] if "observed" in per_scene else None
-    clean = da.reset_coords(per_scene, drop=True).assign_coords({_GROUP: (time_dim, labels)})
+    clean = da.reset_coords(per_scene, drop=True)
     valid = clean.notnull()
+    if observed is not None:
+        valid_observed = valid & observed.reset_coords(drop=True).astype(bool)
 
-    def per_period(reduced: xr.DataArray) -> xr.DataArray:
-        reduced = reduced.rename({_GROUP: time_dim})
-        times = pd.DatetimeIndex(reduced[time_dim].values)
-        return reduced.drop_vars(time_dim).assign_coords({time_dim: times})
+    order = np.argsort(labels.asi8, kind="stable")
+    if np.any(np.diff(order) < 0):  # scenes out of time order: sort them (lazily)
+        labels = labels[order]
+        clean, valid = clean.isel({time_dim: order}), valid.isel({time_dim: order})
+        if observed is not None:
+            valid_observed = valid_observed.isel({time_dim: order})
+    starts, sizes = np.unique(labels.values, return_counts=True)
+    sizes = tuple(int(n) for n in sizes)
+    other_dims = [d for d in clean.dims if d != time_dim]
+    fixed_coords = {k: v for k, v in clean.coords.items() if time_dim not in v.dims}
 
-    composite = per_period(
-        clean.groupby(_GROUP).map(_reduce_group, how=how, time_dim=time_dim)
-    ).reindex({time_dim: grid})
-    count = per_period(valid.groupby(_GROUP).sum(time_dim))
-    count = count.reindex({time_dim: grid}, fill_value=0).astype(np.int64)
+    def composite_of(values: xr.DataArray, reduction: str, dtype) -> xr.DataArray:
+        values = values.transpose(time_dim, *other_dims)
+        reduced = _per_period(values.data, sizes, how=reduction, dtype=dtype)
+        out = xr.DataArray(reduced, dims=values.dims, coords=fixed_coords)
+        out = out.assign_coords({time_dim: pd.DatetimeIndex(starts)})
+        fill = 0 if reduction == "sum" else np.nan
+        return out.reindex({time_dim: grid}, fill_value=fill)
+
+    composite = composite_of(clean, how, clean.dtype)
+    count = composite_of(valid, "sum", np.int64)
     enough = count >= min_count
     composite = composite.where(enough)
     other_dims = [d for d in composite.dims if d != time_dim]
@@ -285,7 +338,17 @@ def monthly(
     if interpolate:
         if dask.is_dask_collection(composite.data):
             composite = composite.chunk({time_dim: -1})
-        composite = composite.interpolate_na(time_dim, method="linear", use_coordinate=True)
+        positions = (grid.asi8 - grid.asi8[0]).astype(np.float64)  # ns since the first period
+        composite = xr.apply_ufunc(
+            _interpolate_block,
+            composite,
+            kwargs={"positions": positions},
+            input_core_dims=[[time_dim]],
+            output_core_dims=[[time_dim]],
+            dask="parallelized",
+            output_dtypes=[composite.dtype],
+            keep_attrs=True,
+        )
         interpolated = empty_period
     else:
         interpolated = xr.zeros_like(empty_period, dtype=bool)
@@ -304,12 +367,8 @@ def monthly(
         ),
     }
     if observed is not None:
-        counted = (valid & observed.astype(bool).reset_coords(drop=True))
-        observed_count = per_period(counted.groupby(_GROUP).sum(time_dim))
-        observed_count = observed_count.reindex({time_dim: grid}, fill_value=0)
         coords["observed_count"] = (
-            observed_count.astype(np.int64)
-            .transpose(*composite.dims)
+            composite_of(valid_observed, "sum", np.int64)
             .reset_coords(drop=True)
             .assign_attrs(units="1", long_name="observed (not gap-filled) valid observations")
         )

@@ -308,3 +308,14 @@ def test_monthly__real_series_mask_ndsi_composite(yatsm_cube, months):
     else:
         spring, summer = season.sel(month=1), season.sel(month=7)
     assert float(spring) > 0.1 and float(summer) < -0.3
+
+
+def test_monthly__interpolation_matches_xarray_interpolate_na():
+    values = np.random.default_rng(7).random((40, 3, 4)).astype(np.float32)
+    values[values < 0.5] = np.nan
+    values[5:9] = np.nan
+    series = make_series(values, freq="13D")
+    ours = monthly(series)
+    reference = monthly(series, interpolate=False).interpolate_na("time", method="linear", use_coordinate=True)
+    np.testing.assert_allclose(ours.values, reference.values, rtol=1e-6, equal_nan=True)
+    assert np.isnan(ours.values).sum() < np.isnan(monthly(series, interpolate=False).values).sum()
