@@ -12,6 +12,8 @@ Everything is lazy: one Dask task computes one block of pairs.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -64,32 +66,56 @@ def _check_single_chunk(obj: xr.DataArray, dims: tuple[str, ...], what: str) -> 
         )
 
 
-def _scale_pair(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scale a pair jointly to 0-255 float32 and fill its holes; also return the joint validity.
+def _prefilter(image: np.ndarray, prefilter: str, sigma: float) -> np.ndarray:
+    """High-pass (image minus its Gaussian blur) or Wallis (high-pass / local RMS) filter."""
+    if prefilter == "none":
+        return image
+    cv2 = _require_cv2()
+    image = image.astype(np.float32)
+    highpass = image - cv2.GaussianBlur(image, (0, 0), sigma)
+    if prefilter == "highpass":
+        return highpass
+    local_power = cv2.GaussianBlur(highpass * highpass, (0, 0), 3.0 * sigma)
+    floor = 1e-6 * float(local_power.mean()) + np.finfo(np.float32).tiny
+    return highpass / np.sqrt(local_power + floor)
 
-    The scale maps the minimum and maximum of the valid pixels of *both* frames to 0 and 255, so
-    the same value means the same brightness in both frames.  A missing pixel takes the other
-    frame's value when that one is valid (a hole then looks static rather than like an edge),
-    else the mid-value of the valid range.
+
+def _scale_pair(
+    first: np.ndarray, second: np.ndarray, prefilter: str = "none", sigma: float = 5.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fill, optionally filter, and scale a pair jointly to 0-255 float32; return its validity.
+
+    A missing pixel takes the other frame's value when that one is valid (a hole then looks
+    static rather than like an edge), else the mid-value of the pair's valid range.  After the
+    optional prefilter, the minimum and maximum of the valid pixels of *both* frames map to 0
+    and 255, so the same value means the same brightness in both frames.
     """
     valid_first = np.isfinite(first)
     valid_second = np.isfinite(second)
     valid = valid_first & valid_second
-    values = np.concatenate([first[valid_first], second[valid_second]])
-    if values.size == 0:
+    if not (valid_first.any() or valid_second.any()):
         zeros = np.zeros(first.shape, np.float32)
         return zeros, zeros.copy(), valid
-    low, high = float(values.min()), float(values.max())
-    span = high - low
-    gain = _SCALED_MAX / span if span > 0 else 0.0
-    scaled = []
+    low = min(first[valid_first].min(initial=np.inf), second[valid_second].min(initial=np.inf))
+    high = max(first[valid_first].max(initial=-np.inf), second[valid_second].max(initial=-np.inf))
+    middle = (float(low) + float(high)) / 2.0
+    filled = []
     for image, image_valid, other, other_valid in (
         (first, valid_first, second, valid_second),
         (second, valid_second, first, valid_first),
     ):
-        out = np.where(image_valid, image, np.where(other_valid, other, (low + high) / 2.0))
-        scaled.append(((out - low) * gain).astype(np.float32))
-    return scaled[0], scaled[1], valid
+        if image_valid.all():
+            out = image
+        else:
+            out = np.where(image_valid, image, np.where(other_valid, other, middle))
+        filled.append(_prefilter(np.asarray(out, dtype=np.float32), prefilter, sigma))
+    if prefilter != "none":
+        low = min(filled[0][valid_first].min(initial=np.inf), filled[1][valid_second].min(initial=np.inf))
+        high = max(filled[0][valid_first].max(initial=-np.inf), filled[1][valid_second].max(initial=-np.inf))
+    span = float(high) - float(low)
+    gain = np.float32(_SCALED_MAX / span if span > 0 else 0.0)
+    low = np.float32(low)
+    return (filled[0] - low) * gain, (filled[1] - low) * gain, valid
 
 
 def _stable_statistics(u: np.ndarray, v: np.ndarray, use: np.ndarray) -> np.ndarray:
@@ -126,6 +152,8 @@ def _flow_block(
     poly_n: int,
     poly_sigma: float,
     flags: int,
+    prefilter: str,
+    prefilter_sigma: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Farnebäck flow for every pair of a ``(..., y, x)`` block (apply_ufunc kernel)."""
     cv2 = _require_cv2()
@@ -137,7 +165,7 @@ def _flow_block(
     if stable is not None:
         stable = np.broadcast_to(stable, first.shape)
     for index in np.ndindex(*loop_shape):
-        a, b, ok = _scale_pair(first[index], second[index])
+        a, b, ok = _scale_pair(first[index], second[index], prefilter, prefilter_sigma)
         motion = cv2.calcOpticalFlowFarneback(
             a, b, None, pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags
         )
@@ -196,6 +224,8 @@ def flow(
     poly_n: int = 5,
     poly_sigma: float = 1.1,
     flags: int = 0,
+    prefilter: Literal["none", "highpass", "wallis"] = "none",
+    prefilter_sigma: float = 5.0,
     stable: xr.DataArray | None = None,
     time_dim: str = "time",
     y_dim: str = "y",
@@ -210,6 +240,13 @@ def flow(
     NDSI while keeping the regularisation of the algorithm at its intended scale).  Missing
     pixels are filled (the other frame's value, else mid-range) and flagged ``valid=False``.
 
+    Farnebäck works coarse to fine and fits local polynomials, so it measures motions of a few
+    pixels of texture that survives the pyramid well, and under-estimates large displacements
+    of fine texture next to stable ground: on the real Yahtse Glacier pair in the tests (15 m,
+    16 days) it follows the upper glacier (about 3 px per step, within about 1 px of normalised
+    cross-correlation) but returns near zero on the terminus tongue, which moves about 13 px
+    (about 12 m/day).  Use shorter steps, coarser composites or a feature tracker there.
+
     Parameters
     ----------
     da
@@ -219,6 +256,13 @@ def flow(
     pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags
         Passed to :func:`cv2.calcOpticalFlowFarneback`.  The defaults follow the method paper
         (pyramid scale 0.5, 6 levels, 10 iterations) and OpenCV's usual values for the rest.
+    prefilter, prefilter_sigma
+        Optional filter applied to both frames (after filling holes, before scaling):
+        ``"highpass"`` subtracts a Gaussian blur of standard deviation ``prefilter_sigma``
+        pixels; ``"wallis"`` also divides by the local RMS of that high-pass (Gaussian window
+        of ``3 * prefilter_sigma``), which equalises contrast between the frames, as
+        feature-tracking tools do for raw optical imagery with haze or illumination changes.
+        Keep ``"none"`` (the default, as in the method paper) for indices and snow masks.
     stable
         Optional boolean ``(y, x)`` DataArray, True on stable ground (rock).  When given, the
         median stable-ground motion of each pair is subtracted from ``u_pixels``/``v_pixels``
@@ -279,6 +323,10 @@ def flow(
     LNCS 2749, 363-370.
     """
     _require_cv2()
+    if prefilter not in ("none", "highpass", "wallis"):
+        raise DataTypeError(f"prefilter must be 'none', 'highpass' or 'wallis', got {prefilter!r}.")
+    if not prefilter_sigma > 0:
+        raise DataTypeError(f"prefilter_sigma must be positive, got {prefilter_sigma}.")
     for dim in (time_dim, y_dim, x_dim):
         if dim not in da.dims:
             raise DimensionError(
@@ -329,6 +377,8 @@ def flow(
         poly_n=int(poly_n),
         poly_sigma=float(poly_sigma),
         flags=int(flags),
+        prefilter=prefilter,
+        prefilter_sigma=float(prefilter_sigma),
     )
     u_pixels, v_pixels, valid, statistics = xr.apply_ufunc(
         _flow_block,
@@ -430,6 +480,8 @@ def flow(
         "flow_poly_n": int(poly_n),
         "flow_poly_sigma": float(poly_sigma),
         "flow_flags": int(flags),
+        "flow_prefilter": prefilter,
+        "flow_prefilter_sigma": float(prefilter_sigma),
         "flow_stable_correction": stable is not None,
         "pixel_size_x": dx,
         "pixel_size_y": dy,
