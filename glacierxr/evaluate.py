@@ -1,0 +1,757 @@
+"""Forecast skill: metrics per lead time, bootstrap confidence intervals and naive baselines.
+
+A forecast is scored per *lead* (1 = the first future period) on the valid target pixels only:
+mean squared error, mean absolute error, and the intersection over union (IoU) and F1 score of
+the snow mask ``value ≥ threshold``. Every score is a ratio of sums over pixels, so the scores
+of a set of samples are computed from per-sample sums; that makes the bootstrap cheap (resample
+samples, add their sums) and keeps it *paired*: the model and the baselines are resampled with
+the same draws, which gives confidence intervals of the skill ``1 − MSE_model / MSE_baseline``.
+
+Baselines (all scored on the same samples and pixels as the model):
+
+``persistence``
+    The last input period repeated for every lead.
+``seasonal_naive``
+    The value one seasonal cycle before the target, from data available when the forecast is
+    made: for lead ``k`` the target at period ``t`` is forecast by the value at
+    ``t − period × ceil(k / period)`` (Hyndman & Athanasopoulos, *Forecasting: Principles and
+    Practice*, § 5.2). ``period`` is the number of periods per year: for 3-monthly composites 4,
+    for monthly ones 12. It is taken from ``attrs["months"]`` when present (``12 / months``),
+    else from the median spacing of the time coordinate (``round(365.25 days / spacing)``).
+``climatology``
+    The mean of the valid values of the same period of the year over the training periods
+    (``period_of_year``: the month-based phase ``(month − 1) × period // 12`` when ``period``
+    divides 12, else the day-of-year phase).
+
+Empty masks: IoU and F1 are 1 where both the predicted and the observed mask are empty (nothing
+to find, nothing wrongly found) and 0 where only one of them is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from glacierxr.errors import ConfigError, DataTypeError, DimensionError
+
+__all__ = [
+    "metrics",
+    "bootstrap_ci",
+    "skill",
+    "persistence",
+    "seasonal_naive",
+    "climatology",
+    "steps_per_year",
+    "period_of_year",
+    "evaluate",
+    "to_markdown",
+]
+
+METRICS: tuple[str, ...] = ("mse", "mae", "iou", "f1")
+BASELINES: tuple[str, ...] = ("persistence", "seasonal_naive", "climatology")
+# per-sample sums: squared error, absolute error, valid pixels, true/false positives, false negatives
+_SUMS = ("sse", "sae", "n", "tp", "fp", "fn")
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------
+def _as_numpy(values) -> np.ndarray:
+    if hasattr(values, "detach"):  # torch tensor
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _lead_first(values, lead_dim: str, name: str) -> np.ndarray:
+    """``(sample, lead, …)`` NumPy view of an array, a tensor or a DataArray with ``lead_dim``."""
+    if isinstance(values, xr.DataArray):
+        if lead_dim not in values.dims:
+            raise DimensionError(f"{name} has dims {values.dims} but no lead dimension {lead_dim!r}; pass lead_dim=.")
+        return values.transpose(lead_dim, ...).to_numpy()[None]
+    array = _as_numpy(values)
+    if array.ndim < 2:
+        raise DimensionError(f"{name} must be (sample, lead, …), got shape {array.shape}.")
+    return array
+
+
+def _sample_sums(prediction: np.ndarray, target: np.ndarray, valid: np.ndarray | None, threshold: float) -> np.ndarray:
+    """Per sample and lead sums ``(N, T, 6)`` (see ``_SUMS``) over the valid, finite pixels."""
+    if prediction.shape != target.shape:
+        raise DimensionError(f"prediction {prediction.shape} and target {target.shape} must have the same shape.")
+    ok = np.isfinite(prediction) & np.isfinite(target)
+    if valid is not None:
+        if valid.shape != target.shape:
+            raise DimensionError(f"valid {valid.shape} must have the target's shape {target.shape}.")
+        ok &= valid.astype(bool)
+    axes = tuple(range(2, target.ndim))
+    error = np.where(ok, prediction.astype(np.float64) - target, 0.0)
+    predicted = ok & (prediction >= threshold)
+    observed = ok & (target >= threshold)
+    sums = np.stack(
+        [
+            (error**2).sum(axes),
+            np.abs(error).sum(axes),
+            ok.sum(axes),
+            (predicted & observed).sum(axes),
+            (predicted & ~observed).sum(axes),
+            (~predicted & observed).sum(axes),
+        ],
+        axis=-1,
+    )
+    return sums.astype(np.float64)
+
+
+def _scores(sums: np.ndarray) -> np.ndarray:
+    """Scores ``(…, 4)`` (mse, mae, iou, f1) from summed statistics ``(…, 6)``."""
+    sse, sae, n, tp, fp, fn = np.moveaxis(sums, -1, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mse = np.where(n > 0, sse / n, np.nan)
+        mae = np.where(n > 0, sae / n, np.nan)
+        union = tp + fp + fn
+        iou = np.where(union > 0, tp / union, np.where(n > 0, 1.0, np.nan))
+        f1 = np.where(union > 0, 2 * tp / (2 * tp + fp + fn), np.where(n > 0, 1.0, np.nan))
+    return np.stack([mse, mae, iou, f1], axis=-1)
+
+
+def _with_pooled(sums: np.ndarray) -> np.ndarray:
+    """Append a pooled-over-leads entry along the lead axis (second to last)."""
+    return np.concatenate([sums, sums.sum(axis=-2, keepdims=True)], axis=-2)
+
+
+def _lead_labels(n_leads: int) -> list:
+    return [*range(1, n_leads + 1), "all"]
+
+
+def metrics(
+    prediction,
+    target,
+    *,
+    valid=None,
+    threshold: float = 0.3,
+    lead_dim: str = "lead",
+) -> pd.DataFrame:
+    """MSE, MAE, IoU and F1 per lead time, on the valid pixels only.
+
+    Parameters
+    ----------
+    prediction, target : array-like, torch.Tensor or xarray.DataArray
+        Arrays and tensors are ``(sample, lead, …)``; DataArrays have a ``lead_dim`` dimension.
+    valid : same shape, optional
+        True (or 1) where the target is a real observation. Non-finite pixels of either input
+        are always left out.
+    threshold : float
+        Snow mask threshold for IoU and F1 (``value ≥ threshold`` is snow).
+    lead_dim : str
+        Name of the lead dimension of DataArrays.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``lead`` (1 … T and ``"all"``, pooled over leads), columns ``mse``, ``mae``,
+        ``iou``, ``f1``, ``n_valid``.
+
+    Examples
+    --------
+    >>> prediction = np.array([[[0.0, 0.5], [1.0, 0.2]]])  # 1 sample, 2 leads, 2 pixels
+    >>> target = np.array([[[0.0, 1.0], [1.0, 0.4]]])
+    >>> table = metrics(prediction, target)
+    >>> table.index.tolist()
+    [1, 2, 'all']
+    >>> table["mse"].round(4).tolist(), table["iou"].round(3).tolist()
+    ([0.125, 0.02, 0.0725], [1.0, 0.5, 0.667])
+    """
+    pred = _lead_first(prediction, lead_dim, "prediction")
+    targ = _lead_first(target, lead_dim, "target")
+    mask = None if valid is None else _lead_first(valid, lead_dim, "valid")
+    sums = _with_pooled(_sample_sums(pred, targ, mask, threshold).sum(axis=0))
+    table = pd.DataFrame(_scores(sums), columns=list(METRICS), index=pd.Index(_lead_labels(pred.shape[1]), name="lead"))
+    table["n_valid"] = sums[:, 2].astype(np.int64)
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# bootstrap
+# --------------------------------------------------------------------------------------------
+def _resampled_sums(sums: Mapping[str, np.ndarray], groups: np.ndarray | None, n_resamples: int, seed: int):
+    """Sums of ``n_resamples`` cluster-bootstrap draws: ``{name: (R, T, 6)}`` (same draws for all)."""
+    first = next(iter(sums.values()))
+    n = first.shape[0]
+    if groups is None:
+        codes, n_groups = np.arange(n), n
+    else:
+        codes, uniques = pd.factorize(np.asarray(groups))
+        n_groups = len(uniques)
+    grouped = {name: _group_sums(s, codes, n_groups) for name, s in sums.items()}
+    rng = np.random.default_rng(seed)
+    out = {name: np.empty((n_resamples, *g.shape[1:])) for name, g in grouped.items()}
+    for r in range(n_resamples):
+        counts = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups).astype(np.float64)
+        for name, g in grouped.items():
+            out[name][r] = np.tensordot(counts, g, axes=(0, 0))
+    return out
+
+
+def _group_sums(sums: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    flat = sums.reshape(sums.shape[0], -1)
+    grouped = np.zeros((n_groups, flat.shape[1]))
+    np.add.at(grouped, codes, flat)
+    return grouped.reshape(n_groups, *sums.shape[1:])
+
+
+def bootstrap_ci(
+    prediction,
+    target,
+    *,
+    valid=None,
+    threshold: float = 0.3,
+    groups=None,
+    n_resamples: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Percentile bootstrap confidence intervals of :func:`metrics`, resampling samples.
+
+    Parameters
+    ----------
+    prediction, target, valid, threshold
+        As for :func:`metrics` (arrays / tensors ``(sample, lead, …)``).
+    groups : array-like (sample,), optional
+        Resample whole groups (a cluster bootstrap), e.g. a spatial block label, so that
+        overlapping windows, which are not independent, are drawn together. Default: samples.
+    n_resamples : int
+        Number of bootstrap draws.
+    confidence : float
+        Coverage of the interval (0.95: the 2.5 and 97.5 percentiles).
+    seed : int
+        Seed of the draws (the same seed gives the same interval).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``lead`` (1 … T, ``"all"``), columns ``<metric>``, ``<metric>_low``,
+        ``<metric>_high`` for mse, mae, iou and f1.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> target = rng.random((50, 2, 8, 8))
+    >>> ci = bootstrap_ci(target + rng.normal(0, 0.1, target.shape), target, n_resamples=100)
+    >>> bool((ci["mse_low"] <= ci["mse"]).all() and (ci["mse"] <= ci["mse_high"]).all())
+    True
+    """
+    _check_bootstrap(n_resamples, confidence)
+    pred, targ = _as_numpy(prediction), _as_numpy(target)
+    mask = None if valid is None else _as_numpy(valid)
+    sums = _sample_sums(pred, targ, mask, threshold)
+    if groups is not None and len(groups) != sums.shape[0]:
+        raise DimensionError(f"groups has {len(groups)} labels for {sums.shape[0]} samples.")
+    point = _scores(_with_pooled(sums.sum(axis=0)))
+    draws = _scores(_with_pooled(_resampled_sums({"m": sums}, groups, n_resamples, seed)["m"]))
+    low, high = _percentiles(draws, confidence)
+    index = pd.Index(_lead_labels(sums.shape[1]), name="lead")
+    columns = {}
+    for j, metric in enumerate(METRICS):
+        columns[metric] = point[:, j]
+        columns[f"{metric}_low"] = low[:, j]
+        columns[f"{metric}_high"] = high[:, j]
+    return pd.DataFrame(columns, index=index)
+
+
+def _percentiles(draws: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    alpha = (1 - confidence) / 2
+    with np.errstate(invalid="ignore"):
+        return np.nanquantile(draws, alpha, axis=0), np.nanquantile(draws, 1 - alpha, axis=0)
+
+
+def _check_bootstrap(n_resamples: int, confidence: float) -> None:
+    if n_resamples < 0 or int(n_resamples) != n_resamples:
+        raise ConfigError(f"n_resamples must be a non-negative integer, got {n_resamples!r}.")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence!r}.")
+
+
+def skill(mse_model, mse_baseline):
+    """Skill score ``1 − MSE_model / MSE_baseline`` (1 perfect, 0 as good as the baseline, < 0 worse).
+
+    Examples
+    --------
+    >>> skill(0.01, 0.04)
+    0.75
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = 1 - np.asarray(mse_model, dtype=np.float64) / np.asarray(mse_baseline, dtype=np.float64)
+    return float(result) if result.ndim == 0 else result
+
+
+# --------------------------------------------------------------------------------------------
+# baselines
+# --------------------------------------------------------------------------------------------
+def persistence(inputs, steps: int, *, axis: int = 1, time_dim: str = "time", lead_dim: str = "lead"):
+    """Repeat the last input period ``steps`` times: the no-change forecast.
+
+    Parameters
+    ----------
+    inputs : array-like, torch.Tensor or xarray.DataArray
+        Arrays and tensors ``(sample, time, …)`` (time on ``axis``); a DataArray with
+        ``time_dim``.
+    steps : int
+        Number of leads.
+
+    Returns
+    -------
+    Same type as ``inputs``
+        ``(sample, lead, …)`` for arrays and tensors; a DataArray with ``lead_dim`` (1 … steps)
+        in place of ``time_dim`` (with coordinate ``issue_time``, the last input time).
+
+    Examples
+    --------
+    >>> persistence(np.array([[1.0, 2.0, 3.0]]), 2)
+    array([[3., 3.]])
+    """
+    _check_steps(steps)
+    if isinstance(inputs, xr.DataArray):
+        last = inputs.isel({time_dim: -1})
+        if time_dim in last.coords:
+            last = last.rename({time_dim: "issue_time"})
+        out = last.expand_dims({lead_dim: np.arange(1, steps + 1)})
+        out.name = f"{inputs.name}_persistence" if inputs.name else "persistence"
+        out.attrs = {**inputs.attrs, "long_name": "persistence forecast", "baseline": "persistence"}
+        return out
+    if hasattr(inputs, "detach"):
+        import torch
+
+        last = inputs.narrow(axis, inputs.shape[axis] - 1, 1)
+        return torch.repeat_interleave(last, steps, dim=axis)
+    array = np.asarray(inputs)
+    last = np.take(array, [-1], axis=axis)
+    return np.repeat(last, steps, axis=axis)
+
+
+def _check_steps(steps: int) -> None:
+    if int(steps) != steps or steps < 1:
+        raise ConfigError(f"steps must be a positive integer, got {steps!r}.")
+
+
+def steps_per_year(series_or_time, *, time_dim: str = "time") -> int:
+    """Number of periods per year of a regular series (4 for 3-monthly composites).
+
+    Uses ``attrs["months"]`` (``12 / months``) when the series has it (as written by
+    ``.glacier.monthly``), else the median spacing of the time coordinate.
+
+    Raises
+    ------
+    ConfigError
+        If the spacing is not close to a whole number of periods per year; pass ``period=``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> steps_per_year(pd.date_range("2020-01-01", periods=9, freq="QS"))
+    4
+    """
+    if isinstance(series_or_time, xr.DataArray) and series_or_time.attrs.get("months"):
+        months = float(series_or_time.attrs["months"])
+        if (12 / months).is_integer():
+            return int(12 / months)
+    if isinstance(series_or_time, (xr.DataArray, xr.Dataset)) and time_dim in series_or_time.coords:
+        time = series_or_time[time_dim].to_index()
+    else:
+        time = pd.DatetimeIndex(series_or_time)
+    if len(time) < 2:
+        raise ConfigError("At least two time steps are needed to infer the period; pass period= explicitly.")
+    spacing = np.median(np.diff(time.asi8)) / 86400e9
+    exact = 365.25 / spacing
+    period = max(int(round(exact)), 1)
+    if abs(exact - period) / period > 0.1:
+        raise ConfigError(
+            f"The time steps are {spacing:.1f} days apart, {exact:.2f} per year, not a whole number; "
+            "pass period= (periods per year) explicitly."
+        )
+    return period
+
+
+def period_of_year(time, period: int) -> np.ndarray:
+    """Phase of each time within the year, ``0 … period − 1``.
+
+    Month-based ``(month − 1) × period // 12`` when ``period`` divides 12 (so 3-monthly periods
+    starting in January, April, July and October are 0, 1, 2, 3); else day-of-year based.
+
+    Examples
+    --------
+    >>> period_of_year(pd.date_range("2020-01-01", periods=5, freq="QS"), 4).tolist()
+    [0, 1, 2, 3, 0]
+    """
+    index = pd.DatetimeIndex(time)
+    if 12 % period == 0:
+        return ((index.month.to_numpy() - 1) * period // 12).astype(np.int64)
+    return np.minimum((index.dayofyear.to_numpy() - 1) * period // 365, period - 1).astype(np.int64)
+
+
+def seasonal_naive(
+    series: xr.DataArray,
+    *,
+    steps: int,
+    period: int | None = None,
+    time_dim: str = "time",
+    lead_dim: str = "lead",
+) -> xr.DataArray:
+    """Seasonal-naive forecasts of every period of a series, for leads ``1 … steps`` (lazy).
+
+    The forecast of the value at period ``t`` made ``k`` periods ahead is the value at
+    ``t − period × ceil(k / period)``: the same period of the last seasonal cycle that was
+    already observed when the forecast was made. Periods without such a past are NaN.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(lead, time, …)``: for each lead, the forecast *valid at* each time.
+
+    Examples
+    --------
+    >>> from glacierxr.testing import make_series
+    >>> cycle = np.tile([0.0, 0.2, 0.9, 0.4], 3)[:, None, None]
+    >>> forecast = seasonal_naive(make_series(cycle, freq="QS"), steps=2)
+    >>> forecast.isel(lead=0, y=0, x=0).values.tolist()[:6]
+    [nan, nan, nan, nan, 0.0, 0.2]
+    """
+    _check_steps(steps)
+    if time_dim not in series.dims:
+        raise DimensionError(f"series has dims {series.dims}, no {time_dim!r}; pass time_dim=.")
+    period = period or steps_per_year(series, time_dim=time_dim)
+    leads = [series.shift({time_dim: period * math.ceil(k / period)}) for k in range(1, steps + 1)]
+    out = xr.concat(leads, dim=pd.Index(np.arange(1, steps + 1), name=lead_dim), coords="minimal", compat="override")
+    out.name = f"{series.name}_seasonal_naive" if series.name else "seasonal_naive"
+    out.attrs = {**series.attrs, "long_name": "seasonal-naive forecast", "baseline": "seasonal_naive", "period": period}
+    return out
+
+
+def climatology(
+    train_series: xr.DataArray,
+    *,
+    period: int | None = None,
+    valid: xr.DataArray | None = None,
+    time_dim: str = "time",
+) -> xr.DataArray:
+    """Mean of each period of the year over the training series (lazy), ignoring missing values.
+
+    Parameters
+    ----------
+    train_series : xarray.DataArray
+        The training periods only (``(time, …)``).
+    period : int, optional
+        Periods per year; inferred with :func:`steps_per_year`.
+    valid : xarray.DataArray, optional
+        True where a value is a real observation (e.g. the ``observed`` coordinate); others
+        are left out. NaN values are always left out.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(period_of_year, …)``: phase ``0 … period − 1`` (see :func:`period_of_year`).
+
+    Examples
+    --------
+    >>> from glacierxr.testing import make_series
+    >>> series = make_series(np.arange(8.0)[:, None, None], freq="QS")
+    >>> climatology(series).isel(y=0, x=0).values.tolist()
+    [2.0, 3.0, 4.0, 5.0]
+    """
+    if time_dim not in train_series.dims:
+        raise DimensionError(f"train_series has dims {train_series.dims}, no {time_dim!r}; pass time_dim=.")
+    period = period or steps_per_year(train_series, time_dim=time_dim)
+    values = train_series if valid is None else train_series.where(valid)
+    phase = xr.DataArray(period_of_year(train_series[time_dim].to_index(), period), dims=time_dim, name="period_of_year")
+    out = values.groupby(phase).mean(time_dim)
+    out = out.reindex(period_of_year=np.arange(period))
+    out.name = f"{train_series.name}_climatology" if train_series.name else "climatology"
+    out.attrs = {**train_series.attrs, "long_name": "climatology (mean of each period of the year)",
+                 "baseline": "climatology", "period": period}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+def evaluate(
+    model_or_predictions,
+    sequences,
+    *,
+    split: str | None = None,
+    baselines: Sequence[str] = BASELINES,
+    threshold: float = 0.3,
+    batch_size: int = 64,
+    n_resamples: int = 200,
+    confidence: float = 0.95,
+    bootstrap_by: Literal["sample", "block"] = "block",
+    period: int | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    device: str | None = None,
+) -> pd.DataFrame:
+    """Score a model (or precomputed predictions) and the baselines on the same patch sequences.
+
+    Parameters
+    ----------
+    model_or_predictions : torch.nn.Module, callable, array or None
+        A model called as ``model(inputs, steps=target_steps)`` on normalised inputs
+        ``(B, T_in, 1, P, P)`` (batched, ``torch.no_grad()``, ``eval()`` mode; outputs are
+        de-normalised with the sequences' statistics); or predictions in data units shaped
+        ``(len(sequences), target_steps[, 1], P, P)`` in the order of ``sequences.windows``;
+        or ``None`` to score the baselines only.
+    sequences : glacierxr.ml.PatchSequences
+        The sequences to score on (a split view, or the whole set with ``split=``).
+    split : {"train", "val", "test"}, optional
+        Take this split of ``sequences`` first.
+    baselines : sequence of str
+        Any of ``"persistence"``, ``"seasonal_naive"``, ``"climatology"``.
+    threshold : float
+        Snow threshold of IoU and F1.
+    batch_size : int
+        Samples per batch (streamed tile by tile; memory stays bounded).
+    n_resamples, confidence, seed
+        Paired bootstrap (see :func:`bootstrap_ci`); ``n_resamples=0`` skips it.
+    bootstrap_by : {"block", "sample"}
+        ``"block"`` resamples patch-sized spatial blocks (windows overlapping each other are
+        drawn together, so intervals are not too narrow); ``"sample"`` resamples windows.
+    period : int, optional
+        Periods per year for the seasonal baselines (default :func:`steps_per_year`).
+    name : str, optional
+        Row label of the model (default its ``model_name`` or class name, or ``"predictions"``).
+    device : str, optional
+        Torch device for the model (default: the device of its parameters).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per forecaster (model, then baselines) and lead (1 … T and ``"all"``, pooled):
+        columns ``model``, ``lead``, ``mse``, ``mae``, ``iou``, ``f1`` with ``_low``/``_high``
+        bounds, ``skill_vs_<baseline>`` (``1 − MSE / MSE_baseline``) with bounds, ``n_samples``
+        and ``n_valid``. ``attrs`` holds the settings.
+
+    Notes
+    -----
+    Every forecaster is scored on the same pixels: valid targets where all forecasts are
+    finite. Persistence and seasonal-naive take the inputs as the model sees them (a missing
+    input pixel is the training mean, or 0 without normalisation). Samples whose seasonal-naive
+    source period lies before the start of the series are left out for every forecaster when
+    ``"seasonal_naive"`` is asked for. The climatology is the mean over the periods covered by
+    training windows; with ``split="spatial"`` those are all periods (targets included), which
+    favours that baseline.
+    """
+    from glacierxr.ml.patches import PatchSequences
+
+    if not isinstance(sequences, PatchSequences):
+        raise DataTypeError(f"sequences must be a glacierxr.ml.PatchSequences, got {type(sequences).__name__}.")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ConfigError(f"Unknown baselines {unknown}; choose from {list(BASELINES)}.")
+    if bootstrap_by not in ("block", "sample"):
+        raise ConfigError(f"bootstrap_by must be 'block' or 'sample', got {bootstrap_by!r}.")
+    _check_bootstrap(n_resamples, confidence)
+    if split is not None:
+        sequences = sequences.split(split, shuffle=False)
+    if len(sequences) == 0:
+        raise DimensionError(f"The {sequences.name!r} sequences are empty; nothing to evaluate.")
+    layout = sequences._layout
+    t_in, t_out, patch = sequences.input_steps, sequences.target_steps, sequences.patch
+    time_dim, _, _ = layout.dims
+    times = sequences.data[time_dim].to_index()
+
+    seasonal = [b for b in baselines if b in ("seasonal_naive", "climatology")]
+    period = period or (steps_per_year(sequences.data, time_dim=time_dim) if seasonal else None)
+    # relative index (from the first input) of each lead's seasonal-naive source period
+    sn_source = np.array([t_in + k - 1 - period * math.ceil(k / period) for k in range(1, t_out + 1)]) if period else None
+    history = int(max(0, -sn_source.min())) if "seasonal_naive" in baselines else 0
+    clim = _train_climatology(sequences, period) if "climatology" in baselines else None
+
+    forecaster = _Forecaster(model_or_predictions, sequences, name, device)
+    names = ([forecaster.name] if forecaster.active else []) + list(baselines)
+    if not names:
+        raise ConfigError("Nothing to evaluate: no model or predictions and no baselines.")
+    stats = {n: [] for n in names}
+    kept_ids = []
+    stats_fill = sequences.normalization
+    fill = np.float32(stats_fill["mean"] if stats_fill else 0.0)
+    for batch in sequences._stream(batch_size=batch_size, mode="raw", history=history):
+        raw, valid = batch.arrays
+        keep = batch.has_history if "seasonal_naive" in baselines else np.ones(len(batch.ids), bool)
+        if not keep.any():
+            continue
+        raw, valid, ids, positions = raw[keep], valid[keep], batch.ids[keep], batch.positions[keep]
+        seen = np.where(np.isnan(raw[:, history : history + t_in]), fill, raw[:, history : history + t_in])
+        target = raw[:, history + t_in :]
+        target_valid = valid[:, history + t_in :]
+        forecasts = {}
+        if forecaster.active:
+            forecasts[forecaster.name] = forecaster(seen, positions)
+        if "persistence" in baselines:
+            forecasts["persistence"] = persistence(seen, t_out)
+        if "seasonal_naive" in baselines:
+            source = raw[:, history + sn_source]
+            forecasts["seasonal_naive"] = np.where(np.isnan(source), fill, source)
+        if "climatology" in baselines:
+            t0, y0, x0 = layout.decompose(ids)
+            phases = period_of_year(times[(t0[:, None] + t_in + np.arange(t_out)).ravel()], period).reshape(-1, t_out)
+            forecasts["climatology"] = _gather_climatology(clim, phases, y0, x0, patch)
+        joint = target_valid.copy()
+        for values in forecasts.values():
+            joint &= np.isfinite(values)
+        for n in names:
+            stats[n].append(_sample_sums(forecasts[n], target, joint, threshold))
+        kept_ids.append(ids)
+    if not kept_ids:
+        raise DimensionError(
+            "No sequence has the history the seasonal-naive baseline needs "
+            f"({history} periods before its first input); drop 'seasonal_naive' from baselines."
+        )
+    sums = {n: np.concatenate(s) for n, s in stats.items()}
+    ids = np.concatenate(kept_ids)
+    groups = None
+    if bootstrap_by == "block":
+        _, y0, x0 = layout.decompose(ids)
+        groups = (y0 // patch) * (int(layout.x_starts[-1]) // patch + 1) + x0 // patch
+    table = _table(sums, names, [b for b in baselines], groups, n_resamples, confidence, seed, t_out)
+    table.attrs.update(
+        split=sequences.name, threshold=threshold, n_resamples=n_resamples, confidence=confidence,
+        bootstrap_by=bootstrap_by, period=period, n_sequences=int(ids.size),
+    )
+    return table
+
+
+def _table(sums, names, baselines, groups, n_resamples, confidence, seed, t_out) -> pd.DataFrame:
+    pooled = {n: _with_pooled(s.sum(axis=0)) for n, s in sums.items()}  # (T + 1, 6)
+    point = {n: _scores(p) for n, p in pooled.items()}
+    if n_resamples:
+        draws = {n: _scores(_with_pooled(d)) for n, d in _resampled_sums(sums, groups, n_resamples, seed).items()}
+    rows = []
+    leads = _lead_labels(t_out)
+    for n in names:
+        for i, lead in enumerate(leads):
+            row: dict[str, Any] = {"model": n, "lead": lead}
+            for j, metric in enumerate(METRICS):
+                row[metric] = point[n][i, j]
+                if n_resamples:
+                    low, high = _percentiles(draws[n][:, i, j], confidence)
+                    row[f"{metric}_low"], row[f"{metric}_high"] = float(low), float(high)
+            for b in baselines:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    row[f"skill_vs_{b}"] = 1 - point[n][i, 0] / point[b][i, 0]
+                    if n_resamples:
+                        low, high = _percentiles(1 - draws[n][:, i, 0] / draws[b][:, i, 0], confidence)
+                        row[f"skill_vs_{b}_low"], row[f"skill_vs_{b}_high"] = float(low), float(high)
+            row["n_samples"] = int(sums[n].shape[0])
+            row["n_valid"] = int(pooled[n][i, 2])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+class _Forecaster:
+    """Runs a torch model in batches, or slices precomputed predictions, in data units."""
+
+    def __init__(self, model_or_predictions, sequences, name, device) -> None:
+        self.sequences = sequences
+        self.model = None
+        self.predictions = None
+        self.active = model_or_predictions is not None
+        if not self.active:
+            self.name = name or "model"
+            return
+        if callable(model_or_predictions) and not isinstance(model_or_predictions, np.ndarray):
+            import torch
+
+            self.model = model_or_predictions
+            self.name = name or getattr(self.model, "model_name", None) or type(self.model).__name__
+            parameters = list(self.model.parameters()) if isinstance(self.model, torch.nn.Module) else []
+            self.device = torch.device(device) if device else (parameters[0].device if parameters else torch.device("cpu"))
+            if isinstance(self.model, torch.nn.Module):
+                self.model.eval()
+        else:
+            predictions = _as_numpy(model_or_predictions)
+            expected = (len(sequences), sequences.target_steps)
+            if predictions.ndim == 5 and predictions.shape[2] == 1:
+                predictions = predictions[:, :, 0]
+            if predictions.ndim != 4 or predictions.shape[:2] != expected or predictions.shape[2:] != (sequences.patch,) * 2:
+                raise DimensionError(
+                    f"predictions must be (len(sequences), target_steps[, 1], patch, patch) = "
+                    f"({expected[0]}, {expected[1]}, 1, {sequences.patch}, {sequences.patch}), got {predictions.shape}. "
+                    "Order them like sequences.windows."
+                )
+            self.predictions = predictions
+            self.name = name or "predictions"
+
+    def __call__(self, seen: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        if self.predictions is not None:
+            return np.asarray(self.predictions[positions], dtype=np.float64)
+        import torch
+
+        inputs = self.sequences.normalize_values(seen).astype(np.float32)
+        with torch.no_grad():
+            tensor = torch.from_numpy(np.ascontiguousarray(inputs[:, :, None])).to(self.device)
+            output = self.model(tensor, steps=self.sequences.target_steps)
+        output = _as_numpy(output).astype(np.float64)
+        if output.ndim == 5:
+            output = output[:, :, 0]
+        expected = (len(positions), self.sequences.target_steps, self.sequences.patch, self.sequences.patch)
+        if output.shape != expected:
+            raise DimensionError(f"The model returned {output.shape}; expected {expected[:2]} + (1,) + {expected[2:]}.")
+        return self.sequences.denormalize(output)
+
+
+def _train_climatology(sequences, period: int) -> np.ndarray:
+    """Climatology ``(period, y, x)`` over the periods covered by training windows (computed)."""
+    layout = sequences._layout
+    time_dim = layout.dims[0]
+    t0 = np.unique(layout.split_ids["train"] // layout.n_spatial)
+    covered = np.zeros(layout.data.sizes[time_dim], bool)
+    for start in layout.t_starts[t0]:
+        covered[start : start + layout.steps] = True
+    train = layout.data.isel({time_dim: np.flatnonzero(covered)})
+    valid = None
+    if layout.valid is not None:
+        valid = layout.valid.isel({time_dim: np.flatnonzero(covered)}) if time_dim in layout.valid.dims else layout.valid
+    clim = climatology(train.astype(np.float32), period=period, valid=valid, time_dim=time_dim)
+    return np.asarray(clim.transpose("period_of_year", *layout.dims[1:]).to_numpy(), dtype=np.float64)
+
+
+def _gather_climatology(clim: np.ndarray, phases: np.ndarray, y0: np.ndarray, x0: np.ndarray, patch: int) -> np.ndarray:
+    out = np.empty((*phases.shape, patch, patch))
+    for i, (y, x) in enumerate(zip(y0.tolist(), x0.tolist())):
+        out[i] = clim[phases[i], y : y + patch, x : x + patch]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# formatting
+# --------------------------------------------------------------------------------------------
+def to_markdown(table: pd.DataFrame, *, digits: int = 4, columns: Iterable[str] | None = None, index: bool = False) -> str:
+    """A Markdown (GitHub) table of a DataFrame, without the ``tabulate`` package.
+
+    Floats are written with ``digits`` significant digits; NaN as an empty cell.
+
+    Examples
+    --------
+    >>> print(to_markdown(pd.DataFrame({"model": ["a"], "mse": [0.012345]})))
+    | model | mse |
+    |---|---:|
+    | a | 0.01235 |
+    """
+    frame = table if columns is None else table[list(columns)]
+    if index:
+        frame = frame.reset_index()
+
+    def cell(value) -> str:
+        if isinstance(value, (float, np.floating)):
+            return "" if not np.isfinite(value) else f"{value:.{digits}g}"
+        return str(value).replace("|", "\\|")
+
+    header = [str(c) for c in frame.columns]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines)
