@@ -263,8 +263,12 @@ def bootstrap_ci(
 
 
 def _percentiles(draws: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    import warnings
+
     alpha = (1 - confidence) / 2
-    with np.errstate(invalid="ignore"):
+    draws = np.where(np.isinf(draws), np.nan, draws) if np.isinf(draws).any() else draws
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN draws (e.g. a zero baseline MSE)
         return np.nanquantile(draws, alpha, axis=0), np.nanquantile(draws, 1 - alpha, axis=0)
 
 
@@ -367,7 +371,7 @@ def steps_per_year(series_or_time, *, time_dim: str = "time") -> int:
     spacing = np.median(np.diff(time.asi8)) / 86400e9
     exact = 365.25 / spacing
     period = max(int(round(exact)), 1)
-    if abs(exact - period) / period > 0.1:
+    if abs(exact - period) / period > 0.05:
         raise ConfigError(
             f"The time steps are {spacing:.1f} days apart, {exact:.2f} per year, not a whole number; "
             "pass period= (periods per year) explicitly."
