@@ -712,9 +712,14 @@ def _walk(source) -> tuple[Iterable[pystac.Item], set[str]]:
 
 
 def _search_static(source, query: _Query, limit: int | None):
+    from pystac_client.warnings import PystacClientWarning
+
     try:
-        items_iter, declared = _walk(source)
-        found = list(items_iter)
+        with warnings.catch_warnings():
+            # FallbackToPystac: expected when walking a static catalog served over HTTP
+            warnings.simplefilter("ignore", PystacClientWarning)
+            items_iter, declared = _walk(source)
+            found = list(items_iter)
     except Exception as err:
         raise CatalogError(
             f"Could not walk the STAC catalog {_catalog_name(query.catalog)}: "
