@@ -88,7 +88,7 @@ class ConvLSTMForecaster(ForecastModel):
     paper's section 2.2.2) and the forecaster is conditioned on the previous frame.
 
     Works on any ``height × width`` (same-size zero padding).  The default configuration has
-    **55,585 trainable parameters**.
+    **56,737 trainable parameters**.
 
     Parameters
     ----------

@@ -111,7 +111,7 @@ class LSTMEncoderDecoder(ForecastModel):
     per step through a linear read-out, feeding each prediction (or, with teacher forcing, the
     true frame) back as the next input.
 
-    The default configuration (50 × 50 patches) has **2,590,916 trainable parameters**.
+    The default configuration (50 × 50 patches) has **2,335,428 trainable parameters**.
 
     Parameters
     ----------
