@@ -949,21 +949,27 @@ def _gather(layout: _Layout, tiles: Sequence[_Tile], ids: np.ndarray, which: np.
     """Copy each window of ``ids`` out of its tile into batch arrays (see :class:`_Batch`)."""
     t0, y0, x0 = layout.decompose(ids)
     n, p, t_in, steps = ids.size, layout.patch, layout.input_steps, layout.steps
-    length = steps + history
-    values = np.empty((n, length, p, p), np.float32)
-    if mode == "raw":
-        valid, valid_from = np.empty((n, length, p, p), bool), 0
-    else:
-        valid, valid_from = np.empty((n, steps - t_in, p, p), bool), t_in
     regions = [tile.region for tile in tiles]
-    for i, (k, t, y, x) in enumerate(zip(which.tolist(), (t0 - history).tolist(), y0.tolist(), x0.tolist())):
+    where = zip(which.tolist(), (t0 - history).tolist(), y0.tolist(), x0.tolist())
+    if mode == "raw":
+        length = steps + history
+        values, valid = np.empty((n, length, p, p), np.float32), np.empty((n, length, p, p), bool)
+        for i, (k, t, y, x) in enumerate(where):
+            r = regions[k]
+            t, y, x = t - r.t_lo, y - r.y_lo, x - r.x_lo
+            tile_values, tile_valid = tiles[k].arrays
+            values[i] = tile_values[t : t + length, y : y + p, x : x + p]
+            valid[i] = tile_valid[t : t + length, y : y + p, x : x + p]
+        return values, valid
+    inputs = np.empty((n, t_in, 1, p, p), np.float32)
+    targets = np.empty((n, steps - t_in, 1, p, p), np.float32)
+    valid = np.empty((n, steps - t_in, 1, p, p), bool)
+    for i, (k, t, y, x) in enumerate(where):
         r = regions[k]
         t, y, x = t - r.t_lo, y - r.y_lo, x - r.x_lo
         tile_values, tile_valid = tiles[k].arrays
-        values[i] = tile_values[t : t + length, y : y + p, x : x + p]
-        valid[i] = tile_valid[t + valid_from : t + length, y : y + p, x : x + p]
-    if mode == "raw":
-        return values, valid
-    inputs = np.ascontiguousarray(values[:, :t_in, None])
-    targets = values[:, t_in:, None] * valid[:, :, None]
-    return inputs, targets, valid[:, :, None].astype(np.float32)
+        inputs[i, :, 0] = tile_values[t : t + t_in, y : y + p, x : x + p]
+        targets[i, :, 0] = tile_values[t + t_in : t + steps, y : y + p, x : x + p]
+        valid[i, :, 0] = tile_valid[t + t_in : t + steps, y : y + p, x : x + p]
+    np.multiply(targets, valid, out=targets)  # missing targets are 0; the mask says so
+    return inputs, targets, valid.astype(np.float32)
