@@ -1,0 +1,1193 @@
+"""Load Landsat Collection-2 Level-2 scenes into a lazy cube, and write results to disk.
+
+:func:`load` turns STAC items (from :func:`glacierxr.search`, a static catalog, or plain dicts)
+into a Dask-backed :class:`xarray.Dataset` with dimensions ``(time, y, x)`` using `stackstac`_:
+
+- ``green``, ``swir16`` (and any other surface-reflectance band): float32 reflectance,
+  ``DN * scale + offset`` with each item's own ``raster:bands`` scale/offset (Collection-2
+  constants where an item has none), DN nodata → NaN;
+- ``qa_pixel``: uint16 bit flags; pixels outside every footprint are ``1`` (the fill bit).
+
+Items of several UTM zones land on one grid, scenes of one overpass (same solar day, adjacent
+WRS rows) are mosaicked into one time step, and nothing is read until you compute.
+
+:func:`write` saves a Dataset or DataArray as Zarr, NetCDF or Cloud-Optimized GeoTIFF
+*atomically* (a temporary sibling is renamed into place when complete), and :func:`read`
+opens those files again lazily.
+
+.. _stackstac: https://stackstac.readthedocs.io
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime as dt
+import math
+import os
+import re
+import shutil
+import time as _time
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import numpy as np
+import pandas as pd
+import rasterio
+import rioxarray  # noqa: F401  (registers .rio)
+import stackstac
+import xarray as xr
+from rasterio.enums import Resampling
+from rasterio.warp import transform_bounds
+from stackstac.nodata_reader import NodataReader, exception_matches, nodata_for_window
+from stackstac.rio_reader import AutoParallelRioReader
+
+from glacierxr.errors import (
+    AssetReadError,
+    CatalogError,
+    ConfigError,
+    DataTypeError,
+    GlacierXRError,
+    GridError,
+    MissingBandError,
+    NoScenesError,
+)
+from glacierxr.landsat import (
+    ASSET_ALIASES,
+    COLLECTIONS,
+    QA_BITS,
+    SR_NODATA,
+    SR_OFFSET,
+    SR_SCALE,
+    resolve_asset_key,
+)
+
+__all__ = [
+    "load",
+    "write",
+    "read",
+    "LandsatReader",
+    "SkippedAssetWarning",
+    "OutputExistsError",
+    "DEFAULT_BANDS",
+    "DEFAULT_CHUNKS",
+    "READ_ATTEMPTS",
+    "RETRY_BACKOFF_S",
+]
+
+#: Bands :func:`load` returns unless told otherwise.
+DEFAULT_BANDS = ("green", "swir16", "qa_pixel")
+#: Default Dask chunks: one scene per chunk, spatial tiles of up to 1024 x 1024 pixels.
+DEFAULT_CHUNKS: Mapping[str, int] = {"time": 1, "y": 1024, "x": 1024}
+#: How often a raster asset is tried (open or read) before :class:`AssetReadError`.
+READ_ATTEMPTS = 3
+#: Seconds before the first retry; doubled before each further one.
+RETRY_BACKOFF_S = 0.5
+
+_QA_BANDS = frozenset({"qa_pixel"})
+_REFLECTANCE_BANDS = frozenset(ASSET_ALIASES) - _QA_BANDS
+_QA_FILL = np.uint16(1 << QA_BITS["fill"])
+# Integer DNs up to 16 bits (and floats) are exact in, or meant for, float32.
+_REFLECTANCE_DTYPES = frozenset({"uint8", "int8", "uint16", "int16", "float32", "float64"})
+_QA_DTYPES = frozenset({"uint8", "uint16"})
+_BLOB_HOST = ".blob.core.windows.net"
+_TRANSIENT = re.compile(
+    r"HTTP response code: (?:5\d\d|429|408)|couldn'?t connect|connection (?:reset|refused|timed out)"
+    r"|timed? ?out|timeout|could not resolve|recv failure|send failure|transfer closed"
+    r"|empty reply|ssl",
+    re.IGNORECASE,
+)
+_EXPIRED_TOKEN = re.compile(r"HTTP response code: 403", re.IGNORECASE)
+_URL_QUERY = re.compile(r"((?:/vsicurl/)?[a-z][a-z0-9+.-]*://[^\s'\"?#]+)\?[^\s'\"]*", re.IGNORECASE)
+_SECRET_PARAM = re.compile(
+    r"\b(sig|se|st|sp|sv|sr|spr|skoid|sktid|skt|ske|sks|skv|token|x-amz-[a-z-]+)=[^&\s'\"]+",
+    re.IGNORECASE,
+)
+_LOAD_WARNINGS = {"message": r"Use `@` matmul", "category": PendingDeprecationWarning}
+
+
+class SkippedAssetWarning(UserWarning):
+    """``load(..., on_error="skip")`` replaced an unreadable asset by nodata.
+
+    Raised at compute time, once per asset; ``href`` (without its token) names the file, whose
+    name for Landsat holds the scene id.  Collect them with ``warnings.catch_warnings(record=True)``
+    around ``.compute()``.  On a ``dask.distributed`` cluster they are emitted in the workers.
+    """
+
+    def __init__(self, message: str, href: str) -> None:
+        super().__init__(message)
+        self.href = href
+
+
+class OutputExistsError(GlacierXRError, FileExistsError):
+    """:func:`write` refused to replace an existing output (pass ``overwrite=True``)."""
+
+
+# ------------------------------------------------------------------------------------------
+# Hrefs: signing and redaction
+# ------------------------------------------------------------------------------------------
+def _redact(text: str) -> str:
+    """Remove query strings (SAS tokens, signatures) from every URL in ``text``.
+
+    Examples
+    --------
+    >>> _redact("Error opening 'https://a.blob.core.windows.net/c/x.tif?st=1&sig=abc': 403")
+    "Error opening 'https://a.blob.core.windows.net/c/x.tif': 403"
+    """
+    return _SECRET_PARAM.sub(r"\1=<redacted>", _URL_QUERY.sub(r"\1", text))
+
+
+def _is_blob(href: str) -> bool:
+    return urlsplit(href).netloc.endswith(_BLOB_HOST)
+
+
+def _sign(href: str) -> str:
+    """A currently valid URL for ``href``: Planetary Computer blob URLs get a fresh SAS token."""
+    if not _is_blob(href):
+        return href
+    from glacierxr.stac import resign_href  # lazy: only Planetary Computer hrefs need it
+
+    return resign_href(href)
+
+
+def _messages(exc: BaseException) -> str:
+    parts = []
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return " | ".join(parts)
+
+
+def _is_transient(exc: BaseException, href: str) -> bool:
+    text = _messages(exc)
+    if _TRANSIENT.search(text):
+        return True
+    # An expired SAS token answers 403; signing again (next attempt) fixes it.
+    return _is_blob(href) and bool(_EXPIRED_TOKEN.search(text))
+
+
+def _short_cause(exc: BaseException) -> str:
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    return _redact(f"{type(root).__name__}: {root}")
+
+
+@contextlib.contextmanager
+def _uncached(url: str, attempt: int):
+    """Make GDAL ask the server again on a retry (it remembers failed URLs otherwise)."""
+    if attempt == 0 or "://" not in url:
+        yield
+        return
+    with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=f"/vsicurl/{url}"):
+        yield
+
+
+class LandsatReader(AutoParallelRioReader):
+    """stackstac reader that signs Planetary Computer hrefs at open time and retries.
+
+    A drop-in for :class:`stackstac.rio_reader.AutoParallelRioReader` (same constructor, pickles
+    the same way, so it runs on ``dask.distributed`` workers):
+
+    - hrefs on ``*.blob.core.windows.net`` are signed with :func:`glacierxr.stac.resign_href`
+      each time the file is opened, so a token that expired since the search is renewed;
+    - transient failures (HTTP 5xx/429, connection errors, time-outs, HTTP 403 on a blob URL)
+      are retried :data:`READ_ATTEMPTS` times with exponential backoff from
+      :data:`RETRY_BACKOFF_S` seconds; other failures (404, a corrupt file) fail at once;
+    - a failure raises :class:`~glacierxr.errors.AssetReadError` naming the href without its
+      query string, or, when the error matches ``errors_as_nodata`` (``load(on_error="skip")``
+      passes ``AssetReadError(".*")``), warns :class:`SkippedAssetWarning` and reads as nodata.
+    """
+
+    def _failure(self, action: str, exc: BaseException, attempts: int) -> AssetReadError:
+        href = _redact(self.url)
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        return AssetReadError(
+            f"Could not {action} raster asset {href!r}{tries}: {_short_cause(exc)}. "
+            "Check that the file exists and is a readable GeoTIFF, that the server answers, and "
+            "for Planetary Computer that the item was signed; pass on_error='skip' to load() "
+            "to read unreadable scenes as NaN instead."
+        )
+
+    def _skip(self, error: AssetReadError) -> bool:
+        if exception_matches(error, self.errors_as_nodata):
+            warnings.warn(
+                SkippedAssetWarning(f"{error} Read as nodata (on_error='skip').", _redact(self.url)),
+                stacklevel=2,
+            )
+            return True
+        return False
+
+    def _open(self):
+        href = self.url
+        attempts = 0
+        error: BaseException | None = None
+        try:
+            for attempt in range(max(1, READ_ATTEMPTS)):
+                attempts = attempt + 1
+                try:
+                    self.url = _sign(href)
+                    with _uncached(self.url, attempt):
+                        return super()._open()
+                except AssetReadError as exc:  # signing failed for good
+                    error = exc
+                    break
+                except Exception as exc:  # noqa: BLE001 - classified, redacted and re-raised
+                    error = exc
+                    if attempts >= READ_ATTEMPTS or not _is_transient(exc, href):
+                        break
+                    _time.sleep(RETRY_BACKOFF_S * 2**attempt)
+        finally:
+            self.url = href  # never keep a token on the object (it is pickled, printed)
+        failure = error if isinstance(error, AssetReadError) else self._failure("open", error, attempts)
+        if self._skip(failure):
+            return NodataReader(dtype=self.dtype, fill_value=self.fill_value)
+        raise failure from None
+
+    def read(self, window, **kwargs) -> np.ndarray:
+        for attempt in range(max(1, READ_ATTEMPTS)):
+            try:
+                return super().read(window, **kwargs)
+            except AssetReadError:
+                raise  # from _open: already retried and explained
+            except Exception as exc:  # noqa: BLE001 - classified, redacted and re-raised
+                if attempt + 1 >= READ_ATTEMPTS or not _is_transient(exc, self.url):
+                    failure = self._failure("read", exc, attempt + 1)
+                    if self._skip(failure):
+                        return nodata_for_window(window, self.fill_value, self.dtype)
+                    raise failure from None
+                _time.sleep(RETRY_BACKOFF_S * 2**attempt)
+                self.close()  # reopen (and sign again) on the next attempt
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ------------------------------------------------------------------------------------------
+# Items
+# ------------------------------------------------------------------------------------------
+class _Band:
+    __slots__ = ("href", "scale", "offset", "nodata", "data_type")
+
+    def __init__(self, href, scale, offset, nodata, data_type):
+        self.href, self.scale, self.offset = href, scale, offset
+        self.nodata, self.data_type = nodata, data_type
+
+
+class _Scene:
+    """What load() needs from one STAC item."""
+
+    __slots__ = (
+        "index", "id", "time", "collection", "epsg", "lonlat", "proj", "bands",
+        "cloud_cover", "platform", "wrs_path", "wrs_row", "root",
+    )  # fmt: skip
+
+
+def _epsg_of(fields: Mapping[str, Any]) -> int | None:
+    epsg = fields.get("proj:epsg")
+    if epsg is not None:
+        return int(epsg)
+    code = fields.get("proj:code")
+    if isinstance(code, str) and code.upper().startswith("EPSG:"):
+        return int(code.split(":", 1)[1])
+    return None
+
+
+def _as_dicts(items) -> list[tuple[dict, dict[str, str]]]:
+    """Items as (dict, absolute asset hrefs); accepts ItemCollection, pystac Items or dicts."""
+    import pystac
+
+    if isinstance(items, (dict, pystac.Item)):
+        raise DataTypeError(
+            "load() takes a collection of STAC items, got a single "
+            f"{type(items).__name__}. Wrap it in a list: load([item])."
+        )
+    if isinstance(items, (str, os.PathLike)):
+        raise DataTypeError(
+            f"load() takes STAC items, got the path {str(items)!r}. Read it first, for example "
+            "with glacierxr.search(catalog=path) or pystac.ItemCollection.from_file(path)."
+        )
+    out = []
+    for position, item in enumerate(items):
+        if isinstance(item, pystac.Item):
+            hrefs = {key: asset.get_absolute_href() or asset.href for key, asset in item.assets.items()}
+            out.append((item.to_dict(include_self_link=True, transform_hrefs=False), hrefs))
+        elif isinstance(item, Mapping):
+            if "assets" not in item or "properties" not in item:
+                raise DataTypeError(
+                    f"Item {position} is not a STAC item: it has no 'assets' or 'properties' "
+                    f"(keys: {sorted(item)[:8]}). Pass STAC Item dicts or pystac.Item objects."
+                )
+            base = next(
+                (link.get("href") for link in item.get("links", ()) if link.get("rel") == "self"),
+                None,
+            )
+            hrefs = {}
+            for key, asset in item["assets"].items():
+                href = asset.get("href", "")
+                if base and href and not urlsplit(href).scheme and not os.path.isabs(href):
+                    href = urljoin(base, href) if "://" in base else os.path.normpath(
+                        os.path.join(os.path.dirname(base), href)
+                    )
+                hrefs[key] = href
+            out.append((item, hrefs))
+        else:
+            raise DataTypeError(
+                f"Item {position} is a {type(item).__name__}; load() takes pystac.Item objects, "
+                "a pystac.ItemCollection or STAC Item dicts."
+            )
+    return out
+
+
+def _band_metadata(band: str, asset: Mapping[str, Any], href: str, item_id: str) -> _Band:
+    raster_bands = asset.get("raster:bands")
+    info = raster_bands[0] if raster_bands else {}
+    if raster_bands is not None and len(raster_bands) != 1:
+        raise DataTypeError(
+            f"Asset {band!r} of item {item_id!r} has {len(raster_bands)} raster:bands; "
+            "glacierxr reads single-band assets only (one GeoTIFF per band, as Landsat C2 L2)."
+        )
+    data_type = info.get("data_type")
+    if band in _QA_BANDS:
+        if data_type is not None and data_type not in _QA_DTYPES:
+            raise DataTypeError(
+                f"Asset {band!r} of item {item_id!r} has data_type {data_type!r}; QA_PIXEL bit "
+                f"flags must be unsigned integers ({sorted(_QA_DTYPES)}). This is not a Landsat "
+                "Collection-2 QA_PIXEL band; check the item or drop it."
+            )
+        return _Band(href, 1.0, 0.0, info.get("nodata"), data_type)
+    if data_type is not None and data_type not in _REFLECTANCE_DTYPES:
+        raise DataTypeError(
+            f"Asset {band!r} of item {item_id!r} has data_type {data_type!r}; glacierxr reads "
+            f"reflectance stored as {sorted(_REFLECTANCE_DTYPES)} into float32 without loss. "
+            "Convert the asset or drop the item."
+        )
+    integer = data_type is None or np.dtype(data_type).kind in "iu"
+    default_scale, default_offset = (SR_SCALE, SR_OFFSET) if integer else (1.0, 0.0)
+    scale = float(info.get("scale", default_scale))
+    offset = float(info.get("offset", default_offset))
+    nodata = info.get("nodata", SR_NODATA if integer else None)
+    return _Band(href, scale, offset, None if nodata is None else float(nodata), data_type)
+
+
+def _lonlat_box(item: Mapping[str, Any], epsg: int | None, proj) -> tuple | None:
+    bbox = item.get("bbox")
+    if bbox is not None and len(bbox) >= 4:
+        if len(bbox) == 6:
+            return (bbox[0], bbox[1], bbox[3], bbox[4])
+        return tuple(float(b) for b in bbox[:4])
+    if proj is not None and epsg is not None:
+        return tuple(transform_bounds(epsg, 4326, *proj, densify_pts=21))
+    return None
+
+
+def _native_box(fields: Mapping[str, Any]) -> tuple | None:
+    transform, shape = fields.get("proj:transform"), fields.get("proj:shape")
+    if transform is not None and shape is not None:
+        a, b, c, d, e, f = (float(v) for v in transform[:6])
+        height, width = shape
+        xs = [c, c + a * width + b * height, c + a * width, c + b * height]
+        ys = [f, f + d * width + e * height, f + d * width, f + e * height]
+        return (min(xs), min(ys), max(xs), max(ys))
+    proj_bbox = fields.get("proj:bbox")
+    if proj_bbox is not None:
+        return tuple(float(v) for v in proj_bbox[:4])
+    return None
+
+
+def _scenes(items, bands: Sequence[str]) -> tuple[list[_Scene], list[dict]]:
+    """Validate items; return scene records and the plain dicts handed to stackstac."""
+    scenes, plain = [], []
+    for index, (item, hrefs) in enumerate(_as_dicts(items)):
+        item_id = str(item.get("id", f"<item {index}>"))
+        properties = item.get("properties") or {}
+        collection = item.get("collection")
+        if collection is not None and collection not in COLLECTIONS:
+            raise CatalogError(
+                f"Item {item_id!r} belongs to collection {collection!r}; load() reads Landsat "
+                f"Collection-2 Level-2 items of {list(COLLECTIONS)}. Search one of those (for "
+                "example glacierxr.search(..., collection='landsat-c2-l2'))."
+            )
+        if "datetime" not in properties or properties["datetime"] is None:
+            raise CatalogError(
+                f"Item {item_id!r} has no properties.datetime; load() needs one time per scene."
+            )
+        assets = item.get("assets") or {}
+        scene = _Scene()
+        scene.index = index
+        scene.id = item_id
+        scene.time = pd.Timestamp(properties["datetime"])
+        if scene.time.tzinfo is not None:
+            scene.time = scene.time.tz_convert("UTC").tz_localize(None)
+        scene.collection = collection
+        scene.cloud_cover = float(properties.get("eo:cloud_cover", math.nan) or math.nan)
+        scene.platform = str(properties.get("platform", ""))
+        scene.wrs_path = str(properties.get("landsat:wrs_path", ""))
+        scene.wrs_row = str(properties.get("landsat:wrs_row", ""))
+        scene.root = next(
+            (link.get("href") for link in item.get("links", ()) if link.get("rel") == "root"),
+            None,
+        )
+        new_assets, scene.bands = {}, {}
+        item_epsg = _epsg_of(properties)
+        first_asset = None
+        for band in bands:
+            key = resolve_asset_key(assets, band)
+            if key is None:
+                raise MissingBandError(
+                    f"Band {band!r} not found in item {item_id!r} (collection {collection!r}). "
+                    f"Available asset keys: {sorted(assets)}. Known keys for {band!r}: "
+                    f"{list(ASSET_ALIASES.get(band, (band,)))}; pass bands=... without it or "
+                    "search items that have it."
+                )
+            asset = dict(assets[key])
+            asset["href"] = hrefs.get(key, asset.get("href"))
+            asset_epsg = _epsg_of(asset)
+            if asset_epsg is not None:
+                asset["proj:epsg"] = asset_epsg
+            asset.pop("proj:code", None)
+            new_assets[band] = asset
+            scene.bands[band] = _band_metadata(band, asset, asset["href"], item_id)
+            first_asset = first_asset or asset
+        fields = {**properties, **{k: v for k, v in first_asset.items() if k.startswith("proj:")}}
+        scene.epsg = _epsg_of(fields) if _epsg_of(first_asset) is None else _epsg_of(first_asset)
+        scene.epsg = scene.epsg if scene.epsg is not None else item_epsg
+        scene.proj = _native_box(fields)
+        scene.lonlat = _lonlat_box(item, scene.epsg, scene.proj)
+        if scene.lonlat is None and scene.proj is None:
+            raise CatalogError(
+                f"Item {item_id!r} has neither a bbox nor proj:transform/proj:shape; load() "
+                "cannot place it on a grid."
+            )
+        new_properties = {"datetime": properties["datetime"]}
+        for key in ("proj:shape", "proj:transform", "proj:bbox"):
+            if key in properties:
+                new_properties[key] = properties[key]
+        if item_epsg is not None:
+            new_properties["proj:epsg"] = item_epsg
+        plain.append(
+            {
+                "type": "Feature",
+                "stac_version": item.get("stac_version", "1.0.0"),
+                "id": str(index),  # positions, so stackstac's output maps back exactly
+                "bbox": list(scene.lonlat) if scene.lonlat is not None else None,
+                "properties": new_properties,
+                "assets": new_assets,
+                "links": [],
+            }
+        )
+        scenes.append(scene)
+    return scenes, plain
+
+
+# ------------------------------------------------------------------------------------------
+# Grid
+# ------------------------------------------------------------------------------------------
+def _check_bbox(bbox) -> tuple[float, float, float, float]:
+    try:
+        west, south, east, north = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise GridError(
+            f"bbox must be four numbers (west, south, east, north) in degrees, got {bbox!r}."
+        ) from None
+    if not (-90 <= south < north <= 90) or not (-180 <= west <= 180 and -180 <= east <= 180):
+        raise GridError(
+            f"bbox {bbox!r} is not (west, south, east, north) in degrees with south < north "
+            "inside [-90, 90] and longitudes inside [-180, 180]."
+        )
+    if west >= east:
+        raise GridError(
+            f"bbox {bbox!r} has west >= east (it crosses the antimeridian or is reversed); "
+            "load() takes boxes with west < east: load each side separately."
+        )
+    return west, south, east, north
+
+
+def _footprint(scene: _Scene, epsg: int) -> tuple[float, float, float, float] | None:
+    if scene.proj is not None and scene.epsg is not None:
+        if scene.epsg == epsg:
+            return scene.proj
+        return tuple(transform_bounds(scene.epsg, epsg, *scene.proj, densify_pts=21))
+    if scene.lonlat is not None:
+        return tuple(transform_bounds(4326, epsg, *scene.lonlat, densify_pts=21))
+    return None
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _union(boxes) -> tuple[float, float, float, float]:
+    boxes = [b for b in boxes if b is not None]
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def _anchor(scenes: Sequence[_Scene], epsg: int, resolution: float) -> tuple[float, float]:
+    """Grid origin modulo the resolution: Landsat's own pixel edges where an item is native."""
+    for scene in scenes:
+        if scene.epsg == epsg and scene.proj is not None:
+            return (scene.proj[0] % resolution, scene.proj[3] % resolution)
+    return (0.0, 0.0)
+
+
+def _snap(bounds, resolution: float, anchor: tuple[float, float]) -> tuple:
+    def down(v, a):
+        return a + math.floor(round((v - a) / resolution, 6)) * resolution
+
+    def up(v, a):
+        return a + math.ceil(round((v - a) / resolution, 6)) * resolution
+
+    minx, miny, maxx, maxy = bounds
+    ax, ay = anchor
+    return (down(minx, ax), down(miny, ay), up(maxx, ax), up(maxy, ay))
+
+
+# ------------------------------------------------------------------------------------------
+# Grouping
+# ------------------------------------------------------------------------------------------
+def _solar_day(scene: _Scene) -> dt.date:
+    if scene.lonlat is None:
+        return scene.time.date()
+    west, _, east, _ = scene.lonlat
+    if west > east:  # crosses the antimeridian
+        east += 360
+    longitude = ((west + east) / 2 + 180) % 360 - 180
+    return (scene.time + pd.Timedelta(hours=longitude / 15)).date()
+
+
+def _groups(scenes: Sequence[_Scene], groupby: str | None) -> list[list[int]]:
+    if groupby is None:
+        return [[i] for i in range(len(scenes))]
+    by_day: dict[dt.date, list[int]] = collections.defaultdict(list)
+    for position, scene in enumerate(scenes):
+        by_day[_solar_day(scene)].append(position)
+    return sorted(by_day.values(), key=lambda positions: scenes[positions[0]].time)
+
+
+def _merge_groups(array: xr.DataArray, groups: list[list[int]], nodata) -> xr.DataArray:
+    """One time step per group: stackstac.mosaic (last on top) where a group has several."""
+    if all(len(g) == 1 for g in groups):
+        return array.isel(time=[g[0] for g in groups])
+    pieces, run = [], []
+    for group in groups:
+        if len(group) == 1:
+            run.append(group[0])
+            continue
+        if run:
+            pieces.append(array.isel(time=run))
+            run = []
+        merged = stackstac.mosaic(array.isel(time=group), dim="time", nodata=nodata)
+        pieces.append(merged.expand_dims("time"))
+    if run:
+        pieces.append(array.isel(time=run))
+    return xr.concat(pieces, dim="time", coords="minimal", compat="override", join="override")
+
+
+# ------------------------------------------------------------------------------------------
+# load
+# ------------------------------------------------------------------------------------------
+def _chunk_sizes(chunks) -> dict[str, int]:
+    sizes = dict(DEFAULT_CHUNKS)
+    if chunks is None:
+        return sizes
+    if isinstance(chunks, (int, np.integer)):
+        sizes.update(y=int(chunks), x=int(chunks))
+    elif isinstance(chunks, Mapping):
+        unknown = set(chunks) - set(sizes)
+        if unknown:
+            raise ConfigError(
+                f"chunks has unknown dimensions {sorted(unknown)}; use 'time', 'y' and 'x' "
+                "(for example chunks={'time': 1, 'y': 512, 'x': 512})."
+            )
+        sizes.update({k: int(v) for k, v in chunks.items()})
+    else:
+        raise ConfigError(f"chunks must be an int or a dict of dims to sizes, got {chunks!r}.")
+    for dim, size in sizes.items():
+        if size < 1 and size != -1:
+            raise ConfigError(f"chunks[{dim!r}] must be a positive size or -1, got {size}.")
+    return sizes
+
+
+def _source(scenes: Sequence[_Scene]) -> str:
+    roots = {_redact(s.root) for s in scenes if s.root}
+    if len(roots) == 1:
+        return roots.pop()
+    hrefs = [_redact(b.href) for s in scenes for b in s.bands.values()]
+    prefix = os.path.commonprefix(hrefs)
+    if "://" in prefix:
+        parts = urlsplit(prefix)
+        path = parts.path[: parts.path.rfind("/") + 1]
+        return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    return os.path.dirname(prefix) or prefix
+
+
+def _per_time(values, dtype) -> xr.DataArray:
+    return xr.DataArray(np.asarray(values, dtype=dtype), dims="time")
+
+
+def load(
+    items: Iterable,
+    *,
+    bbox: Sequence[float] | None = None,
+    epsg: int | None = None,
+    resolution: float = 30,
+    bands: Sequence[str] = DEFAULT_BANDS,
+    chunks: int | Mapping[str, int] | None = None,
+    groupby: Literal["solar_day"] | None = "solar_day",
+    resampling: str = "nearest",
+    on_error: Literal["raise", "skip"] = "raise",
+) -> xr.Dataset:
+    """Stack Landsat Collection-2 Level-2 STAC items into a lazy ``(time, y, x)`` Dataset.
+
+    Nothing is read while the cube is built: the result is backed by Dask, and pixels are
+    read (over HTTP range requests for remote COGs) only when you compute.
+
+    Parameters
+    ----------
+    items
+        A :class:`pystac.ItemCollection`, a list of :class:`pystac.Item`, or a list of STAC
+        Item dicts, of the ``landsat-c2-l2`` or deprecated ``landsat-8-c2-l2`` collection
+        (asset keys ``green``/``swir16``/``qa_pixel`` or ``SR_B3``/``SR_B6``/``QA_PIXEL``).
+    bbox
+        ``(west, south, east, north)`` in degrees: the extent of the cube. Default: the union
+        of the items' footprints. Items that do not overlap it are left out.
+    epsg
+        CRS of the cube. Default: the CRS most items have (items of other UTM zones are
+        reprojected onto it).
+    resolution
+        Pixel size in the CRS's units (metres for UTM).
+    bands
+        Canonical band names to load: surface reflectance (``green``, ``swir16``, ``red`` …)
+        as float32, ``qa_pixel`` as uint16.
+    chunks
+        Dask chunk sizes by dimension (``{"time": 1, "y": 1024, "x": 1024}`` by default) or
+        one int for ``y`` and ``x``.
+    groupby
+        ``"solar_day"`` merges the scenes of one overpass (the same local solar day, like
+        adjacent WRS rows) into one time step with :func:`stackstac.mosaic` (last on top);
+        ``None`` keeps one time step per item.
+    resampling
+        :class:`rasterio.enums.Resampling` name used when reprojecting or resizing.
+    on_error
+        ``"raise"``: an unreadable asset raises :class:`~glacierxr.errors.AssetReadError` at
+        compute time. ``"skip"``: it reads as nodata (NaN; QA fill) and a
+        :class:`SkippedAssetWarning` naming its href is emitted at compute time.
+
+    Returns
+    -------
+    xarray.Dataset
+        One variable per band, dims ``(time, y, x)``: reflectance bands float32 (``DN * scale
+        + offset`` from each item's ``raster:bands``, Collection-2 constants where absent; DN
+        nodata → NaN), ``qa_pixel`` uint16 (``1``, the fill bit, outside every footprint).
+        ``x``/``y`` are pixel centres; per-time coordinates ``id`` (ids of merged scenes joined
+        with ``"+"``), ``cloud_cover`` (mean over merged scenes, %), ``platform``, ``wrs_path``,
+        ``wrs_row``; the CRS in ``spatial_ref``; attrs ``collection``, ``source`` (catalog root
+        without tokens), ``epsg``, ``resolution``, ``groupby``, ``resampling``.
+
+    Raises
+    ------
+    NoScenesError
+        ``items`` is empty.
+    MissingBandError
+        An item lacks a band; the message lists its asset keys.
+    CatalogError
+        An item belongs to another collection or has no datetime.
+    DataTypeError
+        ``items`` is not a collection of STAC items, or an asset's ``raster:bands`` data type
+        cannot be read as asked (multi-band, QA that is not unsigned integer …).
+    GridError
+        ``bbox`` is malformed or overlaps no item (the message gives the items' extent), or no
+        CRS can be chosen.
+    ConfigError
+        Bad ``bands``, ``chunks``, ``groupby``, ``resampling``, ``on_error`` or ``resolution``.
+
+    Notes
+    -----
+    Items of one solar day are merged *after* scaling, on reflectance with NaN as nodata and on
+    ``qa_pixel`` with ``1`` as nodata, so where two rows overlap both variables come from the
+    later scene.  The grid is aligned to the pixel edges of the items already in ``epsg``, so
+    native Landsat pixels are not shifted by half a pixel.
+
+    Items of different ``raster:bands`` data types (``uint16`` and ``int16`` DNs, say) load
+    together: every item is read into float32 with its own scale, offset and nodata.
+
+    Examples
+    --------
+    >>> import glacierxr as gx, pystac, tempfile                       # doctest: +SKIP
+    >>> catalog = gx.sample.write_catalog(tempfile.mkdtemp(), seed=0)  # doctest: +SKIP
+    >>> items = list(pystac.Catalog.from_file(catalog).get_items(recursive=True))  # doctest: +SKIP
+    >>> cube = gx.load(items, resolution=30)                            # doctest: +SKIP
+    >>> sorted(cube.data_vars)                                          # doctest: +SKIP
+    ['green', 'qa_pixel', 'swir16']
+    """
+    bands = _check_bands(bands)
+    chunk_sizes = _chunk_sizes(chunks)
+    if groupby not in ("solar_day", None):
+        raise ConfigError(f"groupby must be 'solar_day' or None, got {groupby!r}.")
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
+    try:
+        resampling_enum = Resampling[resampling] if isinstance(resampling, str) else Resampling(resampling)
+    except (KeyError, ValueError):
+        raise ConfigError(
+            f"Unknown resampling {resampling!r}; use one of {[r.name for r in Resampling][:10]} …"
+        ) from None
+    if not (isinstance(resolution, (int, float, np.number)) and resolution > 0):
+        raise ConfigError(f"resolution must be a positive number (CRS units), got {resolution!r}.")
+    resolution = float(resolution)
+
+    scenes, plain = _scenes(items, bands)
+    if not scenes:
+        raise NoScenesError(
+            "No STAC items to load. Widen the search (bbox, datetime, max_cloud) or check the "
+            "catalog."
+        )
+    order = sorted(range(len(scenes)), key=lambda i: scenes[i].time)
+    scenes = [scenes[i] for i in order]
+    plain = [plain[i] for i in order]
+
+    # --- grid -------------------------------------------------------------------------------
+    if epsg is None:
+        counts = collections.Counter(s.epsg for s in scenes if s.epsg is not None)
+        if not counts:
+            raise GridError(
+                "No item has proj:epsg or proj:code, so load() cannot choose a CRS; pass epsg=..."
+            )
+        epsg = counts.most_common(1)[0][0]
+    epsg = int(epsg)
+    footprints = [_footprint(s, epsg) for s in scenes]
+    if bbox is not None:
+        query = _check_bbox(bbox)
+        bounds = tuple(transform_bounds(4326, epsg, *query, densify_pts=21))
+        keep = [i for i, fp in enumerate(footprints) if fp is None or _overlaps(fp, bounds)]
+        if not keep:
+            extent = _union(s.lonlat for s in scenes)
+            raise GridError(
+                f"bbox {tuple(query)} does not overlap any of the {len(scenes)} items; their "
+                f"union extent is (west, south, east, north) = "
+                f"({extent[0]:.4f}, {extent[1]:.4f}, {extent[2]:.4f}, {extent[3]:.4f}) degrees. "
+                "Pass a bbox inside that extent, or search again with this bbox."
+            )
+        scenes = [scenes[i] for i in keep]
+        plain = [plain[i] for i in keep]
+    else:
+        bounds = _union(footprints)
+    bounds = _snap(bounds, resolution, _anchor(scenes, epsg, resolution))
+
+    common = dict(
+        epsg=epsg,
+        resolution=resolution,
+        bounds=bounds,
+        snap_bounds=False,
+        resampling=resampling_enum,
+        chunksize=(1, 1, chunk_sizes["y"], chunk_sizes["x"]),
+        rescale=False,
+        sortby_date=False,
+        xy_coords="center",
+        properties=False,
+        band_coords=False,
+        errors_as_nodata=(AssetReadError(".*"),) if on_error == "skip" else (),
+        reader=LandsatReader,
+    )
+    variables: dict[str, xr.DataArray] = {}
+    reflectance = [b for b in bands if b not in _QA_BANDS]
+    qa = [b for b in bands if b in _QA_BANDS]
+    stacks = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", **_LOAD_WARNINGS)
+        if reflectance:
+            stacks.append(
+                stackstac.stack(
+                    plain, assets=reflectance, dtype=np.dtype("float32"),
+                    fill_value=np.float32(np.nan), **common,
+                )  # fmt: skip
+            )
+        if qa:
+            stacks.append(
+                stackstac.stack(
+                    plain, assets=qa, dtype=np.dtype("uint16"), fill_value=_QA_FILL, **common
+                )
+            )
+    ids = [list(stack["id"].values) for stack in stacks]
+    if any(i != ids[0] for i in ids):
+        raise GridError(
+            "stackstac kept different items for the reflectance and QA bands (their assets have "
+            "different footprints); load them separately with bands=..."
+        )
+    if ids[0] != [str(s.index) for s in scenes]:
+        # An item whose footprint only touches the bbox edge was left out by stackstac.
+        kept = set(ids[0])
+        scenes = [s for s in scenes if str(s.index) in kept]
+    groups = _groups(scenes, groupby)
+
+    if reflectance:
+        refl = stacks[0]
+        for band in reflectance:
+            meta = [s.bands[band] for s in scenes]
+            dn = refl.sel(band=band, drop=True)
+            nodata = _per_time([np.nan if m.nodata is None else m.nodata for m in meta], "float32")
+            scale = _per_time([m.scale for m in meta], "float64")
+            offset = _per_time([m.offset for m in meta], "float64")
+            dn = dn.where(dn != nodata)
+            value = (dn * scale + offset).astype(np.float32)
+            variables[band] = _merge_groups(value, groups, np.float32(np.nan))
+    if qa:
+        qa_stack = stacks[-1]
+        for band in qa:
+            variables[band] = _merge_groups(
+                qa_stack.sel(band=band, drop=True), groups, _QA_FILL
+            )
+
+    ds = xr.Dataset({name: variables[name] for name in bands})
+    ds = ds.drop_vars([c for c in ds.coords if c not in ("time", "y", "x")])
+    ds = ds.assign_coords(_group_coords(scenes, groups))
+    if chunk_sizes["time"] != 1:
+        ds = ds.chunk({"time": chunk_sizes["time"]})
+    for name in bands:
+        ds[name].attrs.update(_band_attrs(name))
+    ds.x.attrs.update(units="metre" if epsg != 4326 else "degrees_east", long_name="x (pixel centre)")
+    ds.y.attrs.update(units="metre" if epsg != 4326 else "degrees_north", long_name="y (pixel centre)")
+    collections_ = sorted({s.collection for s in scenes if s.collection})
+    ds.attrs.update(
+        collection=", ".join(collections_) if collections_ else "unknown",
+        source=_source(scenes),
+        epsg=epsg,
+        resolution=resolution,
+        groupby=str(groupby),
+        resampling=resampling_enum.name,
+    )
+    if bbox is not None:
+        ds.attrs["bbox"] = list(map(float, bbox))
+    return ds.rio.write_crs(epsg)
+
+
+def _check_bands(bands) -> tuple[str, ...]:
+    if isinstance(bands, str):
+        bands = (bands,)
+    bands = tuple(bands)
+    if not bands:
+        raise ConfigError("bands is empty; ask for at least one, e.g. bands=('green', 'swir16').")
+    unknown = [b for b in bands if b not in ASSET_ALIASES]
+    if unknown:
+        raise MissingBandError(
+            f"Unknown band(s) {unknown}; load() knows {sorted(ASSET_ALIASES)} (canonical names; "
+            "SR_B3 is 'green', SR_B6 is 'swir16', QA_PIXEL is 'qa_pixel')."
+        )
+    if len(set(bands)) != len(bands):
+        raise ConfigError(f"bands has duplicates: {list(bands)}.")
+    return bands
+
+
+def _group_coords(scenes: Sequence[_Scene], groups: list[list[int]]) -> dict[str, Any]:
+    def joined(values):
+        unique = list(dict.fromkeys(values))
+        return "+".join(unique)
+
+    times, ids, cloud, platform, path, row = [], [], [], [], [], []
+    for group in groups:
+        members = [scenes[i] for i in group]
+        times.append(min(m.time for m in members))
+        ids.append("+".join(m.id for m in members))
+        covers = [m.cloud_cover for m in members if not math.isnan(m.cloud_cover)]
+        cloud.append(float(np.mean(covers)) if covers else math.nan)
+        platform.append(joined(m.platform for m in members))
+        path.append(joined(m.wrs_path for m in members))
+        row.append(joined(m.wrs_row for m in members))
+    time_index = pd.DatetimeIndex(times).astype("datetime64[ns]")
+    coords = {
+        "time": ("time", time_index, {"long_name": "acquisition time (UTC, first scene)"}),
+        "id": ("time", np.array(ids, dtype=object), {"long_name": "STAC item id(s), '+'-joined"}),
+        "cloud_cover": (
+            "time",
+            np.array(cloud, dtype="float64"),
+            {"units": "%", "long_name": "eo:cloud_cover (mean of merged scenes)"},
+        ),
+        "platform": ("time", np.array(platform, dtype=object), {"long_name": "platform"}),
+    }
+    if any(path):
+        coords["wrs_path"] = ("time", np.array(path, dtype=object), {"long_name": "WRS-2 path"})
+    if any(row):
+        coords["wrs_row"] = ("time", np.array(row, dtype=object), {"long_name": "WRS-2 row(s)"})
+    return coords
+
+
+def _band_attrs(name: str) -> dict[str, Any]:
+    if name in _QA_BANDS:
+        flags = sorted(QA_BITS.items(), key=lambda kv: kv[1])
+        return {
+            "units": "1",
+            "long_name": "Landsat Collection-2 QA_PIXEL bit flags",
+            "flag_masks": [1 << bit for _, bit in flags],
+            "flag_meanings": " ".join(name for name, _ in flags),
+            "fill_value": int(_QA_FILL),
+        }
+    return {
+        "units": "1",
+        "long_name": f"{name} surface reflectance",
+        "scale_offset": "applied (DN * scale + offset from raster:bands or Collection-2 constants)",
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------
+_FORMATS = {".zarr": "zarr", ".nc": "netcdf", ".nc4": "netcdf", ".tif": "cog", ".tiff": "cog"}
+
+
+def _format_of(path: Path, format: str | None) -> str:
+    if format is not None:
+        if format not in ("zarr", "netcdf", "cog"):
+            raise ConfigError(f"format must be 'zarr', 'netcdf' or 'cog', got {format!r}.")
+        return format
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(
+            f"Cannot tell the format of {str(path)!r} from its suffix; use .zarr, .nc or .tif, "
+            "or pass format='zarr' | 'netcdf' | 'cog'."
+        )
+    return fmt
+
+
+def _clean_encoding(ds: xr.Dataset) -> xr.Dataset:
+    """A copy without chunk encodings inherited from a previous Zarr (they clash on write)."""
+    ds = ds.copy()
+    for variable in ds.variables.values():
+        variable.encoding = {
+            k: v
+            for k, v in variable.encoding.items()
+            if k not in ("chunks", "preferred_chunks", "shards", "compressors", "filters", "source")
+        }
+    return ds
+
+
+def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
+    """Zarr needs equal chunks except the last; make them so (on this copy only)."""
+    if not ds.chunks:
+        return ds
+    fix = {}
+    for dim, sizes in ds.chunks.items():
+        if len(sizes) > 1 and (len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0]):
+            fix[dim] = max(sizes)
+    return ds.chunk(fix) if fix else ds
+
+
+def _netcdf_engine() -> str:
+    for engine, module in (("netcdf4", "netCDF4"), ("h5netcdf", "h5netcdf")):
+        with contextlib.suppress(ImportError):
+            __import__(module)
+            return engine
+    return "scipy"
+
+
+def _write_netcdf(ds: xr.Dataset, tmp: Path) -> None:
+    engine = _netcdf_engine()
+    ds = _clean_encoding(ds)
+    if engine == "scipy":  # NetCDF-3: no unsigned integers, no 64-bit integers, no bools
+        for name, variable in ds.variables.items():
+            if variable.dtype.kind == "u":
+                wider = {1: "int16", 2: "int32", 4: "int64"}[variable.dtype.itemsize]
+                ds[name] = variable.astype(wider)
+                ds[name].encoding["dtype"] = wider
+    for name, variable in ds.variables.items():  # NetCDF attributes: no None, no bool
+        for key, value in list(variable.attrs.items()):
+            if isinstance(value, bool):
+                variable.attrs[key] = int(value)
+            elif value is None:
+                del variable.attrs[key]
+    ds.to_netcdf(tmp, engine=engine)
+
+
+def _write_cog(obj: xr.Dataset | xr.DataArray, tmp: Path) -> None:
+    if isinstance(obj, xr.Dataset):
+        names = list(obj.data_vars)
+        if len(names) != 1:
+            raise DataTypeError(
+                f"A COG holds one variable; the Dataset has {names}. Write one at a time, "
+                f"e.g. write(ds[{names[0]!r}], 'out.tif'), or use a .zarr / .nc path."
+            )
+        obj = obj[names[0]]
+    da = obj
+    extra = [d for d in da.dims if d not in ("time", "y", "x")]
+    if extra or not {"y", "x"} <= set(da.dims):
+        raise DataTypeError(
+            f"A COG needs dims (time, y, x) or (y, x); got {da.dims}. Select or reduce the "
+            f"other dims first (e.g. .isel({extra[0] if extra else 'band'}=0))."
+        )
+    if da.rio.crs is None:
+        raise GridError(
+            "The array has no CRS (no spatial_ref coordinate); a GeoTIFF needs one. Set it with "
+            "da.rio.write_crs(epsg)."
+        )
+    tags = {
+        "name": str(da.name or ""),
+        "units": str(da.attrs.get("units", "")),
+        "long_name": str(da.attrs.get("long_name", "")),
+    }
+    if "time" in da.dims:
+        da = da.transpose("time", "y", "x")
+        times = [pd.Timestamp(t).isoformat() for t in da["time"].values]
+        tags["time"] = ",".join(times)
+        out = da.rename(time="band").assign_coords(band=np.arange(1, da.sizes["time"] + 1))
+        out = out.drop_vars([c for c in out.coords if c not in ("band", "y", "x", "spatial_ref")])
+        out.attrs = {"long_name": tuple(times)}
+    else:
+        out = da.drop_vars([c for c in da.coords if c not in ("y", "x", "spatial_ref")])
+        out.attrs = {}
+    if out.dtype.kind == "f":
+        out = out.rio.write_nodata(np.nan, encoded=False)
+    elif "fill_value" in da.attrs:
+        out = out.rio.write_nodata(da.attrs["fill_value"], encoded=False)
+    out.rio.to_raster(tmp, driver="COG", tags=tags, compress="DEFLATE")
+
+
+def write(
+    obj: xr.Dataset | xr.DataArray,
+    path: str | os.PathLike,
+    *,
+    format: Literal["zarr", "netcdf", "cog"] | None = None,  # noqa: A002 - xarray's word
+    overwrite: bool = False,
+) -> Path:
+    """Write a Dataset or DataArray to Zarr, NetCDF or a Cloud-Optimized GeoTIFF, atomically.
+
+    The data are written to a hidden temporary sibling (``.<name>.partial-<random>``) and
+    renamed to ``path`` only when complete, so an interrupted write never leaves a file that
+    reads as complete. Computing the data happens here (writing is asking for results).
+
+    Parameters
+    ----------
+    obj
+        What to write. A COG holds one variable with dims ``(time, y, x)`` (one band per time
+        step, band descriptions = ISO times) or ``(y, x)``, and needs a CRS.
+    path
+        Destination: ``*.zarr`` (a folder), ``*.nc``, or ``*.tif``.
+    format
+        Overrides the format told by the suffix.
+    overwrite
+        Replace an existing ``path`` (only once the new output is complete).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False.
+    ConfigError
+        The format cannot be told from the suffix.
+    DataTypeError
+        ``obj`` is not an xarray object, or a COG is asked for several variables / other dims.
+
+    Examples
+    --------
+    >>> import tempfile, glacierxr as gx
+    >>> cube = gx.testing.make_scene_cube(times=2, height=4, width=4)
+    >>> out = write(cube, Path(tempfile.mkdtemp()) / "cube.zarr")
+    >>> read(out)["green"].shape
+    (2, 4, 4)
+    """
+    if not isinstance(obj, (xr.Dataset, xr.DataArray)):
+        raise DataTypeError(f"write() takes an xarray Dataset or DataArray, got {type(obj).__name__}.")
+    path = Path(path)
+    fmt = _format_of(path, format)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputExistsError(
+            f"{str(path)!r} already exists; write() does not replace outputs unless asked. Pass "
+            "overwrite=True, or choose another path."
+        )
+    if not path.parent.is_dir():
+        raise ConfigError(f"The folder {str(path.parent)!r} does not exist; create it first.")
+    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:12]}"
+    try:
+        if fmt == "cog":
+            _write_cog(obj, tmp)
+        else:
+            ds = obj.to_dataset(name=obj.name or "data") if isinstance(obj, xr.DataArray) else obj
+            if fmt == "zarr":
+                _regular_chunks(_clean_encoding(ds)).to_zarr(tmp, mode="w-", consolidated=False)
+            else:
+                _write_netcdf(ds, tmp)
+        _replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    if not (path.exists() or path.is_symlink()):
+        os.replace(tmp, path)
+        return
+    if tmp.is_file() and path.is_file():
+        os.replace(tmp, path)  # atomic on POSIX
+        return
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:12]}"
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    _remove(old)
+
+
+def read(
+    path: str | os.PathLike,
+    *,
+    format: Literal["zarr", "netcdf", "cog"] | None = None,  # noqa: A002
+    chunks: Mapping[str, int] | Literal["auto"] | None = "auto",
+) -> xr.Dataset | xr.DataArray:
+    """Open what :func:`write` wrote, lazily (Dask-backed).
+
+    Zarr and NetCDF give a Dataset; a COG gives a DataArray ``(time, y, x)`` with the times
+    from its band descriptions (or ``(y, x)`` for one band without times). The CRS is in
+    ``spatial_ref`` in every case.
+
+    Examples
+    --------
+    >>> import tempfile, glacierxr as gx
+    >>> snow = gx.testing.make_series(np.ones((2, 3, 3)), name="snow_mask")
+    >>> back = read(write(snow, Path(tempfile.mkdtemp()) / "snow.tif"))
+    >>> back.dims, str(back["time"].values[1])[:10]
+    (('time', 'y', 'x'), '2020-01-17')
+    """
+    path = Path(path)
+    fmt = _format_of(path, format)
+    if not path.exists():
+        raise FileNotFoundError(f"{str(path)!r} does not exist.")
+    if fmt == "zarr":
+        return xr.open_zarr(path, chunks=chunks, consolidated=False)
+    if fmt == "netcdf":
+        ds = xr.open_dataset(path, chunks=chunks, engine=_netcdf_engine())
+        return ds
+    import rioxarray
+
+    da = rioxarray.open_rasterio(path, chunks=chunks if chunks is not None else None, mask_and_scale=False)
+    tags = da.attrs
+    name = tags.get("name") or None
+    times = [t for t in str(tags.get("time", "")).split(",") if t]
+    if times and len(times) == da.sizes["band"]:
+        da = da.rename(band="time").assign_coords(time=pd.DatetimeIndex(times).astype("datetime64[ns]"))
+    elif da.sizes["band"] == 1:
+        da = da.isel(band=0, drop=True)
+    attrs = {k: tags[k] for k in ("units", "long_name") if tags.get(k)}
+    da.attrs = attrs
+    da.name = name
+    return da
