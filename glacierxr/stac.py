@@ -357,7 +357,8 @@ class _Query:
             where += f" (glacier={self.glacier!r})"
         return (
             f"{where}, datetime={self.datetime_text!r}, max_cloud={self.max_cloud}, "
-            f"collection={self.collection!r}, platforms={list(self.platforms) if self.platforms else None}, "
+            f"collection={self.collection!r}, "
+            f"platforms={list(self.platforms) if self.platforms else None}, "
             f"catalog={_catalog_name(self.catalog)}"
         )
 
@@ -382,7 +383,7 @@ def _spatial_boxes(*, bbox, intersects, glacier):
     if bbox is None:
         return None, None
     box = _check_bbox(bbox)
-    return _split_antimeridian(box, given=bbox), box
+    return _split_antimeridian(box), box
 
 
 def _check_bbox(bbox) -> tuple[float, float, float, float]:
@@ -404,7 +405,8 @@ def _check_bbox(bbox) -> tuple[float, float, float, float]:
         hint = (
             " These look like projected coordinates (metres); pass longitude/latitude degrees."
             if any(abs(v) > 360 for v in values)
-            else " Is the order (south, west, north, east)? glacierxr uses (west, south, east, north)."
+            else " Is the order (south, west, north, east)? glacierxr uses "
+            "(west, south, east, north)."
         )
         raise GridError(
             f"bbox={values} is out of range: longitudes (west, east) must lie in [-180, 180] "
@@ -419,7 +421,7 @@ def _check_bbox(bbox) -> tuple[float, float, float, float]:
     return values
 
 
-def _split_antimeridian(box, *, given):
+def _split_antimeridian(box):
     west, south, east, north = box
     if west <= east:
         return [box]
@@ -482,7 +484,9 @@ def _check_max_cloud(value):
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise CatalogError(f"max_cloud must be a number of percent (0–100) or None; got {value!r}.") from None
+        raise CatalogError(
+            f"max_cloud must be a number of percent (0–100) or None; got {value!r}."
+        ) from None
     if not 0 <= number <= 100:
         raise CatalogError(
             f"max_cloud={value!r} is outside 0–100: eo:cloud_cover is a percentage. "
@@ -507,7 +511,9 @@ def _check_platforms(value):
     try:
         names = tuple(value)
     except TypeError:
-        raise CatalogError(f"platforms must be a list of names such as ['landsat-8']; got {value!r}.") from None
+        raise CatalogError(
+            f"platforms must be a list of names such as ['landsat-8']; got {value!r}."
+        ) from None
     if not names or not all(isinstance(v, str) and v.strip() for v in names):
         raise CatalogError(
             f"platforms must be a non-empty list of names such as ['landsat-8', 'landsat-9'], "
@@ -648,7 +654,8 @@ def _reject_reason(item: pystac.Item, query: _Query, *, spatial_temporal: bool) 
             return "platform"
     if query.max_cloud is not None:
         cover = item.properties.get("eo:cloud_cover")
-        if isinstance(cover, bool) or not isinstance(cover, (int, float)) or not cover <= query.max_cloud:
+        is_number = isinstance(cover, (int, float)) and not isinstance(cover, bool)
+        if not is_number or not cover <= query.max_cloud:
             return "max_cloud"
     return None
 
@@ -865,7 +872,8 @@ def _check_api_collection(client, url, query: _Query, max_retries: int) -> None:
     try:
         ids = sorted(c.id for c in client.get_collections())
     except Exception as err:
-        raise CatalogError(_api_error_message(url, err, max_retries, "list the collections of")) from None
+        message = _api_error_message(url, err, max_retries, "list the collections of")
+        raise CatalogError(message) from None
     if ids and query.collection not in ids:
         raise CatalogError(_unknown_collection_message(query, ids))
 

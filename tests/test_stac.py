@@ -204,6 +204,12 @@ def test_search__static_catalog_datetime_open_ends(l9_catalog, l9_features):
     assert _ids(pair) == _ids(late)  # a naive datetime is UTC
 
 
+def test_search__static_catalog_intersects_geometry(l9_catalog):
+    items = search(intersects=_POLYGON_IN_ROW_082, datetime=None, max_cloud=None,
+                   catalog=l9_catalog, sign=False)
+    assert _ids(items) == ["LC09_L2SR_084082_20250722_02_T1"]
+
+
 def test_search__limit_keeps_first_matches_sorted(l9_catalog):
     everything = search(datetime=None, max_cloud=None, catalog=l9_catalog, sign=False)
     first = search(datetime=None, max_cloud=None, catalog=l9_catalog, sign=False, limit=3)
@@ -252,7 +258,8 @@ def test_search__sample_catalog_bbox_elsewhere_says_where_items_are(sample_catal
     assert "glacier='aletsch'" in str(info.value)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(max_cloud=st.floats(0, 100))
 def test_search__cloud_filter_is_exact(l9_catalog, l9_features, max_cloud):
     expected = {f["id"] for f in l9_features if f["properties"]["eo:cloud_cover"] <= max_cloud}
@@ -356,6 +363,7 @@ def test_search__glacier_name_uses_registry_bbox(l9_catalog):
 # --------------------------------------------------------------------------- API failures
 
 
+@pytest.mark.network
 def test_search__api_down_raises_catalog_error_quickly():
     url = f"http://127.0.0.1:{_free_port()}/api/stac/v1"
     started = time.perf_counter()
@@ -400,6 +408,7 @@ class _ScriptedServer:
         self.httpd.server_close()
 
 
+@pytest.mark.network
 def test_search__api_5xx_is_retried_then_reported():
     server = _ScriptedServer([], default=(503, {"detail": "busy"}))
     try:
@@ -411,6 +420,7 @@ def test_search__api_5xx_is_retried_then_reported():
         server.close()
 
 
+@pytest.mark.network
 def test_search__flaky_server_recovers_and_static_catalog_over_http(l9_features):
     feature = dict(l9_features[1])  # cloud 4.26
 
@@ -545,6 +555,7 @@ def request_counter(monkeypatch):
     return calls
 
 
+@pytest.mark.network
 def test_api__bbox_datetime_cloud_on_rustac(rustac_duckdb, l9_features):
     items = search(bbox=(160.0, -22.0, 170.0, 7.0), datetime="2025-07-22T23:05:00Z/..",
                    max_cloud=20, catalog=rustac_duckdb, sign=False)
@@ -556,6 +567,26 @@ def test_api__bbox_datetime_cloud_on_rustac(rustac_duckdb, l9_features):
     assert [i.datetime for i in items] == sorted(i.datetime for i in items)
 
 
+
+_POLYGON_IN_ROW_082 = {
+    "type": "Polygon",
+    "coordinates": [[[159.5, -32.0], [160.0, -32.0], [160.0, -31.5], [159.5, -31.5],
+                     [159.5, -32.0]]],
+}
+
+
+@pytest.mark.network
+def test_api__antimeridian_box_and_intersects(rustac_duckdb, l9_features):
+    crossing = search(bbox=(166.5, -12.0, -170.0, 7.0), datetime=None, max_cloud=None,
+                      catalog=rustac_duckdb, sign=False)
+    expected = {f["id"] for f in l9_features
+                if f["bbox"][2] >= 166.5 and f["bbox"][3] >= -12 and f["bbox"][1] <= 7}
+    assert set(_ids(crossing)) == expected and len(crossing) == 3
+    inside = search(intersects=_POLYGON_IN_ROW_082, datetime=None, max_cloud=None,
+                    catalog=rustac_duckdb, sign=False)
+    assert _ids(inside) == ["LC09_L2SR_084082_20250722_02_T1"]
+
+@pytest.mark.network
 def test_api__server_side_cql2_filter_gives_the_same_result(rustac_duckdb, l9_features):
     import requests
 
@@ -574,6 +605,7 @@ def test_api__server_side_cql2_filter_gives_the_same_result(rustac_duckdb, l9_fe
     assert served == set(_ids(server_side))
 
 
+@pytest.mark.network
 def test_api__paging_without_filter_conformance(rustac_memory, shared_data, request_counter):
     features = _features(shared_data, L8_ITEMS)
     items = search(datetime="2019-01-01/2020-12-31", max_cloud=30, collection="landsat-8-c2-l2",
@@ -586,6 +618,7 @@ def test_api__paging_without_filter_conformance(rustac_memory, shared_data, requ
     assert len(search_pages) >= -(-n_period // 10) >= 3  # the server paged, the client followed
 
 
+@pytest.mark.network
 def test_api__limit_stops_paging_early(rustac_memory, request_counter):
     everything = search(datetime=None, max_cloud=None, collection="landsat-8-c2-l2",
                         catalog=rustac_memory, page_size=4, sign=False)
@@ -597,12 +630,14 @@ def test_api__limit_stops_paging_early(rustac_memory, request_counter):
     assert len([h for h in request_counter if "/search" in h]) == 2  # not all 16 pages
 
 
+@pytest.mark.network
 def test_api__unknown_collection_lists_api_collections(rustac_memory):
     with pytest.raises(CatalogError) as info:
         search(datetime=None, collection="landsat-c2l2", catalog=rustac_memory, sign=False)
     assert "'landsat-8-c2-l2'" in str(info.value) and "'landsat-c2-l2'" in str(info.value)
 
 
+@pytest.mark.network
 def test_api__no_scenes_says_what_the_server_returned(rustac_memory):
     with pytest.raises(NoScenesError, match="all were dropped: 3 by max_cloud"):
         search(datetime="2025-07-22T23:08:00Z/2025-07-22T23:10:00Z", max_cloud=3,
@@ -612,6 +647,7 @@ def test_api__no_scenes_says_what_the_server_returned(rustac_memory):
 # --------------------------------------------------------------------------- signing
 
 
+@pytest.mark.network
 def test_search__signs_blob_hrefs_from_a_loopback_api(rustac_memory, token_endpoint):
     items = search(datetime=None, max_cloud=10, catalog=rustac_memory, sign=True)
     hrefs = [a.href for item in items for a in item.assets.values()]
@@ -625,6 +661,7 @@ def test_search__signs_blob_hrefs_from_a_loopback_api(rustac_memory, token_endpo
     assert len(token_endpoint.requests) == 1
 
 
+@pytest.mark.network
 def test_search__sign_false_keeps_hrefs(l9_catalog, token_endpoint):
     items = search(datetime=None, max_cloud=None, catalog=l9_catalog, sign=False)
     hrefs = [a.href for item in items for a in item.assets.values()]
@@ -633,6 +670,7 @@ def test_search__sign_false_keeps_hrefs(l9_catalog, token_endpoint):
     assert token_endpoint.requests == []
 
 
+@pytest.mark.network
 def test_resign_href__refreshes_an_expired_token(token_endpoint):
     token_endpoint.ttl_s = 61.5  # planetary_computer refreshes tokens with < 60 s left
     href = ("https://landsateuwest.blob.core.windows.net/landsat-c2/level-2/a/LC09_SR_B3.TIF"
@@ -659,6 +697,7 @@ def test_resign_href__leaves_other_hrefs_and_pickles(tmp_path):
         assert resign_href(href) == href
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("mode", ["fail", "garbage"])
 def test_resign_href__token_failure_does_not_leak_tokens(token_endpoint, mode):
     token_endpoint.mode = mode
@@ -672,6 +711,7 @@ def test_resign_href__token_failure_does_not_leak_tokens(token_endpoint, mode):
     assert isinstance(info.value, OSError)
 
 
+@pytest.mark.network
 def test_search__token_failure_is_a_catalog_error_without_tokens(l9_catalog, token_endpoint):
     token_endpoint.mode = "garbage"  # the response holds a token but no expiry
     with pytest.raises(CatalogError) as info:
