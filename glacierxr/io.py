@@ -97,7 +97,8 @@ _QA_DTYPES = frozenset({"uint8", "uint16"})
 _BLOB_HOST = ".blob.core.windows.net"
 _TRANSIENT = re.compile(
     r"HTTP response code: (?:5\d\d|429|408)|couldn'?t connect|connection (?:reset|refused|timed out)"
-    r"|timed? ?out|timeout|could not resolve|recv failure|send failure|transfer closed"
+    r"|failed to connect|timed? ?out|timeout|could not resolve|recv failure|send failure"
+    r"|transfer closed"
     r"|empty reply|ssl",
     re.IGNORECASE,
 )
@@ -314,7 +315,12 @@ def _as_dicts(items) -> list[tuple[dict, dict[str, str]]]:
     out = []
     for position, item in enumerate(items):
         if isinstance(item, pystac.Item):
-            hrefs = {key: asset.get_absolute_href() or asset.href for key, asset in item.assets.items()}
+            hrefs = {
+                key: asset.href
+                if urlsplit(asset.href).scheme or os.path.isabs(asset.href)
+                else (asset.get_absolute_href() or asset.href)
+                for key, asset in item.assets.items()
+            }
             out.append((item.to_dict(include_self_link=True, transform_hrefs=False), hrefs))
         elif isinstance(item, Mapping):
             if "assets" not in item or "properties" not in item:
@@ -853,7 +859,7 @@ def load(
     if chunk_sizes["time"] != 1:
         ds = ds.chunk({"time": chunk_sizes["time"]})
     for name in bands:
-        ds[name].attrs.update(_band_attrs(name))
+        ds[name].attrs = _band_attrs(name)  # replaces stackstac's (spec, transform …)
     ds.x.attrs.update(units="metre" if epsg != 4326 else "degrees_east", long_name="x (pixel centre)")
     ds.y.attrs.update(units="metre" if epsg != 4326 else "degrees_north", long_name="y (pixel centre)")
     collections_ = sorted({s.collection for s in scenes if s.collection})
@@ -969,6 +975,14 @@ def _clean_encoding(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+def _variable_length_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Fixed-width unicode has no stable Zarr-3 encoding; variable-length strings do."""
+    fixed = [name for name, v in ds.variables.items() if v.dtype.kind == "U" and name not in ds.dims]
+    return ds.assign_coords({n: ds[n].astype(object) for n in fixed if n in ds.coords}).assign(
+        {n: ds[n].astype(object) for n in fixed if n in ds.data_vars}
+    )
+
+
 def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
     """Zarr needs equal chunks except the last; make them so (on this copy only)."""
     if not ds.chunks:
@@ -1003,7 +1017,13 @@ def _write_netcdf(ds: xr.Dataset, tmp: Path) -> None:
                 variable.attrs[key] = int(value)
             elif value is None:
                 del variable.attrs[key]
-    ds.to_netcdf(tmp, engine=engine)
+    try:
+        ds.to_netcdf(tmp, engine=engine)
+    except NotImplementedError:
+        # xarray's scipy writer cannot stream from a dask.distributed cluster (it raises before
+        # writing anything): gather the data here, then write.
+        _remove(tmp)
+        ds.compute().to_netcdf(tmp, engine=engine)
 
 
 def _write_cog(obj: xr.Dataset | xr.DataArray, tmp: Path) -> None:
@@ -1114,7 +1134,8 @@ def write(
         else:
             ds = obj.to_dataset(name=obj.name or "data") if isinstance(obj, xr.DataArray) else obj
             if fmt == "zarr":
-                _regular_chunks(_clean_encoding(ds)).to_zarr(tmp, mode="w-", consolidated=False)
+                ds = _variable_length_strings(_regular_chunks(_clean_encoding(ds)))
+                ds.to_zarr(tmp, mode="w-", consolidated=False)
             else:
                 _write_netcdf(ds, tmp)
         _replace(tmp, path)
@@ -1152,7 +1173,7 @@ def read(
     path: str | os.PathLike,
     *,
     format: Literal["zarr", "netcdf", "cog"] | None = None,  # noqa: A002
-    chunks: Mapping[str, int] | Literal["auto"] | None = "auto",
+    chunks: Mapping[str, int] | Literal["auto"] | None = {},  # noqa: B006 - xarray's idiom
 ) -> xr.Dataset | xr.DataArray:
     """Open what :func:`write` wrote, lazily (Dask-backed).
 
@@ -1172,11 +1193,13 @@ def read(
     fmt = _format_of(path, format)
     if not path.exists():
         raise FileNotFoundError(f"{str(path)!r} does not exist.")
-    if fmt == "zarr":
-        return xr.open_zarr(path, chunks=chunks, consolidated=False)
-    if fmt == "netcdf":
-        ds = xr.open_dataset(path, chunks=chunks, engine=_netcdf_engine())
-        return ds
+    if fmt in ("zarr", "netcdf"):
+        if fmt == "zarr":
+            ds = xr.open_zarr(path, chunks=chunks, consolidated=False, decode_coords="all")
+        else:
+            ds = xr.open_dataset(path, chunks=chunks, engine=_netcdf_engine(), decode_coords="all")
+        strings = [n for n, v in ds.variables.items() if v.dtype.kind == "T" and n not in ds.dims]
+        return ds.assign_coords({n: ds[n].astype(object) for n in strings if n in ds.coords})
     import rioxarray
 
     da = rioxarray.open_rasterio(path, chunks=chunks if chunks is not None else None, mask_and_scale=False)

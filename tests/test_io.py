@@ -66,7 +66,7 @@ def _by_row(features: dict[str, dict], row: str) -> dict:
 def _write_cog(path: Path, data: np.ndarray, transform: Affine, epsg: int, nodata) -> None:
     profile = dict(
         driver="COG", width=data.shape[1], height=data.shape[0], count=1, dtype=data.dtype.name,
-        crs=f"EPSG:{epsg}", transform=transform, nodata=nodata, blocksize=32,
+        crs=f"EPSG:{epsg}", transform=transform, nodata=nodata,
     )  # fmt: skip
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data, 1)
@@ -172,7 +172,8 @@ def zones(path084, tmp_path):
         item, data = make_item(_by_row(path084, row), tmp_path, lon=162.0 + dlon / 10, lat=-20.0 + dlat, seed=seed)
         items.append(item)
         arrays.append(data)
-    return items, arrays
+    order = np.argsort([i["properties"]["datetime"] for i in items])  # the cube's time order
+    return [items[i] for i in order], [arrays[i] for i in order]
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,7 +240,8 @@ def test_load__scale_offset_from_each_items_raster_bands(path084, tmp_path):
     b, data_b = make_item(_by_row(path084, "073"), tmp_path, seed=2)
     b["assets"]["green"]["raster:bands"][0].update(scale=5e-05, offset=-0.1)
     ds = gx.load([a, b], groupby=None, epsg=32658, bbox=a["bbox"]).compute()
-    for t, (item, scale, offset) in enumerate([(a, SR_SCALE, SR_OFFSET), (b, 5e-05, -0.1)]):
+    for item, scale, offset in [(a, SR_SCALE, SR_OFFSET), (b, 5e-05, -0.1)]:
+        t = list(ds["id"].values).index(item["id"])
         expected = reference(ds, item["assets"]["green"]["href"], scale=scale, offset=offset)
         assert_same(ds.green.isel(time=t).values, expected)
 
@@ -264,7 +266,7 @@ def test_load__pystac_items_and_item_collection(zones):
     items, _ = zones
     objects = [pystac.Item.from_dict(copy.deepcopy(i)) for i in items]
     # pystac moves proj:epsg to proj:code: load() must still find the CRS of each item
-    assert "proj:epsg" not in objects[0].to_dict()["properties"]
+    assert "proj:epsg" not in objects[0].properties
     from_dicts = gx.load(items, groupby=None)
     for value in (objects, pystac.ItemCollection(objects)):
         ds = gx.load(value, groupby=None)
@@ -299,7 +301,7 @@ def test_load__coords_attrs_and_chunks(zones):
     items, _ = zones
     ds = gx.load(items, groupby=None)
     assert set(ds.coords) == {"time", "y", "x", "id", "cloud_cover", "platform", "wrs_path", "wrs_row", "spatial_ref"}
-    assert list(ds["id"].values) == [i["id"] for i in sorted(items, key=lambda i: i["properties"]["datetime"])]
+    assert list(ds["id"].values) == [i["id"] for i in items]
     assert ds["cloud_cover"].dtype == np.float64
     assert set(ds["platform"].values) == {"landsat-9"}
     assert ds.attrs["collection"] == "landsat-c2-l2"
@@ -377,7 +379,7 @@ def test_load__retries_transient_http_errors(path084, tmp_path):
             if asset["href"].startswith(str(tmp_path)):
                 asset["href"] = server.url(Path(asset["href"]).name)
         ds = gx.load([item], bands=("green",))
-        server.fail(status=503, times=2, path_contains="SR_B3")
+        server.fail(status=503, times=2, path_contains="_green")
         green = ds.green.isel(time=0).values
         statuses = [r.status for r in server.requests]
     assert statuses[:2] == [503, 503] and 206 in statuses
@@ -567,7 +569,7 @@ def test_write__round_trips_dataset(cube, tmp_path, suffix):
     assert back.rio.crs.to_epsg() == cube.rio.crs.to_epsg()
     for name in cube.data_vars:
         assert_same(back[name].values.astype("float64"), cube[name].values.astype("float64"))
-        assert back[name].attrs["long_name"] == cube[name].attrs.get("long_name", back[name].attrs["long_name"])
+        assert back[name].attrs.get("long_name") == cube[name].attrs.get("long_name")
     np.testing.assert_array_equal(back["time"].values, cube["time"].values)
     assert list(back["id"].values) == list(cube["id"].values)
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left behind
@@ -600,19 +602,22 @@ def test_write__refuses_to_overwrite_unless_asked(cube, tmp_path):
 
 
 def test_write__interrupted_write_leaves_nothing_that_reads_as_complete(cube, tmp_path):
+    class PowerCut(Exception):
+        pass
+
     def explode(block):
-        raise KeyboardInterrupt("power cut")
+        raise PowerCut("power cut")
 
     broken = cube.assign(green=cube.green.copy(data=cube.green.data.map_blocks(explode, dtype="float32")))
     for suffix in (".zarr", ".nc", ".tif"):
         target = tmp_path / f"cube{suffix}"
         obj = broken["green"] if suffix == ".tif" else broken
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(PowerCut):
             gx.io.write(obj, target)
         assert list(tmp_path.iterdir()) == []
     # an existing output survives a failed overwrite untouched
     gx.io.write(cube, tmp_path / "cube.zarr")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(PowerCut):
         gx.io.write(broken, tmp_path / "cube.zarr", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.zarr"]
     assert_same(gx.io.read(tmp_path / "cube.zarr").green.values, cube.green.values)
