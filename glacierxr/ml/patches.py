@@ -540,9 +540,7 @@ class PatchSequences(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for batch in self._stream_worker(batch_size=64):
-            inputs, targets, mask = (torch.from_numpy(a) for a in batch.arrays)
-            for i in range(inputs.shape[0]):
-                yield inputs[i], targets[i], mask[i]
+            yield from zip(*(torch.from_numpy(a).unbind(0) for a in batch.arrays))
 
     def batched(self, batch_size: int = 64) -> _BatchedSequences:
         """An iterable dataset of whole batches ``(B, T, 1, P, P)`` (no per-sample collation).
