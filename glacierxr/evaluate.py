@@ -714,6 +714,8 @@ def _train_climatology(sequences, period: int) -> np.ndarray:
     covered = np.zeros(layout.data.sizes[time_dim], bool)
     for start in layout.t_starts[t0]:
         covered[start : start + layout.steps] = True
+    if not covered.any():
+        raise DimensionError("The train split has no sequence, so there is no climatology; drop 'climatology' from baselines.")
     train = layout.data.isel({time_dim: np.flatnonzero(covered)})
     valid = None
     if layout.valid is not None:

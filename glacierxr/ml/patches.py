@@ -25,6 +25,13 @@ kept under ``tile_mb`` MB — into NumPy, and cuts all the windows of that tile 
 memory, so a cube far larger than memory streams in bounded memory, and nothing is read before
 iteration starts.
 
+Speed: ``DataLoader(ds.split("train"), batch_size=64)`` works and is about ten times faster than
+xbatcher + ``DataLoader``; most of what is left is the ``DataLoader`` collating single samples,
+so ``DataLoader(ds.split("train").batched(64), batch_size=None)`` is about twice as fast again
+(``benchmarks/patches.py`` measures both). A cube chunked one scene per chunk (as ``stackstac``
+returns it) is read once per tile; rechunk it to spatial blocks (``.chunk({"time": -1, "y":
+256, "x": 256})``) or write the composites to Zarr first when reading is the bottleneck.
+
 Splits without leakage
 ----------------------
 ``split="temporal"`` (default) gives the latest periods to ``test``, the ones before to ``val``
