@@ -186,7 +186,8 @@ def _register_scene(
             img_p = np.where(keep, img, img[keep].mean()).astype(work_dtype)
         else:
             ref_p, img_p = ref, img
-        (dx, dy), _response = cv2.phaseCorrelate(ref_p, img_p, window)
+        # copies: OpenCV 5's phaseCorrelate multiplies its inputs by the window in place
+        (dx, dy), _response = cv2.phaseCorrelate(ref_p.copy(), img_p.copy(), window)
         if not (np.isfinite(dx) and np.isfinite(dy) and np.hypot(dx, dy) <= max_shift):
             method, dx, dy = "none", 0.0, 0.0
         warp = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], dtype=np.float32)
@@ -439,7 +440,11 @@ def align(
         value.attrs = {"units": units, "long_name": long_name} if units else {"long_name": long_name}
         coords[name] = value
 
-    out = warped.transpose(*da.dims).assign_coords(coords)
+    # the input's own coordinates (with their attrs: spatial_ref carries the CRS) come back
+    original = {
+        name: coord for name, coord in da.coords.items() if name not in da.dims and name not in coords
+    }
+    out = warped.transpose(*da.dims).assign_coords(original).assign_coords(coords)
     out.name = da.name
     out.attrs = dict(da.attrs)
     out.attrs.update(

@@ -1,0 +1,375 @@
+"""Tests of glacierxr.align: known sub-pixel shifts, fallback, laziness, errors, real data, sample."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import dask.array
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import glacierxr as gx
+from glacierxr.align import align
+from glacierxr.errors import ChunkingError, DataTypeError, DimensionError, GridError
+from glacierxr.testing import make_series, raise_if_dask_computes
+
+SIZE = 96
+
+
+def fourier_shift(image: np.ndarray, shift_x: float, shift_y: float) -> np.ndarray:
+    """Displace the content of a periodic image by (+shift_x columns, +shift_y rows), exactly."""
+    ky = np.fft.fftfreq(image.shape[0])[:, None]
+    kx = np.fft.fftfreq(image.shape[1])[None, :]
+    ramp = np.exp(-2j * np.pi * (kx * shift_x + ky * shift_y))
+    return np.fft.ifft2(np.fft.fft2(image) * ramp).real
+
+
+def smooth_texture(seed: int, size: int = SIZE, wavelength: float = 6.0) -> np.ndarray:
+    """Periodic band-limited random texture (std 1): smooth enough for sub-pixel registration."""
+    rng = np.random.default_rng(seed)
+    k = np.hypot(np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :])
+    spectrum = np.exp(-((k * wavelength) ** 2)) * (k > 0)
+    noise = np.fft.fft2(rng.standard_normal((size, size)))
+    texture = np.fft.ifft2(noise * spectrum).real
+    return texture / texture.std()
+
+
+def shifted_cube(shifts, *, seed=0, holes=True, noise=0.02, chunks=None, size=SIZE):
+    """Scenes of one texture displaced by ``shifts`` [(dx, dy), ...], with NaN holes."""
+    rng = np.random.default_rng(seed + 1)
+    base = smooth_texture(seed, size)
+    scenes = []
+    for i, (dx, dy) in enumerate(shifts):
+        scene = fourier_shift(base, dx, dy) + rng.normal(0, noise, base.shape)
+        if holes and i % 2:
+            rows, cols = np.ogrid[:size, :size]
+            centre = rng.integers(20, size - 20, 2)
+            scene[(rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 < 8**2] = np.nan  # a cloud
+        scenes.append(scene)
+    return make_series(np.stack(scenes).astype(np.float32), name="ndsi", chunks=chunks)
+
+
+SHIFTS = [(0.0, 0.0), (0.37, -0.81), (-1.25, 0.5), (2.1, 1.3), (-0.6, -1.9), (1.4, -0.2)]
+
+
+def _residual_rmse(out: xr.DataArray, truth: np.ndarray) -> float:
+    """RMSE of recovered minus true shifts after removing the common offset."""
+    error = np.stack([out.shift_x.values, out.shift_y.values], axis=1) - np.asarray(truth)
+    error -= error.mean(axis=0)
+    return float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
+
+
+# ------------------------------------------------------------------------------------------
+# known truth
+# ------------------------------------------------------------------------------------------
+def test_align__recovers_known_subpixel_shifts_to_the_mean():
+    out = align(shifted_cube(SHIFTS))
+    assert out.align_method.values.tolist() == ["ecc"] * len(SHIFTS)
+    assert out.converged.values.all()
+    assert _residual_rmse(out, SHIFTS) <= 0.1
+    # the reference is the mean image, which sits at the mean shift: the shifts average ~0
+    assert abs(float(out.shift_x.mean())) < 0.15 and abs(float(out.shift_y.mean())) < 0.15
+
+
+def test_align__to_an_index_reference_gives_absolute_shifts():
+    out = align(shifted_cube(SHIFTS), reference=0)
+    assert out.shift_x.values[0] == pytest.approx(0.0, abs=1e-3)
+    error = np.hypot(out.shift_x.values - [s[0] for s in SHIFTS], out.shift_y.values - [s[1] for s in SHIFTS])
+    assert error.max() <= 0.1
+
+
+def test_align__warped_scenes_match_the_reference_and_keep_holes():
+    cube = shifted_cube(SHIFTS)
+    out = align(cube, reference=0)
+    reference = cube.isel(time=0).values
+    for i in range(1, len(SHIFTS)):
+        warped = out.isel(time=i).values
+        both = np.isfinite(warped) & np.isfinite(reference)
+        before = np.isfinite(cube.isel(time=i).values) & np.isfinite(reference)
+        rms_after = np.sqrt(np.mean((warped[both] - reference[both]) ** 2))
+        rms_before = np.sqrt(np.mean((cube.isel(time=i).values[before] - reference[before]) ** 2))
+        assert rms_after < 0.2 * rms_before
+    # a cloud hole stays missing (moved with the scene), and the warped border is NaN
+    assert np.isnan(out.isel(time=1).values).sum() >= np.isnan(cube.isel(time=1).values).sum()
+    # scene 3's content sits 2.1 px right and 1.3 px down: its last columns and rows have no source
+    assert np.isnan(out.isel(time=3).values[:, -2:]).all()
+    assert np.isnan(out.isel(time=3).values[-1:, :]).all()
+
+
+def test_align__cubic_interpolation_and_affine_model_also_recover_shifts():
+    cube = shifted_cube(SHIFTS[:4], holes=False)
+    cubic = align(cube, reference=0, interpolation="cubic")
+    affine = align(cube, reference=0, motion="affine")
+    for out in (cubic, affine):
+        assert np.allclose(out.shift_x.values, [s[0] for s in SHIFTS[:4]], atol=0.1)
+        assert np.allclose(out.shift_y.values, [s[1] for s in SHIFTS[:4]], atol=0.1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    dx=st.floats(-2.5, 2.5),
+    dy=st.floats(-2.5, 2.5),
+    seed=st.integers(0, 2**16),
+)
+def test_align__any_small_shift_is_recovered(dx, dy, seed):
+    cube = shifted_cube([(0.0, 0.0), (dx, dy)], seed=seed, holes=False, size=64)
+    out = align(cube, reference=0)
+    assert out.shift_x.values[1] == pytest.approx(dx, abs=0.1)
+    assert out.shift_y.values[1] == pytest.approx(dy, abs=0.1)
+
+
+# ------------------------------------------------------------------------------------------
+# fallback and rejection
+# ------------------------------------------------------------------------------------------
+def test_align__falls_back_to_phase_correlation_when_ecc_fails():
+    # a 9 px shift of a fine texture is outside ECC's basin of convergence (it raises or
+    # converges elsewhere); phase correlation finds it
+    shifts = [(0.0, 0.0), (9.0, -4.0)]
+    base = smooth_texture(3, 128, wavelength=3.0)
+    cube = make_series(np.stack([fourier_shift(base, *s) for s in shifts]).astype(np.float32))
+    out = align(cube, reference=0, max_shift=12.0)
+    assert out.align_method.values[1] == "phase"
+    assert not out.converged.values[1]
+    assert out.shift_x.values[1] == pytest.approx(9.0, abs=0.5)
+    assert out.shift_y.values[1] == pytest.approx(-4.0, abs=0.5)
+    assert out.ecc_correlation.values[1] > 0.9  # correlation after the phase shift is applied
+
+
+def test_align__shift_beyond_max_shift_leaves_the_scene_unshifted():
+    base = smooth_texture(3, 128, wavelength=3.0)
+    cube = make_series(np.stack([base, fourier_shift(base, 9.0, -4.0)]).astype(np.float32))
+    out = align(cube, reference=0, max_shift=3.0)
+    assert out.align_method.values[1] == "none"
+    assert not out.converged.values[1]
+    assert out.shift_x.values[1] == 0.0 and out.shift_y.values[1] == 0.0
+    interior = (slice(2, -2), slice(2, -2))
+    np.testing.assert_allclose(out.values[1][interior], cube.values[1][interior], atol=1e-5)
+
+
+def test_align__empty_scene_is_marked_and_stays_nan():
+    cube = shifted_cube(SHIFTS[:3], holes=False)
+    cube[1] = np.nan
+    out = align(cube)
+    assert out.align_method.values[1] == "none"
+    assert np.isnan(out.values[1]).all()
+    assert out.align_method.values[0] == "ecc"
+
+
+def test_align__stable_mask_ignores_a_moving_glacier():
+    # the left half moves with a glacier (3 px down); only the right half is misregistered
+    base = smooth_texture(5, 128)
+    moved = fourier_shift(base, 0.6, -0.4)
+    glacier = fourier_shift(base, 0.6, 2.6)
+    scene = np.where(np.arange(128)[None, :] < 64, glacier, moved)
+    cube = make_series(np.stack([base, scene]).astype(np.float32))
+    stable = xr.DataArray(np.arange(128)[None, :].repeat(128, 0) >= 70, dims=("y", "x"))
+    out = align(cube, reference=0, stable=stable)
+    assert out.shift_x.values[1] == pytest.approx(0.6, abs=0.1)
+    assert out.shift_y.values[1] == pytest.approx(-0.4, abs=0.1)
+
+
+# ------------------------------------------------------------------------------------------
+# laziness, Dask, metadata
+# ------------------------------------------------------------------------------------------
+def test_align__is_lazy_and_dask_equals_numpy():
+    eager = align(shifted_cube(SHIFTS))
+    with raise_if_dask_computes():
+        lazy = align(shifted_cube(SHIFTS, chunks={"time": 2}))
+    assert isinstance(lazy.data, dask.array.Array)
+    assert isinstance(lazy.shift_x.data, dask.array.Array)
+    computed = lazy.compute()
+    # float32 means summed chunk by chunk differ in the last bits from NumPy's
+    xr.testing.assert_allclose(computed, eager, atol=1e-5)
+    for name in ("shift_x", "shift_y", "ecc_correlation"):
+        np.testing.assert_allclose(computed[name].values, eager[name].values, atol=1e-4)
+    for name in ("converged", "align_method"):
+        np.testing.assert_array_equal(computed[name].values, eager[name].values)
+
+
+def test_align__estimates_each_scene_once(monkeypatch):
+    import glacierxr.align as module
+
+    calls = []
+    original = module._register_scene
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_register_scene", counting)
+    out = align(shifted_cube(SHIFTS, chunks={"time": 1}))
+    out.compute()
+    assert len(calls) == len(SHIFTS)
+
+
+def test_align__keeps_name_attrs_coords_and_crs():
+    cube = shifted_cube(SHIFTS[:3]).assign_coords(cloud_cover=("time", [1.0, 2.0, 3.0]))
+    out = align(cube, max_shift=4.0)
+    assert out.name == "ndsi"
+    assert out.attrs["units"] == "1" and out.attrs["long_name"] == cube.attrs["long_name"]
+    assert out.attrs["align_max_shift"] == 4.0 and out.attrs["align_reference"] == "mean"
+    assert out.rio.crs == cube.rio.crs
+    assert out.dims == cube.dims
+    np.testing.assert_array_equal(out.cloud_cover.values, [1.0, 2.0, 3.0])
+    assert out.shift_x.attrs["units"] == "pixels"
+    assert out.dtype == np.float32
+
+
+def test_align__integer_input_becomes_float32():
+    base = (smooth_texture(1) * 1000 + 20000).astype(np.uint16)
+    cube = make_series(np.stack([base, base]), name="dn")
+    out = align(cube)
+    assert out.dtype == np.float32
+    assert np.allclose(out.shift_x.values, 0.0, atol=0.05)
+
+
+def test_align__accessor_forwards():
+    cube = shifted_cube(SHIFTS[:3])
+    xr.testing.assert_identical(cube.glacier.align(reference=0), align(cube, reference=0))
+
+
+# ------------------------------------------------------------------------------------------
+# bad input
+# ------------------------------------------------------------------------------------------
+def test_align__split_spatial_chunks_raise_with_the_fix():
+    cube = shifted_cube(SHIFTS[:2], chunks={"time": 1, "y": 48})
+    with pytest.raises(ChunkingError, match=r'\.chunk\(\{"y": -1, "x": -1\}\)'):
+        align(cube)
+
+
+def test_align__missing_dimension_raises():
+    with pytest.raises(DimensionError, match="align needs dimensions"):
+        align(shifted_cube(SHIFTS[:2]).isel(time=0))
+
+
+def test_align__bad_reference_raises():
+    cube = shifted_cube(SHIFTS[:2])
+    with pytest.raises(DimensionError, match="outside the 2 time steps"):
+        align(cube, reference=5)
+    with pytest.raises(GridError, match="same grid"):
+        align(cube, reference=cube.isel(time=0, y=slice(0, 10)))
+    with pytest.raises(DataTypeError, match="reference must be"):
+        align(cube, reference="median")
+    with pytest.raises(DataTypeError, match="stable must be boolean"):
+        align(cube, stable=cube.isel(time=0))
+
+
+def test_align__given_reference_dataarray_is_used():
+    cube = shifted_cube(SHIFTS[:3])
+    out = align(cube, reference=cube.isel(time=0))
+    xr.testing.assert_allclose(out, align(cube, reference=0))
+
+
+# ------------------------------------------------------------------------------------------
+# real data: Landsat-8 panchromatic pair of Yahtse Glacier
+# ------------------------------------------------------------------------------------------
+def read_yahtse(shared_data) -> xr.DataArray:
+    """The two real Yahtse scenes as a (time, y, x) float32 DN cube with their real dates."""
+    rioxarray = pytest.importorskip("rioxarray")
+    folder = shared_data / "yahtse_l8_pan"
+    scenes = {
+        "2016-07-18": "LC80630182016200LGN00_B8_yahtse.TIF",
+        "2016-08-03": "LC80630182016216LGN00_B8_yahtse.TIF",
+    }
+    arrays = [rioxarray.open_rasterio(folder / name).squeeze("band", drop=True) for name in scenes.values()]
+    cube = xr.concat(arrays, dim=pd.Index(pd.to_datetime(list(scenes)), name="time"))
+    cube = cube.astype(np.float32)
+    cube.name = "pan"
+    cube.attrs = {"units": "DN", "long_name": "Landsat-8 OLI band 8 (pan) DN"}
+    return cube
+
+
+@pytest.mark.slow
+def test_align__real_yahtse_pair_is_misregistered_by_a_fraction_of_a_pixel(shared_data):
+    cube = read_yahtse(shared_data).chunk({"time": 1})
+    with raise_if_dask_computes():
+        out = align(cube, reference=0)
+    out = out.compute()
+    assert out.align_method.values.tolist() == ["ecc", "ecc"]
+    shift = float(np.hypot(out.shift_x.values[1], out.shift_y.values[1]))
+    assert shift < 1.0  # same path/row, L1T: sub-pixel misregistration
+    assert out.ecc_correlation.values[1] > 0.85
+    assert out.rio.crs.to_epsg() == 32607
+
+
+# ------------------------------------------------------------------------------------------
+# the embedded sample: load -> mask -> ndsi -> align vs the ground truth
+# ------------------------------------------------------------------------------------------
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def load_sample(catalog, *, via: str = "rioxarray") -> xr.Dataset:
+    """Items read with pystac from the sample catalog, stacked into a load()-like cube.
+
+    ``via="gx.load"`` uses :func:`glacierxr.load`; ``via="rioxarray"`` stacks the same COGs
+    with rioxarray (green, swir16 reflectance with NaN nodata, qa_pixel, per-time ``id``), so
+    the alignment and flow checks do not depend on the loader.
+    """
+    import pystac
+
+    items = sorted(pystac.read_file(str(catalog)).get_items(recursive=True), key=lambda i: i.datetime)
+    if via == "gx.load":
+        return gx.load(items, resolution=30)
+    rioxarray = pytest.importorskip("rioxarray")
+
+    def band(key, scale):
+        arrays = []
+        for item in items:
+            raw = rioxarray.open_rasterio(item.assets[key].get_absolute_href()).squeeze("band", drop=True)
+            arrays.append(raw.where(raw != 0).astype(np.float32) * 2.75e-05 - 0.2 if scale else raw)
+        return xr.concat(arrays, "time")
+
+    times = pd.DatetimeIndex([item.datetime.replace(tzinfo=None) for item in items])
+    cube = xr.Dataset({"green": band("green", True), "swir16": band("swir16", True),
+                       "qa_pixel": band("qa_pixel", False)})
+    return cube.assign_coords(time=times, id=("time", [item.id for item in items]))
+
+
+def truth_for(truth: xr.Dataset, ids) -> xr.Dataset:
+    """The truth rows of the scenes ``ids`` (scene ids survive masking as a coordinate)."""
+    order = {scene: i for i, scene in enumerate(truth.id.values)}
+    return truth.isel(time=[order[scene] for scene in ids])
+
+
+def _sample_alignment_error(cube: xr.Dataset, catalog) -> tuple[float, int]:
+    """mask -> ndsi -> align on ``cube``; RMSE vs truth over scenes with structure, and their count."""
+    snow = cube.glacier.mask().glacier.ndsi()
+    out = align(snow.chunk({"y": -1, "x": -1})).compute()
+    truth = truth_for(gx.sample.open_truth(catalog), out.id.values)
+    # Scenes with structure to register on: at least 15 % of the observed pixels snow-free
+    # (NDSI < 0.3).  Fully snow-covered winter scenes are featureless in NDSI (a ratio that
+    # cancels the shading of the terrain), so no method can register them; on this sample
+    # the RMSE over all scenes is about 0.85 px.
+    observed = snow.notnull().sum(["y", "x"])
+    bare = (snow < 0.3).sum(["y", "x"])
+    usable = (bare / observed >= 0.15).values
+    truth_shifts = np.stack([truth.shift_x.values, truth.shift_y.values], axis=1)[usable]
+    return _residual_rmse(out.isel(time=usable), truth_shifts), int(usable.sum())
+
+
+@pytest.mark.slow
+def test_align__sample_mask_ndsi_align_recovers_true_misregistration(sample_catalog):
+    if not (_has("glacierxr.qa") and _has("glacierxr.indices")):
+        pytest.skip("glacierxr.qa / glacierxr.indices not available yet")
+    rmse, count = _sample_alignment_error(load_sample(sample_catalog), sample_catalog)
+    assert count >= 6
+    assert rmse <= 0.3  # measured 0.19 px (seed 0, 96 x 96, 2018-2019)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    raises=ValueError,
+    strict=False,
+    reason="gx.load(...).glacier.mask() fails in dask ('Missing dependency ... getitem'); io/qa bug, reported",
+)
+def test_align__sample_through_gx_load_recovers_true_misregistration(sample_catalog):
+    if not (_has("glacierxr.io") and _has("glacierxr.qa") and _has("glacierxr.indices")):
+        pytest.skip("glacierxr.load / qa / indices not available yet")
+    rmse, count = _sample_alignment_error(load_sample(sample_catalog, via="gx.load"), sample_catalog)
+    assert count >= 6
+    assert rmse <= 0.3
