@@ -40,7 +40,7 @@ def tiny(name: str, *, height: int = 16, width: int = 16, input_steps: int = 2, 
     kwargs = {
         "lstm": dict(height=height, width=width, hidden_size=32, embedding_size=32),
         "convlstm": dict(hidden_channels=(8,)),
-        "unet": dict(input_steps=input_steps, base_channels=4, depth=2),
+        "unet": dict(input_steps=input_steps, base_channels=8, depth=2),
         "transformer": dict(
             patch_size=4,
             d_model=16,
@@ -169,6 +169,14 @@ def test_forward__eval_mode_is_deterministic(name):
     inputs = torch.rand(2, 2, 1, 16, 16)
     with torch.no_grad():
         assert torch.equal(model(inputs, steps=3), model(inputs, steps=3))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward__runs_in_float64(name):
+    torch.manual_seed(0)
+    model = tiny(name, height=20, width=24).double()
+    out = model(torch.rand(1, 2, 1, 20, 24, dtype=torch.float64), steps=3)
+    assert out.dtype == torch.float64 and out.shape == (1, 3, 1, 20, 24)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -307,17 +315,19 @@ def test_lstm__peephole_option_builds_peephole_cells_and_runs():
     assert model(torch.rand(2, 3, 1, 16, 16), steps=2).shape == (2, 2, 1, 16, 16)
 
 
-def test_unet__odd_sizes_are_padded_and_cropped_back_without_border_effects():
+@pytest.mark.parametrize("name", ["unet", "transformer", "vit"])
+def test_padding__odd_sizes_are_edge_padded_and_cropped_back(name):
+    """15 x 14 frames give what the model gives on the same frames edge-padded to 16 x 16,
+    cropped back (one step: later steps feed the cropped prediction back)."""
     torch.manual_seed(0)
-    model = tiny("unet", input_steps=2).eval()  # depth 2: multiples of 4
-    inputs = torch.rand(1, 2, 1, 16, 16)
+    model = tiny(name).eval()  # unet depth 2 and patch_size 4: multiples of 4
+    inputs = torch.rand(1, 2, 1, 15, 14)
+    padded = torch.nn.functional.pad(inputs[0], (0, 2, 0, 1), mode="replicate")[None]
     with torch.no_grad():
-        whole = model(inputs, steps=1)
-        # a 15x14 crop padded by replication back to 16x16 sees the same pixels inside, so the
-        # prediction differs only near the padded border
-        part = model(inputs[..., :15, :14], steps=1)
+        part = model(inputs, steps=1)
+        whole = model(padded, steps=1)
     assert part.shape == (1, 1, 1, 15, 14)
-    torch.testing.assert_close(part[..., :8, :8], whole[..., :8, :8])
+    torch.testing.assert_close(part, whole[..., :15, :14])
 
 
 def test_block_causal_mask__frames_see_only_themselves_and_the_past():
@@ -333,27 +343,36 @@ def test_block_causal_mask__frames_see_only_themselves_and_the_past():
 # ----------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("name", MODELS)
 def test_training__overfits_one_small_batch(name):
-    """Loss falls tenfold and below a tenth of the targets' variance (beats any constant)."""
+    """The free-running forecast's loss falls tenfold and below a tenth of the targets' variance
+    (so it beats any constant prediction) within 300 AdamW steps; seeds fixed.
+
+    Checked over 8 seeds while writing: every model got there in at most 220 steps.
+    """
     torch.manual_seed(0)
     data = moving_blobs(batch=4, frames=4, size=16)
     inputs, targets = data[:, :2], data[:, 2:]
     variance = float(((targets - targets.mean()) ** 2).mean())
     model = tiny(name)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(300):
+
+    def free_running_loss() -> float:
+        model.eval()
+        with torch.no_grad():  # no teacher forcing: the model runs on its own predictions
+            loss = float(((model(inputs, steps=2) - targets) ** 2).mean())
+        model.train()
+        return loss
+
+    initial = free_running_loss()
+    for step in range(300):
         prediction = model(inputs, targets=targets, teacher_forcing=0.5)
         loss = ((prediction - targets) ** 2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-        if len(losses) > 20 and losses[-1] < min(losses[0] / 10, variance / 10):
+        if step % 5 == 4 and free_running_loss() < min(initial, variance) / 10:
             break
-    model.eval()
-    with torch.no_grad():  # free-running forecast, no teacher forcing
-        final = float(((model(inputs, steps=2) - targets) ** 2).mean())
-    assert final < losses[0] / 10, (losses[0], final)
+    final = free_running_loss()
+    assert final < initial / 10, (initial, final)
     assert final < variance / 10, (variance, final)
 
 

@@ -4,15 +4,13 @@ Every model maps ``(batch, input_steps, 1, height, width)`` past snow-mask patch
 ``(batch, steps, 1, height, width)`` future ones (see :mod:`glacierxr.ml.models.base` for the
 call convention, teacher forcing and the output range).
 
-========== ================================================= ==========================
-name       model                                             patch size it accepts
-========== ================================================= ==========================
-lstm       encoder–decoder LSTM over flattened patches       fixed (``height, width``)
-convlstm   ConvLSTM encoder–forecaster                       any
-unet       U-Net rolled forward one frame at a time           any (padded internally)
-transformer Transformer–LSTM hybrid, start token, causal mask any (padded internally)
-vit        Vision Transformer with learned future queries     any (padded internally)
-========== ================================================= ==========================
+- ``lstm`` — encoder–decoder LSTM over flattened patches; fixed patch size (``height``,
+  ``width`` constructor arguments).
+- ``convlstm`` — ConvLSTM encoder–forecaster; any patch size.
+- ``unet`` — U-Net predicting the next frame, rolled forward; any size (padded internally).
+- ``transformer`` — Transformer–LSTM hybrid with a start token and a causal decoder; any size
+  (padded internally).
+- ``vit`` — Vision Transformer with learned future-frame queries; any size (padded internally).
 
 Examples
 --------

@@ -181,11 +181,13 @@ class TransformerLSTM(ForecastModel):
         """Embed padded ``frames (B, k, 1, Hp, Wp)`` at times ``first_time …`` → (B, k, N, d)."""
         tokens = self.patches.embed(frames)
         times = torch.arange(first_time, first_time + frames.shape[1], device=frames.device)
-        return tokens + space + sinusoidal(times, self.d_model)[:, None, :]
+        time_code = sinusoidal(times, self.d_model).to(tokens.dtype)
+        return tokens + space + time_code[:, None, :]
 
     def _start(self, batch: int, time: int, space):
         """START tokens at every tile position, for the frame at index ``time`` → (B, 1, N, d)."""
         position = sinusoidal(torch.tensor([time], device=space.device), self.d_model)
+        position = position.to(space.dtype)
         start = self.start_token + space + position  # (N, d)
         return start.expand(batch, 1, *start.shape)
 
@@ -212,6 +214,7 @@ class TransformerLSTM(ForecastModel):
         padded, _, _ = pad_to_multiple(inputs, p)
         padded_h, padded_w = padded.shape[-2:]
         space = spatial_encoding(padded_h // p, padded_w // p, self.d_model, inputs.device)
+        space = space.to(inputs.dtype)
         tokens = space.shape[0]
 
         encoded = self._tokens(padded, 0, space)

@@ -28,7 +28,9 @@ class VisionTransformerForecaster(ForecastModel):
     a token (Dosovitskiy et al., 2020); sinusoidal encodings of the tile's row and column and of
     its frame's time (input frames at times ``-input_steps … -1``) are added.  For each of the
     ``output_steps`` future frames a learned query embedding, plus the same space encodings and
-    the encoding of its future time ``0 … output_steps - 1``, gives one query token per tile.
+    the encoding of its future time ``0 … output_steps - 1``, plus the embedding of the last
+    observed frame's tile at the same place, gives one query token per tile (starting each query
+    from what is there now makes persistence easy to learn and speeds training up markedly).
     A pre-norm ViT encoder (multi-head self-attention and GELU MLP blocks with residual
     connections, final LayerNorm) attends over all input and query tokens together, and a
     linear head turns each query token back into its tile's pixels.
@@ -132,15 +134,21 @@ class VisionTransformerForecaster(ForecastModel):
         padded, _, _ = pad_to_multiple(window, p)
         padded_h, padded_w = padded.shape[-2:]
         space = spatial_encoding(padded_h // p, padded_w // p, d, window.device)  # (N, d)
+        space = space.to(window.dtype)
         tokens = space.shape[0]
         past = torch.arange(-time, 0, device=window.device)
         coming = torch.arange(0, future, device=window.device)
-        inputs = self.patches.embed(padded) + space + sinusoidal(past, d)[:, None, :]
-        queries = (self.queries + sinusoidal(coming, d))[:, None, :] + space  # (future, N, d)
+        past_code = sinusoidal(past, d).to(window.dtype)
+        coming_code = sinusoidal(coming, d).to(window.dtype)
+        embedded = self.patches.embed(padded)  # (B, T, N, d)
+        inputs = embedded + space + past_code[:, None, :]
+        # each future tile's query starts from the last observed tile at the same place
+        queries = (self.queries + coming_code)[:, None, :] + space  # (future, N, d)
+        queries = queries + embedded[:, -1:]  # (B, future, N, d)
         sequence = torch.cat(
             [
                 inputs.reshape(batch, time * tokens, d),
-                queries.reshape(1, future * tokens, d).expand(batch, -1, -1),
+                queries.reshape(batch, future * tokens, d),
             ],
             dim=1,
         )
