@@ -362,11 +362,6 @@ def test_align__sample_mask_ndsi_align_recovers_true_misregistration(sample_cata
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=False,
-    reason="gx.load(...).glacier.mask() fails in dask ('Missing dependency ... getitem'); io/qa bug, reported",
-)
 def test_align__sample_through_gx_load_recovers_true_misregistration(sample_catalog):
     if not (_has("glacierxr.io") and _has("glacierxr.qa") and _has("glacierxr.indices")):
         pytest.skip("glacierxr.load / qa / indices not available yet")
