@@ -339,12 +339,14 @@ def test_flow__real_yahtse_arrow_figure(yahtse, tmp_path):
 # the embedded sample: consecutive clear scenes vs the true ice velocity
 # ------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_flow__sample_bare_ice_motion_matches_truth(sample_catalog):
-    if importlib.util.find_spec("glacierxr.qa") is None:
-        pytest.skip("glacierxr.qa not available yet")
+@pytest.mark.parametrize("via", ["rioxarray", "gx.load"])
+def test_flow__sample_bare_ice_motion_matches_truth(sample_catalog, via):
+    needed = ["glacierxr.qa", "glacierxr.indices"] + (["glacierxr.io"] if via == "gx.load" else [])
+    if any(importlib.util.find_spec(module) is None for module in needed):
+        pytest.skip(f"{needed} not all available yet")
     from test_align import load_sample
 
-    cube = load_sample(sample_catalog).glacier.mask(drop=False)
+    cube = load_sample(sample_catalog, via=via).glacier.mask(drop=False).compute()
     snow_free = (cube.glacier.ndsi() < 0.3).values  # bare rock in the scene itself
     truth = gx.sample.open_truth(sample_catalog)
     qa = cube.qa_pixel.values.astype(np.int64)
