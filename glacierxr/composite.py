@@ -33,33 +33,37 @@ _MONTH_NAMES = {
 }
 
 
-def _reduce_block(block: np.ndarray, *, how: str) -> np.ndarray:
+def _reduce_block(block: np.ndarray, *, how: str, min_count: int = 1) -> np.ndarray:
     """Reduce axis 0 (the scenes of one period) to length 1, skipping NaN, without warnings.
 
-    ``how`` is a reduction of :func:`monthly` or ``"sum"`` (count of True in a boolean block).
-    All-NaN pixels give NaN (numpy's nan-functions would warn there, and warning filters are not
-    thread-safe under Dask's threaded scheduler, so the reductions are written warning-free).
+    ``how`` is a reduction of :func:`monthly` (pixels with fewer than ``min_count`` valid values
+    give NaN), ``"sum"`` (count of True in a boolean block) or ``"enough"`` (True where at
+    least ``min_count`` values are True). numpy's nan-functions would warn on all-NaN pixels,
+    and warning filters are not thread-safe under Dask's threaded scheduler, so the reductions
+    are written warning-free.
     """
     values = np.asarray(block)
     if how == "sum":
         return values.sum(axis=0, keepdims=True, dtype=np.int64)
+    if how == "enough":
+        return values.sum(axis=0, keepdims=True, dtype=np.int64) >= min_count
     valid = ~np.isnan(values)
+    count = valid.sum(axis=0, keepdims=True)
     if how == "mean":
-        count = valid.sum(axis=0, keepdims=True)
         total = np.where(valid, values, 0).sum(axis=0, keepdims=True, dtype=np.float64)
-        out = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        out = total / np.maximum(count, 1)
     elif how == "max":
         out = np.fmax.reduce(values, axis=0, keepdims=True)
     elif how == "min":
         out = np.fmin.reduce(values, axis=0, keepdims=True)
     else:  # median
-        empty = ~valid.any(axis=0, keepdims=True)
+        empty = count == 0
         out = np.nanmedian(np.where(empty, 0, values), axis=0, keepdims=True)
-        out = np.where(empty, np.nan, out)
+    out = np.where(count >= min_count, out, np.nan)
     return out.astype(values.dtype, copy=False)
 
 
-def _per_period(data, sizes: tuple[int, ...], *, how: str, dtype) -> np.ndarray:
+def _per_period(data, sizes: tuple[int, ...], *, how: str, min_count: int, dtype) -> np.ndarray:
     """Apply :func:`_reduce_block` to consecutive runs of ``sizes`` scenes along axis 0."""
     if dask.is_dask_collection(data):
         # One chunk per period (neighbouring scene chunks merge, big ones split): the graph has
@@ -68,12 +72,13 @@ def _per_period(data, sizes: tuple[int, ...], *, how: str, dtype) -> np.ndarray:
         return aligned.map_blocks(
             _reduce_block,
             how=how,
+            min_count=min_count,
             chunks=((1,) * len(sizes),) + aligned.chunks[1:],
             dtype=dtype,
             meta=np.empty((0,) * data.ndim, dtype=dtype),
         )
     parts = np.split(np.asarray(data), np.cumsum(sizes)[:-1], axis=0)
-    return np.concatenate([_reduce_block(part, how=how) for part in parts], axis=0)
+    return np.concatenate([_reduce_block(p, how=how, min_count=min_count) for p in parts], axis=0)
 
 
 def _interpolate_block(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -320,19 +325,19 @@ def monthly(
     other_dims = [d for d in clean.dims if d != time_dim]
     fixed_coords = {k: v for k, v in clean.coords.items() if time_dim not in v.dims}
 
-    def composite_of(values: xr.DataArray, reduction: str, dtype) -> xr.DataArray:
+    def composite_of(values: xr.DataArray, reduction: str, dtype, fill) -> xr.DataArray:
         values = values.transpose(time_dim, *other_dims)
-        reduced = _per_period(values.data, sizes, how=reduction, dtype=dtype)
+        reduced = _per_period(values.data, sizes, how=reduction, min_count=min_count, dtype=dtype)
         out = xr.DataArray(reduced, dims=values.dims, coords=fixed_coords)
         out = out.assign_coords({time_dim: pd.DatetimeIndex(starts)})
-        fill = 0 if reduction == "sum" else np.nan
         return out.reindex({time_dim: grid}, fill_value=fill)
 
-    composite = composite_of(clean, how, clean.dtype)
-    count = composite_of(valid, "sum", np.int64)
-    enough = count >= min_count
-    composite = composite.where(enough)
-    other_dims = [d for d in composite.dims if d != time_dim]
+    # The composite, the counts and the per-period flag are built from the scenes side by side,
+    # never one from another: a Dask variable that is also an intermediate of another variable of
+    # the same object trips dask.compute on distributed clusters (pydata/xarray#11329).
+    composite = composite_of(clean, how, clean.dtype, np.nan)
+    count = composite_of(valid, "sum", np.int64, 0)
+    enough = composite_of(valid, "enough", bool, False)
     empty_period = ~enough.any(other_dims) if other_dims else ~enough
 
     if interpolate:
@@ -351,7 +356,7 @@ def monthly(
         )
         interpolated = empty_period
     else:
-        interpolated = xr.zeros_like(empty_period, dtype=bool)
+        interpolated = xr.DataArray(np.zeros(len(grid), bool), dims=time_dim)
 
     composite = composite.transpose(time_dim, *other_dims)
     count = count.transpose(*composite.dims)
@@ -368,7 +373,7 @@ def monthly(
     }
     if observed is not None:
         coords["observed_count"] = (
-            composite_of(valid_observed, "sum", np.int64)
+            composite_of(valid_observed, "sum", np.int64, 0)
             .reset_coords(drop=True)
             .assign_attrs(units="1", long_name="observed (not gap-filled) valid observations")
         )

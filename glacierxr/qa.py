@@ -225,6 +225,27 @@ def _check_dims(da: xr.DataArray, dims: Iterable[Hashable], *, what: str) -> Non
         )
 
 
+def _passthrough(da: xr.DataArray) -> xr.DataArray:
+    """``da`` behind one cheap copy task per chunk, when Dask-backed.
+
+    :func:`mask` returns the QA variable and bands computed from it. If the returned QA
+    variable were the very array the bands are computed from, one output variable would be an
+    intermediate of another, a pattern that makes ``dask.compute(ds)`` fail
+    (pydata/xarray#11329). A copy layer on top keeps the two apart; nothing is computed.
+    """
+    if not dask.is_dask_collection(da.data):
+        return da
+    return da.copy(data=da.data.map_blocks(np.copy, dtype=da.dtype, name=f"passthrough-{da.data.name}"))
+
+
+def _missing_fraction(ds, flagged, *, bands, y_dim, x_dim) -> xr.DataArray:
+    """Per-scene fraction of pixels flagged in QA or NaN in any band, from the inputs; lazy."""
+    missing = flagged
+    for band in bands:
+        missing = missing | ds[band].isnull().reset_coords(drop=True)
+    return missing.mean((y_dim, x_dim))
+
+
 def mask(
     ds: xr.Dataset,
     *,
@@ -334,13 +355,7 @@ def mask(
             "Widen the search (dates, bbox, max_cloud) before masking."
         )
 
-    flagged = decode_qa(ds[qa], flags=flags).reset_coords(drop=True)
-    out = ds.copy()
-    for band in bands:
-        out[band] = ds[band].where(~flagged)
-    fraction = missing_fraction(out, bands=bands, y_dim=y_dim, x_dim=x_dim)
-    fraction = fraction.reset_coords(drop=True)
-    if fraction.dims != (time_dim,):
+    if ds[bands[0]].isel({y_dim: 0, x_dim: 0}, drop=True).dims != (time_dim,):
         raise DimensionError(
             f"missing_fraction must be one number per scene, but the bands have dimensions "
             f"{list(ds[bands[0]].dims)}. Select or stack the extra dimensions first."
@@ -348,8 +363,12 @@ def mask(
 
     dropped = 0
     if drop:
+        # The one, small, per-scene compute; then the scenes are selected on the *inputs*, so
+        # the returned graph is as simple as without dropping.
+        flagged = decode_qa(ds[qa].reset_coords(drop=True), flags=flags)
+        fraction = _missing_fraction(ds, flagged, bands=bands, y_dim=y_dim, x_dim=x_dim)
         if dask.is_dask_collection(fraction.data):
-            (values,) = dask.compute(fraction.data)  # the one, small, per-scene compute
+            (values,) = dask.compute(fraction.data)
         else:
             values = np.asarray(fraction.data)
         keep = values <= max_missing
@@ -359,13 +378,23 @@ def mask(
                 f"pixels missing (lowest missing_fraction: {np.nanmin(values):.3f}). "
                 "Raise max_missing (e.g. max_missing=0.8), mask fewer flags, or widen the search."
             )
-        fraction = fraction.copy(data=values)
         dropped = int((~keep).sum())
-        out = out.assign_coords(missing_fraction=fraction)
         if dropped:
-            out = out.isel({time_dim: np.flatnonzero(keep)})
+            ds = ds.isel({time_dim: np.flatnonzero(keep)})
+        fraction = xr.DataArray(values[keep], dims=time_dim)
     else:
-        out = out.assign_coords(missing_fraction=fraction)
+        fraction = None
+
+    flagged = decode_qa(ds[qa].reset_coords(drop=True), flags=flags)
+    out = ds.copy()
+    out[qa] = _passthrough(ds[qa])
+    for band in bands:
+        out[band] = ds[band].where(~flagged)
+    if fraction is None:
+        # Built from the inputs and the same decoded flags, not from the masked bands: no output
+        # variable may be an intermediate of another (see _passthrough).
+        fraction = _missing_fraction(ds, flagged, bands=bands, y_dim=y_dim, x_dim=x_dim)
+    out = out.assign_coords(missing_fraction=fraction)
     out["missing_fraction"].attrs = {
         "units": "1",
         "long_name": "fraction of masked or missing pixels in the scene",

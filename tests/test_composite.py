@@ -204,9 +204,8 @@ def test_monthly__one_step_per_period_and_counts_add_up(days, months, anchor, se
         inside = np.array([(start <= d) & (d < out.period_end.values[k]) for d in dates])
         np.testing.assert_array_equal(out.observation_count.values[k], valid[inside].sum(axis=0))
         if inside.any():
-            with np.errstate(invalid="ignore"), pd.option_context("mode.chained_assignment", None):
-                counts = valid[inside].sum(axis=0)
-                means = np.nansum(np.where(valid[inside], values[inside], 0), axis=0) / np.maximum(counts, 1)
+            counts = valid[inside].sum(axis=0)
+            means = np.where(valid[inside], values[inside], 0).sum(axis=0) / np.maximum(counts, 1)
             np.testing.assert_allclose(out.values[k][counts > 0], means[counts > 0], rtol=1e-5)
         assert bool(out.interpolated.values[k]) == (valid[inside].sum() == 0)
 
@@ -226,6 +225,23 @@ def test_monthly__lazy_with_chunked_time_and_equal_to_numpy():
     assert lazy.chunks[2] == (2, 2, 1)  # spatial chunks kept
     assert lazy.interpolated.values.any()
     xr.testing.assert_identical(lazy.compute(), eager)
+
+
+@pytest.mark.slow
+def test_monthly__whole_chain_on_a_distributed_cluster(local_cluster):
+    from glacierxr.indices import snow_mask
+    from glacierxr.testing import make_scene_cube
+
+    def chain(cube):
+        masked = mask(cube, max_missing=0.3)
+        return monthly(fill_gaps(snow_mask(ndsi(masked))), months=1)
+
+    kwargs = dict(times=10, height=24, width=20, cloud_fraction=0.25, seed=4)
+    eager = chain(make_scene_cube(**kwargs))
+    lazy = chain(make_scene_cube(**kwargs, chunks={"time": 1, "y": 12, "x": 10}))
+    assert lazy.chunks is not None
+    result = local_cluster.compute(lazy).result()
+    xr.testing.assert_identical(result, eager)
 
 
 # ---------------------------------------------------------------- bad input

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -242,6 +243,38 @@ def test_mask__numpy_and_dask_agree():
     eager = mask(make_scene_cube(times=5, height=8, width=8, cloud_fraction=0.3), max_missing=0.4)
     lazy = mask(make_scene_cube(times=5, height=8, width=8, cloud_fraction=0.3, chunks={"time": 2}), max_missing=0.4)
     xr.testing.assert_identical(eager, lazy.compute())
+
+
+def stacked_like_load(**kwargs) -> xr.Dataset:
+    """Bands cut out of one Dask array (like stackstac output split by band): the variables are
+    intermediates of a shared graph, not leaves."""
+    cube = make_scene_cube(**kwargs)
+    stack = xr.concat(
+        [cube[name].astype("float64") for name in ("green", "swir16", "qa_pixel")], dim="band"
+    ).assign_coords(band=["green", "swir16", "qa_pixel"])
+    ds = stack.chunk({"time": 1, "band": 1}).to_dataset("band")
+    ds["qa_pixel"] = ds.qa_pixel.astype("uint16")
+    return ds
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_mask__dask_compute_of_the_whole_dataset_works(drop):
+    # The QA band is returned *and* used to mask the bands; without care one output variable is an
+    # intermediate of another, which breaks dask.compute(ds) (pydata/xarray#11329).
+    ds = stacked_like_load(times=6, height=8, width=8, cloud_fraction=0.3)
+    out = mask(ds, drop=drop, max_missing=0.4)
+    (computed,) = dask.compute(out)
+    expected = mask(ds.compute(), drop=drop, max_missing=0.4)
+    xr.testing.assert_allclose(computed, expected)
+
+
+@pytest.mark.slow
+def test_mask__on_a_distributed_cluster(local_cluster):
+    ds = stacked_like_load(times=6, height=8, width=8, cloud_fraction=0.3)
+    for drop in (False, True):
+        out = mask(ds, drop=drop, max_missing=0.4)
+        computed = local_cluster.compute(out).result()
+        xr.testing.assert_allclose(computed, mask(ds.compute(), drop=drop, max_missing=0.4))
 
 
 # ---------------------------------------------------------------- mask: bad input
