@@ -1,4 +1,4 @@
-"""The model zoo: registry, call convention, teacher forcing, configs, and that each model learns."""
+"""The model zoo: registry, call convention, teacher forcing, configs, and that models learn."""
 
 from __future__ import annotations
 

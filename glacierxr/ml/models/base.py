@@ -29,7 +29,7 @@ from torch import nn
 
 from glacierxr.errors import DimensionError, ModelError
 
-__all__ = ["ForecastModel"]
+__all__ = ["ForecastModel", "count_parameters"]
 
 
 class ForecastModel(nn.Module):
@@ -244,9 +244,9 @@ def spatial_encoding(rows: int, cols: int, dim: int, device=None) -> torch.Tenso
     """
     row = sinusoidal(torch.arange(rows, device=device), dim // 2)
     col = sinusoidal(torch.arange(cols, device=device), dim // 2)
+    half = dim // 2
     grid = torch.cat(
-        [row[:, None, :].expand(rows, cols, dim // 2), col[None, :, :].expand(rows, cols, dim // 2)],
-        dim=-1,
+        [row[:, None, :].expand(rows, cols, half), col[None, :, :].expand(rows, cols, half)], dim=-1
     )
     return grid.reshape(rows * cols, dim)
 

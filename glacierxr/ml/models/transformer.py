@@ -178,7 +178,7 @@ class TransformerLSTM(ForecastModel):
 
     # -------------------------------------------------------------------- pieces
     def _tokens(self, frames, first_time: int, space):
-        """Embed padded ``frames (B, k, 1, Hp, Wp)`` at times ``first_time …`` → (B, k, N, d)."""
+        """Embed padded ``frames (B, k, 1, Hp, Wp)`` from time ``first_time`` → (B, k, N, d)."""
         tokens = self.patches.embed(frames)
         times = torch.arange(first_time, first_time + frames.shape[1], device=frames.device)
         time_code = sinusoidal(times, self.d_model).to(tokens.dtype)

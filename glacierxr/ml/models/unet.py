@@ -44,7 +44,8 @@ class UNet(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.dropout = nn.Dropout(dropout)  # end of the contracting path, as in the original
         self.up = nn.ModuleList(
-            nn.ConvTranspose2d(widths[k + 1], widths[k], 2, stride=2) for k in reversed(range(depth))
+            nn.ConvTranspose2d(widths[k + 1], widths[k], 2, stride=2)
+            for k in reversed(range(depth))
         )
         self.up_conv = nn.ModuleList(
             _double_conv(2 * widths[k], widths[k]) for k in reversed(range(depth))
