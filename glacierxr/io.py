@@ -41,6 +41,7 @@ import rasterio
 import rioxarray  # noqa: F401  (registers .rio)
 import stackstac
 import xarray as xr
+from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.warp import transform_bounds
 from stackstac.nodata_reader import NodataReader, exception_matches, nodata_for_window
@@ -298,8 +299,8 @@ def _epsg_of(fields: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _as_dicts(items) -> list[tuple[dict, dict[str, str]]]:
-    """Items as (dict, absolute asset hrefs); accepts ItemCollection, pystac Items or dicts."""
+def _as_dicts(items) -> list[tuple[dict, Any]]:
+    """Items as (dict, href resolver); accepts ItemCollection, pystac Items or dicts."""
     import pystac
 
     if isinstance(items, (dict, pystac.Item)):
@@ -315,13 +316,7 @@ def _as_dicts(items) -> list[tuple[dict, dict[str, str]]]:
     out = []
     for position, item in enumerate(items):
         if isinstance(item, pystac.Item):
-            hrefs = {
-                key: asset.href
-                if urlsplit(asset.href).scheme or os.path.isabs(asset.href)
-                else (asset.get_absolute_href() or asset.href)
-                for key, asset in item.assets.items()
-            }
-            out.append((item.to_dict(include_self_link=True, transform_hrefs=False), hrefs))
+            out.append((item.to_dict(include_self_link=True, transform_hrefs=False), item))
         elif isinstance(item, Mapping):
             if "assets" not in item or "properties" not in item:
                 raise DataTypeError(
@@ -332,21 +327,27 @@ def _as_dicts(items) -> list[tuple[dict, dict[str, str]]]:
                 (link.get("href") for link in item.get("links", ()) if link.get("rel") == "self"),
                 None,
             )
-            hrefs = {}
-            for key, asset in item["assets"].items():
-                href = asset.get("href", "")
-                if base and href and not urlsplit(href).scheme and not os.path.isabs(href):
-                    href = urljoin(base, href) if "://" in base else os.path.normpath(
-                        os.path.join(os.path.dirname(base), href)
-                    )
-                hrefs[key] = href
-            out.append((item, hrefs))
+            out.append((item, base))
         else:
             raise DataTypeError(
                 f"Item {position} is a {type(item).__name__}; load() takes pystac.Item objects, "
                 "a pystac.ItemCollection or STAC Item dicts."
             )
     return out
+
+
+def _absolute_href(href: str, origin) -> str:
+    """``href`` made absolute against the item it came from (a pystac Item or a self href)."""
+    if not href or "://" in href or os.path.isabs(href) or origin is None:
+        return href
+    if not isinstance(origin, str):  # pystac.Item: let pystac resolve it (catalog layout)
+        for asset in origin.assets.values():
+            if asset.href == href:
+                return asset.get_absolute_href() or href
+        return href
+    if "://" in origin:
+        return urljoin(origin, href)
+    return os.path.normpath(os.path.join(os.path.dirname(origin), href))
 
 
 def _band_metadata(band: str, asset: Mapping[str, Any], href: str, item_id: str) -> _Band:
@@ -408,7 +409,7 @@ def _native_box(fields: Mapping[str, Any]) -> tuple | None:
 def _scenes(items, bands: Sequence[str]) -> tuple[list[_Scene], list[dict]]:
     """Validate items; return scene records and the plain dicts handed to stackstac."""
     scenes, plain = [], []
-    for index, (item, hrefs) in enumerate(_as_dicts(items)):
+    for index, (item, origin) in enumerate(_as_dicts(items)):
         item_id = str(item.get("id", f"<item {index}>"))
         properties = item.get("properties") or {}
         collection = item.get("collection")
@@ -451,7 +452,7 @@ def _scenes(items, bands: Sequence[str]) -> tuple[list[_Scene], list[dict]]:
                     "search items that have it."
                 )
             asset = dict(assets[key])
-            asset["href"] = hrefs.get(key, asset.get("href"))
+            asset["href"] = _absolute_href(asset.get("href", ""), origin)
             asset_epsg = _epsg_of(asset)
             if asset_epsg is not None:
                 asset["proj:epsg"] = asset_epsg
@@ -579,23 +580,61 @@ def _groups(scenes: Sequence[_Scene], groupby: str | None) -> list[list[int]]:
     return sorted(by_day.values(), key=lambda positions: scenes[positions[0]].time)
 
 
-def _merge_groups(array: xr.DataArray, groups: list[list[int]], nodata) -> xr.DataArray:
-    """One time step per group: stackstac.mosaic (last on top) where a group has several."""
-    if all(len(g) == 1 for g in groups):
-        return array.isel(time=[g[0] for g in groups])
-    pieces, run = [], []
-    for group in groups:
-        if len(group) == 1:
-            run.append(group[0])
-            continue
-        if run:
-            pieces.append(array.isel(time=run))
-            run = []
-        merged = stackstac.mosaic(array.isel(time=group), dim="time", nodata=nodata)
-        pieces.append(merged.expand_dims("time"))
-    if run:
-        pieces.append(array.isel(time=run))
-    return xr.concat(pieces, dim="time", coords="minimal", compat="override", join="override")
+def _mosaic_block(block: np.ndarray, *, nodata) -> np.ndarray:
+    """Flatten the scenes of one group (axis 0): the last valid pixel wins.
+
+    The same rule as :func:`stackstac.mosaic` (last on top), for one Dask block holding all the
+    scenes of one solar day.
+    """
+    out = np.array(block[-1], copy=True)
+    for layer in block[-2::-1]:
+        invalid = np.isnan(out) if np.isnan(nodata) else out == nodata
+        if not invalid.any():
+            break
+        out[invalid] = layer[invalid]
+    return out[np.newaxis]
+
+
+def _merge_groups(data, group_sizes: Sequence[int], nodata):
+    """One time step per group; ``data``'s time chunks are the groups (one block each)."""
+    if all(size == 1 for size in group_sizes):
+        return data
+    return data.map_blocks(
+        _mosaic_block,
+        nodata=nodata,
+        chunks=((1,) * len(group_sizes),) + data.chunks[1:],
+        dtype=data.dtype,
+        token="glacierxr-mosaic",
+    )
+
+
+def _stackstac_overlaps(scene_plain: Mapping[str, Any], epsg: int, bounds) -> bool:
+    """Whether stackstac will keep this item for ``bounds`` (mirrors its prepare_items rule)."""
+    from stackstac import geom_utils
+
+    properties = scene_plain["properties"]
+    for asset in scene_plain["assets"].values():
+        asset_epsg = asset.get("proj:epsg", properties.get("proj:epsg"))
+        asset_bbox = asset.get("proj:bbox", properties.get("proj:bbox"))
+        shape = asset.get("proj:shape", properties.get("proj:shape"))
+        transform = asset.get("proj:transform", properties.get("proj:transform"))
+        if (
+            asset_bbox is not None
+            and asset_epsg is not None
+            and transform == properties.get("proj:transform")
+            and shape == properties.get("proj:shape")
+        ):
+            box = geom_utils.reproject_bounds(asset_bbox, asset_epsg, epsg)
+        elif transform is not None and shape is not None and asset_epsg is not None:
+            af = Affine(*transform[:6])
+            box = geom_utils.bounds_from_affine(af, shape[0], shape[1], asset_epsg, epsg)
+        elif scene_plain.get("bbox") is not None:
+            box = geom_utils.reproject_bounds(scene_plain["bbox"], 4326, epsg)
+        else:
+            return True
+        if geom_utils.bounds_overlap(box, bounds):
+            return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------
@@ -636,8 +675,11 @@ def _source(scenes: Sequence[_Scene]) -> str:
     return os.path.dirname(prefix) or prefix
 
 
-def _per_time(values, dtype) -> xr.DataArray:
-    return xr.DataArray(np.asarray(values, dtype=dtype), dims="time")
+def _per_time(values, dtype, chunks) -> xr.DataArray:
+    """A per-scene vector chunked like the cube's time axis (so Dask never rechunks it)."""
+    import dask.array
+
+    return xr.DataArray(dask.array.from_array(np.asarray(values, dtype=dtype), chunks=chunks), dims="time")
 
 
 def load(
@@ -770,32 +812,46 @@ def load(
             )
         epsg = counts.most_common(1)[0][0]
     epsg = int(epsg)
-    footprints = [_footprint(s, epsg) for s in scenes]
-    if bbox is not None:
-        query = _check_bbox(bbox)
-        bounds = tuple(transform_bounds(4326, epsg, *query, densify_pts=21))
-        keep = [i for i, fp in enumerate(footprints) if fp is None or _overlaps(fp, bounds)]
-        if not keep:
-            extent = _union(s.lonlat for s in scenes)
-            raise GridError(
-                f"bbox {tuple(query)} does not overlap any of the {len(scenes)} items; their "
-                f"union extent is (west, south, east, north) = "
-                f"({extent[0]:.4f}, {extent[1]:.4f}, {extent[2]:.4f}, {extent[3]:.4f}) degrees. "
-                "Pass a bbox inside that extent, or search again with this bbox."
-            )
-        scenes = [scenes[i] for i in keep]
-        plain = [plain[i] for i in keep]
-    else:
-        bounds = _union(footprints)
-    bounds = _snap(bounds, resolution, _anchor(scenes, epsg, resolution))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", **_LOAD_WARNINGS)
+        if bbox is not None:
+            query = _check_bbox(bbox)
+            bounds = tuple(transform_bounds(4326, epsg, *query, densify_pts=21))
+            bounds = _snap(bounds, resolution, _anchor(scenes, epsg, resolution))
+            keep = [i for i, item in enumerate(plain) if _stackstac_overlaps(item, epsg, bounds)]
+            if not keep:
+                extent = _union(s.lonlat for s in scenes)
+                raise GridError(
+                    f"bbox {tuple(query)} does not overlap any of the {len(scenes)} items; their "
+                    f"union extent is (west, south, east, north) = ({extent[0]:.4f}, "
+                    f"{extent[1]:.4f}, {extent[2]:.4f}, {extent[3]:.4f}) degrees. Pass a bbox "
+                    "inside that extent, or search again with this bbox."
+                )
+            scenes = [scenes[i] for i in keep]
+            plain = [plain[i] for i in keep]
+        else:
+            bounds = _union(_footprint(s, epsg) for s in scenes)
+            bounds = _snap(bounds, resolution, _anchor(scenes, epsg, resolution))
 
+    # --- one Dask block along time per group (solar day) ---------------------------------------
+    groups = _groups(scenes, groupby)
+    order = [i for group in groups for i in group]
+    scenes = [scenes[i] for i in order]
+    plain = [plain[i] for i in order]
+    group_sizes = [len(group) for group in groups]
+    merging = any(size > 1 for size in group_sizes)
+    if merging or chunk_sizes["time"] == 1:
+        time_chunks = tuple(group_sizes)
+    else:
+        step = len(scenes) if chunk_sizes["time"] == -1 else chunk_sizes["time"]
+        time_chunks = tuple(min(step, len(scenes) - i) for i in range(0, len(scenes), step))
     common = dict(
         epsg=epsg,
         resolution=resolution,
         bounds=bounds,
         snap_bounds=False,
         resampling=resampling_enum,
-        chunksize=(1, 1, chunk_sizes["y"], chunk_sizes["x"]),
+        chunksize=(time_chunks, 1, chunk_sizes["y"], chunk_sizes["x"]),
         rescale=False,
         sortby_date=False,
         xy_coords="center",
@@ -804,59 +860,63 @@ def load(
         errors_as_nodata=(AssetReadError(".*"),) if on_error == "skip" else (),
         reader=LandsatReader,
     )
-    variables: dict[str, xr.DataArray] = {}
     reflectance = [b for b in bands if b not in _QA_BANDS]
     qa = [b for b in bands if b in _QA_BANDS]
     stacks = []
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", **_LOAD_WARNINGS)
-        if reflectance:
-            stacks.append(
-                stackstac.stack(
-                    plain, assets=reflectance, dtype=np.dtype("float32"),
-                    fill_value=np.float32(np.nan), **common,
-                )  # fmt: skip
-            )
-        if qa:
-            stacks.append(
-                stackstac.stack(
-                    plain, assets=qa, dtype=np.dtype("uint16"), fill_value=_QA_FILL, **common
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", **_LOAD_WARNINGS)
+            if reflectance:
+                stacks.append(
+                    stackstac.stack(
+                        plain, assets=reflectance, dtype=np.dtype("float32"),
+                        fill_value=np.float32(np.nan), **common,
+                    )  # fmt: skip
                 )
-            )
-    ids = [list(stack["id"].values) for stack in stacks]
-    if any(i != ids[0] for i in ids):
+            if qa:
+                stacks.append(
+                    stackstac.stack(
+                        plain, assets=qa, dtype=np.dtype("uint16"), fill_value=_QA_FILL, **common
+                    )
+                )
+    except ValueError as exc:
+        if "add up" not in str(exc) and "chunks" not in str(exc).lower():
+            raise
         raise GridError(
-            "stackstac kept different items for the reflectance and QA bands (their assets have "
-            "different footprints); load them separately with bands=..."
-        )
-    if ids[0] != [str(s.index) for s in scenes]:
-        # An item whose footprint only touches the bbox edge was left out by stackstac.
-        kept = set(ids[0])
-        scenes = [s for s in scenes if str(s.index) in kept]
-    groups = _groups(scenes, groupby)
-
-    if reflectance:
-        refl = stacks[0]
-        for band in reflectance:
-            meta = [s.bands[band] for s in scenes]
-            dn = refl.sel(band=band, drop=True)
-            nodata = _per_time([np.nan if m.nodata is None else m.nodata for m in meta], "float32")
-            scale = _per_time([m.scale for m in meta], "float64")
-            offset = _per_time([m.offset for m in meta], "float64")
-            dn = dn.where(dn != nodata)
-            value = (dn * scale + offset).astype(np.float32)
-            variables[band] = _merge_groups(value, groups, np.float32(np.nan))
-    if qa:
-        qa_stack = stacks[-1]
-        for band in qa:
-            variables[band] = _merge_groups(
-                qa_stack.sel(band=band, drop=True), groups, _QA_FILL
+            "stackstac left out an item whose footprint only touches the bbox edge; widen or "
+            f"shrink the bbox slightly ({exc})."
+        ) from exc
+    expected = [str(s.index) for s in scenes]
+    for stack in stacks:
+        if list(stack["id"].values) != expected:
+            raise GridError(
+                "stackstac placed the items differently than expected (an item's assets have "
+                "footprints of their own?); load the bands separately with bands=..."
             )
 
-    ds = xr.Dataset({name: variables[name] for name in bands})
-    ds = ds.drop_vars([c for c in ds.coords if c not in ("time", "y", "x")])
-    ds = ds.assign_coords(_group_coords(scenes, groups))
-    if chunk_sizes["time"] != 1:
+    # --- DN -> reflectance, per item; then one time step per group ----------------------------
+    template = stacks[0].isel(band=0, drop=True)
+    y, x = template["y"].values, template["x"].values
+    variables: dict[str, xr.DataArray] = {}
+    for band in reflectance:
+        dn = stacks[0].sel(band=band, drop=True).drop_vars(["time", "id", "epsg"], errors="ignore")
+        meta = [s.bands[band] for s in scenes]
+        chunks_t = dn.chunks[0]
+        nodata = _per_time([np.nan if m.nodata is None else m.nodata for m in meta], "float32", chunks_t)
+        scale = _per_time([m.scale for m in meta], "float64", chunks_t)
+        offset = _per_time([m.offset for m in meta], "float64", chunks_t)
+        value = (dn.where(dn != nodata) * scale + offset).astype(np.float32)
+        variables[band] = _merge_groups(value.data, group_sizes, np.float32(np.nan))
+    for band in qa:
+        dn = stacks[-1].sel(band=band, drop=True)
+        variables[band] = _merge_groups(dn.data, group_sizes, _QA_FILL)
+
+    groups = _contiguous(group_sizes)
+    ds = xr.Dataset(
+        {name: (("time", "y", "x"), variables[name]) for name in bands},
+        coords={"y": y, "x": x, **_group_coords(scenes, groups)},
+    )
+    if merging and chunk_sizes["time"] != 1:
         ds = ds.chunk({"time": chunk_sizes["time"]})
     for name in bands:
         ds[name].attrs = _band_attrs(name)  # replaces stackstac's (spec, transform …)
@@ -874,6 +934,14 @@ def load(
     if bbox is not None:
         ds.attrs["bbox"] = list(map(float, bbox))
     return ds.rio.write_crs(epsg)
+
+
+def _contiguous(sizes: Sequence[int]) -> list[list[int]]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(list(range(start, start + size)))
+        start += size
+    return out
 
 
 def _check_bands(bands) -> tuple[str, ...]:

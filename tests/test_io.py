@@ -278,9 +278,17 @@ def test_load__solar_day_merges_adjacent_rows(path084, tmp_path):
     # rows 073 and 074 of one overpass, 23 s apart, overlapping by half a scene
     first, data_first = make_item(_by_row(path084, "073"), tmp_path, lon=162.0, lat=-20.0, seed=3)
     second, data_second = make_item(_by_row(path084, "074"), tmp_path, lon=162.0, lat=-20.0 - 0.009, seed=4)
-    separate = gx.load([first, second], groupby=None).compute()
-    merged = gx.load([first, second]).compute()
-    assert separate.sizes["time"] == 2 and merged.sizes["time"] == 1
+    # and a scene 16 days later, which stays on its own
+    (tmp_path / "later").mkdir()
+    later, _ = make_item(_by_row(path084, "074"), tmp_path / "later", lon=162.0, lat=-20.0, seed=5)
+    later["id"] = later["id"].replace("20250722", "20250807")
+    later["properties"]["datetime"] = "2025-08-07T23:09:10Z"
+    separate = gx.load([later, first, second], groupby=None).compute()
+    merged = gx.load([later, first, second]).compute()
+    assert separate.sizes["time"] == 3 and merged.sizes["time"] == 2
+    assert_same(merged.green.values[1], separate.green.values[2])
+    assert merged["id"].values[1] == later["id"]
+    separate, merged = separate.isel(time=[0, 1]), merged.isel(time=[0])
     assert merged["id"].values[0] == f"{first['id']}+{second['id']}"  # time order: 073 then 074
     assert merged["time"].values[0] == separate["time"].values[0]
     assert merged["cloud_cover"].values[0] == pytest.approx(
