@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import functools
 import math
 import os
 import re
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
+import dask.array
 import numpy as np
 import pandas as pd
 import rasterio
@@ -43,7 +45,6 @@ import stackstac
 import xarray as xr
 from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.warp import transform_bounds
 from stackstac.nodata_reader import NodataReader, exception_matches, nodata_for_window
 from stackstac.rio_reader import AutoParallelRioReader
 
@@ -381,6 +382,20 @@ def _band_metadata(band: str, asset: Mapping[str, Any], href: str, item_id: str)
     return _Band(href, scale, offset, None if nodata is None else float(nodata), data_type)
 
 
+@functools.lru_cache(maxsize=64)
+def _transformer(src: int, dst: int):
+    from pyproj import Transformer
+
+    return Transformer.from_crs(src, dst, always_xy=True)
+
+
+def _transform_bounds(src: int, dst: int, *bounds: float, densify_pts: int = 21) -> tuple:
+    """``bounds`` (minx, miny, maxx, maxy) in EPSG ``src`` -> EPSG ``dst``, edges densified."""
+    if src == dst:
+        return tuple(bounds)
+    return tuple(_transformer(src, dst).transform_bounds(*bounds, densify_pts=densify_pts))
+
+
 def _lonlat_box(item: Mapping[str, Any], epsg: int | None, proj) -> tuple | None:
     bbox = item.get("bbox")
     if bbox is not None and len(bbox) >= 4:
@@ -388,7 +403,7 @@ def _lonlat_box(item: Mapping[str, Any], epsg: int | None, proj) -> tuple | None
             return (bbox[0], bbox[1], bbox[3], bbox[4])
         return tuple(float(b) for b in bbox[:4])
     if proj is not None and epsg is not None:
-        return tuple(transform_bounds(epsg, 4326, *proj, densify_pts=21))
+        return _transform_bounds(epsg, 4326, *proj)
     return None
 
 
@@ -518,9 +533,9 @@ def _footprint(scene: _Scene, epsg: int) -> tuple[float, float, float, float] | 
     if scene.proj is not None and scene.epsg is not None:
         if scene.epsg == epsg:
             return scene.proj
-        return tuple(transform_bounds(scene.epsg, epsg, *scene.proj, densify_pts=21))
+        return tuple(_transform_bounds(scene.epsg, epsg, *scene.proj, densify_pts=21))
     if scene.lonlat is not None:
-        return tuple(transform_bounds(4326, epsg, *scene.lonlat, densify_pts=21))
+        return tuple(_transform_bounds(4326, epsg, *scene.lonlat, densify_pts=21))
     return None
 
 
@@ -675,11 +690,21 @@ def _source(scenes: Sequence[_Scene]) -> str:
     return os.path.dirname(prefix) or prefix
 
 
-def _per_time(values, dtype, chunks) -> xr.DataArray:
-    """A per-scene vector chunked like the cube's time axis (so Dask never rechunks it)."""
-    import dask.array
+def _per_time(values, time_chunks):
+    """Per-scene values shaped (time, 1, 1), chunked like the cube's time axis (no rechunk)."""
+    array = np.asarray(values, dtype="float64")[:, np.newaxis, np.newaxis]
+    return dask.array.from_array(array, chunks=(time_chunks, 1, 1))
 
-    return xr.DataArray(dask.array.from_array(np.asarray(values, dtype=dtype), chunks=chunks), dims="time")
+
+def _squeeze_band(block: np.ndarray) -> np.ndarray:
+    return block[:, 0]
+
+
+def _dn_to_reflectance(dn, scale, offset, nodata) -> np.ndarray:
+    """float32 DN (NaN outside footprints) -> reflectance; DN == nodata -> NaN."""
+    out = dn.astype(np.float64) * scale + offset
+    out[dn == nodata] = np.nan
+    return out.astype(np.float32)
 
 
 def load(
@@ -816,7 +841,7 @@ def load(
         warnings.filterwarnings("ignore", **_LOAD_WARNINGS)
         if bbox is not None:
             query = _check_bbox(bbox)
-            bounds = tuple(transform_bounds(4326, epsg, *query, densify_pts=21))
+            bounds = tuple(_transform_bounds(4326, epsg, *query, densify_pts=21))
             bounds = _snap(bounds, resolution, _anchor(scenes, epsg, resolution))
             keep = [i for i, item in enumerate(plain) if _stackstac_overlaps(item, epsg, bounds)]
             if not keep:
@@ -860,24 +885,19 @@ def load(
         errors_as_nodata=(AssetReadError(".*"),) if on_error == "skip" else (),
         reader=LandsatReader,
     )
-    reflectance = [b for b in bands if b not in _QA_BANDS]
-    qa = [b for b in bands if b in _QA_BANDS]
-    stacks = []
+    # One stackstac call per band (a band axis of length 1 drops blockwise, in O(1) graph
+    # building; slicing a multi-band stack would touch every chunk); all share one grid.
+    stacks = {}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", **_LOAD_WARNINGS)
-            if reflectance:
-                stacks.append(
-                    stackstac.stack(
-                        plain, assets=reflectance, dtype=np.dtype("float32"),
-                        fill_value=np.float32(np.nan), **common,
-                    )  # fmt: skip
-                )
-            if qa:
-                stacks.append(
-                    stackstac.stack(
-                        plain, assets=qa, dtype=np.dtype("uint16"), fill_value=_QA_FILL, **common
-                    )
+            for band in bands:
+                if band in _QA_BANDS:
+                    dtype, fill = np.dtype("uint16"), _QA_FILL
+                else:
+                    dtype, fill = np.dtype("float32"), np.float32(np.nan)
+                stacks[band] = stackstac.stack(
+                    plain, assets=[band], dtype=dtype, fill_value=fill, **common
                 )
     except ValueError as exc:
         if "add up" not in str(exc) and "chunks" not in str(exc).lower():
@@ -887,7 +907,7 @@ def load(
             f"shrink the bbox slightly ({exc})."
         ) from exc
     expected = [str(s.index) for s in scenes]
-    for stack in stacks:
+    for stack in stacks.values():
         if list(stack["id"].values) != expected:
             raise GridError(
                 "stackstac placed the items differently than expected (an item's assets have "
@@ -895,21 +915,22 @@ def load(
             )
 
     # --- DN -> reflectance, per item; then one time step per group ----------------------------
-    template = stacks[0].isel(band=0, drop=True)
-    y, x = template["y"].values, template["x"].values
-    variables: dict[str, xr.DataArray] = {}
-    for band in reflectance:
-        dn = stacks[0].sel(band=band, drop=True).drop_vars(["time", "id", "epsg"], errors="ignore")
+    first = stacks[bands[0]]
+    y, x = first["y"].values, first["x"].values
+    variables = {}
+    for band, stack in stacks.items():
+        dn = stack.data.map_blocks(_squeeze_band, drop_axis=1, dtype=stack.dtype)
+        if band in _QA_BANDS:
+            variables[band] = _merge_groups(dn, group_sizes, _QA_FILL)
+            continue
         meta = [s.bands[band] for s in scenes]
-        chunks_t = dn.chunks[0]
-        nodata = _per_time([np.nan if m.nodata is None else m.nodata for m in meta], "float32", chunks_t)
-        scale = _per_time([m.scale for m in meta], "float64", chunks_t)
-        offset = _per_time([m.offset for m in meta], "float64", chunks_t)
-        value = (dn.where(dn != nodata) * scale + offset).astype(np.float32)
-        variables[band] = _merge_groups(value.data, group_sizes, np.float32(np.nan))
-    for band in qa:
-        dn = stacks[-1].sel(band=band, drop=True)
-        variables[band] = _merge_groups(dn.data, group_sizes, _QA_FILL)
+        nodata = _per_time([np.nan if m.nodata is None else m.nodata for m in meta], dn.chunks[0])
+        scale = _per_time([m.scale for m in meta], dn.chunks[0])
+        offset = _per_time([m.offset for m in meta], dn.chunks[0])
+        value = dask.array.map_blocks(
+            _dn_to_reflectance, dn, scale, offset, nodata, dtype=np.float32, token="glacierxr-sr"
+        )
+        variables[band] = _merge_groups(value, group_sizes, np.float32(np.nan))
 
     groups = _contiguous(group_sizes)
     ds = xr.Dataset(
