@@ -110,7 +110,7 @@ _SECRET_PARAM = re.compile(
     r"\b(sig|se|st|sp|sv|sr|spr|skoid|sktid|skt|ske|sks|skv|token|x-amz-[a-z-]+)=[^&\s'\"]+",
     re.IGNORECASE,
 )
-_LOAD_WARNINGS = {"message": r"Use `@` matmul", "category": PendingDeprecationWarning}
+_AFFINE_WARNING = {"message": r"Use `@` matmul", "category": PendingDeprecationWarning}
 
 
 class SkippedAssetWarning(UserWarning):
@@ -690,20 +690,27 @@ def _source(scenes: Sequence[_Scene]) -> str:
     return os.path.dirname(prefix) or prefix
 
 
-def _per_time(values, time_chunks):
-    """Per-scene values shaped (time, 1, 1), chunked like the cube's time axis (no rechunk)."""
-    array = np.asarray(values, dtype="float64")[:, np.newaxis, np.newaxis]
-    return dask.array.from_array(array, chunks=(time_chunks, 1, 1))
+_PARAMS = np.dtype([("scale", "f8"), ("offset", "f8"), ("nodata", "f8")])
+
+
+def _per_time(bands: Sequence[_Band], time_chunks):
+    """Each scene's (scale, offset, nodata), shaped (time, 1, 1) and chunked like the cube's
+    time axis, so Dask pairs block i with scenes of block i (one small task per block)."""
+    params = np.empty((len(bands), 1, 1), dtype=_PARAMS)
+    params["scale"][:, 0, 0] = [b.scale for b in bands]
+    params["offset"][:, 0, 0] = [b.offset for b in bands]
+    params["nodata"][:, 0, 0] = [np.nan if b.nodata is None else b.nodata for b in bands]
+    return dask.array.from_array(params, chunks=(time_chunks, 1, 1))
 
 
 def _squeeze_band(block: np.ndarray) -> np.ndarray:
     return block[:, 0]
 
 
-def _dn_to_reflectance(dn, scale, offset, nodata) -> np.ndarray:
-    """float32 DN (NaN outside footprints) -> reflectance; DN == nodata -> NaN."""
-    out = dn.astype(np.float64) * scale + offset
-    out[dn == nodata] = np.nan
+def _dn_to_reflectance(dn: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """float32 DN (NaN outside footprints) -> float32 reflectance; DN == nodata -> NaN."""
+    out = dn.astype(np.float64) * params["scale"] + params["offset"]
+    out[dn == params["nodata"]] = np.nan
     return out.astype(np.float32)
 
 
@@ -838,7 +845,7 @@ def load(
         epsg = counts.most_common(1)[0][0]
     epsg = int(epsg)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", **_LOAD_WARNINGS)
+        warnings.filterwarnings("ignore", **_AFFINE_WARNING)
         if bbox is not None:
             query = _check_bbox(bbox)
             bounds = tuple(_transform_bounds(4326, epsg, *query, densify_pts=21))
@@ -890,7 +897,7 @@ def load(
     stacks = {}
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", **_LOAD_WARNINGS)
+            warnings.filterwarnings("ignore", **_AFFINE_WARNING)
             for band in bands:
                 if band in _QA_BANDS:
                     dtype, fill = np.dtype("uint16"), _QA_FILL
@@ -923,12 +930,9 @@ def load(
         if band in _QA_BANDS:
             variables[band] = _merge_groups(dn, group_sizes, _QA_FILL)
             continue
-        meta = [s.bands[band] for s in scenes]
-        nodata = _per_time([np.nan if m.nodata is None else m.nodata for m in meta], dn.chunks[0])
-        scale = _per_time([m.scale for m in meta], dn.chunks[0])
-        offset = _per_time([m.offset for m in meta], dn.chunks[0])
+        params = _per_time([s.bands[band] for s in scenes], dn.chunks[0])
         value = dask.array.map_blocks(
-            _dn_to_reflectance, dn, scale, offset, nodata, dtype=np.float32, token="glacierxr-sr"
+            _dn_to_reflectance, dn, params, dtype=np.float32, token="glacierxr-sr"
         )
         variables[band] = _merge_groups(value, group_sizes, np.float32(np.nan))
 
@@ -1155,7 +1159,9 @@ def _write_cog(obj: xr.Dataset | xr.DataArray, tmp: Path) -> None:
         out = out.rio.write_nodata(np.nan, encoded=False)
     elif "fill_value" in da.attrs:
         out = out.rio.write_nodata(da.attrs["fill_value"], encoded=False)
-    out.rio.to_raster(tmp, driver="COG", tags=tags, compress="DEFLATE")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", **_AFFINE_WARNING)  # rioxarray + affine 3
+        out.rio.to_raster(tmp, driver="COG", tags=tags, compress="DEFLATE")
 
 
 def write(
@@ -1289,9 +1295,9 @@ def read(
             ds = xr.open_dataset(path, chunks=chunks, engine=_netcdf_engine(), decode_coords="all")
         strings = [n for n, v in ds.variables.items() if v.dtype.kind == "T" and n not in ds.dims]
         return ds.assign_coords({n: ds[n].astype(object) for n in strings if n in ds.coords})
-    import rioxarray
-
-    da = rioxarray.open_rasterio(path, chunks=chunks if chunks is not None else None, mask_and_scale=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", **_AFFINE_WARNING)  # rioxarray + affine 3
+        da = rioxarray.open_rasterio(path, chunks=chunks, mask_and_scale=False)
     tags = da.attrs
     name = tags.get("name") or None
     times = [t for t in str(tags.get("time", "")).split(",") if t]

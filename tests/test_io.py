@@ -135,7 +135,7 @@ def reference(ds: xr.Dataset, href: str, *, scale=SR_SCALE, offset=SR_OFFSET, qa
     with rasterio.open(href) as src, WarpedVRT(
         src,
         crs=ds.rio.crs,
-        transform=ds.rio.transform(),
+        transform=Affine(RES, 0, float(ds.x[0]) - RES / 2, 0, -RES, float(ds.y[0]) + RES / 2),
         width=ds.sizes["x"],
         height=ds.sizes["y"],
         resampling=Resampling.nearest,
