@@ -71,10 +71,13 @@ import numpy as np
 from glacierxr.errors import CatalogError, ConfigError
 from glacierxr.landsat import QA_BITS, SR_NODATA, SR_OFFSET, SR_SCALE
 
-__all__ = ["write_catalog", "open_truth", "SAMPLE_BANDS", "TRUTH_FILENAME"]
+__all__ = ["write_catalog", "open_truth", "SAMPLE_BANDS", "SURFACE_CLASSES", "TRUTH_FILENAME"]
 
 #: Asset keys written for every item (Planetary Computer ``landsat-c2-l2`` keys).
 SAMPLE_BANDS = ("green", "swir16", "qa_pixel")
+
+#: Classes of the truth's ``surface`` variable (what the ground shows in each scene).
+SURFACE_CLASSES = {"rock": 0, "ice": 1, "snow": 2, "water": 3}
 
 #: File name of the ground truth, next to ``catalog.json``.
 TRUTH_FILENAME = "truth.nc"
@@ -88,6 +91,7 @@ _KARAKORAM_ORIGIN = (600_000.0, 3_960_000.0)  # EPSG:32643, ~76.1 E 35.8 N
 _MAX_SHIFT_PX = 1.5
 _NOISE_SIGMA = 0.004
 _DILATION_PX = 2
+_TEXTURE_EPOCH_YEARS = 0.5
 
 _ITEM_EXTENSIONS = [
     "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
@@ -262,9 +266,9 @@ class _Valley:
             (4.0, 40.0, 1.0),   # _SNOW: snow surface
             (6.0, 60.0, 1.0),   # _SNOW_EDGE: irregular snow-line edge
         ])
-        # ice texture: transverse crevasses (crests across the flow) + isotropic debris/ogives
-        self.crevasses = _Waves(rng, 24, 4.0, 9.0, 0.3, direction=self.theta, spread=0.5)
-        self.ice_texture = _Waves(rng, 32, 4.0, 20.0, 0.6)
+        self.sliding = 0.5  # fraction of the centre-line speed that is basal sliding
+        self.seed = seed
+        self._textures: dict[int, tuple[_Waves, _Waves]] = {}
         # snow line: highest (summer) well up-valley, lowest (winter) near the terminus
         self.snow_line_summer = self.floor_elevation(-0.6 * self.half_length)
         self.snow_line_winter = self.floor_elevation(0.5 * self.half_length)
@@ -290,13 +294,49 @@ class _Valley:
         spur *= np.clip(outside / (0.3 * self.half_length), 0.0, 1.0)
         ice = np.abs(n) < self.half_width
         bulge = np.where(ice, 30.0 * (1.0 - (n / self.half_width) ** 2), 0.0)
-        rough = np.where(ice, 4.0, np.clip(8.0 + 1.5 * outside, 8.0, 45.0)) * roughness
+        # no static roughness on the ice: its shading would not move with the flow
+        rough = np.where(ice, 0.0, np.clip(8.0 + 1.5 * outside, 8.0, 45.0)) * roughness
         return self.floor_elevation(s) + wall + spur + bulge + rough
 
     def speed(self, n):
-        """Ice speed (m/yr) as a function of the across-flow coordinate only."""
+        """Ice speed (m/yr): basal sliding plus a parabolic cross-valley profile, 0 off the ice.
+
+        It depends only on the across-flow coordinate, so flow lines are straight and a
+        texture advected with it moves by exactly ``velocity * dt`` between any two dates.
+        """
         rel = n / self.half_width
-        return np.where(np.abs(rel) < 1.0, self.max_speed * (1.0 - rel**2), 0.0)
+        profile = self.sliding + (1.0 - self.sliding) * (1.0 - rel**2)
+        return np.where(np.abs(rel) < 1.0, self.max_speed * profile, 0.0)
+
+    def texture_epoch(self, epoch: int) -> tuple[_Waves, _Waves]:
+        """Ice texture born at ``epoch * TEXTURE_EPOCH_YEARS``: crevasses and debris/ogives."""
+        if epoch not in self._textures:
+            rng = np.random.default_rng([self.seed, 3, epoch + 10_000])
+            crevasses = _Waves(rng, 24, 5.0, 10.0, 0.3, direction=self.theta, spread=0.5)
+            debris = _Waves(rng, 32, 5.0, 20.0, 0.6)
+            self._textures[epoch] = (crevasses, debris)
+        return self._textures[epoch]
+
+    def ice_texture(self, col, row, n, years):
+        """Ice surface texture at (col, row) (ice-frame coordinates) and time ``years``.
+
+        A cross-fade of independent textures, each advected with the flow from its own epoch:
+        every component moves by exactly ``velocity * dt`` between two dates, and the pattern
+        renews itself over ~``TEXTURE_EPOCH_YEARS`` (so shear never piles up into aliasing).
+        """
+        position = years / _TEXTURE_EPOCH_YEARS
+        first = math.floor(position)
+        weights = {first: 1.0 - (position - first), first + 1: position - first}
+        total = np.zeros(np.shape(n))
+        for epoch, weight in weights.items():
+            if weight == 0.0:
+                continue
+            crevasses, debris = self.texture_epoch(epoch)
+            travel = self.speed(n) * (years - epoch * _TEXTURE_EPOCH_YEARS) / self.resolution
+            qc, qr = col - travel * self.cos, row - travel * self.sin
+            total += weight * (0.35 * debris(qc, qr) + 0.25 * crevasses(qc, qr))
+        norm = math.sqrt(sum(w * w for w in weights.values()))
+        return np.clip(total / norm, -1.0, 1.0)
 
     def terminus(self, years):
         return self.terminus0 - self.retreat_rate * years / self.resolution
@@ -310,9 +350,9 @@ class _Valley:
 
     def moraines(self, n):
         """Debris stripes along the flow (functions of n only, so they move with the ice)."""
-        rel = np.abs(n) / self.half_width
-        lateral = np.exp(-(((rel - 0.9) / 0.07) ** 2))
-        medial = np.exp(-(((n - self.medial_moraine) / 0.8) ** 2))
+        # at least ~1.5 px wide: narrower stripes would alias at the pixel grid
+        lateral = np.exp(-(((np.abs(n) - 0.85 * self.half_width) / 1.5) ** 2))
+        medial = np.exp(-(((n - self.medial_moraine) / 1.5) ** 2))
         return np.clip(lateral + 0.8 * medial, 0.0, 1.0)
 
     def snow_line(self, date: dt.datetime) -> float:
@@ -365,13 +405,11 @@ class _Valley:
         green = rock
         swir = rock * (1.75 + 0.2 * np.clip(fields[_ROCK2], -3, 3))
 
-        # ice: texture advected with the flow, i.e. evaluated at p - velocity * (t - t0)
+        # ice: texture advected with the flow, i.e. evaluated at p - velocity * (t - t_epoch)
         ice = np.nonzero(glacier)
         if ice[0].size:
             ns = n[ice]
-            travel = self.speed(ns) * years / res  # pixels along the flow direction
-            qc, qr = col[ice] - travel * self.cos, row[ice] - travel * self.sin
-            t_ice = np.clip(0.35 * self.ice_texture(qc, qr) + 0.25 * self.crevasses(qc, qr), -1, 1)
+            t_ice = self.ice_texture(col[ice], row[ice], ns, years)
             debris = 1.0 - 0.45 * self.moraines(ns)
             green[ice] = (0.46 + 0.12 * t_ice) * debris
             swir[ice] = (0.06 - 0.03 * t_ice) * debris
@@ -381,9 +419,12 @@ class _Valley:
         green = np.where(snow, 0.85 + 0.04 * t_snow, green)
         swir = np.where(snow, 0.05 + 0.01 * t_snow, swir)
         green, swir = green * shade, swir * shade
-        snow_ice = snow | glacier
         water = lake & ~snow
-        return green, swir, snow_ice, water, glacier, elevation
+        surface = np.full((h, w), SURFACE_CLASSES["rock"], np.int8)
+        surface[glacier] = SURFACE_CLASSES["ice"]
+        surface[water] = SURFACE_CLASSES["water"]
+        surface[snow] = SURFACE_CLASSES["snow"]
+        return green, swir, surface, glacier, elevation
 
     def truth_static(self, years0: float = 0.0):
         h, w = self.height, self.width
@@ -399,7 +440,8 @@ class _Valley:
         # stable: off the glacier (with a 1-px margin) and off the lake
         near_ice = (np.abs(n) < self.half_width + 1.0) & (s < self.terminus0 + 1.0)
         stable = ~near_ice & ~lake
-        return u, v, self.elevation(col, row, fields[_ROUGH]), glacier, stable, lake
+        elevation = self.elevation(col, row, fields[_ROUGH])
+        return u, v, elevation, glacier, stable, lake, s * self.resolution, n * self.resolution
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,7 +512,9 @@ def _render(valley: _Valley, scene: _Scene, seed: int):
 
     h, w = valley.height, valley.width
     rng = np.random.default_rng([seed, 2, scene.date.toordinal()])
-    green, swir, snow_ice, water, glacier, _ = valley.surface(scene)
+    green, swir, surface, glacier, _ = valley.surface(scene)
+    snow_ice = (surface == SURFACE_CLASSES["snow"]) | (surface == SURFACE_CLASSES["ice"])
+    water = surface == SURFACE_CLASSES["water"]
     row, col = np.mgrid[0:h, 0:w].astype(np.float64)
 
     # clouds: smooth blobs thresholded to the drawn cover fraction (scene frame)
@@ -538,7 +582,7 @@ def _render(valley: _Valley, scene: _Scene, seed: int):
     info = {
         "cloud_fraction": cloud_fraction,
         "nodata_fraction": float(fill.mean()),
-        "snow_ice": snow_ice,
+        "surface": surface,
         "glacier_area": float(glacier.sum()) * valley.resolution**2 / 1e6,
     }
     return to_dn(green), to_dn(swir), qa, info
@@ -819,7 +863,7 @@ def write_catalog(
     n = len(scenes)
     records = {k: np.empty(n) for k in ("cloud_fraction", "nodata_fraction", "glacier_area",
                                         "terminus")}
-    snow_ice = np.empty((n, height, width), bool)
+    surface = np.empty((n, height, width), np.int8)
     ids = []
     iterator = scenes
     if progress:
@@ -836,7 +880,7 @@ def write_catalog(
             records["nodata_fraction"][i] = info["nodata_fraction"]
             records["glacier_area"][i] = info["glacier_area"]
             records["terminus"][i] = valley.terminus(valley.years(scene.date)) * resolution
-            snow_ice[i] = info["snow_ice"]
+            surface[i] = info["surface"]
 
             item_dir = collection_dir / item_id
             item_dir.mkdir(parents=True, exist_ok=True)
@@ -888,7 +932,7 @@ def write_catalog(
                 ))
             collection.add_item(item)
 
-    _write_truth(truth_path, valley, scenes, ids, records, snow_ice, transform, crs, seed=seed,
+    _write_truth(truth_path, valley, scenes, ids, records, surface, transform, crs, seed=seed,
                  width=width, height=height, start=first.isoformat(), end=last.isoformat(),
                  revisit_days=revisit_days, epsg=int(epsg), origin=(x0, y0))
 
@@ -912,7 +956,7 @@ def _check_args(width, height, revisit_days, resolution) -> None:
         raise ConfigError(f"resolution={resolution!r} is not positive. Pass e.g. 30.0.")
 
 
-def _write_truth(path: Path, valley: _Valley, scenes, ids, records, snow_ice, transform, crs,
+def _write_truth(path: Path, valley: _Valley, scenes, ids, records, surface, transform, crs,
                  **params) -> None:
     import pandas as pd
     import rioxarray  # noqa: F401  (registers .rio)
@@ -923,7 +967,7 @@ def _write_truth(path: Path, valley: _Valley, scenes, ids, records, snow_ice, tr
     x = transform.c + res * (np.arange(w) + 0.5)
     y = transform.f - res * (np.arange(h) + 0.5)
     times = pd.DatetimeIndex([s.date.replace(tzinfo=None) for s in scenes])
-    u, v, elevation, glacier, stable, lake = valley.truth_static()
+    u, v, elevation, glacier, stable, lake, along, across = valley.truth_static()
     yx, t = ("y", "x"), ("time",)
 
     def var(dims, data, units, long_name, **attrs):
@@ -954,9 +998,16 @@ def _write_truth(path: Path, valley: _Valley, scenes, ids, records, snow_ice, tr
             "glacier": var(yx, glacier, "1", "glacier ice extent at start"),
             "stable": var(yx, stable, "1", "stable ground (off the glacier and lake, never moves)"),
             "lake": var(yx, lake, "1", "proglacial lake"),
-            "snow_ice": var(("time", "y", "x"), snow_ice, "1",
-                            "ground covered by snow or glacier ice as rendered in the scene "
-                            "(scene frame, i.e. misregistered; clouds ignored)"),
+            "along_flow": var(yx, along.astype(np.float32), "m",
+                              "distance along the flow direction from the image centre "
+                              "(downstream positive)"),
+            "across_flow": var(yx, across.astype(np.float32), "m",
+                               "distance across the flow from the valley axis"),
+            "surface": var(("time", "y", "x"), surface, "1",
+                           "ground cover as rendered in the scene (scene frame, i.e. "
+                           "misregistered; clouds ignored)",
+                           flag_values=np.array(list(SURFACE_CLASSES.values()), np.int8),
+                           flag_meanings=" ".join(SURFACE_CLASSES)),
         },
         coords={
             "time": times,
@@ -1045,6 +1096,6 @@ def open_truth(catalog_path) -> "xr.Dataset":
         ds = ds.load()
     if "spatial_ref" in ds.data_vars:
         ds = ds.set_coords("spatial_ref")
-    for name in ("glacier", "stable", "lake", "snow_ice"):
+    for name in ("glacier", "stable", "lake"):
         ds[name] = ds[name].astype(bool)
     return ds
