@@ -293,7 +293,12 @@ def mask(
     xarray.Dataset
         Same variables, masked pixels NaN, coordinate ``missing_fraction`` along ``time_dim``;
         attrs ``masked_flags`` (blank-separated, like CF ``flag_meanings``), ``max_missing``
-        and ``dropped_scenes`` (0 when ``drop=False``).
+        and ``dropped_scenes`` (0 when ``drop=False``). When scenes were dropped and ``ds``
+        has an ``id`` coordinate, ``dropped_scene_ids`` lists their ids (blank-separated).
+        When assets loaded with ``glacierxr.load(..., on_error="skip")`` could not be read
+        while the missing fractions were computed (local schedulers), ``unreadable_assets``
+        lists their hrefs (blank-separated, without tokens): such a scene reads as missing
+        and is dropped like a cloudy one.
 
     Raises
     ------
@@ -362,13 +367,17 @@ def mask(
         )
 
     dropped = 0
+    dropped_ids: list[str] = []
+    unreadable: list[str] = []
     if drop:
         # The one, small, per-scene compute; then the scenes are selected on the *inputs*, so
         # the returned graph is as simple as without dropping.
         flagged = decode_qa(ds[qa].reset_coords(drop=True), flags=flags)
         fraction = _missing_fraction(ds, flagged, bands=bands, y_dim=y_dim, x_dim=x_dim)
         if dask.is_dask_collection(fraction.data):
-            (values,) = dask.compute(fraction.data)
+            with _SkippedAssets() as skipped:
+                (values,) = dask.compute(fraction.data)
+            unreadable = skipped.hrefs
         else:
             values = np.asarray(fraction.data)
         keep = values <= max_missing
@@ -379,6 +388,8 @@ def mask(
                 "Raise max_missing (e.g. max_missing=0.8), mask fewer flags, or widen the search."
             )
         dropped = int((~keep).sum())
+        if dropped and "id" in ds.coords and ds["id"].dims == (time_dim,):
+            dropped_ids = [str(v) for v in np.asarray(ds["id"].values)[~keep]]
         if dropped:
             ds = ds.isel({time_dim: np.flatnonzero(keep)})
         fraction = xr.DataArray(values[keep], dims=time_dim)
@@ -405,4 +416,39 @@ def mask(
         "max_missing": float(max_missing),
         "dropped_scenes": dropped,
     }
+    if dropped_ids:
+        out.attrs["dropped_scene_ids"] = " ".join(dropped_ids)
+    if unreadable:
+        out.attrs["unreadable_assets"] = " ".join(unreadable)
     return out
+
+
+class _SkippedAssets:
+    """Collect the hrefs of :class:`glacierxr.io.SkippedAssetWarning` raised while computing.
+
+    ``load(..., on_error="skip")`` reads an asset that cannot be read as nodata and warns once
+    per asset (at compute time, in the threads of the local scheduler). Every warning caught
+    here is emitted again on exit, so the user still sees it; the hrefs (already without
+    tokens) are kept in ``hrefs``. Warnings raised inside ``dask.distributed`` workers do not
+    reach this process; there the scene still reads as missing and is dropped.
+    """
+
+    def __enter__(self) -> _SkippedAssets:
+        import warnings
+
+        self.hrefs: list[str] = []
+        self._context = warnings.catch_warnings(record=True)
+        self._caught = self._context.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import warnings
+
+        self._context.__exit__(*exc)
+        for record in self._caught:
+            href = getattr(record.message, "href", None)
+            if type(record.message).__name__ == "SkippedAssetWarning" and href:
+                if href not in self.hrefs:
+                    self.hrefs.append(str(href))
+            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
