@@ -91,7 +91,6 @@ READ_ATTEMPTS = 3
 RETRY_BACKOFF_S = 0.5
 
 _QA_BANDS = frozenset({"qa_pixel"})
-_REFLECTANCE_BANDS = frozenset(ASSET_ALIASES) - _QA_BANDS
 _QA_FILL = np.uint16(1 << QA_BITS["fill"])
 # Integer DNs up to 16 bits (and floats) are exact in, or meant for, float32.
 _REFLECTANCE_DTYPES = frozenset({"uint8", "int8", "uint16", "int16", "float32", "float64"})
@@ -539,10 +538,6 @@ def _footprint(scene: _Scene, epsg: int) -> tuple[float, float, float, float] | 
     return None
 
 
-def _overlaps(a, b) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
 def _union(boxes) -> tuple[float, float, float, float]:
     boxes = [b for b in boxes if b is not None]
     return (
@@ -753,7 +748,7 @@ def load(
         one int for ``y`` and ``x``.
     groupby
         ``"solar_day"`` merges the scenes of one overpass (the same local solar day, like
-        adjacent WRS rows) into one time step with :func:`stackstac.mosaic` (last on top);
+        adjacent WRS rows) into one time step, the later scene on top (see Notes);
         ``None`` keeps one time step per item.
     resampling
         :class:`rasterio.enums.Resampling` name used when reprojecting or resizing.
@@ -792,22 +787,35 @@ def load(
 
     Notes
     -----
-    Items of one solar day are merged *after* scaling, on reflectance with NaN as nodata and on
-    ``qa_pixel`` with ``1`` as nodata, so where two rows overlap both variables come from the
-    later scene.  The grid is aligned to the pixel edges of the items already in ``epsg``, so
-    native Landsat pixels are not shifted by half a pixel.
+    Scenes of one solar day (UTC time + centre longitude / 15 h, as odc-stac groups) share one
+    Dask block along ``time`` and are flattened block by block with the rule of
+    :func:`stackstac.mosaic`: the later scene on top, earlier ones where it has no data.
+    Reflectance is merged after scaling (NaN = no data), ``qa_pixel`` with ``1`` as no data.
+    The time of a merged step is that of its first scene.
+
+    The grid is aligned to the pixel edges of the items already in ``epsg`` (Landsat's edges
+    sit at 15 m modulo 30 m), so native pixels are not shifted by half a pixel.
+
+    ``on_error="skip"`` is stackstac's ``errors_as_nodata`` mechanism: the reader raises
+    :class:`~glacierxr.errors.AssetReadError` (after its retries), which matches the pattern
+    ``AssetReadError(".*")`` and becomes nodata. Which scenes were skipped is only known at
+    compute time, so it is reported there, by one :class:`SkippedAssetWarning` per asset
+    (``.href`` names the file, and with it the scene id), not in the Dataset.
 
     Items of different ``raster:bands`` data types (``uint16`` and ``int16`` DNs, say) load
     together: every item is read into float32 with its own scale, offset and nodata.
 
     Examples
     --------
-    >>> import glacierxr as gx, pystac, tempfile                       # doctest: +SKIP
-    >>> catalog = gx.sample.write_catalog(tempfile.mkdtemp(), seed=0)  # doctest: +SKIP
-    >>> items = list(pystac.Catalog.from_file(catalog).get_items(recursive=True))  # doctest: +SKIP
-    >>> cube = gx.load(items, resolution=30)                            # doctest: +SKIP
-    >>> sorted(cube.data_vars)                                          # doctest: +SKIP
-    ['green', 'qa_pixel', 'swir16']
+    >>> import glacierxr as gx, pystac, tempfile
+    >>> catalog = gx.sample.write_catalog(tempfile.mkdtemp(), seed=0, width=32, height=32,
+    ...                                   start="2018-01-01", end="2018-03-01")
+    >>> items = list(pystac.Catalog.from_file(str(catalog)).get_items(recursive=True))
+    >>> cube = gx.load(items, resolution=30)
+    >>> sorted(cube.data_vars), cube.green.dtype.name, cube.qa_pixel.dtype.name
+    (['green', 'qa_pixel', 'swir16'], 'float32', 'uint16')
+    >>> cube.sizes["y"], cube.sizes["x"], cube.rio.crs.to_epsg()
+    (32, 32, 32643)
     """
     bands = _check_bands(bands)
     chunk_sizes = _chunk_sizes(chunks)

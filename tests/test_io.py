@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import string
 import sys
 import types
 import warnings
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import rasterio
 import xarray as xr
 from rasterio.enums import Resampling
@@ -395,6 +398,26 @@ def test_load__retries_transient_http_errors(path084, tmp_path):
     np.testing.assert_array_equal(green[valid], (data["green"][valid] * SR_SCALE + SR_OFFSET).astype("float32"))
 
 
+def test_load__retries_a_transient_read_failure_after_reopening(path084, tmp_path, monkeypatch):
+    from stackstac.rio_reader import AutoParallelRioReader
+
+    item, data = make_item(_by_row(path084, "074"), tmp_path)
+    original, calls = AutoParallelRioReader.read, []
+
+    def flaky(self, window, **kwargs):
+        calls.append(self.url)
+        if len(calls) == 1:
+            raise RuntimeError(f"Error reading {window} from {self.url!r}: HTTP response code: 502")
+        return original(self, window, **kwargs)
+
+    monkeypatch.setattr(AutoParallelRioReader, "read", flaky)
+    green = gx.load([item], bands=("green",)).green.values[0]
+    assert len(calls) == 2
+    valid = data["green"] != 0
+    np.testing.assert_array_equal(green[valid], (data["green"][valid] * SR_SCALE + SR_OFFSET).astype("float32"))
+    assert np.isnan(green[~valid]).all()
+
+
 def test_load__404_is_not_retried(path084, tmp_path, monkeypatch):
     item, _ = make_item(_by_row(path084, "074"), tmp_path)
     with FileServer(tmp_path) as server:
@@ -468,6 +491,34 @@ def test_redact__removes_tokens():
     text = "Error opening '/vsicurl/https://a.blob.core.windows.net/c/x.TIF?st=1&se=2&sig=abc%2Bdef': 403"
     assert gio._redact(text) == "Error opening '/vsicurl/https://a.blob.core.windows.net/c/x.TIF': 403"
     assert "abc" not in gio._redact("token sig=abc&se=2 in a log line")
+
+
+@given(
+    query=st.text(alphabet=string.ascii_letters + string.digits + "%&=-_.:", min_size=1, max_size=80),
+    quote=st.sampled_from(["'", '"', " "]),
+)
+def test_redact__never_leaves_a_query_string(query, quote):
+    url = "https://landsateuwest.blob.core.windows.net/landsat-c2/x/LC09_SR_B3.TIF"
+    text = f"Error reading {quote}{url}?{query}{quote}: HTTP response code: 403"
+    assert gio._redact(text) == f"Error reading {quote}{url}{quote}: HTTP response code: 403"
+
+
+@given(
+    minx=st.floats(-1e6, 1e6), miny=st.floats(-1e7, 1e7), width=st.floats(1, 1e5),
+    height=st.floats(1, 1e5), resolution=st.sampled_from([10.0, 15.0, 30.0, 60.0]),
+    anchor=st.floats(0, 60),
+)  # fmt: skip
+def test_snap__covers_the_bounds_on_the_anchored_grid(minx, miny, width, height, resolution, anchor):
+    anchor = (anchor % resolution, anchor % resolution)
+    bounds = (minx, miny, minx + width, miny + height)
+    snapped = gio._snap(bounds, resolution, anchor)
+    tolerance = 1e-5 * resolution
+    assert snapped[0] <= bounds[0] + tolerance and snapped[1] <= bounds[1] + tolerance
+    assert snapped[2] >= bounds[2] - tolerance and snapped[3] >= bounds[3] - tolerance
+    for value, origin in zip(snapped, anchor * 2):
+        steps = (value - origin) / resolution
+        assert abs(steps - round(steps)) < 1e-6
+    assert snapped[2] - snapped[0] < width + 2 * resolution + tolerance
 
 
 @pytest.mark.slow
