@@ -47,5 +47,6 @@ def local_cluster(tmp_path_factory):
         dashboard_address=None,
         local_directory=str(scratch),
         memory_limit="2GiB",
-    ) as cluster, Client(cluster) as client:
+    ) as cluster, Client(cluster, set_as_default=False) as client:
+        # Not the default client: other tests keep the threaded scheduler. Use client.compute().
         yield client
