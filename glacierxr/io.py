@@ -1085,14 +1085,30 @@ def _variable_length_strings(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
-    """Zarr needs equal chunks except the last; make them so (on this copy only)."""
-    if not ds.chunks:
+    """Zarr needs equal chunks except the last, per variable; make them so (on this copy only).
+
+    Variables may be chunked differently from each other (each gets its own Zarr chunks).
+    """
+    fixed = {}
+    for name, variable in ds.variables.items():
+        if variable.chunks is None or name in ds.indexes:
+            continue
+        fix = {
+            dim: max(sizes)
+            for dim, sizes in zip(variable.dims, variable.chunks)
+            if len(sizes) > 1 and (len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0])
+        }
+        if fix:
+            fixed[name] = variable.chunk(fix)
+    if not fixed:
         return ds
-    fix = {}
-    for dim, sizes in ds.chunks.items():
-        if len(sizes) > 1 and (len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0]):
-            fix[dim] = max(sizes)
-    return ds.chunk(fix) if fix else ds
+    ds = ds.copy()
+    for name, variable in fixed.items():
+        if name in ds.coords:
+            ds.coords[name] = variable
+        else:
+            ds[name] = variable
+    return ds
 
 
 def _netcdf_engine() -> str:

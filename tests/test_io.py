@@ -634,6 +634,17 @@ def test_write__round_trips_dataset(cube, tmp_path, suffix):
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left behind
 
 
+def test_write__zarr_with_irregular_and_differing_chunks(cube, tmp_path):
+    odd = cube.assign(
+        green=cube.green.chunk({"time": (1, 2), "y": (3, 5), "x": (4, 2, 4)}),
+        swir16=cube.swir16.chunk({"time": 3}),
+    )
+    back = gx.io.read(gx.io.write(odd, tmp_path / "odd.zarr"))
+    for name in ("green", "swir16"):
+        assert_same(back[name].values, cube[name].values)
+    assert odd.green.chunks[2] == (4, 2, 4)  # the caller's object is untouched
+
+
 def test_write__cog_one_band_per_time(cube, tmp_path):
     out = gx.io.write(cube["green"], tmp_path / "green.tif")
     with rasterio.open(out) as src:
