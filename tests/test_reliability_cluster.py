@@ -7,7 +7,7 @@
   the middle of writing a Zarr store; the target path either does not exist or reads back
   complete, and running the write again succeeds.
 - Interrupted training (SIGKILL mid-epoch, resume from the last checkpoint, same final weights)
-  is covered by ``tests/test_train.py::test_trainer__sigkill_mid_epoch_then_resume_matches_uninterrupted_run``.
+  is covered by ``tests/test_train.py::test_resume__survives_sigkill_mid_epoch``.
 """
 
 from __future__ import annotations
