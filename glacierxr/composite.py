@@ -382,6 +382,7 @@ def monthly(
     result.attrs = {
         **da.attrs,
         "composite_months": months,
+        "months": months,  # read by predict() and evaluate() for the period length
         "composite_how": how,
         "composite_anchor_month": first_month,
         "composite_min_count": int(min_count),
