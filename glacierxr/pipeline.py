@@ -12,6 +12,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+import dask
+import numpy as np
 import xarray as xr
 
 from glacierxr.config import DataConfig, LoadConfig, PreprocessConfig, RunConfig
@@ -21,7 +23,10 @@ __all__ = [
     "versions",
     "find_scenes",
     "load_scenes",
+    "masked_scenes",
+    "snow_scenes",
     "snow_composites",
+    "composites_dataset",
     "prepare",
     "open_composites",
     "make_sequences",
@@ -75,17 +80,103 @@ def load_scenes(items, data: DataConfig, load: LoadConfig) -> xr.Dataset:
     return load_items(items, bbox=bbox, epsg=load.epsg, resolution=load.resolution, chunks=chunks)
 
 
-def snow_composites(cube: xr.Dataset, pre: PreprocessConfig) -> xr.DataArray:
-    """mask → NDSI → snow mask → fill gaps → align → N-month composites (lazy)."""
+def masked_scenes(cube: xr.Dataset, pre: PreprocessConfig) -> xr.Dataset:
+    """QA masking and dropping of scenes with too many missing pixels; see :func:`glacierxr.qa.mask`."""
+    return cube.glacier.mask(max_missing=pre.max_missing)
+
+
+def snow_scenes(cube: xr.Dataset, pre: PreprocessConfig, *, masked: xr.Dataset | None = None) -> xr.DataArray:
+    """mask → NDSI → snow mask → fill gaps → align, per scene (lazy).
+
+    With ``pre.align`` the result carries the per-scene ``shift_x``/``shift_y`` coordinates of
+    :func:`glacierxr.align.align`; ``y`` and ``x`` are one chunk (align needs it). Pass
+    ``masked`` (from :func:`masked_scenes`) to reuse a masked cube.
+    """
+    masked = masked_scenes(cube, pre) if masked is None else masked
     snow = (
-        cube.glacier.mask(max_missing=pre.max_missing)
-        .glacier.ndsi()
+        masked.glacier.ndsi()
         .glacier.snow_mask(threshold=pre.threshold, binary=pre.binary)
         .glacier.fill_gaps(size=pre.fill_size, max_iter=pre.fill_max_iter)
     )
     if pre.align:
         snow = snow.chunk({"y": -1, "x": -1}).glacier.align(max_shift=pre.max_shift)
-    return snow.glacier.monthly(months=pre.months, how=pre.how)
+    # .chunk() also turns the in-memory per-scene metadata (id, platform …) into Dask arrays;
+    # put the in-memory ones back so that reading them never touches the graph
+    metadata = {
+        name: coord for name, coord in masked.coords.items()
+        if name in snow.coords and name not in snow.dims and coord.dims == ("time",)
+        and not dask.is_dask_collection(coord.data)
+    }
+    return snow.assign_coords(metadata)
+
+
+def snow_composites(cube: xr.Dataset, pre: PreprocessConfig, *, scenes: xr.DataArray | None = None) -> xr.DataArray:
+    """mask → NDSI → snow mask → fill gaps → align → N-month composites (lazy).
+
+    Pass ``scenes`` (from :func:`snow_scenes`) to composite scenes already built.
+    """
+    snow = snow_scenes(cube, pre) if scenes is None else scenes
+    composites = snow.glacier.monthly(months=pre.months, how=pre.how)
+    return _with_months(composites)
+
+
+def _with_months(composites: xr.DataArray) -> xr.DataArray:
+    """Copy ``composite_months`` to ``attrs["months"]``, where predict/evaluate look for it."""
+    months = composites.attrs.get("composite_months")
+    if months is not None and "months" not in composites.attrs:
+        composites = composites.assign_attrs(months=int(months))
+    return composites
+
+
+_SCENE_COORDS = ("id", "shift_x", "shift_y", "ecc_correlation", "converged", "align_method", "missing_fraction")
+_ALIGN_METHODS = ("none", "phase", "ecc")
+
+
+def composites_dataset(composites: xr.DataArray, scenes: xr.DataArray | None = None) -> xr.Dataset:
+    """The composites as a Dataset to write, with the per-scene diagnostics beside them.
+
+    The scenes' ``id``, alignment shifts (``shift_x``, ``shift_y``, pixels), ``ecc_correlation``,
+    ``converged``, ``align_method`` (as an int8 code: 0 none, 1 phase, 2 ecc) and
+    ``missing_fraction`` become variables ``scene_<name>`` along a ``scene`` dimension
+    (coordinate ``scene_time``), so that writing the Dataset computes the scenes once for both
+    the composites and the diagnostics. Nothing is computed here.
+    """
+    name = composites.name or "snow_mask"
+    dataset = composites.to_dataset(name=name)
+    if not _consistent_chunks(dataset):
+        # monthly() gives the composite one time chunk and its counts one chunk per period;
+        # a Dataset (and Zarr) wants one chunking per dimension
+        dataset = dataset.chunk({"time": -1})
+    if scenes is None:
+        return dataset
+    present = [c for c in _SCENE_COORDS if c in scenes.coords and scenes[c].dims == ("time",)]
+    per_scene = {}
+    for coord in present:
+        value = scenes[coord].reset_coords(drop=True).drop_vars("time").rename({"time": "scene"})
+        if coord == "align_method":
+            # a lazy string array would be computed on its own to find its Zarr dtype
+            code = xr.zeros_like(value, dtype="int8")
+            for number, method in enumerate(_ALIGN_METHODS):
+                code = xr.where(value == method, np.int8(number), code)
+            value = code.assign_attrs(
+                long_name="method of the applied shift",
+                flag_values=list(range(len(_ALIGN_METHODS))),
+                flag_meanings=" ".join(_ALIGN_METHODS),
+            )
+        if value.chunks is not None:
+            value = value.chunk({"scene": -1})
+        per_scene[f"scene_{coord}"] = value
+    if per_scene:
+        dataset = dataset.assign(per_scene).assign_coords(scene_time=("scene", scenes["time"].values))
+    return dataset
+
+
+def _consistent_chunks(dataset: xr.Dataset) -> bool:
+    try:
+        dataset.chunks  # noqa: B018 - raises when variables disagree
+    except ValueError:
+        return False
+    return True
 
 
 def prepare(config: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> Path:
@@ -94,23 +185,31 @@ def prepare(config: RunConfig, out: str | Path, *, overwrite: bool = False, prog
 
     items = find_scenes(config.data)
     cube = load_scenes(items, config.data, config.load)
-    composites = snow_composites(cube, config.preprocess)
+    scenes = snow_scenes(cube, config.preprocess)
+    composites = snow_composites(cube, config.preprocess, scenes=scenes)
     composites.attrs.update(provenance(config))
-    dataset = composites.to_dataset(name=composites.name or "snow_mask")
-    return write(dataset, out, overwrite=overwrite, progress=progress)
+    dataset = composites_dataset(composites, scenes)
+    if not progress:
+        return write(dataset, out, overwrite=overwrite)
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar():
+        return write(dataset, out, overwrite=overwrite)
 
 
 def open_composites(path: str | Path, *, variable: str | None = None) -> xr.DataArray:
     """Open composites written by :func:`prepare` (a Zarr store or NetCDF file)."""
+    from glacierxr.io import read
+
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"No composites at {str(path)!r}. Run `glacierxr prepare` first or fix the path.")
-    dataset = xr.open_zarr(path) if path.suffix == ".zarr" or path.is_dir() else xr.open_dataset(path, chunks={})
-    names = list(dataset.data_vars)
+    dataset = read(path, format="zarr" if path.suffix == ".zarr" or path.is_dir() else "netcdf")
+    names = [n for n in dataset.data_vars if "scene" not in dataset[n].dims]
     name = variable or ("snow_mask" if "snow_mask" in names else (names[0] if names else None))
     if name not in dataset:
         raise GlacierXRError(f"Variable {name!r} not in {path}. Available: {names}. Pass variable=.")
-    return dataset[name]
+    return _with_months(dataset[name])
 
 
 def make_sequences(composites: xr.DataArray, config: RunConfig):
@@ -181,12 +280,14 @@ def train(
         progress=progress,
         max_batches_per_epoch=t.max_batches_per_epoch,
     )
-    history = trainer.fit(sequences.split("train"), sequences.split("val"))
+    validation = sequences.split("val")
+    history = trainer.fit(sequences.split("train"), validation if len(validation) else None)
     normalization = getattr(sequences, "normalization", None)
     save_model(
         model,
         out_dir / "model.pt",
-        extra={"config": config.to_toml(), "versions": json.dumps(versions()), "normalization": normalization},
+        normalization=normalization,
+        extra={"config": config.to_toml(), "versions": json.dumps(versions())},
     )
     (out_dir / "config.toml").write_text(config.to_toml())
     return model, history
@@ -195,9 +296,9 @@ def train(
 def _accepts(model_name: str, argument: str) -> bool:
     import inspect
 
-    from glacierxr.ml.models import model_class
+    from glacierxr.ml.models import _model_class
 
-    return argument in inspect.signature(model_class(model_name)).parameters
+    return argument in inspect.signature(_model_class(model_name)).parameters
 
 
 def forecast(composites: xr.DataArray, model, config: RunConfig) -> xr.DataArray:
