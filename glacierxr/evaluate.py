@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from glacierxr.errors import ConfigError, DataTypeError, DimensionError
+from glacierxr.errors import ConfigError, DataTypeError, DimensionError, GridError
 
 __all__ = [
     "metrics",
@@ -65,6 +65,40 @@ def _as_numpy(values) -> np.ndarray:
     if hasattr(values, "detach"):  # torch tensor
         values = values.detach().cpu().numpy()
     return np.asarray(values)
+
+
+def _on_grid_of(prediction, other, name: str):
+    """``other`` in the dimension order of ``prediction`` when both are DataArrays, after
+    checking that they share dimensions and coordinate values (no silent misalignment)."""
+    if not (isinstance(prediction, xr.DataArray) and isinstance(other, xr.DataArray)):
+        return other
+    if set(prediction.dims) != set(other.dims):
+        raise DimensionError(
+            f"prediction has dims {prediction.dims} but {name} has {other.dims}. Rename or "
+            f"select so that both have the same dimensions."
+        )
+    for dim in prediction.dims:
+        if dim in prediction.coords and dim in other.coords:
+            mine, theirs = prediction[dim].values, other[dim].values
+            same = mine.shape == theirs.shape and (
+                np.array_equal(mine, theirs)
+                if mine.dtype.kind not in "fc"
+                else np.allclose(mine, theirs, rtol=1e-9, atol=0, equal_nan=True)
+            )
+            if not same:
+                raise GridError(
+                    f"prediction and {name} are on different grids: their {dim!r} coordinates "
+                    f"differ (prediction {_span(mine)}, {name} {_span(theirs)}). Reproject or "
+                    f"select {name} onto the prediction's grid first (e.g. {name}.sel({dim}=prediction.{dim}) "
+                    "or .interp_like(prediction))."
+                )
+    return other.transpose(*prediction.dims)
+
+
+def _span(values: np.ndarray) -> str:
+    if values.size == 0:
+        return "empty"
+    return f"{values.size} values from {values.flat[0]} to {values.flat[-1]}"
 
 
 def _lead_first(values, lead_dim: str, name: str) -> np.ndarray:
@@ -155,6 +189,13 @@ def metrics(
         Index ``lead`` (1 … T and ``"all"``, pooled over leads), columns ``mse``, ``mae``,
         ``iou``, ``f1``, ``n_valid``.
 
+    Raises
+    ------
+    DimensionError
+        The inputs do not have the same shape (or, as DataArrays, the same dimensions).
+    GridError
+        DataArrays whose coordinates differ (another grid, other times).
+
     Examples
     --------
     >>> prediction = np.array([[[0.0, 0.5], [1.0, 0.2]]])  # 1 sample, 2 leads, 2 pixels
@@ -165,6 +206,8 @@ def metrics(
     >>> table["mse"].round(4).tolist(), table["iou"].round(3).tolist()
     ([0.125, 0.02, 0.0725], [1.0, 0.5, 0.667])
     """
+    target = _on_grid_of(prediction, target, "target")
+    valid = valid if valid is None else _on_grid_of(prediction, valid, "valid")
     pred = _lead_first(prediction, lead_dim, "prediction")
     targ = _lead_first(target, lead_dim, "target")
     mask = None if valid is None else _lead_first(valid, lead_dim, "valid")

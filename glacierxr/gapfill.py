@@ -22,7 +22,7 @@ import dask.array
 import numpy as np
 import xarray as xr
 
-from glacierxr.errors import ConfigError, DataTypeError, DimensionError
+from glacierxr.errors import ConfigError, DataTypeError, DimensionError, NoScenesError
 
 __all__ = ["fill_gaps", "make_kernel"]
 
@@ -178,6 +178,8 @@ def fill_gaps(
         ``da`` is not floating point (an integer array cannot hold NaN gaps).
     ConfigError
         Bad ``size``, ``weights`` or ``max_iter``.
+    NoScenesError
+        A dimension (usually ``time``) has length 0.
 
     References
     ----------
@@ -207,6 +209,12 @@ def fill_gaps(
         )
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ConfigError(f"max_iter must be an integer >= 1 (e.g. 10); got {max_iter!r}.")
+    empty = [str(d) for d, n in da.sizes.items() if n == 0]
+    if empty:
+        raise NoScenesError(
+            f"fill_gaps got no scene: dimension(s) {empty} of {da.name!r} have length 0. "
+            "Widen the search (dates, bbox, max_cloud) or raise mask(max_missing=...)."
+        )
     kernel = make_kernel(weights, size=size)
     max_iter = int(max_iter)
 

@@ -11,7 +11,13 @@ from collections.abc import Hashable
 import numpy as np
 import xarray as xr
 
-from glacierxr.errors import ConfigError, DataTypeError, DimensionError, MissingBandError
+from glacierxr.errors import (
+    ConfigError,
+    DataTypeError,
+    DimensionError,
+    MissingBandError,
+    NoScenesError,
+)
 from glacierxr.landsat import ASSET_ALIASES
 
 __all__ = ["ndsi", "snow_mask"]
@@ -79,6 +85,8 @@ def ndsi(ds: xr.Dataset, *, green: Hashable = "green", swir: Hashable = "swir16"
         A band is not in ``ds``; the message names a matching alias when one is present.
     DimensionError
         The two bands have different dimensions.
+    NoScenesError
+        A dimension (usually ``time``) has length 0.
 
     Examples
     --------
@@ -103,6 +111,7 @@ def ndsi(ds: xr.Dataset, *, green: Hashable = "green", swir: Hashable = "swir16"
     for band in (g, s):
         if not (np.issubdtype(band.dtype, np.number) and not np.issubdtype(band.dtype, np.complexfloating)):
             raise DataTypeError(f"Band {band.name!r} has dtype {band.dtype}; NDSI needs real numbers.")
+    _check_not_empty(g, what="ndsi")
     s = s.transpose(*g.dims)
     index = xr.apply_ufunc(
         _ndsi_kernel,
@@ -122,6 +131,16 @@ def ndsi(ds: xr.Dataset, *, green: Hashable = "green", swir: Hashable = "swir16"
         "swir_band": str(swir),
     }
     return index
+
+
+def _check_not_empty(da: xr.DataArray, *, what: str) -> None:
+    """Raise NoScenesError when a dimension of ``da`` has length 0 (metadata only)."""
+    empty = [str(d) for d, n in da.sizes.items() if n == 0]
+    if empty:
+        raise NoScenesError(
+            f"{what} got no scene: dimension(s) {empty} of {da.name!r} have length 0. "
+            "Widen the search (dates, bbox, max_cloud) or raise mask(max_missing=...)."
+        )
 
 
 def snow_mask(da: xr.DataArray, *, threshold: float = 0.3, binary: bool = False) -> xr.DataArray:
@@ -145,7 +164,7 @@ def snow_mask(da: xr.DataArray, *, threshold: float = 0.3, binary: bool = False)
     Raises
     ------
     ConfigError
-        ``threshold`` is not a finite number.
+        ``threshold`` is not a finite number in [-1, 1].
     DataTypeError
         ``da`` is not a floating-point DataArray.
 
@@ -171,6 +190,11 @@ def snow_mask(da: xr.DataArray, *, threshold: float = 0.3, binary: bool = False)
         threshold = math.nan
     if not math.isfinite(threshold):
         raise ConfigError(f"threshold must be a finite NDSI value such as 0.3; got {threshold!r}.")
+    if not -1.0 <= threshold <= 1.0:
+        raise ConfigError(
+            f"threshold={threshold!r} is outside [-1, 1], the range of the NDSI, so the mask would "
+            "be all snow or all bare. Pass an NDSI value such as threshold=0.3."
+        )
     snow = da >= threshold
     if binary:
         values = snow.astype(da.dtype)

@@ -808,7 +808,10 @@ def _train_statistics(layout: _Layout) -> tuple[float, float]:
 
     ids = layout.split_ids["train"]
     if ids.size == 0:
-        raise DimensionError("The train split has no sequence, so normalize='auto' has nothing to learn from.")
+        raise DimensionError(
+            "The train split has no sequence, so normalize='auto' has nothing to learn from. "
+            "Lower val_fraction/test_fraction, or pass normalize=(mean, std)."
+        )
     time_dim, y_dim, x_dim = layout.dims
     t0, _, _ = layout.decompose(ids)
     covered_t = np.zeros(layout.data.sizes[time_dim], dtype=bool)
@@ -833,7 +836,11 @@ def _train_statistics(layout: _Layout) -> tuple[float, float]:
     mean, std = dask.compute(values.mean(), values.std())
     mean, std = float(mean), float(std)
     if not math.isfinite(mean):
-        raise DimensionError("The training windows contain no valid pixel; cannot compute normalisation statistics.")
+        raise DimensionError(
+            "The training windows contain no valid pixel (the data are all NaN there, or masked "
+            "by the valid coordinate); cannot compute normalisation statistics. Check the input "
+            "(e.g. da.notnull().sum()), or pass normalize=(mean, std) or normalize=None."
+        )
     if not math.isfinite(std) or std == 0:
         std = 1.0
     return mean, std

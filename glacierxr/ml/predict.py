@@ -316,7 +316,12 @@ def predict(
             f"predict needs a (time, y, x) DataArray; got dims {da.dims}. "
             f"Missing: {missing}. Pass time_dim=/y_dim=/x_dim= or transpose first."
         )
-    if not isinstance(steps, (int, np.integer)) or steps <= 0:
+    if not (np.issubdtype(da.dtype, np.number) or np.issubdtype(da.dtype, np.bool_)):
+        raise DataTypeError(
+            f"predict needs numeric data, but {da.name!r} has dtype {da.dtype}. "
+            "Convert it with .astype('float32')."
+        )
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps <= 0:
         raise DimensionError(f"steps must be a positive integer, got {steps!r}.")
     if input_steps is None:
         config = model.get_config() if callable(getattr(model, "get_config", None)) else {}
