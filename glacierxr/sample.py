@@ -60,6 +60,7 @@ seed always gives the same files, and changing ``end`` does not change earlier s
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import shutil
@@ -160,19 +161,38 @@ class _Waves:
         self.amp = amp / np.sqrt(0.5 * np.sum(amp**2))  # unit standard deviation
 
     def __call__(self, col: np.ndarray, row: np.ndarray) -> np.ndarray:
-        out = np.zeros(np.broadcast_shapes(np.shape(col), np.shape(row)), dtype=np.float64)
-        for kx, ky, phase, amp in zip(self.kx, self.ky, self.phase, self.amp):
-            out += amp * np.cos(2.0 * np.pi * (kx * col + ky * row) + phase)
-        return out
+        shape = np.broadcast_shapes(np.shape(col), np.shape(row))
+        col = np.broadcast_to(col, shape).ravel()
+        row = np.broadcast_to(row, shape).ravel()
+        out = np.empty(col.size)
+        step = 32_768  # pixels per block: (waves x block) temporaries stay small
+        for start in range(0, col.size, step):
+            c, r = col[start:start + step], row[start:start + step]
+            phase = np.multiply.outer(self.kx, c)
+            phase += np.multiply.outer(self.ky, r)
+            phase *= 2.0 * np.pi
+            phase += self.phase[:, None]
+            np.remainder(phase, 2.0 * np.pi, out=phase)  # float32 cosine stays accurate
+            out[start:start + step] = self.amp @ np.cos(phase.astype(np.float32))
+        return out.reshape(shape)
 
 
-def _band_spectrum(rng, shape, wl_min, wl_max, slope) -> np.ndarray:
-    """Spectrum of a real random field (unit std) with power in wavelengths [wl_min, wl_max] px."""
+@functools.lru_cache(maxsize=32)
+def _band_amplitude(shape, wl_min, wl_max, slope, along=None, anisotropy=0.0) -> np.ndarray:
     ky = np.fft.fftfreq(shape[0])[:, None]
     kx = np.fft.fftfreq(shape[1])[None, :]
     kr = np.hypot(kx, ky)
     band = (kr >= 1.0 / wl_max) & (kr <= 1.0 / wl_min)
     amp = np.where(band, np.where(band, kr, 1.0) ** (-slope), 0.0)
+    if along is not None:  # favour wave vectors along the angle ``along`` (rows point down)
+        cos_k = (kx * math.cos(along) + ky * math.sin(along)) / np.where(band, kr, 1.0)
+        amp = amp * (1.0 + anisotropy * cos_k**2)
+    return amp
+
+
+def _band_spectrum(rng, shape, wl_min, wl_max, slope, along=None, anisotropy=0.0) -> np.ndarray:
+    """Spectrum of a real random field (unit std) with power in wavelengths [wl_min, wl_max] px."""
+    amp = _band_amplitude(tuple(shape), wl_min, wl_max, slope, along, anisotropy)
     spectrum = np.fft.fft2(rng.standard_normal(shape)) * amp  # Hermitian: the field is real
     std = np.sqrt(np.sum(np.abs(spectrum) ** 2)) / (shape[0] * shape[1])
     return spectrum / std
@@ -260,7 +280,7 @@ class _Valley:
         # static fields (ground), sampled exactly at each scene's misregistration
         period = (fft.next_fast_len(height + 2 + 16), fft.next_fast_len(width + 2 + 16))
         self.fields = _PeriodicFields(rng, period, [
-            (6.0, 40.0, 1.2),   # _ROUGH: terrain roughness
+            (6.0, 60.0, 1.2, self.theta, 3.0),  # _ROUGH: spurs and gullies across the valley
             (4.0, 30.0, 0.6),   # _ROCK: rock albedo
             (4.0, 30.0, 0.6),   # _ROCK2: rock spectral variation
             (4.0, 40.0, 1.0),   # _SNOW: snow surface
@@ -268,7 +288,7 @@ class _Valley:
         ])
         self.sliding = 0.5  # fraction of the centre-line speed that is basal sliding
         self.seed = seed
-        self._textures: dict[int, tuple[_Waves, _Waves]] = {}
+        self._textures: dict[int, _Waves] = {}
         # snow line: highest (summer) well up-valley, lowest (winter) near the terminus
         self.snow_line_summer = self.floor_elevation(-0.6 * self.half_length)
         self.snow_line_winter = self.floor_elevation(0.5 * self.half_length)
@@ -308,13 +328,19 @@ class _Valley:
         profile = self.sliding + (1.0 - self.sliding) * (1.0 - rel**2)
         return np.where(np.abs(rel) < 1.0, self.max_speed * profile, 0.0)
 
-    def texture_epoch(self, epoch: int) -> tuple[_Waves, _Waves]:
+    def texture_epoch(self, epoch: int) -> _Waves:
         """Ice texture born at ``epoch * TEXTURE_EPOCH_YEARS``: crevasses and debris/ogives."""
         if epoch not in self._textures:
             rng = np.random.default_rng([self.seed, 3, epoch + 10_000])
-            crevasses = _Waves(rng, 24, 5.0, 10.0, 0.3, direction=self.theta, spread=0.5)
-            debris = _Waves(rng, 32, 5.0, 20.0, 0.6)
-            self._textures[epoch] = (crevasses, debris)
+            # transverse crevasses (wave vectors along the flow) + isotropic debris and ogives
+            crevasses = _Waves(rng, 20, 5.0, 10.0, 0.3, direction=self.theta, spread=0.5)
+            debris = _Waves(rng, 24, 5.0, 20.0, 0.6)
+            waves = crevasses
+            for name in ("kx", "ky", "phase"):
+                setattr(waves, name, np.concatenate([getattr(crevasses, name),
+                                                     getattr(debris, name)]))
+            waves.amp = np.concatenate([0.25 * crevasses.amp, 0.35 * debris.amp])
+            self._textures[epoch] = waves
         return self._textures[epoch]
 
     def ice_texture(self, col, row, n, years):
@@ -331,10 +357,9 @@ class _Valley:
         for epoch, weight in weights.items():
             if weight == 0.0:
                 continue
-            crevasses, debris = self.texture_epoch(epoch)
             travel = self.speed(n) * (years - epoch * _TEXTURE_EPOCH_YEARS) / self.resolution
             qc, qr = col - travel * self.cos, row - travel * self.sin
-            total += weight * (0.35 * debris(qc, qr) + 0.25 * crevasses(qc, qr))
+            total += weight * self.texture_epoch(epoch)(qc, qr)
         norm = math.sqrt(sum(w * w for w in weights.values()))
         return np.clip(total / norm, -1.0, 1.0)
 
@@ -669,7 +694,7 @@ def _write_cog(path: Path, data: np.ndarray, transform, crs, nodata: int) -> Non
     import rasterio
 
     h, w = data.shape
-    blocksize = 256 if min(h, w) > 256 else 128
+    blocksize = 256  # images up to 256 px are one tile (no overviews, fast to write)
     with rasterio.open(
         path, "w", driver="COG", width=w, height=h, count=1, dtype="uint16", crs=crs,
         transform=transform, nodata=nodata, compress="DEFLATE", predictor=2,
