@@ -80,29 +80,52 @@ def parse(stdout: str) -> tuple[list[dict], list[str]]:
 
 
 def run_script(path: Path, *, quick: bool, timeout: float) -> Outcome:
+    """Run one script in its own process group; on time-out the whole group is ended
+    (a benchmark may start Dask workers or servers of its own)."""
     command = [sys.executable, str(path)] + (["--quick"] if quick else [])
     start = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
     try:
-        done = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
-        )
-    except subprocess.TimeoutExpired as exc:
-        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-        stdout = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _end_group(process)
+        stdout, stderr = process.communicate()
         records, _ = parse(stdout)
         return Outcome(path.name, None, time.perf_counter() - start, records, stderr,
                        f"timed out after {timeout:.0f} s")  # fmt: skip
+    finally:
+        if process.poll() is None:  # interrupted (Ctrl-C): leave nothing running
+            _end_group(process)
     seconds = time.perf_counter() - start
-    records, bad = parse(done.stdout)
+    records, bad = parse(stdout)
     problem = None
-    if done.returncode != 0:
-        problem = f"exit status {done.returncode}"
+    if process.returncode != 0:
+        problem = f"exit status {process.returncode}"
     elif not records:
         problem = "printed no result line"
     elif bad:
         problem = f"{len(bad)} malformed result line(s), e.g. {bad[0][:120]!r}"
-    return Outcome(path.name, done.returncode, seconds, records, done.stderr, problem)
+    return Outcome(path.name, process.returncode, seconds, records, stderr, problem)
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    """SIGTERM the script's process group, then SIGKILL what is left after 10 s."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 # ------------------------------------------------------------------------------------------
