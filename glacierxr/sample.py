@@ -1,4 +1,4 @@
-"""Embedded synthetic sample: Landsat C2 L2-like glacier scenes as COGs + a STAC catalog, with truth.
+"""Embedded synthetic sample: Landsat C2 L2-like glacier scenes (COGs + STAC catalog) with truth.
 
 :func:`write_catalog` renders a glacierised mountain valley, seen by Landsat-8 (and Landsat-9 from
 late 2021) every 16 days, into real Cloud-Optimized GeoTIFFs described by a self-contained static
@@ -10,15 +10,24 @@ Everything is analytic, so the truth is exact:
 
 * **Terrain.** A straight valley whose axis runs through the image centre at a seed-dependent
   angle. ``s`` is the along-flow coordinate (pixels, increasing downstream, 0 at the image
-  centre) and ``n`` the across-flow one. The valley floor descends along ``s``, the walls rise
-  with ``|n|`` and carry spurs and small-scale roughness; the rock is lit by the sun of the
-  acquisition (hill shading from the elevation model).
+  centre) and ``n`` the across-flow one (truth ``along_flow`` / ``across_flow``, in metres). The
+  valley floor descends along ``s``; the walls rise with ``|n|`` and carry spurs and gullies
+  (a band-limited random field favouring ridges across the valley); the ground is lit by the
+  sun of the acquisition (hill shading with sky light, from the elevation model).
+* **Static ground, exactly shifted.** Rock albedo, terrain roughness, snow texture and the
+  irregular snow-line edge are random fields on a torus, i.e. trigonometric polynomials; a
+  misregistered scene samples them at ``(col - shift_x, row - shift_y)`` exactly, through a
+  phase ramp in the Fourier domain.
 * **Ice flow.** Inside the glacier (``|n| < half_width``) ice moves along the valley axis with
-  speed ``V(n) = V_max (1 - (n / half_width)**2)`` (a parabolic cross-valley profile) and zero
-  outside. Speed depends only on ``n`` and ``n`` is constant along the (straight) flow lines, so
-  the ice surface texture (crevasses, debris: a sum of random sinusoids with wavelengths of
-  4–20 px) seen at time ``t`` is the texture at ``p - velocity(p) * (t - t0)``: between two dates
-  the texture moves by exactly ``velocity * dt``.
+  speed ``V(n) = V_max (0.5 + 0.5 (1 - (n / half_width)**2))``: basal sliding plus a parabolic
+  cross-valley profile, 700–1000 m/yr on the centre line (about 1–1.5 px per 16 days at 30 m),
+  zero off the ice. Speed depends only on ``n``, which is constant along the straight flow
+  lines, so a texture evaluated at ``p - velocity * (t - t_k)`` moves by exactly
+  ``velocity * dt`` between any two dates. The ice texture (transverse crevasses and debris /
+  ogives: sums of plane waves with wavelengths of 5–20 px, visible in green, SWIR and NDSI) is
+  a cross-fade of such advected textures born every half year (``t_k``), so the pattern renews
+  itself slowly and the shear of the flow never folds it below the pixel size. Lateral and
+  medial moraines (darker stripes along the flow) darken both bands alike.
 * **Retreat.** The terminus (a rounded tongue) retreats up-valley at a constant rate; a small
   proglacial lake lies in front of it (flagged water in QA_PIXEL unless snow-covered).
 * **Seasonal snow.** Ground above a snow line elevation is snow-covered; the snow line follows a
@@ -36,6 +45,13 @@ Everything is analytic, so the truth is exact:
   nodata and noise are drawn in the scene's own frame.
 * **Sensor.** Gaussian noise (0.004 reflectance), then DN = (reflectance + 0.2) / 2.75e-05 rounded
   and clipped to [1, 65535] (uint16, DN 0 is nodata).
+
+Reflectances: snow 0.85 green / 0.05 SWIR (NDSI ~0.9), bare ice about 0.3–0.6 / 0.03–0.09
+(NDSI about 0.5–0.9 with the texture), rock ~0.13 green with SWIR ~1.75 times higher
+(NDSI < 0), lake water 0.06 / 0.012, cloud ~0.75 / 0.5 (NDSI ~0.2); hill shading scales both
+bands alike.
+
+Note that ``truth.glacier`` is the ``.glacier`` accessor of the Dataset; use ``truth["glacier"]``.
 
 Location: the grid's upper-left corner defaults to a point in the Karakoram for EPSG:32643
 (and to the centre of the CRS's area of use otherwise), moved by ``seed`` on a 16 x 16 lattice of
@@ -130,7 +146,8 @@ _SR_BANDS = {
     ),
 }
 
-# QA_PIXEL words (Collection 2). Confidence pairs: cloud 8-9, shadow 10-11, snow 12-13, cirrus 14-15.
+# QA_PIXEL words (Collection 2).
+# Confidence pairs: cloud 8-9, shadow 10-11, snow 12-13, cirrus 14-15.
 _CONF_LOW = (1 << 8) | (1 << 10) | (1 << 12) | (1 << 14)
 _QA_CLEAR = _CONF_LOW | (1 << QA_BITS["clear"])
 _QA_SNOW = _QA_CLEAR | (1 << QA_BITS["snow"]) | (1 << 13)
@@ -805,7 +822,9 @@ def write_catalog(
     try:
         crs = CRS.from_epsg(int(epsg))
     except Exception:
-        raise ConfigError(f"epsg={epsg!r} is not a known EPSG code. Pass e.g. epsg=32643.") from None
+        raise ConfigError(
+            f"epsg={epsg!r} is not a known EPSG code. Pass e.g. epsg=32643."
+        ) from None
     unit = crs.axis_info[0].unit_name if crs.axis_info else ""
     if not crs.is_projected or unit not in ("metre", "meter"):
         raise ConfigError(
@@ -831,6 +850,11 @@ def write_catalog(
 
     if origin is None:
         origin = _default_origin(int(epsg), seed, width, height, resolution)
+    elif len(origin) != 2:
+        raise ConfigError(
+            f"origin={origin!r} is not an (x, y) pair. Pass the upper-left corner in CRS units, "
+            "e.g. origin=(600000.0, 3960000.0), or None for the default place."
+        )
     x0 = math.floor(float(origin[0]) / resolution) * resolution
     y0 = math.ceil(float(origin[1]) / resolution) * resolution
     transform = Affine(resolution, 0.0, x0, 0.0, -resolution, y0)
@@ -1084,12 +1108,21 @@ def open_truth(catalog_path) -> "xr.Dataset":
     Returns
     -------
     xarray.Dataset
-        Per time: ``shift_x``, ``shift_y`` (pixels, content displacement; +x east, +y down),
-        ``snow_line`` (m), ``cloud_fraction``, ``nodata_fraction``, ``terminus_distance`` (m),
-        ``glacier_area`` (km2), ``sun_elevation`` and coords ``id``, ``platform``. Per pixel:
-        ``u``, ``v`` (m/yr, u east, v north), ``speed``, ``elevation`` (m), ``glacier``,
-        ``stable``, ``lake`` (bool). ``snow_ice`` (time, y, x) as rendered in each scene. ``x`` /
-        ``y`` are pixel centres; the CRS is in ``spatial_ref``; attrs hold the parameters.
+        Per time: ``shift_x``, ``shift_y`` (pixels; the scene content is displaced by
+        ``+shift_x`` columns, east, and ``+shift_y`` rows, down), ``snow_line`` (m),
+        ``cloud_fraction`` (of non-fill pixels, = ``eo:cloud_cover`` / 100),
+        ``nodata_fraction``, ``terminus_distance`` (m along the flow from the image centre),
+        ``glacier_area`` (km2), ``sun_elevation``; coords ``id``, ``platform``.
+        Per pixel ``(y, x)``: ``u``, ``v`` (m/yr, u positive east, v positive north, on the ice
+        extent at start), ``speed``, ``elevation`` (m), ``glacier`` (ice extent at start),
+        ``stable`` (stable ground, never moves), ``lake`` (bool), ``along_flow``,
+        ``across_flow`` (m; the glacier at time t is ``|across_flow| < glacier_half_width_m``
+        and ``along_flow < terminus_distance - 0.6 * glacier_half_width_m * (across_flow /
+        glacier_half_width_m)**2``). Per scene and pixel: ``surface`` (int8, see
+        :data:`SURFACE_CLASSES`: rock, ice, snow, water as rendered in the scene's own,
+        misregistered frame, clouds ignored). ``x`` / ``y`` are pixel centres (the grid
+        :func:`glacierxr.load` gives at the native resolution); the CRS is in ``spatial_ref``;
+        attrs hold the parameters. Use ``truth["glacier"]``: ``truth.glacier`` is the accessor.
 
     Raises
     ------

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import numpy as np
 import pystac
 import pytest
 import rasterio
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from scipy import ndimage, optimize
 
 import glacierxr as gx
@@ -157,8 +160,8 @@ def test_write_catalog__has_every_field_of_a_real_pc_item(sample_catalog, items,
     assert not missing, missing
     for key in BANDS:
         assert set(real["assets"][key]) <= set(ours["assets"][key])
-        ours_bands, real_bands = ours["assets"][key]["raster:bands"], real["assets"][key]["raster:bands"]
-        assert set(real_bands[0]) <= set(ours_bands[0])
+        ours_band = ours["assets"][key]["raster:bands"][0]
+        assert set(real["assets"][key]["raster:bands"][0]) <= set(ours_band)
     real_fields = real["assets"]["qa_pixel"]["classification:bitfields"]
     ours_fields = ours["assets"]["qa_pixel"]["classification:bitfields"]
     assert [(f["name"], f["offset"], f["length"]) for f in ours_fields] == [
@@ -304,7 +307,7 @@ def test_write_catalog__reproducible_for_a_seed_and_different_for_another(tmp_pa
     c = gx.sample.write_catalog(tmp_path / "c", seed=4, **small)
     items_a, items_b, items_c = _items(a), _items(b), _items(c)
     assert [i.id for i in items_a] == [i.id for i in items_b]
-    assert [i.to_dict()["properties"] for i in items_a] == [i.to_dict()["properties"] for i in items_b]
+    assert [i.properties for i in items_a] == [i.properties for i in items_b]
     for ia, ib in zip(items_a, items_b):
         for key in BANDS:
             assert np.array_equal(_read(ia, key), _read(ib, key))
@@ -332,7 +335,8 @@ def test_write_catalog__refuses_to_overwrite_unless_asked(tmp_path):
         (dict(start="yesterday"), "not a date"),
         (dict(epsg=4326), "projected CRS"),
         (dict(resolution=0), "not positive"),
-        (dict(start="2020-01-01", end="2020-01-02", revisit_days=16, origin=None), "No acquisition"),
+        (dict(revisit_days=1), "revisit_days=1"),
+        (dict(origin=(1.0,)), "origin"),
     ],
 )
 def test_write_catalog__rejects_bad_arguments(tmp_path, kwargs, fragment):
@@ -349,10 +353,12 @@ def test_write_catalog__landsat9_interleaves_eight_days_after_landsat8(tmp_path)
     l8 = [item.datetime.date() for item in items if item.properties["platform"] == "landsat-8"]
     l9 = [item.datetime.date() for item in items if item.properties["platform"] == "landsat-9"]
     assert min(l9).isoformat() >= "2021-11-01"
-    start = items[0].datetime.date()
+    start = dt.date(2021, 10, 1)  # the first possible acquisition (it may be dropped)
     assert all((d - start).days % 16 == 0 for d in l8)
     assert all((d - start).days % 16 == 8 for d in l9)
-    assert all(item.id.startswith("LC09_") for item in items if item.properties["platform"] == "landsat-9")
+    for item in items:
+        landsat9 = item.properties["platform"] == "landsat-9"
+        assert item.id.startswith("LC09_" if landsat9 else "LC08_")
 
 
 # ------------------------------------------------------------------------------------------
@@ -468,3 +474,53 @@ def test_misregistration__truth_matches_content_shift_on_stable_ground(items, qa
         if checked == 3:
             break
     assert checked >= 1
+
+
+def test_open_truth__grid_is_the_grid_gx_load_gives(sample_catalog, items, truth):
+    items_found = gx.search(datetime=None, max_cloud=None, catalog=sample_catalog)
+    cube = gx.load(items_found, resolution=30)
+    np.testing.assert_allclose(cube.x, truth.x)
+    np.testing.assert_allclose(cube.y, truth.y)
+    assert cube.rio.crs == truth.rio.crs
+    assert list(cube["id"].values) == list(truth["id"].values)
+    # native grid: the loaded pixels are the COG pixels, not resampled
+    green = cube.green.isel(time=0).values
+    np.testing.assert_allclose(green, _reflectance(items[0], "green"), rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), day=st.integers(0, 364))
+def test_write_catalog__qa_and_metadata_invariants_hold_for_any_seed(tmp_path_factory, seed, day):
+    start = dt.date(2019, 1, 1) + dt.timedelta(days=day)
+    try:
+        path = gx.sample.write_catalog(tmp_path_factory.mktemp("any"), seed=seed, width=32,
+                                       height=32, start=start.isoformat(),
+                                       end=(start + dt.timedelta(days=40)).isoformat())
+    except ConfigError as error:  # every acquisition of the window dropped (rare, allowed)
+        assert "No acquisition" in str(error)
+        assume(False)
+    truth = gx.sample.open_truth(path)
+    items = _items(path)
+    assert len({item.id for item in items}) == len(items) == truth.sizes["time"] >= 1
+    assert np.all(np.abs(truth.shift_x) <= 1.5) and np.all(np.abs(truth.shift_y) <= 1.5)
+    for item in items:
+        qa, green, swir = (_read(item, key) for key in ("qa_pixel", "green", "swir16"))
+        fill = (qa & 1) != 0
+        assert np.array_equal(fill, green == 0) and np.array_equal(fill, swir == 0)
+        assert np.all(qa[fill] == 1)
+        snow = (qa & (1 << QA_BITS["snow"])) != 0
+        assert not np.any(snow & ((qa & (CLOUDY_BITS | SHADOW_BIT)) != 0))
+        if (~fill).any():
+            cloud = ((qa & (1 << QA_BITS["cloud"])) != 0)[~fill].mean()
+            assert item.properties["eo:cloud_cover"] == pytest.approx(100 * cloud, abs=0.01)
+
+
+def test_write_catalog__later_end_keeps_the_earlier_scenes(tmp_path):
+    small = dict(seed=5, width=32, height=32, start="2019-05-01")
+    short = _items(gx.sample.write_catalog(tmp_path / "short", end="2019-06-15", **small))
+    longer = _items(gx.sample.write_catalog(tmp_path / "long", end="2019-08-15", **small))
+    assert [i.id for i in longer[: len(short)]] == [i.id for i in short]
+    assert len(longer) > len(short)
+    for a, b in zip(short, longer):
+        assert np.array_equal(_read(a, "green"), _read(b, "green"))
