@@ -18,7 +18,14 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from glacierxr.errors import ChunkingError, DataTypeError, DimensionError, GridError
+from glacierxr.errors import (
+    ChunkingError,
+    ConfigError,
+    DataTypeError,
+    DimensionError,
+    GridError,
+    NoScenesError,
+)
 
 __all__ = ["align"]
 
@@ -322,6 +329,12 @@ def align(
         ``y`` or ``x`` is split across Dask chunks (fix: ``.chunk({"y": -1, "x": -1})``).
     DataTypeError
         ``da`` is not numeric, or ``reference`` is of an unknown kind.
+    GridError
+        A reference DataArray of another size or with other ``y``/``x`` coordinates.
+    ConfigError
+        ``max_shift`` is not a positive number, or ``iterations`` < 1.
+    NoScenesError
+        ``time_dim`` has length 0.
 
     Examples
     --------
@@ -359,6 +372,18 @@ def align(
         raise DataTypeError(f"interpolation must be 'linear' or 'cubic', got {interpolation!r}.")
     if gauss_filter_size < 1 or gauss_filter_size % 2 == 0:
         raise DataTypeError(f"gauss_filter_size must be a positive odd number, got {gauss_filter_size}.")
+    if not (isinstance(max_shift, (int, float, np.number)) and np.isfinite(max_shift) and max_shift > 0):
+        raise ConfigError(
+            f"max_shift must be a positive number of pixels (e.g. 5.0), got {max_shift!r}. "
+            "To keep the scenes where they are, skip align()."
+        )
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
+        raise ConfigError(f"iterations must be an integer >= 1 (e.g. 100), got {iterations!r}.")
+    if da.sizes[time_dim] == 0:
+        raise NoScenesError(
+            f"align got no scene: dimension {time_dim!r} has length 0. Widen the search (dates, "
+            "bbox, max_cloud) or raise mask(max_missing=...)."
+        )
     _check_single_chunk(da, (y_dim, x_dim), "align")
 
     out_dtype = np.dtype(da.dtype) if np.issubdtype(da.dtype, np.floating) else np.dtype(np.float32)
@@ -388,6 +413,16 @@ def align(
                 f"the reference is {dict(reference.sizes)} but the scenes are "
                 f"{ {y_dim: da.sizes[y_dim], x_dim: da.sizes[x_dim]} }. Pass a reference on the same grid."
             )
+        for dim in (y_dim, x_dim):
+            if dim in reference.coords and dim in da.coords and not np.allclose(
+                reference[dim].values, da[dim].values, rtol=1e-9, atol=0
+            ):
+                raise GridError(
+                    f"the reference's {dim!r} coordinates differ from the scenes' (reference "
+                    f"{float(reference[dim][0])} … {float(reference[dim][-1])}, scenes "
+                    f"{float(da[dim][0])} … {float(da[dim][-1])}). Pass a reference on the same "
+                    f"grid, e.g. reference.interp_like(da) or da.isel({time_dim}=0)."
+                )
         _check_single_chunk(reference, (y_dim, x_dim), "align (reference)")
         ref = reference.astype(out_dtype).drop_vars(
             [c for c in reference.coords if c not in (y_dim, x_dim)]
