@@ -249,6 +249,7 @@ def test_full_scene_sequences__bad_input_raises():
         FullSceneSequences(cube(times=6), patch=6)
 
 
+@pytest.mark.slow
 def test_full_scene_training__unchanged_trainer_learns_and_checkpoints_reload(tmp_path):
     # the scene repeats one year of four seasons: the last input is the target a year later
     rng = np.random.default_rng(0)
@@ -256,7 +257,7 @@ def test_full_scene_training__unchanged_trainer_learns_and_checkpoints_reload(tm
     da = make_series(np.tile(seasons, (6, 1, 1)), freq="QS")
     scenes = FullSceneSequences(da, patch=5, val_fraction=0.0, test_fraction=0.0)
     wrapper = FullSceneModel(small_convlstm(), patch=5)
-    trainer = Trainer(wrapper, max_epochs=4, batch_size=4, lr=1e-2, progress=False, device="cpu",
+    trainer = Trainer(wrapper, max_epochs=3, batch_size=4, lr=1e-2, progress=False, device="cpu",
                       checkpoint_dir=tmp_path, patience=None)
     history = trainer.fit(scenes.split("train"))
     assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
@@ -325,12 +326,13 @@ def seams(size, patch, amplitude=0.15):
     return pattern + 0.5 * amplitude * checker
 
 
+@pytest.mark.slow
 def test_denoiser__learns_to_remove_a_seam_pattern():
     size, patch = 32, 8
     train_clean = smooth_fields(24, size, seed=0)
     test_clean = smooth_fields(6, size, seed=1)
     noise = seams(size, patch)
-    denoiser = train_denoiser(train_clean + noise, train_clean, base_channels=8, depth=2, epochs=60,
+    denoiser = train_denoiser(train_clean + noise, train_clean, base_channels=8, depth=2, epochs=40,
                               batch_size=8, lr=3e-3, crop=None, seed=0)
     with torch.no_grad():
         cleaned = denoiser(torch.from_numpy(test_clean + noise)[:, None])[:, 0].numpy()
