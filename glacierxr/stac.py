@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import os
 import re
@@ -46,6 +47,8 @@ __all__ = [
     "RETRY_BACKOFF_FACTOR",
     "RETRY_STATUS",
     "REQUEST_TIMEOUT",
+    "RedactTokensFilter",
+    "redact_tokens_in_logs",
 ]
 
 #: Seconds of the exponential backoff between retries: ``factor * 2 ** (retry - 1)``.
@@ -173,6 +176,7 @@ def search(
     ...     for item in search(datetime="2020", catalog=path))
     True
     """
+    redact_tokens_in_logs()
     boxes, query_bbox = _spatial_boxes(bbox=bbox, intersects=intersects, glacier=glacier)
     start, end = parse_datetime(datetime)
     query = _Query(
@@ -252,6 +256,7 @@ def resign_href(href: str, *, max_retries: int = 5) -> str:
     >>> resign_href("https://example.com/a.tif?x=1")
     'https://example.com/a.tif?x=1'
     """
+    redact_tokens_in_logs()
     return _sign_href(href, strip=True, max_retries=max_retries, error=AssetReadError)
 
 
@@ -932,6 +937,61 @@ def _redact(text: str) -> str:
     """Remove anything that looks like a SAS token from ``text``."""
     text = _BLOB_QUERY_RE.sub(r"\1?<token removed>", text)
     return _SIG_RE.sub(r"\1=<removed>", text)
+
+
+# --------------------------------------------------------------------------- logs
+
+#: Packages whose loggers see signed URLs; rasterio and stackstac log them at DEBUG level
+#: ("Dataset <open DatasetReader name='https://...?...&sig=...'> is started").
+TOKEN_LOGGER_PACKAGES = (
+    "rasterio", "stackstac", "urllib3", "requests", "pystac", "pystac_client",
+    "planetary_computer", "fsspec", "glacierxr",
+)  # fmt: skip
+
+
+class RedactTokensFilter(logging.Filter):
+    """A :class:`logging.Filter` that removes SAS tokens from log records (it never drops one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record is not ours to fix
+            return True
+        redacted = _redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+_TOKEN_FILTER = RedactTokensFilter()
+
+
+def redact_tokens_in_logs() -> None:
+    """Attach :class:`RedactTokensFilter` to the loggers of :data:`TOKEN_LOGGER_PACKAGES`.
+
+    Filters of a logger apply to the records logged on it, not on its children, so every
+    logger of those packages that exists when it runs is equipped. Idempotent and cheap;
+    :func:`search` and :func:`resign_href` call it (call it yourself before loading items
+    signed elsewhere). Filters run only for records at an enabled level, so this costs
+    nothing unless DEBUG logging is on.
+
+    Examples
+    --------
+    >>> import logging
+    >>> redact_tokens_in_logs()
+    >>> any(isinstance(f, RedactTokensFilter) for f in logging.getLogger("rasterio._base").filters)
+    True
+    """
+    names = set(TOKEN_LOGGER_PACKAGES) | {"rasterio._base", "rasterio._env", "stackstac.timer"}
+    names |= {
+        name
+        for name in list(logging.root.manager.loggerDict)
+        if name.split(".", 1)[0] in TOKEN_LOGGER_PACKAGES
+    }
+    for name in names:
+        logger = logging.getLogger(name)
+        if _TOKEN_FILTER not in logger.filters:
+            logger.addFilter(_TOKEN_FILTER)
 
 
 # --------------------------------------------------------------------------- signing
