@@ -189,9 +189,13 @@ def predict(config_path, data, checkpoint, steps, out, overwrite):
     from glacierxr.ml.checkpoint import load_model
     from glacierxr.pipeline import forecast, open_composites
 
+    from dask.diagnostics import ProgressBar
+
     config = _config(config_path, predict__steps=steps)
     result = forecast(open_composites(data), load_model(checkpoint), config)
-    click.echo(str(write(result, out, overwrite=overwrite, progress=True)))
+    with ProgressBar():  # write() computes; show how far it is
+        path = write(result, out, overwrite=overwrite)
+    click.echo(str(path))
 
 
 @cli.command(context_settings=CONTEXT)
