@@ -67,6 +67,7 @@ from glacierxr.landsat import (
     SR_SCALE,
     resolve_asset_key,
 )
+from glacierxr.stac import redact_tokens_in_logs
 
 __all__ = [
     "load",
@@ -75,10 +76,12 @@ __all__ = [
     "LandsatReader",
     "SkippedAssetWarning",
     "OutputExistsError",
+    "OutputNotFoundError",
     "DEFAULT_BANDS",
     "DEFAULT_CHUNKS",
     "READ_ATTEMPTS",
     "RETRY_BACKOFF_S",
+    "READ_TIMEOUT_S",
 ]
 
 #: Bands :func:`load` returns unless told otherwise.
@@ -89,6 +92,10 @@ DEFAULT_CHUNKS: Mapping[str, int] = {"time": 1, "y": 1024, "x": 1024}
 READ_ATTEMPTS = 3
 #: Seconds before the first retry; doubled before each further one.
 RETRY_BACKOFF_S = 0.5
+#: Seconds a server may take to accept a connection, or stay silent in the middle of a
+#: response, before GDAL gives the request up (it is then retried like a 5xx). Slow but
+#: moving transfers are never cut.
+READ_TIMEOUT_S = 30.0
 
 _QA_BANDS = frozenset({"qa_pixel"})
 _QA_FILL = np.uint16(1 << QA_BITS["fill"])
@@ -104,6 +111,15 @@ _TRANSIENT = re.compile(
     re.IGNORECASE,
 )
 _EXPIRED_TOKEN = re.compile(r"HTTP response code: 403", re.IGNORECASE)
+# What GDAL says when the bytes of a *remote* file did not arrive whole: an error page or a
+# refused token read instead of the TIFF header ("not recognized"), or a short tile read.
+# GDAL does not always carry the HTTP status into the exception, so for http(s) hrefs these
+# are retried too (a truly corrupt remote file then fails after READ_ATTEMPTS tries).
+_REMOTE_SHORT_READ = re.compile(
+    r"not recognized as being in a supported file format|read error at|got \d+ bytes, expected"
+    r"|ireadblock failed|tiffreadencoded|tifffilltile|tiffreadblock",
+    re.IGNORECASE,
+)
 _URL_QUERY = re.compile(r"((?:/vsicurl/)?[a-z][a-z0-9+.-]*://[^\s'\"?#]+)\?[^\s'\"]*", re.IGNORECASE)
 _SECRET_PARAM = re.compile(
     r"\b(sig|se|st|sp|sv|sr|spr|skoid|sktid|skt|ske|sks|skv|token|x-amz-[a-z-]+)=[^&\s'\"]+",
@@ -127,6 +143,10 @@ class SkippedAssetWarning(UserWarning):
 
 class OutputExistsError(GlacierXRError, FileExistsError):
     """:func:`write` refused to replace an existing output (pass ``overwrite=True``)."""
+
+
+class OutputNotFoundError(GlacierXRError, FileNotFoundError):
+    """:func:`read` found nothing at the path (an interrupted :func:`write` leaves nothing)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -166,9 +186,15 @@ def _messages(exc: BaseException) -> str:
     return " | ".join(parts)
 
 
+def _is_remote(href: str) -> bool:
+    return urlsplit(href).scheme.lower() in ("http", "https")
+
+
 def _is_transient(exc: BaseException, href: str) -> bool:
     text = _messages(exc)
     if _TRANSIENT.search(text):
+        return True
+    if _is_remote(href) and _REMOTE_SHORT_READ.search(text):
         return True
     # An expired SAS token answers 403; signing again (next attempt) fixes it.
     return _is_blob(href) and bool(_EXPIRED_TOKEN.search(text))
@@ -199,9 +225,11 @@ class LandsatReader(AutoParallelRioReader):
 
     - hrefs on ``*.blob.core.windows.net`` are signed with :func:`glacierxr.stac.resign_href`
       each time the file is opened, so a token that expired since the search is renewed;
-    - transient failures (HTTP 5xx/429, connection errors, time-outs, HTTP 403 on a blob URL)
-      are retried :data:`READ_ATTEMPTS` times with exponential backoff from
-      :data:`RETRY_BACKOFF_S` seconds; other failures (404, a corrupt file) fail at once;
+    - transient failures (HTTP 5xx/429, dropped connections, time-outs after
+      :data:`READ_TIMEOUT_S` of silence, HTTP 403 on a blob URL, and bytes of a remote file
+      that did not arrive whole) are retried :data:`READ_ATTEMPTS` times with exponential
+      backoff from :data:`RETRY_BACKOFF_S` seconds; other failures (404, a corrupt local
+      file) fail at once;
     - a failure raises :class:`~glacierxr.errors.AssetReadError` naming the href without its
       query string, or, when the error matches ``errors_as_nodata`` (``load(on_error="skip")``
       passes ``AssetReadError(".*")``), warns :class:`SkippedAssetWarning` and reads as nodata.
@@ -255,7 +283,8 @@ class LandsatReader(AutoParallelRioReader):
     def read(self, window, **kwargs) -> np.ndarray:
         for attempt in range(max(1, READ_ATTEMPTS)):
             try:
-                return super().read(window, **kwargs)
+                with _uncached(self.url, attempt):  # a retry must not get cached partial bytes
+                    return super().read(window, **kwargs)
             except AssetReadError:
                 raise  # from _open: already retried and explained
             except Exception as exc:  # noqa: BLE001 - classified, redacted and re-raised
@@ -688,6 +717,21 @@ def _source(scenes: Sequence[_Scene]) -> str:
 _PARAMS = np.dtype([("scale", "f8"), ("offset", "f8"), ("nodata", "f8")])
 
 
+def _gdal_env():
+    """stackstac's GDAL settings plus time-outs, so that a stalled server is given up on."""
+    from stackstac.rio_reader import DEFAULT_GDAL_ENV
+
+    seconds = str(max(1, math.ceil(READ_TIMEOUT_S)))
+    return DEFAULT_GDAL_ENV.updated(
+        always=dict(
+            GDAL_HTTP_CONNECTTIMEOUT=seconds,
+            # abort a response that stays below 1 byte/s for that long (a hung server)
+            GDAL_HTTP_LOW_SPEED_TIME=seconds,
+            GDAL_HTTP_LOW_SPEED_LIMIT="1",
+        )
+    )
+
+
 def _per_time(bands: Sequence[_Band], time_chunks):
     """Each scene's (scale, offset, nodata), shaped (time, 1, 1) and chunked like the cube's
     time axis, so Dask pairs block i with scenes of block i (one small task per block)."""
@@ -817,6 +861,7 @@ def load(
     >>> cube.sizes["y"], cube.sizes["x"], cube.rio.crs.to_epsg()
     (32, 32, 32643)
     """
+    redact_tokens_in_logs()  # rasterio and stackstac log signed hrefs at DEBUG level
     bands = _check_bands(bands)
     chunk_sizes = _chunk_sizes(chunks)
     if groupby not in ("solar_day", None):
@@ -899,6 +944,7 @@ def load(
         band_coords=False,
         errors_as_nodata=(AssetReadError(".*"),) if on_error == "skip" else (),
         reader=LandsatReader,
+        gdal_env=_gdal_env(),
     )
     # One stackstac call per band (a band axis of length 1 drops blockwise, in O(1) graph
     # building; slicing a multi-band stack would touch every chunk); all share one grid.
@@ -1300,6 +1346,11 @@ def read(
     from its band descriptions (or ``(y, x)`` for one band without times). The CRS is in
     ``spatial_ref`` in every case.
 
+    Raises
+    ------
+    OutputNotFoundError
+        Nothing at ``path`` (also a ``FileNotFoundError``).
+
     Examples
     --------
     >>> import tempfile, glacierxr as gx
@@ -1311,7 +1362,10 @@ def read(
     path = Path(path)
     fmt = _format_of(path, format)
     if not path.exists():
-        raise FileNotFoundError(f"{str(path)!r} does not exist.")
+        raise OutputNotFoundError(
+            f"{str(path)!r} does not exist. Check the path; an interrupted write() leaves "
+            "nothing there (run it again)."
+        )
     if fmt in ("zarr", "netcdf"):
         if fmt == "zarr":
             ds = xr.open_zarr(path, chunks=chunks, consolidated=False, decode_coords="all")

@@ -971,9 +971,8 @@ def redact_tokens_in_logs() -> None:
 
     Filters of a logger apply to the records logged on it, not on its children, so every
     logger of those packages that exists when it runs is equipped. Idempotent and cheap;
-    :func:`search` and :func:`resign_href` call it (call it yourself before loading items
-    signed elsewhere). Filters run only for records at an enabled level, so this costs
-    nothing unless DEBUG logging is on.
+    :func:`search`, :func:`resign_href` and :func:`glacierxr.load` call it. Filters run only
+    for records at an enabled level, so this costs nothing unless DEBUG logging is on.
 
     Examples
     --------

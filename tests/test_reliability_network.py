@@ -106,7 +106,8 @@ def cog_dir(tmp_path_factory) -> Path:
                 dn[:3, :7] = 0
                 nodata = 0
             name = Path(asset["href"]).name
-            path = directory / "cogs" / document["id"] / name
+            # one container, like Planetary Computer's landsat-c2 (one SAS token for all)
+            path = directory / "cogs" / "landsat-c2" / document["id"] / name
             path.parent.mkdir(parents=True, exist_ok=True)
             with rasterio.open(
                 path, "w", driver="COG", width=size, height=size, count=1, dtype="uint16",
@@ -247,7 +248,7 @@ def test_network__persistent_fault_names_the_href_without_token(faulty, document
     assert SECRET not in message and "sig=" not in message  # never the token
     assert "attempts" in message  # it was retried before giving up
     assert "on_error='skip'" in message  # and says how to go on without it
-    hits = [r for r in faulty.requests if target in r.path and r.range]
+    hits = [f for f in faulty.fired if target in f["path"]]  # counted when met (stalls too)
     assert len(hits) >= gio.READ_ATTEMPTS
 
 
@@ -346,7 +347,7 @@ def test_network__pc_token_expiring_mid_load_is_renewed_and_load_completes(
     run = next(_RUN)
     unsigned = _with_hrefs(documents, lambda rel: f"http://{BLOB}/{rel}?run={run}")
     # signed at search time (token 1), as glacierxr.search(sign=True) does
-    signed = _with_hrefs(unsigned, lambda href: href)
+    signed = copy.deepcopy(unsigned)
     for document in signed:
         for asset in document["assets"].values():
             asset["href"] = stac.resign_href(asset["href"])
