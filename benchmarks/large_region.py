@@ -351,15 +351,68 @@ def _split(length: int, chunk: int) -> tuple[int, ...]:
 # The chain
 # ------------------------------------------------------------------------------------------
 def mean_reference(snow):
-    """The temporal mean of the valid pixels (what ``align(reference="mean")`` uses)."""
+    """The temporal mean of the valid pixels (as ``align(reference="mean")`` computes it)."""
     total = snow.sum("time", skipna=True)
     count = snow.count("time")
     return total / count.where(count > 0)
 
 
-def run_chain(cube, out: Path, *, chunk: int, reference: str = "persisted") -> dict:
-    """cube → mask → NDSI → snow mask → fill → align → 3-month composites → Zarr. Returns timings."""
-    from distributed import wait
+#: Per-time coordinates :func:`glacierxr.align.align` adds (they differ between tiles).
+ALIGN_COORDS = ("shift_x", "shift_y", "ecc_correlation", "converged", "align_method")
+
+
+def _tiles(length: int, tile: int) -> list[slice]:
+    return [slice(start, min(start + tile, length)) for start in range(0, length, tile)]
+
+
+def scattered(client, values, *, tile: int):
+    """A ``(y, x)`` numpy array as a Dask array of ``tile``-sized blocks held on every worker.
+
+    The blocks live on the cluster (``client.scatter``), so graphs refer to them by key instead
+    of carrying the pixels.
+    """
+    import dask.array as dsa
+
+    rows = []
+    for ys in _tiles(values.shape[0], tile):
+        futures = client.scatter([np.ascontiguousarray(values[ys, xs]) for xs in _tiles(values.shape[1], tile)],
+                                 broadcast=True, hash=False)
+        rows.append([dsa.from_delayed(f, shape=f.result().shape, dtype=values.dtype) for f in futures])
+    return dsa.block(rows)
+
+
+def align_in_tiles(snow, reference, *, tile: int):
+    """``align`` on whole scenes (``tile`` ≥ the region) or tile by tile (``tile × tile`` px).
+
+    Each tile of every scene is registered on its own (its own shift), so one task never holds
+    more than a tile, whatever the region.  The tiles are put back together lazily; the per-tile
+    shift coordinates are dropped (they differ from tile to tile).
+    """
+    import xarray as xr
+
+    height, width = snow.sizes["y"], snow.sizes["x"]
+    if tile >= height and tile >= width:
+        return snow.chunk({"y": -1, "x": -1}).glacier.align(reference=reference)
+    rows = []
+    for ys in _tiles(height, tile):
+        row = []
+        for xs in _tiles(width, tile):
+            window = {"y": ys, "x": xs}
+            part = snow.isel(window).chunk({"y": -1, "x": -1})
+            aligned = part.glacier.align(reference=reference.isel(window))
+            row.append(aligned.drop_vars(list(ALIGN_COORDS)))
+        rows.append(row)
+    return xr.combine_nested(rows, concat_dim=["y", "x"], combine_attrs="override")
+
+
+def run_chain(cube, out: Path, *, client, chunk: int, tile: int, reference: str = "observed") -> dict:
+    """cube → mask → NDSI → snow mask → fill → align → 3-month composites → Zarr. Returns timings.
+
+    ``reference="observed"``: the align reference (the temporal mean of the *observed*, not
+    gap-filled, snow mask) is computed first in its own streaming pass, scattered to the
+    workers and passed as ``reference=``; ``"mean"``: ``align``'s default, in one graph.
+    """
+    import xarray as xr
 
     from glacierxr.io import write
 
@@ -367,19 +420,28 @@ def run_chain(cube, out: Path, *, chunk: int, reference: str = "persisted") -> d
     start = time.perf_counter()
     masked = cube.glacier.mask()  # computes the per-scene missing fraction (one pass)
     timings["mask_s"] = time.perf_counter() - start
-    snow = masked.glacier.ndsi().glacier.snow_mask().glacier.fill_gaps()
-    frames = snow.chunk({"y": -1, "x": -1})  # align registers whole scenes
-    if reference == "persisted":
+    observed = masked.glacier.ndsi().glacier.snow_mask()
+    snow = observed.glacier.fill_gaps()
+    if reference == "observed":
         mark = time.perf_counter()
-        ref = mean_reference(snow).chunk({"y": -1, "x": -1}).persist()
-        wait(ref.data)
+        values = mean_reference(observed).compute()
+        ref = xr.DataArray(
+            scattered(client, values.values, tile=min(tile, max(values.shape))),
+            dims=values.dims, coords=values.coords, name="reference",
+        )
         timings["reference_s"] = time.perf_counter() - mark
-        aligned = frames.glacier.align(reference=ref)
     else:
-        aligned = frames.glacier.align()
+        if tile < max(snow.sizes["y"], snow.sizes["x"]):
+            raise SystemExit("--reference mean works on whole scenes only (--align-tile 0)")
+        ref = "mean"
+    aligned = align_in_tiles(snow, ref, tile=tile)
     composites = aligned.chunk({"y": chunk, "x": chunk}).glacier.monthly(months=3)
     mark = time.perf_counter()
-    write(composites.to_dataset(name="snow_mask"), out, overwrite=True)
+    # one chunking for the composite and its per-pixel count coordinates (monthly gives the
+    # counts one chunk per period and the interpolated composite one chunk along time; Zarr
+    # wants one chunk grid per dimension)
+    dataset = composites.to_dataset(name="snow_mask").chunk({"time": -1, "y": chunk, "x": chunk})
+    write(dataset, out, overwrite=True)
     timings["write_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - start
     timings["scenes_kept"] = int(masked.sizes["time"])
@@ -393,7 +455,8 @@ def run_predict(composites_path: Path, out: Path, *, chunk: int, model) -> float
 
     from glacierxr.io import write
 
-    snow = xr.open_zarr(composites_path, chunks={"time": -1, "y": chunk, "x": chunk})["snow_mask"]
+    chunks = {"time": -1, "y": chunk, "x": chunk}
+    snow = xr.open_zarr(composites_path, chunks=chunks, consolidated=False)["snow_mask"]
     start = time.perf_counter()
     forecast = snow.glacier.predict(model, steps=4, patch=50)
     write(forecast.to_dataset(), out, overwrite=True)
@@ -443,12 +506,25 @@ def _spill_metrics(dask_worker) -> dict:
     }
 
 
+#: glibc malloc settings for the workers. Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` to
+#: hand freed memory back to the system quickly; that also pins glibc's mmap threshold at 128 KiB,
+#: so every temporary array is a fresh ``mmap`` whose pages fault in on first touch.  glacierxr's
+#: per-block NumPy work makes many such temporaries (``bench_malloc`` measures the cost).
+MALLOC_TUNED = {"MALLOC_TRIM_THRESHOLD_": 64 * 2**20, "MALLOC_MMAP_THRESHOLD_": 32 * 2**20}
+
+
 @contextlib.contextmanager
-def local_cluster(*, workers: int, memory_limit: str, scratch: Path):
+def local_cluster(*, workers: int, memory_limit: str, scratch: Path, malloc: str = "tuned"):
+    """A LocalCluster of ``workers`` one-thread processes, ``memory_limit`` each, and its Client."""
+    import dask
     from distributed import Client, LocalCluster
 
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    if malloc == "tuned":
+        environ.update(MALLOC_TUNED)
     scratch.mkdir(parents=True, exist_ok=True)
     with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
         LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -463,7 +539,7 @@ def local_cluster(*, workers: int, memory_limit: str, scratch: Path):
 
 
 def measured(client, work):
-    """Run ``work()`` on ``client``'s cluster; return (its result, peaks, spilled, restarts)."""
+    """Run ``work()`` on ``client``'s cluster; return (its result, peaks MB, spilled bytes, restarts)."""
     before = client.run(_worker_pid)
     with MemorySampler(before) as sampler:
         result = work()
@@ -488,46 +564,81 @@ def tiny_model():
 # ------------------------------------------------------------------------------------------
 # Cases
 # ------------------------------------------------------------------------------------------
-def bench_size(size: int, scenes: int, args) -> dict:
+def _block_workload(scenes: int, size: int) -> float:
+    """CPU seconds of generate → mask → NDSI → snow mask → fill on ``scenes`` blocks (NumPy)."""
+    import glacierxr  # noqa: F401  (registers the accessor)
+
+    cube = synthetic_cube(size=size, scenes=scenes, chunk=size)
+    start = time.process_time()
+    for scene in range(scenes):
+        block = cube.isel(time=[scene]).compute(scheduler="sync")
+        block.glacier.mask(drop=False).glacier.ndsi().glacier.snow_mask().glacier.fill_gaps()
+    return time.process_time() - start
+
+
+def bench_malloc(args) -> None:
+    """CPU time of the same per-block work in a worker with dask's default vs tuned malloc settings."""
+    scenes, size = (4, 500) if args.quick else (8, 1000)
+    seconds = {}
+    for setting in ("dask-default", "tuned"):
+        with local_cluster(workers=1, memory_limit=args.memory_limit, scratch=WORK / "dask-scratch",
+                           malloc=setting) as client:
+            client.submit(_block_workload, 1, 64, pure=False).result()  # imports, warm-up
+            seconds[setting] = min(client.submit(_block_workload, scenes, size, pure=False).result()
+                                   for _ in range(2))
+    emit("worker_cpu_per_block", round(seconds["tuned"] / scenes, 3), "s", block_px=size,
+         work="generate + mask + ndsi + snow_mask + fill_gaps, NumPy, in a worker process",
+         environment=MALLOC_TUNED, baseline="dask's default worker environment (MALLOC_TRIM_THRESHOLD_=65536)",
+         baseline_value=round(seconds["dask-default"] / scenes, 3),
+         ratio=round(seconds["tuned"] / seconds["dask-default"], 2))
+
+
+def bench_size(size: int, scenes: int, args, *, tile: int, predict: bool) -> dict:
+    """The chain over a ``size``² region on a fresh cluster; emits and returns the figures."""
     cube = synthetic_cube(size=size, scenes=scenes, chunk=args.chunk, seed=args.seed)
-    label = f"{size}x{size}px_{scenes}scenes"
+    layout = "whole scenes" if tile >= size else f"{tile}x{tile} px tiles"
+    label = f"{size}px_{scenes}scenes_" + ("frames" if tile >= size else f"tiles{tile}")
     out = WORK / f"composites_{label}.zarr"
-    with local_cluster(workers=args.workers, memory_limit=args.memory_limit, scratch=WORK / "dask-scratch") as client:
+    with local_cluster(workers=args.workers, memory_limit=args.memory_limit,
+                       scratch=WORK / "dask-scratch") as client:
         timings, peaks, spilled, restarts = measured(
-            client, lambda: run_chain(cube, out, chunk=args.chunk, reference=args.reference)
+            client, lambda: run_chain(cube, out, client=client, chunk=args.chunk, tile=tile,
+                                      reference=args.reference),
         )
     megapixel_scenes = size * size * scenes / 1e6
-    input_gb = size * size * scenes * (4 + 4 + 2) / 1e9
     peak = max(peaks.values())
-    common = {"size_px": size, "scenes": scenes, "chunk_px": args.chunk, "workers": args.workers,
-              "memory_limit": args.memory_limit, "reference": args.reference}
-    emit(f"throughput_{size}px", round(megapixel_scenes / timings["total_s"], 3), "Mpx-scenes/s",
-         **common, wall_s=round(timings["total_s"], 1), input_gb=round(input_gb, 2),
+    common = {"size_px": size, "scenes": scenes, "chunk_px": args.chunk, "align": layout,
+              "workers": args.workers, "memory_limit": args.memory_limit, "reference": args.reference}
+    suffix = f"{size}px_tiles" if tile < size else f"{size}px"
+    emit(f"throughput_{suffix}", round(megapixel_scenes / timings["total_s"], 3), "Mpx-scenes/s",
+         **common, wall_s=round(timings["total_s"], 1),
+         input_gb=round(size * size * scenes * (4 + 4 + 2) / 1e9, 2),
          stages_s={k: round(v, 1) for k, v in timings.items() if k.endswith("_s")},
          scenes_kept=timings["scenes_kept"], periods=timings["periods"])
-    emit(f"peak_worker_memory_{size}px", round(peak, 1), "MB", **common,
+    emit(f"peak_worker_memory_{suffix}", round(peak, 1), "MB", **common,
          per_worker_mb=[round(p, 1) for p in peaks.values()])
-    emit(f"spilled_{size}px", int(spilled), "bytes", **common)
-    emit(f"worker_restarts_{size}px", restarts, "count", **common)
-
-    predicted = None
-    if not args.no_predict:
+    emit(f"spilled_{suffix}", int(spilled), "bytes", **common)
+    emit(f"worker_restarts_{suffix}", restarts, "count", **common)
+    result = {"peak": peak, "throughput": megapixel_scenes / timings["total_s"], "restarts": restarts}
+    if predict:
         model = tiny_model()
-        with local_cluster(workers=args.workers, memory_limit=args.memory_limit, scratch=WORK / "dask-scratch") as client:
+        with local_cluster(workers=args.workers, memory_limit=args.memory_limit,
+                           scratch=WORK / "dask-scratch") as client:
             seconds, p_peaks, p_spilled, p_restarts = measured(
                 client, lambda: run_predict(out, WORK / f"forecast_{label}.zarr", chunk=args.chunk, model=model)
             )
         area_km2 = size * size * (30.0 / 1000.0) ** 2
-        predicted = emit(f"predict_rate_{size}px", round(area_km2 / seconds, 2), "km2/s", **common,
-                         wall_s=round(seconds, 1), area_km2=round(area_km2, 1), steps=4, patch=50,
-                         model="convlstm hidden_channels=(4,) untrained",
-                         peak_worker_memory_mb=round(max(p_peaks.values()), 1),
-                         spilled_bytes=int(p_spilled), worker_restarts=p_restarts)
-    return {"peak": peak, "throughput": megapixel_scenes / timings["total_s"], "restarts": restarts,
-            "predict": predicted}
+        emit(f"predict_rate_{size}px", round(area_km2 / seconds, 2), "km2/s", size_px=size,
+             chunk_px=args.chunk, workers=args.workers, memory_limit=args.memory_limit,
+             wall_s=round(seconds, 1), area_km2=round(area_km2, 1), steps=4, patch=50,
+             model="convlstm hidden_channels=(4,) untrained",
+             peak_worker_memory_mb=round(max(p_peaks.values()), 1),
+             spilled_bytes=int(p_spilled), worker_restarts=p_restarts)
+        result["restarts"] += p_restarts
+    return result
 
 
-def bench_cog(size: int, args) -> None:
+def bench_cog(size: int, args) -> dict:
     """The real loader: sample COGs + STAC catalog → gx.search → gx.load → the same chain."""
     import glacierxr as gx
 
@@ -541,47 +652,67 @@ def bench_cog(size: int, args) -> None:
     chunk = min(args.chunk, size)
     cube = gx.load(items, resolution=30, chunks={"time": 1, "y": chunk, "x": chunk})
     scenes = cube.sizes["time"]
-    with local_cluster(workers=args.workers, memory_limit=args.memory_limit, scratch=WORK / "dask-scratch") as client:
+    with local_cluster(workers=args.workers, memory_limit=args.memory_limit,
+                       scratch=WORK / "dask-scratch") as client:
         timings, peaks, spilled, restarts = measured(
-            client, lambda: run_chain(cube, WORK / f"composites_cog_{size}.zarr", chunk=chunk)
+            client, lambda: run_chain(cube, WORK / f"composites_cog_{size}.zarr", client=client,
+                                      chunk=chunk, tile=max(cube.sizes["y"], cube.sizes["x"])),
         )
     pixels = cube.sizes["y"] * cube.sizes["x"]
     emit("cog_throughput", round(pixels * scenes / 1e6 / timings["total_s"], 3), "Mpx-scenes/s",
          size_px=[cube.sizes["y"], cube.sizes["x"]], scenes=scenes, wall_s=round(timings["total_s"], 1),
          peak_worker_memory_mb=round(max(peaks.values()), 1), spilled_bytes=int(spilled),
          worker_restarts=restarts, source="glacierxr.sample COGs via gx.search + gx.load")
+    return {"restarts": restarts}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1000² and 2000² px × 24 scenes")
     parser.add_argument("--sizes", type=int, nargs=2, help="small and large region side (px)")
-    parser.add_argument("--scenes", type=int)
-    parser.add_argument("--chunk", type=int)
+    parser.add_argument("--scenes", type=int, help="scenes (default 96; 24 with --quick)")
+    parser.add_argument("--chunk", type=int, help="spatial chunk (default 1000; 500 with --quick)")
+    parser.add_argument("--tile", type=int, help="align tile side (default: the small size)")
+    parser.add_argument("--whole-frames", action="store_true",
+                        help="also run the large size with align on whole scenes")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--memory-limit", default="4GiB")
-    parser.add_argument("--reference", choices=("persisted", "mean"), default="persisted")
+    parser.add_argument("--memory-limit", default="4GiB", help="per worker")
+    parser.add_argument("--reference", choices=("observed", "mean"), default="observed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-predict", action="store_true")
     parser.add_argument("--cog-size", type=int, default=512, help="side of the real-COG sample (0: skip)")
+    parser.add_argument("--skip-malloc", action="store_true", help="skip the malloc comparison")
     args = parser.parse_args(argv)
     small, large = args.sizes or ((1000, 2000) if args.quick else (2000, 4000))
     args.scenes = args.scenes or (24 if args.quick else 96)
     args.chunk = args.chunk or (500 if args.quick else 1000)
+    args.tile = args.tile or small
     WORK.mkdir(parents=True, exist_ok=True)
 
+    restarts = 0
+    if not args.skip_malloc:
+        bench_malloc(args)
     if args.cog_size:
-        bench_cog(args.cog_size, args)
-    first = bench_size(small, args.scenes, args)
-    second = bench_size(large, args.scenes, args)
+        restarts += bench_cog(args.cog_size, args)["restarts"]
+    first = bench_size(small, args.scenes, args, tile=args.tile, predict=False)
+    second = bench_size(large, args.scenes, args, tile=args.tile, predict=not args.no_predict)
+    layout = "whole scenes" if args.tile >= large else f"{args.tile}x{args.tile} px tiles"
     emit("peak_worker_memory", round(second["peak"], 1), "MB", size_px=large, scenes=args.scenes,
-         baseline=f"same chain at {small}x{small} px", baseline_value=round(first["peak"], 1),
+         align=layout, baseline=f"same chain at {small}x{small} px", baseline_value=round(first["peak"], 1),
          ratio=round(second["peak"] / first["peak"], 2), region_ratio=round((large / small) ** 2, 2),
          memory_limit=args.memory_limit)
     emit("throughput", round(second["throughput"], 3), "Mpx-scenes/s", size_px=large, scenes=args.scenes,
-         baseline=f"same chain at {small}x{small} px", baseline_value=round(first["throughput"], 3),
+         align=layout, baseline=f"same chain at {small}x{small} px", baseline_value=round(first["throughput"], 3),
          ratio=round(second["throughput"] / first["throughput"], 2))
-    emit("worker_restarts", first["restarts"] + second["restarts"], "count", sizes_px=[small, large])
+    restarts += first["restarts"] + second["restarts"]
+    if args.whole_frames and args.tile < large:
+        frames = bench_size(large, args.scenes, args, tile=large, predict=False)
+        emit("peak_worker_memory_whole_frames", round(frames["peak"], 1), "MB", size_px=large,
+             scenes=args.scenes, align="whole scenes", baseline=f"same chain at {small}x{small} px",
+             baseline_value=round(first["peak"], 1), ratio=round(frames["peak"] / first["peak"], 2),
+             region_ratio=round((large / small) ** 2, 2), memory_limit=args.memory_limit)
+        restarts += frames["restarts"]
+    emit("worker_restarts", restarts, "count", sizes_px=[small, large])
     return 0
 
 
