@@ -811,7 +811,9 @@ def _open_client(url: str, max_retries: int):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # NoConformsTo: handled below by walking statically
-            return Client.open(url, stac_io=stac_io)
+            # Client.open() hands its own ``timeout`` (default None: wait forever) to
+            # stac_io.update(), so the time-out must be given here too.
+            return Client.open(url, stac_io=stac_io, timeout=REQUEST_TIMEOUT)
     except Exception as err:  # APIError, ConnectionError, JSON / STAC decoding errors
         raise CatalogError(_api_error_message(url, err, max_retries, "open")) from None
 

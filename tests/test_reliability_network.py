@@ -57,8 +57,7 @@ SECRET = "SECRETtoken"  # a stand-in SAS signature that must never show up in me
 def _fast_failures(monkeypatch):
     """Tiny back-off and time-outs (the behaviour is the same, only faster)."""
     monkeypatch.setattr(gio, "RETRY_BACKOFF_S", 0.01)
-    if hasattr(gio, "READ_TIMEOUT_S"):
-        monkeypatch.setattr(gio, "READ_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(gio, "READ_TIMEOUT_S", 1.0)
     monkeypatch.setattr(stac, "RETRY_BACKOFF_FACTOR", 0.01)
     monkeypatch.setattr(stac, "REQUEST_TIMEOUT", (1.0, 1.0))
 
@@ -394,7 +393,8 @@ def test_network__pc_token_endpoint_down_is_a_clear_error(faulty, documents, mon
 class _FlakyStacApi:
     """A minimal STAC item-search API on loopback with a script of faults for the next requests.
 
-    ``faults`` holds "503", "reset" or "stall" entries consumed one per request; then it answers.
+    ``faults`` holds "503", "reset" or "stall" (no answer for 30 s) entries consumed one per
+    request; then it answers.
     """
 
     def __init__(self, features: list[dict], faults=()) -> None:
@@ -413,7 +413,7 @@ class _FlakyStacApi:
                 fault = api.faults.pop(0) if api.faults else None
                 api.log.append((self.command, self.path, fault))
                 if fault == "stall":
-                    time.sleep(5)
+                    time.sleep(30)  # longer than any test may wait: only a time-out ends it
                     self.close_connection = True
                     return
                 if fault == "reset":
@@ -497,9 +497,12 @@ def api_features(documents) -> list[dict]:
 )
 def test_network__stac_api_faults_are_retried_and_search_completes(api_features, faults):
     with _FlakyStacApi(api_features, faults) as api:
+        started = time.monotonic()
         items = gx.search(datetime=None, max_cloud=None, catalog=api.url + "/", max_retries=3)
+        elapsed = time.monotonic() - started
         assert not api.faults  # every planned fault was met
     assert sorted(i.id for i in items) == sorted(f["id"] for f in api_features)
+    assert elapsed < 15, f"search took {elapsed:.1f} s: is REQUEST_TIMEOUT applied?"
 
 
 @pytest.mark.parametrize("fault", ["503", "reset", "stall"])
@@ -513,4 +516,4 @@ def test_network__stac_api_that_keeps_failing_is_a_clear_error(api_features, fau
     message = str(info.value)
     assert api.url in message and "after 2 retries" in message and "max_retries" in message
     assert attempts == 3  # the first try and two retries, then it stops
-    assert elapsed < 20
+    assert elapsed < 15, f"search took {elapsed:.1f} s: is REQUEST_TIMEOUT applied?"
