@@ -7,12 +7,28 @@ maximisation (Evangelidis & Psarakis, 2008), as the method paper does, and resam
 onto the reference with sub-pixel interpolation.  The shifts it found are kept as per-time
 coordinates, so nothing is lost and the correction can be audited or undone.
 
+How the estimate is made robust (each step measured on the embedded sample, see
+``tests/test_align.py``):
+
+* **Feature image.**  ECC matches a high-passed copy of each image (the image minus a Gaussian
+  blur of it, ``feature="highpass"``), not the raw values: edges and texture carry the
+  registration, while slow, large-scale changes (a snow line moving down a slope, haze,
+  illumination) that are not misregistration weigh much less.
+* **Observed pixels only.**  Pixels that ``fill_gaps`` interpolated (``observed`` False) are
+  guesses; they neither build the mean reference nor drive the estimate (they are warped like
+  the others).
+* **Refined reference.**  The mean of scenes that are each misregistered by up to a pixel or two
+  is blurred; with ``passes=2`` (default) the scenes are registered to it once, the mean of the
+  aligned scenes becomes the new, sharper reference and every scene is registered again.
+
 The work is lazy and per scene: one Dask task estimates the shift of one block of scenes *and*
-warps it, and the shift coordinates come from the same tasks as the warped pixels.
+warps it, and the shift coordinates come from the same tasks as the warped pixels.  The
+reference of a pass is a Dask reduction over the previous pass's output.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Literal
 
 import numpy as np
@@ -38,6 +54,9 @@ _MOTION_MODELS = {
 
 #: Pixels of a warped validity mask below this weight are treated as missing.
 _VALID_WEIGHT = 1.0 - 1e-3
+
+#: ``feature`` keyword values.
+_FEATURES = ("highpass", "gradient", "intensity")
 
 
 def _require_cv2():
@@ -77,6 +96,19 @@ def _fill_missing(image: np.ndarray, valid: np.ndarray, fallback: np.ndarray | N
     mean = float(image[valid].mean()) if valid.any() else 0.0
     filled[missing] = mean
     return filled
+
+
+def _feature_image(image: np.ndarray, feature: str, highpass_sigma: float) -> np.ndarray:
+    """The image ECC matches: ``image`` itself, its high-pass or its gradient magnitude."""
+    if feature == "intensity":
+        return image
+    cv2 = _require_cv2()
+    if feature == "highpass":
+        background = cv2.GaussianBlur(image, (0, 0), highpass_sigma, borderType=cv2.BORDER_REFLECT)
+        return image - background
+    d_col = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
+    d_row = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
+    return cv2.magnitude(d_col, d_row)
 
 
 def _correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -128,6 +160,8 @@ def _register_scene(
     scene: np.ndarray,
     reference: np.ndarray,
     stable: np.ndarray | None = None,
+    observed: np.ndarray | None = None,
+    initial: tuple[float, float] = (0.0, 0.0),
     *,
     motion: str,
     max_shift: float,
@@ -136,105 +170,157 @@ def _register_scene(
     gauss_filter_size: int,
     min_correlation: float,
     interpolation: str,
-) -> tuple[np.ndarray, float, float, float, bool, str]:
-    """Register one 2-D scene to ``reference``; return (warped, dx, dy, correlation, converged, method)."""
+    feature: str,
+    highpass_sigma: float,
+) -> tuple[np.ndarray, np.ndarray | None, float, float, float, bool, str]:
+    """Register one 2-D scene to ``reference``.
+
+    Returns ``(warped, warped_observed, dx, dy, correlation, converged, method)``;
+    ``warped_observed`` is None when ``observed`` is.  ECC starts from the translation
+    ``initial`` (a previous pass's estimate).
+    """
     cv2 = _require_cv2()
     work_dtype = np.float32
     scene_valid = np.isfinite(scene)
     reference_valid = np.isfinite(reference)
+    # pixels that may drive the estimate: finite, observed (not gap-filled), stable ground
+    estimate_valid = scene_valid if observed is None else scene_valid & observed
     height, width = scene.shape
+
+    def result(warped, warp, dx, dy, correlation, converged, method):
+        warped_observed = None
+        if observed is not None:
+            warped_observed = np.isfinite(warped) & (
+                _warp(observed.astype(work_dtype), np.ones(scene.shape, bool), warp, "linear")
+                >= _VALID_WEIGHT
+            )
+        return warped, warped_observed, float(dx), float(dy), float(correlation), bool(converged), method
+
+    identity = np.eye(2, 3, dtype=np.float32)
     if not scene_valid.any() or not reference_valid.any():
-        return np.full(scene.shape, np.nan, work_dtype), 0.0, 0.0, float("nan"), False, "none"
+        return result(np.full(scene.shape, np.nan, work_dtype), identity, 0.0, 0.0, float("nan"),
+                      False, "none")
 
     ref = _fill_missing(reference.astype(work_dtype), reference_valid, None)
     img = _fill_missing(scene.astype(work_dtype), scene_valid, ref)
     template_mask = reference_valid
-    input_mask = scene_valid
+    input_mask = estimate_valid
     if stable is not None:
         template_mask = template_mask & stable
         input_mask = input_mask & stable
     if not (template_mask.any() and input_mask.any()):
-        warped = _warp(img, scene_valid, np.eye(2, 3, dtype=np.float32), interpolation)
-        return warped, 0.0, 0.0, float("nan"), False, "none"
-    template_mask = template_mask.astype(np.uint8)
-    input_mask = input_mask.astype(np.uint8)
+        return result(_warp(img, scene_valid, identity, interpolation), identity, 0.0, 0.0,
+                      float("nan"), False, "none")
+    # the images that are matched: gap-filled pixels replaced by the reference, then the feature
+    estimate_img = img if observed is None else _fill_missing(img, estimate_valid, ref)
+    ref_f = _feature_image(ref, feature, highpass_sigma)
+    img_f = _feature_image(estimate_img, feature, highpass_sigma)
 
-    warp = np.eye(2, 3, dtype=np.float32)
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, int(iterations), float(eps))
-    method, converged, correlation = "ecc", True, float("nan")
-    try:
-        correlation, warp = cv2.findTransformECCWithMask(
-            ref,
-            img,
-            template_mask,
-            input_mask,
-            warp,
-            getattr(cv2, _MOTION_MODELS[motion]),
-            criteria,
-            gauss_filter_size,
-        )
+    masks = (template_mask.astype(np.uint8), input_mask.astype(np.uint8))
+
+    def ecc(dx0: float, dy0: float):
+        """ECC from the translation (dx0, dy0): (accepted, correlation, warp, dx, dy)."""
+        start = identity.copy()
+        start[:, 2] = (dx0, dy0)
+        try:
+            correlation, warp = cv2.findTransformECCWithMask(
+                ref_f, img_f, *masks, start, getattr(cv2, _MOTION_MODELS[motion]), criteria,
+                gauss_filter_size,
+            )
+        except cv2.error:
+            return False, float("nan"), identity, 0.0, 0.0
         dx, dy = _centre_displacement(warp, height, width)
-        ok = (
+        accepted = bool(
             np.all(np.isfinite(warp))
             and np.hypot(dx, dy) <= max_shift
             and np.isfinite(correlation)
             and correlation >= min_correlation
         )
-    except cv2.error:
-        ok = False
+        return accepted, float(correlation), warp, dx, dy
+
+    method, converged = "ecc", True
+    ok, correlation, warp, dx, dy = ecc(*initial)
     if not ok:
-        # Fallback: phase correlation (translation only) with a Hann window against edge effects.
-        method, converged = "phase", False
+        # Phase correlation (translation only, Hann window against edge effects): a global
+        # estimate that does not need a start near the answer.  ECC is retried from it (a
+        # shift beyond ECC's basin of convergence, or a local optimum); if ECC fails again the
+        # phase-correlation shift itself is applied.
         window = cv2.createHanningWindow((width, height), cv2.CV_32F)
-        keep = None if stable is None else stable & scene_valid & reference_valid
-        if keep is not None and keep.any():
-            # only stable ground may drive the estimate: flatten everything else to its mean
-            ref_p = np.where(keep, ref, ref[keep].mean()).astype(work_dtype)
-            img_p = np.where(keep, img, img[keep].mean()).astype(work_dtype)
+        keep = template_mask & input_mask
+        if not keep.all() and keep.any():
+            # only usable pixels may drive the estimate: flatten everything else to their mean
+            ref_p = np.where(keep, ref_f, ref_f[keep].mean()).astype(work_dtype)
+            img_p = np.where(keep, img_f, img_f[keep].mean()).astype(work_dtype)
         else:
-            ref_p, img_p = ref, img
+            ref_p, img_p = ref_f, img_f
         # copies: OpenCV 5's phaseCorrelate multiplies its inputs by the window in place
         (dx, dy), _response = cv2.phaseCorrelate(ref_p.copy(), img_p.copy(), window)
-        if not (np.isfinite(dx) and np.isfinite(dy) and np.hypot(dx, dy) <= max_shift):
-            method, dx, dy = "none", 0.0, 0.0
-        warp = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], dtype=np.float32)
+        if np.isfinite(dx) and np.isfinite(dy) and np.hypot(dx, dy) <= max_shift:
+            ok, correlation, warp, ecc_dx, ecc_dy = ecc(dx, dy)
+            if ok:
+                dx, dy = ecc_dx, ecc_dy
+            else:
+                method, converged = "phase", False
+        else:
+            method, converged, dx, dy = "none", False, 0.0, 0.0
+        if not ok:
+            warp = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], dtype=np.float32)
+            # correlation of the matched (feature) images once the shift is applied
+            moved = _warp(img_f, input_mask, warp, "linear")
+            correlation = _correlation(moved, ref_f, np.isfinite(moved) & template_mask)
 
     warped = _warp(img, scene_valid, warp, interpolation)
-    if not converged:
-        both = np.isfinite(warped) & reference_valid
-        if stable is not None:
-            both &= stable
-        correlation = _correlation(warped, ref, both)
-    return warped, float(dx), float(dy), float(correlation), bool(converged), method
+    return result(warped, warp, dx, dy, correlation, converged, method)
 
 
 def _register_block(
     scenes: np.ndarray,
     reference: np.ndarray,
-    stable: np.ndarray | None = None,
-    *,
+    *extra: np.ndarray,
+    has_stable: bool,
+    has_observed: bool,
+    has_initial: bool,
     out_dtype: np.dtype,
     **kwargs,
 ) -> tuple[np.ndarray, ...]:
-    """Register every scene of a ``(..., y, x)`` block (apply_ufunc kernel)."""
-    reference = np.broadcast_to(reference, scenes.shape)
-    if stable is not None:
-        stable = np.broadcast_to(np.asarray(stable, dtype=bool), scenes.shape)
+    """Register every scene of a ``(..., y, x)`` block (apply_ufunc kernel).
+
+    ``extra`` holds, in this order and only when flagged: the stable mask ``(..., y, x)``, the
+    observed mask ``(..., y, x)`` and the initial shifts ``(...)`` x and y.
+    """
+    extra = list(extra)
+    stable = np.broadcast_to(np.asarray(extra.pop(0), bool), scenes.shape) if has_stable else None
+    observed = np.broadcast_to(np.asarray(extra.pop(0), bool), scenes.shape) if has_observed else None
     loop_shape = scenes.shape[:-2]
+    if has_initial:
+        initial_x = np.broadcast_to(extra.pop(0), loop_shape)
+        initial_y = np.broadcast_to(extra.pop(0), loop_shape)
+    reference = np.broadcast_to(reference, scenes.shape)
     warped = np.empty(scenes.shape, dtype=out_dtype)
+    warped_observed = np.empty(scenes.shape, dtype=bool)
     shift_x = np.zeros(loop_shape, dtype=np.float64)
     shift_y = np.zeros(loop_shape, dtype=np.float64)
     correlation = np.zeros(loop_shape, dtype=np.float64)
     converged = np.zeros(loop_shape, dtype=bool)
     method = np.empty(loop_shape, dtype="<U5")
     for index in np.ndindex(*loop_shape):
+        initial = (float(initial_x[index]), float(initial_y[index])) if has_initial else (0.0, 0.0)
         result = _register_scene(
-            scenes[index], reference[index], None if stable is None else stable[index], **kwargs
+            scenes[index],
+            reference[index],
+            None if stable is None else stable[index],
+            None if observed is None else observed[index],
+            initial,
+            **kwargs,
         )
         warped[index] = result[0]
-        shift_x[index], shift_y[index], correlation[index] = result[1:4]
-        converged[index], method[index] = result[4], result[5]
-    return warped, shift_x, shift_y, correlation, converged, method
+        if has_observed:
+            warped_observed[index] = result[1]
+        shift_x[index], shift_y[index], correlation[index] = result[2:5]
+        converged[index], method[index] = result[5], result[6]
+    outputs = (warped, shift_x, shift_y, correlation, converged, method)
+    return outputs + ((warped_observed,) if has_observed else ())
 
 
 def _mean_reference(da: xr.DataArray, time_dim: str) -> xr.DataArray:
@@ -255,7 +341,11 @@ def align(
     gauss_filter_size: int = 1,
     min_correlation: float = 0.2,
     interpolation: Literal["linear", "cubic"] = "linear",
+    feature: Literal["highpass", "gradient", "intensity"] = "highpass",
+    highpass_sigma: float = 4.0,
+    passes: int = 2,
     stable: xr.DataArray | None = None,
+    observed: Hashable | None = "observed",
     time_dim: str = "time",
     y_dim: str = "y",
     x_dim: str = "x",
@@ -264,8 +354,10 @@ def align(
 
     For each time step the displacement of the scene's content relative to the reference is
     estimated with :func:`cv2.findTransformECCWithMask` (enhanced correlation coefficient,
-    Evangelidis & Psarakis 2008), using validity masks for both images so that missing (NaN)
-    pixels never count.  When ECC raises, returns a non-finite warp, a correlation below
+    Evangelidis & Psarakis 2008) on a feature image of both (by default their high-pass),
+    using validity masks for both images so that missing (NaN) and gap-filled pixels never
+    count.  With the mean reference the estimate is made ``passes`` times, each pass against the
+    mean of the scenes aligned by the previous one.  When ECC raises, returns a non-finite warp, a correlation below
     ``min_correlation`` or a shift longer than ``max_shift``, the shift is taken from
     :func:`cv2.phaseCorrelate` with a Hann window instead (``converged=False``,
     ``align_method="phase"``).  When that is also longer than ``max_shift`` (or the scene is
@@ -298,10 +390,31 @@ def align(
         ECC results with a final correlation coefficient below this are treated as failures.
     interpolation
         Resampling kernel of the warp: ``"linear"`` (bilinear) or ``"cubic"`` (bicubic).
+    feature
+        What ECC (and the phase-correlation fallback) matches: ``"highpass"`` (default) the
+        image minus its Gaussian blur of ``highpass_sigma`` pixels, so that edges and texture
+        register the scenes while a snow line that moved, haze or illumination changes weigh
+        little; ``"gradient"`` the gradient magnitude (3x3 Sobel); ``"intensity"`` the values
+        themselves (the classic ECC).  The scenes are always warped as they are.
+    highpass_sigma
+        Standard deviation (pixels) of the Gaussian background that ``"highpass"`` removes.
+    passes
+        Number of estimates with ``reference="mean"``: pass 1 registers every scene to the mean
+        of the (misregistered, so blurred) scenes; each further pass to the mean of the scenes
+        aligned by the previous pass, starting ECC from the previous estimate.  Only the last
+        pass's shifts and pixels are returned.  ``1`` is the plain, single estimate; fixed
+        references (an index or a DataArray) always take one pass.
     stable
         Optional boolean ``(y, x)`` DataArray on the same grid, True on ground that does not
         move (e.g. everything outside glacier outlines).  Only those pixels drive the estimate,
         so that glacier motion is not mistaken for misregistration; every pixel is warped.
+    observed
+        Name of a boolean coordinate on the scenes' dims (as :func:`glacierxr.fill_gaps` adds),
+        True where a pixel was observed and False where it was interpolated.  Interpolated
+        pixels neither build the mean reference nor drive the estimate; they are warped with
+        the rest, and the coordinate is warped along (a pixel stays observed when every source
+        pixel of its interpolation was).  Ignored when the array has no such coordinate;
+        ``None`` to use every finite pixel.
     time_dim, y_dim, x_dim
         Names of the dimensions.
 
@@ -311,7 +424,8 @@ def align(
         Same name, attrs, dims and coords as ``da`` (integer input becomes ``float32``), with
         new per-time coordinates ``shift_x`` and ``shift_y`` (pixels; the content displacement
         of the scene relative to the reference: +x right/east, +y down the rows),
-        ``ecc_correlation`` (correlation with the reference after alignment), ``converged``
+        ``ecc_correlation`` (correlation of the feature images with the reference after
+        alignment), ``converged``
         (bool, True when ECC was accepted) and ``align_method`` (``"ecc"``, ``"phase"`` or
         ``"none"``).  The parameters are recorded in ``attrs["align_*"]``.
 
@@ -332,7 +446,9 @@ def align(
     GridError
         A reference DataArray of another size or with other ``y``/``x`` coordinates.
     ConfigError
-        ``max_shift`` is not a positive number, or ``iterations`` < 1.
+        ``max_shift`` or ``highpass_sigma`` is not a positive number, ``iterations`` or
+        ``passes`` < 1, or the named ``observed`` coordinate is not a boolean one on the
+        scenes' dims.
     NoScenesError
         ``time_dim`` has length 0.
 
@@ -368,6 +484,15 @@ def align(
         )
     if motion not in _MOTION_MODELS:
         raise DataTypeError(f"motion must be one of {sorted(_MOTION_MODELS)}, got {motion!r}.")
+    if feature not in _FEATURES:
+        raise DataTypeError(f"feature must be one of {list(_FEATURES)}, got {feature!r}.")
+    if not (isinstance(highpass_sigma, (int, float, np.number)) and np.isfinite(highpass_sigma)
+            and highpass_sigma > 0):
+        raise ConfigError(
+            f"highpass_sigma must be a positive number of pixels (e.g. 4.0), got {highpass_sigma!r}."
+        )
+    if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 1:
+        raise ConfigError(f"passes must be an integer >= 1 (e.g. 2), got {passes!r}.")
     if interpolation not in ("linear", "cubic"):
         raise DataTypeError(f"interpolation must be 'linear' or 'cubic', got {interpolation!r}.")
     if gauss_filter_size < 1 or gauss_filter_size % 2 == 0:
@@ -435,9 +560,11 @@ def align(
             f"reference must be 'mean', an int or a DataArray, got {type(reference).__name__}."
         )
 
-    inputs = [data, ref]
-    if stable is not None:
-        inputs.append(_check_stable(stable, da, y_dim, x_dim))
+    stable_mask = None if stable is None else _check_stable(stable, da, y_dim, x_dim)
+    observed_mask = _observed_mask(da, observed, time_dim, y_dim, x_dim)
+    if reference_attr == "mean" and observed_mask is not None:
+        ref = _mean_reference(data.where(observed_mask), time_dim)
+    n_passes = int(passes) if reference_attr == "mean" else 1
 
     kwargs = dict(
         out_dtype=out_dtype,
@@ -448,24 +575,27 @@ def align(
         gauss_filter_size=int(gauss_filter_size),
         min_correlation=float(min_correlation),
         interpolation=interpolation,
+        feature=feature,
+        highpass_sigma=float(highpass_sigma),
     )
-    core = [y_dim, x_dim]
-    warped, shift_x, shift_y, correlation, converged, method = xr.apply_ufunc(
-        _register_block,
-        *inputs,
-        input_core_dims=[core] * len(inputs),
-        output_core_dims=[core, [], [], [], [], []],
-        dask="parallelized",
-        vectorize=False,
-        output_dtypes=[out_dtype, np.float64, np.float64, np.float64, np.bool_, np.dtype("<U5")],
-        kwargs=kwargs,
-        keep_attrs=False,
-    )
+    # the input's own coordinates are put back at the end; keep them out of the kernels' inputs
+    bare = data.drop_vars([c for c in data.coords if c not in data.dims])
+    initial = None
+    for pass_number in range(n_passes):
+        if pass_number:
+            # the mean of the scenes aligned by the previous pass: sharper than the first mean
+            aligned = warped if observed_mask is None else warped.where(warped_observed)
+            ref = _mean_reference(aligned, time_dim)
+            initial = (shift_x, shift_y)
+        outputs = _register(bare, ref, stable_mask, observed_mask, initial, y_dim, x_dim, kwargs)
+        warped, shift_x, shift_y, correlation, converged, method = outputs[:6]
+        warped_observed = outputs[6] if observed_mask is not None else None
 
     per_time = {
         "shift_x": (shift_x, "pixels", "scene content displacement to the reference, +x right (east)"),
         "shift_y": (shift_y, "pixels", "scene content displacement to the reference, +y down the rows"),
-        "ecc_correlation": (correlation, "1", "correlation with the reference after alignment"),
+        "ecc_correlation": (correlation, "1", "correlation of the feature images with the reference "
+                            "after alignment"),
         "converged": (converged, "1", "ECC estimate accepted"),
         "align_method": (method, "", "method of the applied shift (ecc, phase, none)"),
     }
@@ -480,6 +610,9 @@ def align(
         name: coord for name, coord in da.coords.items() if name not in da.dims and name not in coords
     }
     out = warped.transpose(*da.dims).assign_coords(original).assign_coords(coords)
+    if warped_observed is not None:
+        out = out.assign_coords({observed: warped_observed.transpose(*da[observed].dims).assign_attrs(
+            da[observed].attrs)})
     out.name = da.name
     out.attrs = dict(da.attrs)
     out.attrs.update(
@@ -492,8 +625,59 @@ def align(
         align_min_correlation=float(min_correlation),
         align_interpolation=interpolation,
         align_stable_mask=stable is not None,
+        align_feature=feature,
+        align_highpass_sigma=float(highpass_sigma),
+        align_passes=n_passes,
+        align_observed_mask=observed_mask is not None,
     )
     return out
+
+
+def _register(data, ref, stable, observed, initial, y_dim, x_dim, kwargs) -> tuple[xr.DataArray, ...]:
+    """One lazy registration pass over every scene (one task per block of scenes)."""
+    inputs = [data, ref]
+    core = [y_dim, x_dim]
+    input_core_dims = [core, core]
+    for extra in (stable, observed):
+        if extra is not None:
+            inputs.append(extra)
+            input_core_dims.append(core)
+    if initial is not None:
+        inputs.extend(initial)
+        input_core_dims.extend([[], []])
+    output_core_dims = [core, [], [], [], [], []]
+    output_dtypes = [kwargs["out_dtype"], np.float64, np.float64, np.float64, np.bool_, np.dtype("<U5")]
+    if observed is not None:
+        output_core_dims.append(core)
+        output_dtypes.append(np.bool_)
+    return xr.apply_ufunc(
+        _register_block,
+        *inputs,
+        input_core_dims=input_core_dims,
+        output_core_dims=output_core_dims,
+        dask="parallelized",
+        vectorize=False,
+        output_dtypes=output_dtypes,
+        kwargs=dict(kwargs, has_stable=stable is not None, has_observed=observed is not None,
+                    has_initial=initial is not None),
+        keep_attrs=False,
+    )
+
+
+def _observed_mask(da: xr.DataArray, name: Hashable | None, time_dim: str, y_dim: str,
+                   x_dim: str) -> xr.DataArray | None:
+    """The boolean ``observed`` coordinate named ``name`` (None when absent or not asked for)."""
+    if name is None or name not in da.coords or name in da.dims:
+        return None
+    mask = da.coords[name]
+    if mask.dtype != bool or not {y_dim, x_dim} <= set(mask.dims) or not set(mask.dims) <= set(da.dims):
+        raise ConfigError(
+            f"the coordinate {name!r} must be boolean on the scenes' dims (True where observed) "
+            f"to mark gap-filled pixels, but found dtype {mask.dtype} with dims {mask.dims}. "
+            f"Pass observed=None to use every finite pixel, or name another coordinate."
+        )
+    _check_single_chunk(mask, (y_dim, x_dim), f"align (coordinate {name!r})")
+    return mask.drop_vars([c for c in mask.coords if c not in mask.dims])
 
 
 def _check_stable(stable: xr.DataArray, da: xr.DataArray, y_dim: str, x_dim: str) -> xr.DataArray:

@@ -109,6 +109,8 @@ _MAX_SHIFT_PX = 1.5
 _NOISE_SIGMA = 0.004
 _DILATION_PX = 2
 _TEXTURE_EPOCH_YEARS = 0.5
+_SNOW_HOLD_SLOPE_DEG = 50.0  # mean slope above which the ground cannot hold snow
+_SNOW_HOLD_NOISE_DEG = 6.0  # std of its static spatial variation
 
 _ITEM_EXTENSIONS = [
     "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
@@ -258,7 +260,7 @@ class _Scene:
 
 
 # indices of the static fields in _Valley.fields
-_ROUGH, _ROCK, _ROCK2, _SNOW, _SNOW_EDGE = range(5)
+_ROUGH, _ROCK, _ROCK2, _SNOW, _SNOW_EDGE, _SNOW_HOLD = range(6)
 
 
 class _Valley:
@@ -302,7 +304,8 @@ class _Valley:
             (4.0, 30.0, 0.6),   # _ROCK2: rock spectral variation
             (4.0, 40.0, 1.0),   # _SNOW: snow surface
             (6.0, 60.0, 1.0),   # _SNOW_EDGE: irregular snow-line edge
-        ])
+            (3.0, 30.0, 0.8),   # _SNOW_HOLD: where a slope sheds its snow (last: the fields
+        ])                      # above stay those of earlier versions for the same seed
         self.sliding = 0.5  # fraction of the centre-line speed that is basal sliding
         self.seed = seed
         self._textures: dict[int, _Waves] = {}
@@ -311,6 +314,10 @@ class _Valley:
         self.snow_line_winter = self.floor_elevation(0.5 * self.half_length)
         self.snow_line_noise = 40.0  # m, per scene
         self.snow_edge_noise = 60.0  # m, static spatial field
+        # steep faces shed their snow (sloughs, avalanches, wind): a pixel steeper than
+        # snow_hold_slope + snow_hold_noise * field stays bare rock all year round
+        self.snow_hold_slope = _SNOW_HOLD_SLOPE_DEG
+        self.snow_hold_noise = _SNOW_HOLD_NOISE_DEG
 
     # geometry ---------------------------------------------------------------------------
     def along_across(self, col, row):
@@ -407,29 +414,49 @@ class _Valley:
         return (date - self.t0).total_seconds() / (365.25 * 86400.0)
 
     # rendering --------------------------------------------------------------------------
+    def terrain(self, shift_x: float, shift_y: float):
+        """Static fields, positions, elevation and its gradient at ``(col - shift_x, row - shift_y)``.
+
+        The gradient (m/m; ``dz_north`` positive uphill to the north) is a central difference
+        of the analytic elevation on a 1-px padded grid that is itself shifted, so it, the
+        slope and everything derived from it move exactly with the misregistration.
+        """
+        h, w = self.height, self.width
+        rows_i, cols_i = np.arange(-1, h + 1), np.arange(-1, w + 1)
+        fields = self.fields.sample(shift_x, shift_y, rows_i, cols_i)
+        rows = rows_i[:, None] - shift_y
+        cols = cols_i[None, :] - shift_x
+        elev_pad = self.elevation(cols, rows, fields[_ROUGH])
+        res = self.resolution
+        # rows point south, so d/dnorth = -d/drow
+        dz_east = (elev_pad[1:-1, 2:] - elev_pad[1:-1, :-2]) / (2 * res)
+        dz_north = -(elev_pad[2:, 1:-1] - elev_pad[:-2, 1:-1]) / (2 * res)
+        col = np.broadcast_to(cols[:, 1:-1], (h, w))
+        row = np.broadcast_to(rows[1:-1, :], (h, w))
+        return fields[:, 1:-1, 1:-1], col, row, elev_pad[1:-1, 1:-1], dz_east, dz_north
+
+    def sheds_snow(self, dz_east, dz_north, hold_field):
+        """Ground too steep to hold snow: slope above a threshold that varies in space.
+
+        Faces steeper than about ``snow_hold_slope`` (45 degrees) shed their snow in sloughs
+        and avalanches and are scoured by the wind, so they stay bare rock all winter; the
+        threshold varies by ``snow_hold_noise`` (std, degrees) with a static random field
+        (rock structure, gullies that trap snow), which makes the bare patches irregular.
+        """
+        slope = np.degrees(np.arctan(np.hypot(dz_east, dz_north)))
+        return slope > self.snow_hold_slope + self.snow_hold_noise * hold_field
+
     def surface(self, scene: _Scene):
         """Surface reflectance (green, swir16), snow/ice, water and glacier masks of a scene.
 
         Everything is evaluated at ``(col - shift_x, row - shift_y)``.
         """
         h, w = self.height, self.width
-        # a 1-px padded grid for the central differences of the hill shading
-        rows_i, cols_i = np.arange(-1, h + 1), np.arange(-1, w + 1)
-        fields = self.fields.sample(scene.shift_x, scene.shift_y, rows_i, cols_i)
-        rows = rows_i[:, None] - scene.shift_y
-        cols = cols_i[None, :] - scene.shift_x
-        elev_pad = self.elevation(cols, rows, fields[_ROUGH])
-        elevation = elev_pad[1:-1, 1:-1]
-        fields = fields[:, 1:-1, 1:-1]
-        col = np.broadcast_to(cols[:, 1:-1], (h, w))
-        row = np.broadcast_to(rows[1:-1, :], (h, w))
+        fields, col, row, elevation, dz_east, dz_north = self.terrain(scene.shift_x, scene.shift_y)
         s, n = self.along_across(col, row)
         years = self.years(scene.date)
 
-        # hill shading (rows point south, so d/dnorth = -d/drow)
-        res = self.resolution
-        dz_east = (elev_pad[1:-1, 2:] - elev_pad[1:-1, :-2]) / (2 * res)
-        dz_north = -(elev_pad[2:, 1:-1] - elev_pad[:-2, 1:-1]) / (2 * res)
+        # hill shading
         norm = np.sqrt(1.0 + dz_east**2 + dz_north**2)
         el, az = np.deg2rad(scene.sun_elevation), np.deg2rad(scene.sun_azimuth)
         cos_i = (-dz_east * math.sin(az) * math.cos(el) - dz_north * math.cos(az) * math.cos(el)
@@ -440,7 +467,8 @@ class _Valley:
 
         glacier = self.glacier(s, n, years)
         lake = self.lake(s, n) & ~glacier
-        snow = (elevation + self.snow_edge_noise * fields[_SNOW_EDGE]) > scene.snow_line
+        snow = ((elevation + self.snow_edge_noise * fields[_SNOW_EDGE]) > scene.snow_line)
+        snow &= ~self.sheds_snow(dz_east, dz_north, fields[_SNOW_HOLD])
 
         # rock: albedo texture; swir above green so NDSI < 0
         rock = 0.13 * np.exp(0.3 * np.clip(fields[_ROCK], -3, 3))
@@ -469,9 +497,7 @@ class _Valley:
         return green, swir, surface, glacier, elevation
 
     def truth_static(self, years0: float = 0.0):
-        h, w = self.height, self.width
-        fields = self.fields.sample(0.0, 0.0, np.arange(h), np.arange(w))
-        row, col = np.mgrid[0:h, 0:w].astype(np.float64)
+        fields, col, row, elevation, dz_east, dz_north = self.terrain(0.0, 0.0)
         s, n = self.along_across(col, row)
         speed = self.speed(n)
         glacier = self.glacier(s, n, years0)
@@ -482,8 +508,10 @@ class _Valley:
         # stable: off the glacier (with a 1-px margin) and off the lake
         near_ice = (np.abs(n) < self.half_width + 1.0) & (s < self.terminus0 + 1.0)
         stable = ~near_ice & ~lake
-        elevation = self.elevation(col, row, fields[_ROUGH])
-        return u, v, elevation, glacier, stable, lake, s * self.resolution, n * self.resolution
+        slope = np.degrees(np.arctan(np.hypot(dz_east, dz_north)))
+        steep = self.sheds_snow(dz_east, dz_north, fields[_SNOW_HOLD]) & ~glacier & ~lake
+        return (u, v, elevation, glacier, stable, lake, s * self.resolution, n * self.resolution,
+                slope, steep)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1016,7 +1044,8 @@ def _write_truth(path: Path, valley: _Valley, scenes, ids, records, surface, tra
     x = transform.c + res * (np.arange(w) + 0.5)
     y = transform.f - res * (np.arange(h) + 0.5)
     times = pd.DatetimeIndex([s.date.replace(tzinfo=None) for s in scenes])
-    u, v, elevation, glacier, stable, lake, along, across = valley.truth_static()
+    (u, v, elevation, glacier, stable, lake, along, across, slope,
+     steep) = valley.truth_static()
     yx, t = ("y", "x"), ("time",)
 
     def var(dims, data, units, long_name, **attrs):
@@ -1044,6 +1073,10 @@ def _write_truth(path: Path, valley: _Valley, scenes, ids, records, surface, tra
                      "true surface velocity, north component (glacier extent at start)"),
             "speed": var(yx, np.hypot(u, v).astype(np.float32), "m/yr", "true surface speed"),
             "elevation": var(yx, elevation.astype(np.float32), "m", "surface elevation"),
+            "slope": var(yx, slope.astype(np.float32), "degree",
+                         "terrain slope (central differences of the elevation)"),
+            "steep_rock": var(yx, steep, "1",
+                              "ground too steep to hold snow: bare rock in every scene"),
             "glacier": var(yx, glacier, "1", "glacier ice extent at start"),
             "stable": var(yx, stable, "1", "stable ground (off the glacier and lake, never moves)"),
             "lake": var(yx, lake, "1", "proglacial lake"),
@@ -1086,6 +1119,8 @@ def _write_truth(path: Path, valley: _Valley, scenes, ids, records, surface, tra
         retreat_rate=valley.retreat_rate,
         snow_line_summer=valley.snow_line_summer,
         snow_line_winter=valley.snow_line_winter,
+        snow_hold_slope_deg=valley.snow_hold_slope,
+        snow_hold_noise_deg=valley.snow_hold_noise,
         max_shift_px=_MAX_SHIFT_PX,
         sensor_noise=_NOISE_SIGMA,
         shift_convention=("scene content displaced by +shift_x columns (east) and +shift_y rows "
@@ -1154,6 +1189,7 @@ def open_truth(catalog_path) -> "xr.Dataset":
         ds = ds.load()
     if "spatial_ref" in ds.data_vars:
         ds = ds.set_coords("spatial_ref")
-    for name in ("glacier", "stable", "lake"):
-        ds[name] = ds[name].astype(bool)
+    for name in ("glacier", "stable", "lake", "steep_rock"):
+        if name in ds:  # samples written by older versions have no steep_rock
+            ds[name] = ds[name].astype(bool)
     return ds
