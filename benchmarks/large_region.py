@@ -182,6 +182,21 @@ def scene_parameters(scenes: int, *, seed: int, start: str, freq: str) -> dict:
     }
 
 
+#: Surface reflectance of rock, ice, snow: green, then swir16.
+_SURFACE = (np.array([0.11, 0.42, 0.78]), np.array([0.21, 0.12, 0.05]))
+#: Cloud reflectance (base, + per unit of thickness) and the rim's added haze, green and swir16.
+_CLOUD_REFLECTANCE = ((0.55, 0.25), (0.38, 0.15))
+_RIM_OFFSET = (0.3, 0.2)
+#: QA_PIXEL of each code: rock, ice, snow × clear, shadow, rim, cloud (Collection-2 bits).
+_QA = np.array(
+    [_CLEAR | _CLOUD_CONF_LOW, _CLEAR | _SNOW | _CLOUD_CONF_LOW, _CLEAR | _SNOW | _CLOUD_CONF_LOW]
+    + [_CLEAR | _SHADOW | _SHADOW_CONF_HIGH] * 3
+    + [_DILATED | _CLOUD_CONF_LOW] * 3
+    + [_CLOUD | _DILATED | _CLOUD_CONF_HIGH] * 3,
+    dtype=np.uint16,
+)
+
+
 def render_block(
     *,
     seed: int,
@@ -206,16 +221,10 @@ def render_block(
     shade = 1.0 + 0.12 * texture
     season = math.cos(2.0 * math.pi * (params["day_of_year"][scene] - 20.0) / 365.25)
     snow_line = 0.45 - 0.95 * season  # low in winter, high in summer
-    snow = elevation > snow_line
-    ice = ~snow & (elevation > 0.6)
-
-    rng = np.random.default_rng([seed, 2, scene, row0, col0])
-    noise = rng.standard_normal((2, height, width), dtype=np.float32)
-    green = np.where(snow, 0.78, np.where(ice, 0.42, 0.11)).astype(np.float32) * shade + 0.012 * noise[0]
-    swir = np.where(snow, 0.05, np.where(ice, 0.12, 0.21)).astype(np.float32) * shade + 0.008 * noise[1]
-
-    qa = np.full((height, width), _CLEAR | _CLOUD_CONF_LOW, dtype=np.uint16)
-    qa[snow | ice] |= _SNOW
+    # surface class (0 rock, 1 ice, 2 snow) + 3 × sky state (0 clear, 1 shadow, 2 rim, 3 cloud)
+    code = (elevation > 0.6).astype(np.uint8)
+    code[elevation > snow_line] = 2
+    thick = None
     fraction = params["cloud_fraction"][scene]
     if fraction > 0:
         key = seed * 1000 + 10 + scene
@@ -226,18 +235,26 @@ def render_block(
             key, np.arange(row0 - 40, row0 + height, dtype=np.float64),
             np.arange(col0, col0 + width + 30, dtype=np.float64), _CLOUD_CELLS, persistence=1.0,
         )
-        field, shadow_field = extended[40:, :width], extended[:height, 30:]
-        cloud = field > level
-        rim = ~cloud & (field > level - 0.15)
-        shadow = ~cloud & ~rim & (shadow_field > level)
-        green = np.where(shadow, green * 0.35, green)
-        swir = np.where(shadow, swir * 0.35, swir)
+        field = extended[40:, :width]
+        sky = (extended[:height, 30:] > level).astype(np.uint8)  # shadow
+        sky[field > level - 0.15] = 2  # dilated-cloud rim
+        sky[field > level] = 3  # cloud
+        code += 3 * sky
         thick = np.clip(field - level, 0.0, 1.0)
-        green = np.where(cloud, 0.55 + 0.25 * thick, np.where(rim, 0.5 * green + 0.3, green))
-        swir = np.where(cloud, 0.38 + 0.15 * thick, np.where(rim, 0.5 * swir + 0.2, swir))
-        qa[shadow] = _CLEAR | _SHADOW | _SHADOW_CONF_HIGH
-        qa[rim] = _DILATED | _CLOUD_CONF_LOW
-        qa[cloud] = _CLOUD | _DILATED | _CLOUD_CONF_HIGH
+    # reflectance = scale[code] * shade + thickness[code] * thick + offset[code] + noise
+    rng = np.random.default_rng([seed, 2, scene, row0, col0])
+    noise = rng.random((2, height, width), dtype=np.float32) - np.float32(0.5)
+    bands = []
+    for band, amplitude in ((0, 0.03), (1, 0.02)):
+        surface = _SURFACE[band]
+        scale = np.concatenate([surface, 0.35 * surface, 0.5 * surface, 0 * surface]).astype(np.float32)
+        offset = np.repeat(np.asarray([0.0, 0.0, _RIM_OFFSET[band], _CLOUD_REFLECTANCE[band][0]], np.float32), 3)
+        values = scale[code] * shade + offset[code] + np.float32(amplitude) * noise[band]
+        if thick is not None:
+            values += np.float32(_CLOUD_REFLECTANCE[band][1]) * thick  # thick is 0 outside clouds
+        bands.append(values)
+    green, swir = bands
+    qa = _QA[code]
     edge = params["wedge"][scene]
     if np.isfinite(edge):
         fill = (cols[None, :] + 0.3 * rows[:, None]) > edge * 1.3 * size[1]
