@@ -33,6 +33,14 @@ Everything is analytic, so the truth is exact:
 * **Seasonal snow.** Ground above a snow line elevation is snow-covered; the snow line follows a
   smooth annual cycle (highest in early August) plus per-scene noise, and a static spatial noise
   field makes its edge irregular.
+* **Steep rock.** Faces steeper than about 50 degrees shed their snow (sloughs, avalanches, wind
+  scour) and stay bare rock all year, as in real mountains, where these faces and ridges are what
+  registers winter scenes. The threshold varies by a static random field (std 6 degrees), so
+  the bare faces are irregular patches. The slope is the central difference of the analytic
+  elevation at the scene's own, misregistered coordinates, so the patches move exactly with
+  the misregistration (truth ``slope`` and ``steep_rock``). The walls are the same height
+  (1400 m) at every image size, so small samples are steeper: about half of a 96 x 96 sample is
+  steep rock, a tenth of the default 256 x 256 one.
 * **Clouds.** Smooth random blobs whose area is drawn per scene (about 60 % of scenes under 20 %
   cover, the rest up to 95 %), thin cloud in a 2-pixel dilated ring, cloud shadows offset away
   from the sun, occasional cirrus. QA_PIXEL uses the Collection-2 bit layout; snow/ice is flagged
@@ -304,7 +312,7 @@ class _Valley:
             (4.0, 30.0, 0.6),   # _ROCK2: rock spectral variation
             (4.0, 40.0, 1.0),   # _SNOW: snow surface
             (6.0, 60.0, 1.0),   # _SNOW_EDGE: irregular snow-line edge
-            (3.0, 30.0, 0.8),   # _SNOW_HOLD: where a slope sheds its snow (last: the fields
+            (6.0, 30.0, 0.8),   # _SNOW_HOLD: where a slope sheds its snow (last: the fields
         ])                      # above stay those of earlier versions for the same seed
         self.sliding = 0.5  # fraction of the centre-line speed that is basal sliding
         self.seed = seed
@@ -1149,7 +1157,8 @@ def open_truth(catalog_path) -> "xr.Dataset":
         ``nodata_fraction``, ``terminus_distance`` (m along the flow from the image centre),
         ``glacier_area`` (km2), ``sun_elevation``; coords ``id``, ``platform``.
         Per pixel ``(y, x)``: ``u``, ``v`` (m/yr, u positive east, v positive north, on the ice
-        extent at start), ``speed``, ``elevation`` (m), ``glacier`` (ice extent at start),
+        extent at start), ``speed``, ``elevation`` (m), ``slope`` (degrees), ``steep_rock``
+        (bool: too steep to hold snow, bare in every scene), ``glacier`` (ice extent at start),
         ``stable`` (stable ground, never moves), ``lake`` (bool), ``along_flow``,
         ``across_flow`` (m; the glacier at time t is ``|across_flow| < glacier_half_width_m``
         and ``along_flow < terminus_distance - 0.6 * glacier_half_width_m * (across_flow /

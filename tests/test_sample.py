@@ -20,6 +20,7 @@ from glacierxr.landsat import QA_BITS, SR_OFFSET, SR_SCALE
 BANDS = {"green", "swir16", "qa_pixel"}
 CLOUDY_BITS = (1 << QA_BITS["dilated_cloud"]) | (1 << QA_BITS["cirrus"]) | (1 << QA_BITS["cloud"])
 SHADOW_BIT = 1 << QA_BITS["cloud_shadow"]
+SQUARE = np.ones((3, 3), bool)  # 8-connected structuring element
 
 
 # ------------------------------------------------------------------------------------------
@@ -430,6 +431,64 @@ def test_texture__moves_with_the_true_velocity(items, qa_stack, truth):
             break
     assert best_scales, "no pair with enough comparable bare ice"
     assert np.mean(best_scales) == pytest.approx(1.0, abs=0.07), best_scales
+
+
+def _clear_scenes(truth, qa_stack, max_cloud=0.01):
+    """Indices of (nearly) cloud-free scenes with their usable-pixel masks."""
+    return [(i, _usable(qa_stack[i])) for i in range(truth.sizes["time"])
+            if truth.cloud_fraction[i] <= max_cloud]
+
+
+def test_steep_rock__truth_is_consistent_with_the_elevation(truth):
+    # slope: central differences of the analytic elevation (interior pixels)
+    d_row, d_col = np.gradient(truth.elevation.values.astype(np.float64), truth.attrs["resolution"])
+    slope = np.degrees(np.arctan(np.hypot(d_row, d_col)))
+    np.testing.assert_allclose(truth.slope.values[1:-1, 1:-1], slope[1:-1, 1:-1], atol=0.01)
+    assert truth.steep_rock.dtype == bool and truth.slope.attrs["units"] == "degree"
+    hold, noise = truth.attrs["snow_hold_slope_deg"], truth.attrs["snow_hold_noise_deg"]
+    steep = truth.steep_rock.values
+    # the threshold varies in space around snow_hold_slope, by a few noise std at most
+    assert np.all(truth.slope.values[steep] > hold - 5 * noise)
+    off_ice = ~truth["glacier"].values & ~truth.lake.values
+    assert np.all(steep[off_ice & (truth.slope.values > hold + 5 * noise)])
+    assert not np.any(steep & truth["glacier"].values)
+    # irregular patches, not one block: separate faces
+    assert ndimage.label(steep)[1] >= 5
+
+
+def test_steep_rock__stays_bare_in_every_scene(items, qa_stack, truth):
+    # 2 px inside the steep faces (in x and y): whatever the misregistration (<= 1.5 px in
+    # each direction), still steep rock
+    core = ndimage.binary_erosion(truth.steep_rock.values, SQUARE, iterations=2)
+    assert core.sum() > 200
+    rock = gx.sample.SURFACE_CLASSES["rock"]
+    # all year round, winter included (a few pixels where slope and threshold are nearly
+    # equal over an area may flip between the grid points)
+    assert np.all(np.mean(truth.surface.values[:, core] == rock, axis=1) > 0.99)
+    checked = 0
+    for i, usable in _clear_scenes(truth, qa_stack):
+        ndsi = _ndsi(items[i])
+        bare = ndsi < 0.3
+        # NDSI of bare rock is < 0 but noisy where faces lie in deep shadow
+        assert np.mean(bare[core & usable]) > 0.95
+        # every clear scene keeps a good share of snow-free steep rock to register on
+        assert np.sum(bare & core & usable) / usable.sum() >= 0.15
+        checked += 1
+    assert checked >= 8
+
+
+def test_steep_rock__winter_snow_covers_the_gentle_ground_only(items, qa_stack, truth):
+    core = ndimage.binary_erosion(truth.steep_rock.values, SQUARE, iterations=2)
+    gentle = ndimage.binary_erosion(~truth.steep_rock.values & ~truth.lake.values, SQUARE,
+                                    iterations=2)
+    winter = [(i, usable) for i, usable in _clear_scenes(truth, qa_stack, max_cloud=0.05)
+              if float(truth.snow_line[i]) < truth.attrs["snow_line_winter"] + 100]
+    assert winter, "no clear winter scene"
+    for i, usable in winter:
+        above = gentle & usable & (truth.elevation.values > float(truth.snow_line[i]) + 150)
+        snow = _ndsi(items[i]) >= 0.3
+        assert np.mean(snow[above]) > 0.95  # gentle ground well above the snow line: snow
+        assert np.mean(snow[core & usable]) < 0.05  # steep faces: bare
 
 
 def _fit_shift(a, b, mask, start):
