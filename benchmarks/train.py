@@ -14,8 +14,9 @@ px, NumPy-backed, NaNs included), train split, batches of 16, timed the way the 
 training rate is loader rate / training rate: above 1 means the model, not the loader, limits
 training ("the loader is never the bottleneck" holds when every ratio is > 1).
 
-Machine load matters: the CPU figures are for the threads torch uses here (printed), on a machine
-possibly shared with other jobs; compare ratios measured in the same run.
+Machine load matters: the CPU figures are for ``--threads`` torch threads (default 1, printed in
+every note; on a 2-core machine shared with other jobs, 2 threads measured ~10x *slower* than 1
+for these models), so compare ratios measured in the same run.
 
     python benchmarks/train.py --quick      # < 1 min: 1 warm-up + 2 timed steps, 1 round
     python benchmarks/train.py              # 2 warm-up + 10 timed steps, best of 3
@@ -126,8 +127,14 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1; 0 keeps torch's default). On a small shared machine "
+                             "more threads than free cores make these models many times slower")
     args = parser.parse_args(argv)
     import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     from glacierxr.ml.models import get_model, list_models
     from glacierxr.ml.models.base import count_parameters
