@@ -256,6 +256,9 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sequences = make_sequences(composites, config)
+    import torch
+
+    torch.manual_seed(config.train.seed)  # the initial weights, so that a run repeats exactly
     if init_checkpoint is not None:
         model = load_model(init_checkpoint)
     else:

@@ -120,6 +120,7 @@ def velocity_comparison_figure(
     background: xr.DataArray | None = None,
     step: int = 12,
     evaluation: xr.DataArray | None = None,
+    where: xr.DataArray | None = None,
     titles: tuple[str, str] = ("measured (Farnebäck)", "reference"),
 ):
     """Measured and reference surface velocity side by side, arrows on the same scale.
@@ -135,6 +136,9 @@ def velocity_comparison_figure(
         Arrow spacing in pixels.
     evaluation
         Optional boolean ``(y, x)`` mask outlined on both panels (the pixels a score uses).
+    where
+        Optional boolean ``(y, x)`` mask: arrows are drawn only where it is True (e.g. on a
+        glacier outline), on both panels.
     titles
         Panel titles.
 
@@ -159,6 +163,10 @@ def velocity_comparison_figure(
             )
     measured = measured[["u", "v", "speed"]].compute()
     reference = reference[["u", "v", "speed"]].compute()
+    if where is not None:
+        keep = xr.DataArray(np.asarray(where.values, dtype=bool), dims=("y", "x"))
+        measured = measured.where(keep)
+        reference = reference.where(keep)
     drawn = np.asarray(reference["speed"].values, dtype=float)
     drawn = drawn[np.isfinite(drawn) & (drawn > 0)]
     top = float(np.percentile(drawn, 95)) if drawn.size else 1.0
@@ -227,7 +235,7 @@ def learning_curve_figure(history: pd.DataFrame, *, reference: Mapping[str, floa
         ax.plot(epochs, history["val_loss"], "s-", color="#d62728", label="validation loss")
     for label, value in (reference or {}).items():
         if value is not None and np.isfinite(value):
-            ax.axhline(value, ls="--", lw=1.2, color=_color(label.split(" ")[0]), label=f"{label}: {value:.4f}")
+            ax.axhline(value, ls="--", lw=1.2, color=_color(label.split(" ")[0]), label=f"{label.replace('_', '-')}: {value:.4f}")
     best = history.attrs.get("best_epoch")
     if best:
         ax.axvline(best, color="0.7", lw=1, ls=":", label=f"best epoch ({best})")

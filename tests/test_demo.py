@@ -1,0 +1,128 @@
+"""The demo end to end (quick size): every output written, the report showing every figure,
+the forecast store labelled and georeferenced, and the command line around it."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import glacierxr as gx
+from glacierxr.demo import QUICK, run_demo
+
+pytest.importorskip("torch")
+
+FIGURES = ("alignment.png", "composites.png", "flow.png", "learning_curve.png", "forecast.png", "skill.png")
+FILES = ("scenes.csv", "metrics.md", "metrics.csv", "config.toml", "report.md", "run/model.pt")
+STORES = ("composites.zarr", "forecast.zarr")
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    report = run_demo(out, quick=True, progress=False)
+    return out, report
+
+
+@pytest.mark.slow
+def test_demo__quick_writes_every_output(demo_out):
+    out, report = demo_out
+    assert report == out / "report.md"
+    for name in FIGURES:
+        data = (out / name).read_bytes()
+        assert data[:4] == b"\x89PNG", name
+        assert len(data) > 10_000, f"{name} is suspiciously small"
+    for name in FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for name in STORES:
+        assert (out / name).is_dir(), name
+    assert (out / "sample" / "catalog.json").is_file()
+    # no half-written leftovers of the atomic writes
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_demo__report_shows_every_figure_in_pipeline_order(demo_out):
+    out, report = demo_out
+    text = report.read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    assert images == list(FIGURES)
+    for link in ("scenes.csv", "composites.zarr", "forecast.zarr", "metrics.csv", "config.toml"):
+        assert f"({link})" in text, link
+    # timings of every stage and the total
+    for stage in ("sample", "search", "preprocess + composites", "flow", "train", "predict", "evaluate"):
+        assert re.search(rf"\| {re.escape(stage)} \| \d+\.\d \|", text), stage
+    assert "**total**" in text
+    # the verdict on the baselines is stated plainly, and the configuration is there as TOML
+    assert re.search(r"The model (beats|does \*\*not\*\* beat|is slightly better)", text)
+    assert "```toml\n[data]" in text
+
+
+@pytest.mark.slow
+def test_demo__numbers_in_the_report_match_the_outputs(demo_out):
+    out, report = demo_out
+    text = report.read_text()
+    scenes = pd.read_csv(out / "scenes.csv")
+    assert set(scenes.columns) >= {"datetime", "id", "platform", "cloud_cover", "kept"}
+    assert (scenes.loc[scenes.kept, "cloud_cover"] <= 20).all()
+    assert (scenes.loc[~scenes.kept, "cloud_cover"] > 20).all()
+    assert f"found **{len(scenes)} scenes**" in text
+    assert f"**{int(scenes.kept.sum())}** have at most 20 % cloud cover" in text
+
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert {"convlstm", "persistence", "seasonal_naive", "climatology"} <= set(metrics.model)
+    assert set(metrics.lead.astype(str)) == {"1", "2", "3", "4", "all"}
+    assert np.isfinite(metrics.mse).all()
+    markdown = (out / "metrics.md").read_text()
+    assert markdown.startswith("| model | lead | mse |")
+    assert markdown.count("\n") == len(metrics) + 2
+
+    config = gx.config.RunConfig.from_toml(out / "config.toml")
+    assert config.patches.patch == QUICK.patch
+    assert config.data.max_cloud == 20.0
+
+
+@pytest.mark.slow
+def test_demo__forecast_store_is_labelled_and_georeferenced(demo_out):
+    out, _ = demo_out
+    composites = gx.io.read(out / "composites.zarr")["snow_mask"]
+    store = gx.io.read(out / "forecast.zarr")
+    forecast = store["snow_mask_forecast"]
+    assert forecast.dims == ("time", "y", "x")
+    assert forecast["lead"].values.tolist() == [1, 2, 3, 4]
+    # the held-out periods: the last four composites
+    np.testing.assert_array_equal(forecast["time"].values, composites["time"].values[-4:])
+    np.testing.assert_array_equal(forecast["x"].values, composites["x"].values)
+    np.testing.assert_array_equal(forecast["y"].values, composites["y"].values)
+    assert forecast.rio.crs is not None and forecast.rio.crs.to_epsg() == 32643
+    assert forecast.attrs["model"] == "convlstm"
+    assert len(forecast.attrs["checkpoint_sha256"]) == 64
+    values = forecast.values
+    assert np.isfinite(values).all()
+    # the composites store also holds the per-scene alignment diagnostics
+    stored = gx.io.read(out / "composites.zarr")
+    assert stored["scene_shift_x"].dims == ("scene",)
+    assert np.isfinite(stored["scene_shift_x"].values).all()
+
+
+@pytest.mark.slow
+def test_demo__cli_exits_zero_and_reuses_a_sample(demo_out, tmp_path, capsys):
+    import shutil
+
+    from glacierxr.cli import main
+
+    out, _ = demo_out
+    fresh = tmp_path / "cli"
+    shutil.copytree(out / "sample", fresh / "sample")  # a sample of the right size is reused
+    catalog = fresh / "sample" / "catalog.json"
+    written = catalog.stat().st_mtime_ns
+    assert main(["demo", "--quick", "--out", str(fresh)]) == 0
+    assert catalog.stat().st_mtime_ns == written
+    printed = capsys.readouterr().out
+    assert f"report: {fresh / 'report.md'}" in printed
+    assert re.search(r"\[ 1/10\] sample", printed)  # one progress line per stage
+    assert "reused" in (fresh / "report.md").read_text()
+    for name in FIGURES + FILES:
+        assert (fresh / name).is_file(), name
