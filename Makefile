@@ -29,7 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 clean:
 	rm -rf build demo-out .pytest_cache
