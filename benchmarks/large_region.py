@@ -422,16 +422,41 @@ def align_in_tiles(snow, reference, *, tile: int):
     return xr.combine_nested(rows, concat_dim=["y", "x"], combine_attrs="override")
 
 
-def run_chain(cube, out: Path, *, client, chunk: int, tile: int, reference: str = "observed") -> dict:
+def write_in_tiles(dataset, out: Path, *, tile: int) -> Path:
+    """Write a lazy Dataset to Zarr one ``tile × tile`` region at a time (one compute per tile).
+
+    The store is made from the whole lazy Dataset first (metadata and the small eager
+    coordinates, nothing computed), then every tile is computed and written into its region, so
+    a compute never holds more than one tile, however large the region.  Written to a hidden
+    sibling and renamed when complete.
+    """
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    dataset.to_zarr(partial, mode="w", compute=False, consolidated=False)
+    spatial = {"y", "x"}
+    regional = dataset.drop_vars([n for n, v in dataset.variables.items() if not spatial & set(v.dims)])
+    for ys in _tiles(dataset.sizes["y"], tile):
+        for xs in _tiles(dataset.sizes["x"], tile):
+            regional.isel(y=ys, x=xs).to_zarr(partial, region={"y": ys, "x": xs}, consolidated=False)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(partial, out)
+    return out
+
+
+def run_chain(
+    cube, out: Path, *, client, chunk: int, tile: int, reference: str = "observed", write: str = "tiles"
+) -> dict:
     """cube → mask → NDSI → snow mask → fill → align → 3-month composites → Zarr. Returns timings.
 
     ``reference="observed"``: the align reference (the temporal mean of the *observed*, not
     gap-filled, snow mask) is computed first in its own streaming pass, scattered to the
     workers and passed as ``reference=``; ``"mean"``: ``align``'s default, in one graph.
+    ``write="tiles"``: the composites are computed and written tile by tile
+    (:func:`write_in_tiles`); ``"one-graph"``: in one compute (:func:`glacierxr.io.write`).
     """
     import xarray as xr
 
-    from glacierxr.io import write
+    from glacierxr.io import write as write_atomically
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -449,16 +474,22 @@ def run_chain(cube, out: Path, *, client, chunk: int, tile: int, reference: str 
         timings["reference_s"] = time.perf_counter() - mark
     else:
         if tile < max(snow.sizes["y"], snow.sizes["x"]):
-            raise SystemExit("--reference mean works on whole scenes only (--align-tile 0)")
+            raise SystemExit("--reference mean registers whole scenes only: pass --tile >= the size")
         ref = "mean"
     aligned = align_in_tiles(snow, ref, tile=tile)
     composites = aligned.chunk({"y": chunk, "x": chunk}).glacier.monthly(months=3)
+    # the per-pixel counts fit in uint16 (a quarter of monthly's int64 in memory and on disk);
+    # one chunk grid for every variable: the counts come one chunk per period, the
+    # (interpolated) composite one chunk along time
+    counts = {name: composites[name].astype(np.uint16) for name in ("observation_count", "observed_count")
+              if name in composites.coords}
+    dataset = composites.assign_coords(counts).to_dataset(name="snow_mask")
+    dataset = dataset.chunk({"time": -1, "y": chunk, "x": chunk})
     mark = time.perf_counter()
-    # one chunking for the composite and its per-pixel count coordinates (monthly gives the
-    # counts one chunk per period and the interpolated composite one chunk along time; Zarr
-    # wants one chunk grid per dimension)
-    dataset = composites.to_dataset(name="snow_mask").chunk({"time": -1, "y": chunk, "x": chunk})
-    write(dataset, out, overwrite=True)
+    if write == "tiles":
+        write_in_tiles(dataset, out, tile=tile)
+    else:
+        write_atomically(dataset, out, overwrite=True)
     timings["write_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - start
     timings["scenes_kept"] = int(masked.sizes["time"])
@@ -610,32 +641,38 @@ def bench_malloc(args) -> None:
          ratio=round(seconds["tuned"] / seconds["dask-default"], 2))
 
 
-def bench_size(size: int, scenes: int, args, *, tile: int, predict: bool) -> dict:
-    """The chain over a ``size``² region on a fresh cluster; emits and returns the figures."""
+def bench_size(size: int, scenes: int, args, *, mode: str, predict: bool) -> dict:
+    """The chain over a ``size``² region on a fresh cluster; emits and returns the figures.
+
+    ``mode="tiles"``: align in ``args.tile`` tiles and compute/write tile by tile;
+    ``"one-graph"``: align on whole scenes and write everything in one compute.  A region no
+    larger than one tile is the same in both modes.
+    """
     cube = synthetic_cube(size=size, scenes=scenes, chunk=args.chunk, seed=args.seed)
-    layout = "whole scenes" if tile >= size else f"{tile}x{tile} px tiles"
-    label = f"{size}px_{scenes}scenes_" + ("frames" if tile >= size else f"tiles{tile}")
-    out = WORK / f"composites_{label}.zarr"
+    tile = args.tile if mode == "tiles" else size
+    one_tile = tile >= size
+    label = f"{size}px" if one_tile else f"{size}px_{mode.replace('-', '_')}"
+    out = WORK / f"composites_{label}_{scenes}scenes.zarr"
     with local_cluster(workers=args.workers, memory_limit=args.memory_limit,
                        scratch=WORK / "dask-scratch") as client:
         timings, peaks, spilled, restarts = measured(
             client, lambda: run_chain(cube, out, client=client, chunk=args.chunk, tile=tile,
-                                      reference=args.reference),
+                                      reference=args.reference, write="one-graph" if one_tile else mode),
         )
     megapixel_scenes = size * size * scenes / 1e6
     peak = max(peaks.values())
-    common = {"size_px": size, "scenes": scenes, "chunk_px": args.chunk, "align": layout,
+    common = {"size_px": size, "scenes": scenes, "chunk_px": args.chunk,
+              "layout": "one tile" if one_tile else (f"{tile}x{tile} px tiles" if mode == "tiles" else "one graph"),
               "workers": args.workers, "memory_limit": args.memory_limit, "reference": args.reference}
-    suffix = f"{size}px_tiles" if tile < size else f"{size}px"
-    emit(f"throughput_{suffix}", round(megapixel_scenes / timings["total_s"], 3), "Mpx-scenes/s",
+    emit(f"throughput_{label}", round(megapixel_scenes / timings["total_s"], 3), "Mpx-scenes/s",
          **common, wall_s=round(timings["total_s"], 1),
          input_gb=round(size * size * scenes * (4 + 4 + 2) / 1e9, 2),
          stages_s={k: round(v, 1) for k, v in timings.items() if k.endswith("_s")},
          scenes_kept=timings["scenes_kept"], periods=timings["periods"])
-    emit(f"peak_worker_memory_{suffix}", round(peak, 1), "MB", **common,
+    emit(f"peak_worker_memory_{label}", round(peak, 1), "MB", **common,
          per_worker_mb=[round(p, 1) for p in peaks.values()])
-    emit(f"spilled_{suffix}", int(spilled), "bytes", **common)
-    emit(f"worker_restarts_{suffix}", restarts, "count", **common)
+    emit(f"spilled_{label}", int(spilled), "bytes", **common)
+    emit(f"worker_restarts_{label}", restarts, "count", **common)
     result = {"peak": peak, "throughput": megapixel_scenes / timings["total_s"], "restarts": restarts}
     if predict:
         model = tiny_model()
@@ -673,7 +710,8 @@ def bench_cog(size: int, args) -> dict:
                        scratch=WORK / "dask-scratch") as client:
         timings, peaks, spilled, restarts = measured(
             client, lambda: run_chain(cube, WORK / f"composites_cog_{size}.zarr", client=client,
-                                      chunk=chunk, tile=max(cube.sizes["y"], cube.sizes["x"])),
+                                      chunk=chunk, tile=max(cube.sizes["y"], cube.sizes["x"]),
+                                      write="one-graph"),
         )
     pixels = cube.sizes["y"] * cube.sizes["x"]
     emit("cog_throughput", round(pixels * scenes / 1e6 / timings["total_s"], 3), "Mpx-scenes/s",
@@ -685,50 +723,51 @@ def bench_cog(size: int, args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1000² and 2000² px × 24 scenes")
+    parser.add_argument("--quick", action="store_true", help="500² and 1000² px × 24 scenes (~3 min)")
     parser.add_argument("--sizes", type=int, nargs=2, help="small and large region side (px)")
     parser.add_argument("--scenes", type=int, help="scenes (default 96; 24 with --quick)")
     parser.add_argument("--chunk", type=int, help="spatial chunk (default 1000; 500 with --quick)")
-    parser.add_argument("--tile", type=int, help="align tile side (default: the small size)")
-    parser.add_argument("--whole-frames", action="store_true",
-                        help="also run the large size with align on whole scenes")
+    parser.add_argument("--tile", type=int, help="tile side for align and writing (default: the small size)")
+    parser.add_argument("--one-graph", action="store_true",
+                        help="also run the large size as one graph (whole-scene align, one compute)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="4GiB", help="per worker")
     parser.add_argument("--reference", choices=("observed", "mean"), default="observed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-predict", action="store_true")
-    parser.add_argument("--cog-size", type=int, default=512, help="side of the real-COG sample (0: skip)")
+    parser.add_argument("--cog-size", type=int, help="side of the real-COG sample (default 512; 256 quick; 0 skips)")
     parser.add_argument("--skip-malloc", action="store_true", help="skip the malloc comparison")
     args = parser.parse_args(argv)
-    small, large = args.sizes or ((1000, 2000) if args.quick else (2000, 4000))
+    small, large = args.sizes or ((500, 1000) if args.quick else (2000, 4000))
     args.scenes = args.scenes or (24 if args.quick else 96)
     args.chunk = args.chunk or (500 if args.quick else 1000)
     args.tile = args.tile or small
+    cog_size = (256 if args.quick else 512) if args.cog_size is None else args.cog_size
     WORK.mkdir(parents=True, exist_ok=True)
 
     restarts = 0
     if not args.skip_malloc:
         bench_malloc(args)
-    if args.cog_size:
-        restarts += bench_cog(args.cog_size, args)["restarts"]
-    first = bench_size(small, args.scenes, args, tile=args.tile, predict=False)
-    second = bench_size(large, args.scenes, args, tile=args.tile, predict=not args.no_predict)
-    layout = "whole scenes" if args.tile >= large else f"{args.tile}x{args.tile} px tiles"
+    if cog_size:
+        restarts += bench_cog(cog_size, args)["restarts"]
+    first = bench_size(small, args.scenes, args, mode="tiles", predict=False)
+    second = bench_size(large, args.scenes, args, mode="tiles", predict=not args.no_predict)
+    tiles = f"{args.tile}x{args.tile} px tiles" if args.tile < large else "one tile"
     emit("peak_worker_memory", round(second["peak"], 1), "MB", size_px=large, scenes=args.scenes,
-         align=layout, baseline=f"same chain at {small}x{small} px", baseline_value=round(first["peak"], 1),
+         layout=tiles, baseline=f"same chain at {small}x{small} px", baseline_value=round(first["peak"], 1),
          ratio=round(second["peak"] / first["peak"], 2), region_ratio=round((large / small) ** 2, 2),
          memory_limit=args.memory_limit)
     emit("throughput", round(second["throughput"], 3), "Mpx-scenes/s", size_px=large, scenes=args.scenes,
-         align=layout, baseline=f"same chain at {small}x{small} px", baseline_value=round(first["throughput"], 3),
-         ratio=round(second["throughput"] / first["throughput"], 2))
+         layout=tiles, baseline=f"same chain at {small}x{small} px",
+         baseline_value=round(first["throughput"], 3), ratio=round(second["throughput"] / first["throughput"], 2))
     restarts += first["restarts"] + second["restarts"]
-    if args.whole_frames and args.tile < large:
-        frames = bench_size(large, args.scenes, args, tile=large, predict=False)
-        emit("peak_worker_memory_whole_frames", round(frames["peak"], 1), "MB", size_px=large,
-             scenes=args.scenes, align="whole scenes", baseline=f"same chain at {small}x{small} px",
-             baseline_value=round(first["peak"], 1), ratio=round(frames["peak"] / first["peak"], 2),
+    if args.one_graph and args.tile < large:
+        whole = bench_size(large, args.scenes, args, mode="one-graph", predict=False)
+        emit("peak_worker_memory_one_graph", round(whole["peak"], 1), "MB", size_px=large,
+             scenes=args.scenes, layout="one graph, whole-scene align", baseline=f"same chain at {small}x{small} px",
+             baseline_value=round(first["peak"], 1), ratio=round(whole["peak"] / first["peak"], 2),
              region_ratio=round((large / small) ** 2, 2), memory_limit=args.memory_limit)
-        restarts += frames["restarts"]
+        restarts += whole["restarts"]
     emit("worker_restarts", restarts, "count", sizes_px=[small, large])
     return 0
 
