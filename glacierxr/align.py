@@ -29,7 +29,7 @@ reference of a pass is a Dask reduction over the previous pass's output.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -130,6 +130,17 @@ def _centre_displacement(warp: np.ndarray, height: int, width: int) -> tuple[flo
     return float(moved[0] - centre[0]), float(moved[1] - centre[1])
 
 
+def _inside(positions: np.ndarray, size: int) -> tuple[int, int]:
+    """Index range of output pixels whose bilinear source ``positions`` lie inside the image.
+
+    A source up to ``1 - _VALID_WEIGHT`` px outside still gets a bilinear weight of at least
+    ``_VALID_WEIGHT`` (OpenCV interpolates with the exact sub-pixel position).
+    """
+    tolerance = 1.0 - _VALID_WEIGHT
+    inside = np.flatnonzero((positions >= -tolerance) & (positions <= size - 1 + tolerance))
+    return (int(inside[0]), int(inside[-1]) + 1) if inside.size else (0, 0)
+
+
 def _warp(
     image: np.ndarray, valid: np.ndarray, warp: np.ndarray, interpolation: str
 ) -> np.ndarray:
@@ -141,6 +152,18 @@ def _warp(
     warped = cv2.warpAffine(
         image, warp, (width, height), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
     )
+    # the cubic kernel reaches one pixel further than the bilinear weight: one pixel less
+    margin = 1 if interpolation == "cubic" else 0
+    if valid.all() and np.array_equal(warp[:, :2], np.eye(2, dtype=warp.dtype)):
+        # a translation of a complete scene: only a border loses its sources (no second warp)
+        row0, row1 = _inside(np.arange(height) + float(warp[1, 2]), height)
+        col0, col1 = _inside(np.arange(width) + float(warp[0, 2]), width)
+        keep = np.zeros((height, width), bool)
+        keep[row0:row1, col0:col1] = True
+        if margin:
+            keep = cv2.erode(keep.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        warped[~keep] = np.nan
+        return warped
     weight = cv2.warpAffine(
         valid.astype(np.float32),
         warp,
@@ -150,15 +173,32 @@ def _warp(
         borderValue=0.0,
     )
     keep = weight >= _VALID_WEIGHT
-    if interpolation == "cubic":
-        # the cubic kernel reaches one pixel further than the bilinear weight: shrink the mask
+    if margin:
         keep = cv2.erode(keep.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     return np.where(keep, warped, np.nan)
 
 
+class _Reference(NamedTuple):
+    """A reference prepared once for every scene matched against it."""
+
+    filled: np.ndarray  # float32, missing pixels filled with the mean
+    feature: np.ndarray  # the feature image ECC matches
+    valid: np.ndarray  # finite pixels
+    template_mask: np.ndarray  # pixels that may drive the estimate (valid, stable ground)
+
+
+def _prepare_reference(
+    reference: np.ndarray, stable: np.ndarray | None, feature: str, highpass_sigma: float
+) -> _Reference:
+    valid = np.isfinite(reference)
+    filled = _fill_missing(reference.astype(np.float32), valid, None)
+    template_mask = valid if stable is None else valid & stable
+    return _Reference(filled, _feature_image(filled, feature, highpass_sigma), valid, template_mask)
+
+
 def _register_scene(
     scene: np.ndarray,
-    reference: np.ndarray,
+    reference: np.ndarray | _Reference,
     stable: np.ndarray | None = None,
     observed: np.ndarray | None = None,
     initial: tuple[float, float] = (0.0, 0.0),
@@ -173,7 +213,7 @@ def _register_scene(
     feature: str,
     highpass_sigma: float,
 ) -> tuple[np.ndarray, np.ndarray | None, float, float, float, bool, str]:
-    """Register one 2-D scene to ``reference``.
+    """Register one 2-D scene to ``reference`` (an array, or one prepared with ``stable``).
 
     Returns ``(warped, warped_observed, dx, dy, correlation, converged, method)``;
     ``warped_observed`` is None when ``observed`` is.  ECC starts from the translation
@@ -181,8 +221,10 @@ def _register_scene(
     """
     cv2 = _require_cv2()
     work_dtype = np.float32
+    if not isinstance(reference, _Reference):
+        reference = _prepare_reference(reference, stable, feature, highpass_sigma)
+    ref, ref_f, reference_valid, template_mask = reference
     scene_valid = np.isfinite(scene)
-    reference_valid = np.isfinite(reference)
     # pixels that may drive the estimate: finite, observed (not gap-filled), stable ground
     estimate_valid = scene_valid if observed is None else scene_valid & observed
     height, width = scene.shape
@@ -190,10 +232,12 @@ def _register_scene(
     def result(warped, warp, dx, dy, correlation, converged, method):
         warped_observed = None
         if observed is not None:
-            warped_observed = np.isfinite(warped) & (
-                _warp(observed.astype(work_dtype), np.ones(scene.shape, bool), warp, "linear")
-                >= _VALID_WEIGHT
+            weight = cv2.warpAffine(
+                observed.astype(work_dtype), warp, (width, height),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0.0,
             )
+            warped_observed = np.isfinite(warped) & (weight >= _VALID_WEIGHT)
         return warped, warped_observed, float(dx), float(dy), float(correlation), bool(converged), method
 
     identity = np.eye(2, 3, dtype=np.float32)
@@ -201,23 +245,18 @@ def _register_scene(
         return result(np.full(scene.shape, np.nan, work_dtype), identity, 0.0, 0.0, float("nan"),
                       False, "none")
 
-    ref = _fill_missing(reference.astype(work_dtype), reference_valid, None)
     img = _fill_missing(scene.astype(work_dtype), scene_valid, ref)
-    template_mask = reference_valid
-    input_mask = estimate_valid
-    if stable is not None:
-        template_mask = template_mask & stable
-        input_mask = input_mask & stable
+    input_mask = estimate_valid if stable is None else estimate_valid & stable
     if not (template_mask.any() and input_mask.any()):
         return result(_warp(img, scene_valid, identity, interpolation), identity, 0.0, 0.0,
                       float("nan"), False, "none")
     # the images that are matched: gap-filled pixels replaced by the reference, then the feature
     estimate_img = img if observed is None else _fill_missing(img, estimate_valid, ref)
-    ref_f = _feature_image(ref, feature, highpass_sigma)
     img_f = _feature_image(estimate_img, feature, highpass_sigma)
 
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, int(iterations), float(eps))
-    masks = (template_mask.astype(np.uint8), input_mask.astype(np.uint8))
+    # complete masks are left out: OpenCV then skips the masking work
+    masks = tuple(None if mask.all() else mask.astype(np.uint8) for mask in (template_mask, input_mask))
 
     def ecc(dx0: float, dy0: float):
         """ECC from the translation (dx0, dy0): (accepted, correlation, warp, dx, dy)."""
@@ -290,13 +329,21 @@ def _register_block(
     observed mask ``(..., y, x)`` and the initial shifts ``(...)`` x and y.
     """
     extra = list(extra)
-    stable = np.broadcast_to(np.asarray(extra.pop(0), bool), scenes.shape) if has_stable else None
+    stable = np.asarray(extra.pop(0), bool) if has_stable else None
     observed = np.broadcast_to(np.asarray(extra.pop(0), bool), scenes.shape) if has_observed else None
     loop_shape = scenes.shape[:-2]
     if has_initial:
         initial_x = np.broadcast_to(extra.pop(0), loop_shape)
         initial_y = np.broadcast_to(extra.pop(0), loop_shape)
+    # one reference (and stable mask) for every scene of the block, the usual case: prepare once
+    shared = reference.ndim == 2 and (stable is None or stable.ndim == 2)
+    if shared:
+        prepared = _prepare_reference(
+            reference, stable, feature=kwargs["feature"], highpass_sigma=kwargs["highpass_sigma"]
+        )
     reference = np.broadcast_to(reference, scenes.shape)
+    if stable is not None:
+        stable = np.broadcast_to(stable, scenes.shape)
     warped = np.empty(scenes.shape, dtype=out_dtype)
     warped_observed = np.empty(scenes.shape, dtype=bool)
     shift_x = np.zeros(loop_shape, dtype=np.float64)
@@ -308,7 +355,7 @@ def _register_block(
         initial = (float(initial_x[index]), float(initial_y[index])) if has_initial else (0.0, 0.0)
         result = _register_scene(
             scenes[index],
-            reference[index],
+            prepared if shared else reference[index],
             None if stable is None else stable[index],
             None if observed is None else observed[index],
             initial,
@@ -451,6 +498,19 @@ def align(
         scenes' dims.
     NoScenesError
         ``time_dim`` has length 0.
+
+    Notes
+    -----
+    Accuracy on the embedded sample (``glacierxr.sample``), through search (``max_cloud=20``)
+    -> load -> mask -> ndsi -> snow_mask -> fill_gaps -> align, RMSE of the recovered against
+    the true misregistration over every scene, after removing the common offset (the mean
+    reference sits at the scenes' mean shift): 0.026 px over 97 scenes on the default
+    256 x 256 px, 8-year sample; 0.029-0.044 px on the 96 x 96 px, 2-year samples of seeds 0-3.
+    The single-pass ECC on the raw values with every finite pixel (``feature="intensity",
+    passes=1, observed=None``) gets 0.039 and 0.07-0.12 px there; each of the high-pass
+    feature, the observed-only estimate and the second pass accounts for part of the gain.
+    Removing pixels with a large temporal standard deviation from the estimate was tried and
+    not kept: it also removes the static edges that carry the registration, and measured worse.
 
     Examples
     --------
@@ -609,10 +669,9 @@ def align(
     original = {
         name: coord for name, coord in da.coords.items() if name not in da.dims and name not in coords
     }
-    out = warped.transpose(*da.dims).assign_coords(original).assign_coords(coords)
     if warped_observed is not None:
-        out = out.assign_coords({observed: warped_observed.transpose(*da[observed].dims).assign_attrs(
-            da[observed].attrs)})
+        coords[observed] = warped_observed.transpose(*da[observed].dims).assign_attrs(da[observed].attrs)
+    out = warped.transpose(*da.dims).assign_coords({**original, **coords})
     out.name = da.name
     out.attrs = dict(da.attrs)
     out.attrs.update(
