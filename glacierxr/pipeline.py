@@ -110,7 +110,9 @@ def snow_scenes(cube: xr.Dataset, pre: PreprocessConfig, *, masked: xr.Dataset |
     return snow.assign_coords(metadata)
 
 
-def snow_composites(cube: xr.Dataset, pre: PreprocessConfig, *, scenes: xr.DataArray | None = None) -> xr.DataArray:
+def snow_composites(
+    cube: xr.Dataset, pre: PreprocessConfig, *, scenes: xr.DataArray | None = None
+) -> xr.DataArray:
     """mask → NDSI → snow mask → fill gaps → align → N-month composites (lazy).
 
     Pass ``scenes`` (from :func:`snow_scenes`) to composite scenes already built.
@@ -128,7 +130,9 @@ def _with_months(composites: xr.DataArray) -> xr.DataArray:
     return composites
 
 
-_SCENE_COORDS = ("id", "shift_x", "shift_y", "ecc_correlation", "converged", "align_method", "missing_fraction")
+_SCENE_COORDS = (
+    "id", "shift_x", "shift_y", "ecc_correlation", "converged", "align_method", "missing_fraction",
+)
 _ALIGN_METHODS = ("none", "phase", "ecc")
 
 

@@ -91,14 +91,16 @@ def alignment_figure(
     """
     fig = _figure((8.4, 4.3))
     axes = fig.subplots(1, 2)
-    for ax, label, truth, found in zip(axes, ("x (columns, east)", "y (rows, down)"), (true_x, true_y), (found_x, found_y)):
+    labels = ("x (columns, east)", "y (rows, down)")
+    for ax, label, truth, found in zip(axes, labels, (true_x, true_y), (found_x, found_y)):
         truth = np.asarray(truth, dtype=float)
         found = np.asarray(found, dtype=float)
         ok = np.isfinite(truth) & np.isfinite(found)
         offset = float(np.mean(found[ok] - truth[ok])) if ok.any() else 0.0
         corrected = found - offset
         rmse = float(np.sqrt(np.mean((corrected[ok] - truth[ok]) ** 2))) if ok.any() else np.nan
-        limit = max(1.0, float(np.nanmax(np.abs(np.concatenate([truth[ok], corrected[ok]])))) * 1.1) if ok.any() else 1.0
+        shown = np.abs(np.concatenate([truth[ok], corrected[ok]]))
+        limit = max(1.0, 1.1 * float(shown.max())) if shown.size else 1.0
         ax.plot([-limit, limit], [-limit, limit], color="0.6", lw=1, zorder=1, label="1 : 1")
         ax.scatter(truth[ok], corrected[ok], s=14, color=_MODEL_COLOR, alpha=0.75, zorder=2, label="scenes")
         ax.set_xlim(-limit, limit)
@@ -194,7 +196,9 @@ def velocity_comparison_figure(
     return fig
 
 
-def learning_curve_figure(history: pd.DataFrame, *, reference: Mapping[str, float] | None = None, title: str | None = None):
+def learning_curve_figure(
+    history: pd.DataFrame, *, reference: Mapping[str, float] | None = None, title: str | None = None
+):
     """Training and validation loss per epoch, with horizontal reference losses.
 
     Parameters
@@ -235,7 +239,9 @@ def learning_curve_figure(history: pd.DataFrame, *, reference: Mapping[str, floa
         ax.plot(epochs, history["val_loss"], "s-", color="#d62728", label="validation loss")
     for label, value in (reference or {}).items():
         if value is not None and np.isfinite(value):
-            ax.axhline(value, ls="--", lw=1.2, color=_color(label.split(" ")[0]), label=f"{label.replace('_', '-')}: {value:.4f}")
+            name = label.split(" ")[0]
+            shown = f"{label.replace('_', '-')}: {value:.4f}"
+            ax.axhline(value, ls="--", lw=1.2, color=_color(name), label=shown)
     best = history.attrs.get("best_epoch")
     if best:
         ax.axvline(best, color="0.7", lw=1, ls=":", label=f"best epoch ({best})")
@@ -282,7 +288,8 @@ def forecast_figure(
     actual = actual.transpose("time", "y", "x").compute()
     if forecast.shape != actual.shape:
         raise DimensionError(
-            f"forecast {dict(forecast.sizes)} and actual {dict(actual.sizes)} differ; select the same periods."
+            f"forecast {dict(forecast.sizes)} and actual {dict(actual.sizes)} differ in shape. "
+            "Select the same periods of the same grid."
         )
     f = np.asarray(forecast.values, dtype=float)
     a = np.asarray(actual.values, dtype=float)
