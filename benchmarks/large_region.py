@@ -382,22 +382,6 @@ def _tiles(length: int, tile: int) -> list[slice]:
     return [slice(start, min(start + tile, length)) for start in range(0, length, tile)]
 
 
-def scattered(client, values, *, tile: int):
-    """A ``(y, x)`` numpy array as a Dask array of ``tile``-sized blocks held on every worker.
-
-    The blocks live on the cluster (``client.scatter``), so graphs refer to them by key instead
-    of carrying the pixels.
-    """
-    import dask.array as dsa
-
-    rows = []
-    for ys in _tiles(values.shape[0], tile):
-        futures = client.scatter([np.ascontiguousarray(values[ys, xs]) for xs in _tiles(values.shape[1], tile)],
-                                 broadcast=True, hash=False)
-        rows.append([dsa.from_delayed(f, shape=f.result().shape, dtype=values.dtype) for f in futures])
-    return dsa.block(rows)
-
-
 def align_in_tiles(snow, reference, *, tile: int):
     """``align`` on whole scenes (``tile`` ≥ the region) or tile by tile (``tile × tile`` px).
 
@@ -444,13 +428,13 @@ def write_in_tiles(dataset, out: Path, *, tile: int) -> Path:
 
 
 def run_chain(
-    cube, out: Path, *, client, chunk: int, tile: int, reference: str = "observed", write: str = "tiles"
+    cube, out: Path, *, chunk: int, tile: int, reference: str = "observed", write: str = "tiles"
 ) -> dict:
     """cube → mask → NDSI → snow mask → fill → align → 3-month composites → Zarr. Returns timings.
 
     ``reference="observed"``: the align reference (the temporal mean of the *observed*, not
-    gap-filled, snow mask) is computed first in its own streaming pass, scattered to the
-    workers and passed as ``reference=``; ``"mean"``: ``align``'s default, in one graph.
+    gap-filled, snow mask) is computed first in its own streaming pass into a Zarr store and
+    passed as ``reference=`` (read tile by tile); ``"mean"``: ``align``'s default, in one graph.
     ``write="tiles"``: the composites are computed and written tile by tile
     (:func:`write_in_tiles`); ``"one-graph"``: in one compute (:func:`glacierxr.io.write`).
     """
@@ -465,12 +449,15 @@ def run_chain(
     observed = masked.glacier.ndsi().glacier.snow_mask()
     snow = observed.glacier.fill_gaps()
     if reference == "observed":
+        # computed on the cluster straight into a small Zarr store, read back one tile per chunk:
+        # neither the client nor a worker ever holds the whole (y, x) image
         mark = time.perf_counter()
-        values = mean_reference(observed).compute()
-        ref = xr.DataArray(
-            scattered(client, values.values, tile=min(tile, max(values.shape))),
-            dims=values.dims, coords=values.coords, name="reference",
+        reference_path = out.with_name(f"{out.stem}_reference.zarr")
+        mean_reference(observed).to_dataset(name="reference").to_zarr(
+            reference_path, mode="w", consolidated=False
         )
+        chunks = {"y": tile, "x": tile}
+        ref = xr.open_zarr(reference_path, consolidated=False, chunks=chunks)["reference"]
         timings["reference_s"] = time.perf_counter() - mark
     else:
         if tile < max(snow.sizes["y"], snow.sizes["x"]):
@@ -656,7 +643,7 @@ def bench_size(size: int, scenes: int, args, *, mode: str, predict: bool) -> dic
     with local_cluster(workers=args.workers, memory_limit=args.memory_limit,
                        scratch=WORK / "dask-scratch") as client:
         timings, peaks, spilled, restarts = measured(
-            client, lambda: run_chain(cube, out, client=client, chunk=args.chunk, tile=tile,
+            client, lambda: run_chain(cube, out, chunk=args.chunk, tile=tile,
                                       reference=args.reference, write="one-graph" if one_tile else mode),
         )
     megapixel_scenes = size * size * scenes / 1e6
@@ -709,7 +696,7 @@ def bench_cog(size: int, args) -> dict:
     with local_cluster(workers=args.workers, memory_limit=args.memory_limit,
                        scratch=WORK / "dask-scratch") as client:
         timings, peaks, spilled, restarts = measured(
-            client, lambda: run_chain(cube, WORK / f"composites_cog_{size}.zarr", client=client,
+            client, lambda: run_chain(cube, WORK / f"composites_cog_{size}.zarr",
                                       chunk=chunk, tile=max(cube.sizes["y"], cube.sizes["x"]),
                                       write="one-graph"),
         )
