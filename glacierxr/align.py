@@ -190,6 +190,7 @@ class _Reference(NamedTuple):
 def _prepare_reference(
     reference: np.ndarray, stable: np.ndarray | None, feature: str, highpass_sigma: float
 ) -> _Reference:
+    """Fill, feature image and masks of a 2-D reference (done once per block of scenes)."""
     valid = np.isfinite(reference)
     filled = _fill_missing(reference.astype(np.float32), valid, None)
     template_mask = valid if stable is None else valid & stable
@@ -404,12 +405,15 @@ def align(
     Evangelidis & Psarakis 2008) on a feature image of both (by default their high-pass),
     using validity masks for both images so that missing (NaN) and gap-filled pixels never
     count.  With the mean reference the estimate is made ``passes`` times, each pass against the
-    mean of the scenes aligned by the previous one.  When ECC raises, returns a non-finite warp, a correlation below
-    ``min_correlation`` or a shift longer than ``max_shift``, the shift is taken from
-    :func:`cv2.phaseCorrelate` with a Hann window instead (``converged=False``,
-    ``align_method="phase"``).  When that is also longer than ``max_shift`` (or the scene is
-    empty) the scene is left where it is (shift 0, ``align_method="none"``).  The scene is then
-    resampled onto the reference with :func:`cv2.warpAffine` (``WARP_INVERSE_MAP``).
+    mean of the scenes aligned by the previous one.  When ECC raises, returns a non-finite warp,
+    a correlation below ``min_correlation`` or a shift longer than ``max_shift`` (for instance a
+    shift outside its basin of convergence), :func:`cv2.phaseCorrelate` with a Hann window
+    estimates the shift globally and ECC is run again from there; if that is accepted the scene
+    counts as registered by ECC, otherwise the phase-correlation shift is applied
+    (``converged=False``, ``align_method="phase"``).  When that is also longer than
+    ``max_shift`` (or the scene is empty) the scene is left where it is (shift 0,
+    ``align_method="none"``).  The scene is then resampled onto the reference with
+    :func:`cv2.warpAffine` (``WARP_INVERSE_MAP``).
 
     Parameters
     ----------
@@ -729,14 +733,17 @@ def _observed_mask(da: xr.DataArray, name: Hashable | None, time_dim: str, y_dim
     if name is None or name not in da.coords or name in da.dims:
         return None
     mask = da.coords[name]
-    if mask.dtype != bool or not {y_dim, x_dim} <= set(mask.dims) or not set(mask.dims) <= set(da.dims):
+    flags = np.issubdtype(mask.dtype, np.bool_) or np.issubdtype(mask.dtype, np.integer)
+    if not flags or not {y_dim, x_dim} <= set(mask.dims) or not set(mask.dims) <= set(da.dims):
         raise ConfigError(
-            f"the coordinate {name!r} must be boolean on the scenes' dims (True where observed) "
-            f"to mark gap-filled pixels, but found dtype {mask.dtype} with dims {mask.dims}. "
-            f"Pass observed=None to use every finite pixel, or name another coordinate."
+            f"the coordinate {name!r} must be boolean (or 0/1 integers, as NetCDF stores it) on "
+            f"the scenes' dims, True where observed, to mark gap-filled pixels; found dtype "
+            f"{mask.dtype} with dims {mask.dims}. Pass observed=None to use every finite pixel, "
+            "or name another coordinate."
         )
     _check_single_chunk(mask, (y_dim, x_dim), f"align (coordinate {name!r})")
-    return mask.drop_vars([c for c in mask.coords if c not in mask.dims])
+    mask = mask.drop_vars([c for c in mask.coords if c not in mask.dims])
+    return mask if mask.dtype == bool else mask != 0
 
 
 def _check_stable(stable: xr.DataArray, da: xr.DataArray, y_dim: str, x_dim: str) -> xr.DataArray:

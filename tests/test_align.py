@@ -386,12 +386,16 @@ def test_align__bad_options_raise(kwargs, error, fragment):
         align(shifted_cube(SHIFTS[:2]), **kwargs)
 
 
-def test_align__observed_coordinate_must_be_boolean():
+def test_align__observed_coordinate_must_be_boolean_or_integer_flags():
     cube = shifted_cube(SHIFTS[:2])
     bad = cube.assign_coords(observed=(cube.dims, np.ones(cube.shape, np.float32)))
     with pytest.raises(ConfigError, match="observed=None"):
         align(bad)
     align(bad, observed=None)  # ignored when asked to
+    # 0/1 integers, as a NetCDF round trip stores booleans, mean the same as booleans
+    filled = _gap_filled_cube()
+    as_int = filled.assign_coords(observed=filled.observed.astype(np.int8))
+    xr.testing.assert_identical(align(as_int).drop_vars("observed"), align(filled).drop_vars("observed"))
 
 
 def test_align__given_reference_dataarray_is_used():
