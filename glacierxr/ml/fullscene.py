@@ -606,6 +606,12 @@ class FullSceneTrainer(Trainer):
         Weight of the seam term (>= 0).
     **kwargs
         Arguments of :class:`~glacierxr.ml.Trainer`.
+
+    Notes
+    -----
+    It overrides the Trainer's per-batch ``_forward`` (the only place the loss is formed), so it
+    follows that method's contract: return ``(sum, count)`` with ``sum / count`` the batch loss.
+    ``seam_weight`` is stored with the other settings in every checkpoint.
     """
 
     def __init__(self, model: FullSceneModel, *, seam_weight: float = 1.0, **kwargs: Any) -> None:
@@ -806,7 +812,12 @@ class DenoisingUNet(nn.Module):
 
     def get_config(self) -> dict[str, Any]:
         """``{"name": "denoising_unet", "base_channels", "depth", "dropout"}``."""
-        return {"name": self.model_name, "base_channels": self.base_channels, "depth": self.depth, "dropout": self.dropout}
+        return {
+            "name": self.model_name,
+            "base_channels": self.base_channels,
+            "depth": self.depth,
+            "dropout": self.dropout,
+        }
 
     @property
     def receptive_radius(self) -> int:
