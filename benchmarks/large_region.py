@@ -1,45 +1,52 @@
 """Benchmark: a large region through the whole chain on a ``dask.distributed`` LocalCluster.
 
-What runs (every size on a fresh LocalCluster: ``--workers`` processes, one thread each,
+What runs (every case on a fresh LocalCluster: ``--workers`` processes with one thread each,
 ``--memory-limit`` per worker, spill folder under ``benchmarks/_work``)::
 
-    cube  ->  .glacier.mask()  ->  .ndsi()  ->  .snow_mask()  ->  .fill_gaps()
-          ->  .chunk({"y": -1, "x": -1})  ->  .align(reference=<persisted mean>)
-          ->  .chunk({"y": C, "x": C})  ->  .monthly(months=3)  ->  Zarr (glacierxr.io.write)
-    composites (Zarr)  ->  .glacier.predict(model, steps=4, patch=50)  ->  Zarr, block by block
+    cube -> .glacier.mask() -> .ndsi() -> .snow_mask() -> .fill_gaps()
+         -> per tile: .chunk({"y": -1, "x": -1}) -> .align(reference=<observed mean, from Zarr>)
+         -> .chunk({"y": C, "x": C}) -> .monthly(months=3) -> Zarr, computed and written tile by tile
+    composites (Zarr) -> .glacier.predict(model, steps=4, patch=50) -> Zarr, block by block
 
-The cube is shaped exactly like :func:`glacierxr.load` output (``green``/``swir16`` float32
-reflectance, ``qa_pixel`` uint16, per-time ``id``/``cloud_cover``/``platform``/``wrs_path``/
-``wrs_row``, ``spatial_ref``; chunks ``time=1``, ``C × C`` px) but its chunks are *synthesised on
-the workers* (:func:`synthetic_cube`): writing 96 COGs of 4000 × 4000 px would take longer than the
-run itself.  Every block comes from a deterministic generator seeded by its block index: terrain
-from a sum of plane waves of the global pixel coordinates (seamless across blocks), seasonal
-snow above a snow line, ice above a higher level, rock below, shading texture; per-scene clouds,
-dilated-cloud rims and cloud shadows flagged in ``QA_PIXEL`` the way Collection 2 flags them; a
-nodata wedge in some scenes; a per-scene sub-pixel misregistration.  The real loader is exercised
-too: a small sample from :func:`glacierxr.sample.write_catalog` (real COGs + static STAC catalog)
-goes through :func:`glacierxr.search` and :func:`glacierxr.load` and the same chain (``cog_*``).
+The cube is shaped like :func:`glacierxr.load` output (``green``/``swir16`` float32 reflectance,
+``qa_pixel`` uint16, per-time ``id``/``cloud_cover``/``platform``/``wrs_path``/``wrs_row``,
+``spatial_ref``; chunks ``time=1``, ``C × C`` px) but its blocks are *made on the workers*
+(:func:`synthetic_cube`): writing 96 COGs of 4000 × 4000 px would take longer than the run.  Each
+block comes from a deterministic generator seeded by its block index: fractal value-noise terrain
+over global pixel coordinates (seamless across blocks), seasonal snow above a snow line, ice above
+a higher level, rock below, shading; per-scene fractal clouds, dilated-cloud rims and cloud shadows
+flagged in ``QA_PIXEL`` as Collection 2 flags them; a nodata wedge in every fifth scene; a
+per-scene sub-pixel misregistration (``true_shift_x``/``true_shift_y``).  The real loader is
+exercised too (``cog_throughput``): a sample from :func:`glacierxr.sample.write_catalog` (COGs +
+static STAC catalog) through :func:`glacierxr.search`, :func:`glacierxr.load` and the same chain.
 
-Why the reference is persisted: ``align(reference="mean")`` in one graph is a barrier — the mean
-needs every scene, and every scene is needed again to be warped, so a distributed scheduler holds
-(or spills) the whole filled cube until the mean is known.  The chain therefore computes the mean
-first (one streaming reduction, persisted on the cluster: one ``(y, x)`` image) and passes it as
-``reference=``; the result is the same as ``reference="mean"``.  ``--reference mean`` runs the
-one-graph version instead, to see the difference.
+Why the chain is written this way (see ``docs/scaling.md``): ``align`` needs whole frames, so its
+memory per task grows with the frame — hence ``align`` per tile (``--tile``, default the small
+size); ``align(reference="mean")`` is a barrier over all scenes — hence the reference (the mean of
+the observed snow mask, what ``align``'s first pass uses) is computed first into a Zarr store and
+passed as ``reference=``; a single graph over the whole region lets composites of many blocks wait
+in memory — hence the region is computed and written tile by tile (Zarr ``region=`` writes).  A
+region of one tile is the plain chain.  ``--one-graph`` also runs the large size as one graph with
+whole-scene ``align``, for comparison.
 
-Reported (one JSON object per line; ``benchmark`` = ``large_region``):
+Reported (one JSON object per line, ``benchmark`` = ``large_region``; per case the metric name
+ends in the size, ``_tiles`` or ``_one_graph``):
 
-* ``throughput`` per size: megapixel-scenes per second of the whole chain (input scenes × pixels
-  / wall time, including the mask's per-scene compute, the reference pass and the Zarr write);
-* ``peak_worker_memory`` per size: the highest resident memory (RSS) of any worker process,
-  sampled every 50 ms with psutil from the client; the large size carries ``baseline`` = the
-  small size and ``ratio`` = large / small (the region is ``(large / small)²`` times bigger);
+* ``throughput``: megapixel-scenes per second of the whole chain (input scenes × pixels / wall
+  time, including the mask's per-scene compute, the reference pass and the Zarr writes);
+* ``peak_worker_memory``: the highest resident memory (RSS) of any worker process, sampled every
+  50 ms with psutil from the client; the summary line has ``baseline`` = the small size and
+  ``ratio`` = large / small, while the region is ``region_ratio`` (4) times larger;
 * ``spilled``: bytes the workers wrote to their spill folders (SpillBuffer metrics);
-* ``worker_restarts``: workers whose process changed during the run (must be 0);
-* ``predict_rate``: km² per second of ``.glacier.predict`` over the composites, written to Zarr.
+* ``worker_restarts``: worker processes that changed during a case (must be 0);
+* ``predict_rate``: km² per second of ``.glacier.predict`` over the large region's composites
+  (an untrained one-layer ConvLSTM: the cost of forecasting, not its skill), written to Zarr;
+* ``worker_cpu_per_block``: CPU time of the same per-block NumPy work in a worker process with
+  :data:`MALLOC_TUNED` against Dask's default worker environment (``ratio`` < 1: faster).
 
-``--quick``: 1000² and 2000² px × 24 scenes, chunks 500 px (a few minutes on 2 shared cores);
-default: 2000² and 4000² px × 96 scenes, chunks 1000 px (tens of minutes there).
+``--quick``: 500² and 1000² px × 24 scenes, chunks 500 px, a 256² COG sample (about 3 minutes on
+2 busy cores); default: 2000² and 4000² px × 96 scenes, chunks 1000 px, tiles 2000 px, a 512² COG
+sample (more than an hour there).
 
     python benchmarks/large_region.py --quick
 """
