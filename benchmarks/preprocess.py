@@ -96,7 +96,8 @@ def bench_align(stack: np.ndarray, repeats: int) -> None:
             cv2.warpAffine(scene, warp, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
 
     def ours():
-        align(cube, reference=reference)
+        # Same image as the bare calls; the high-pass default is compared in align_features.py.
+        align(cube, reference=reference, feature="intensity")
 
     base = best_of(bare, repeats) / len(stack)
     mine = best_of(ours, repeats) / len(stack)
