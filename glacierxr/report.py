@@ -243,11 +243,13 @@ def learning_curve_figure(
             shown = f"{label.replace('_', '-')}: {value:.4f}"
             ax.axhline(value, ls="--", lw=1.2, color=_color(name), label=shown)
     best = history.attrs.get("best_epoch")
-    if best:
+    if best and best in history.index:
         ax.axvline(best, color="0.7", lw=1, ls=":", label=f"best epoch ({best})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("masked MSE (snow-mask units²)")
-    ax.set_xticks(epochs if epochs.size <= 12 else np.linspace(epochs[0], epochs[-1], 12).round())
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "learning curve", fontsize=10)
