@@ -65,6 +65,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: Wall-clock this script needs on 2 busy cores, for a runner that honours it (seconds).
+RUN_TIMEOUT_S = {"quick": 600, "full": 3 * 3600}
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "large_region"
 RECORDS: list[dict] = []
