@@ -474,7 +474,8 @@ def _scenes(items, bands: Sequence[str]) -> tuple[list[_Scene], list[dict]]:
         if scene.time.tzinfo is not None:
             scene.time = scene.time.tz_convert("UTC").tz_localize(None)
         scene.collection = collection
-        scene.cloud_cover = float(properties.get("eo:cloud_cover", math.nan) or math.nan)
+        cloud_cover = properties.get("eo:cloud_cover")
+        scene.cloud_cover = math.nan if cloud_cover is None else float(cloud_cover)  # 0.0 is a value
         scene.platform = str(properties.get("platform", ""))
         scene.wrs_path = str(properties.get("landsat:wrs_path", ""))
         scene.wrs_row = str(properties.get("landsat:wrs_row", ""))
