@@ -108,7 +108,8 @@ def _interpolation(positions: np.ndarray, cell: float) -> tuple[np.ndarray, np.n
     index = np.floor(u).astype(np.int64)
     f = u - index
     first = int(index.min())
-    return index - first, (f * f * (3.0 - 2.0 * f)).astype(np.float32), first, int(index.max()) - first + 2
+    weight = (f * f * (3.0 - 2.0 * f)).astype(np.float32)
+    return index - first, weight, first, int(index.max()) - first + 2
 
 
 def _octave(key: int, rows: np.ndarray, cols: np.ndarray, cell: float, amplitude: float) -> np.ndarray:
@@ -258,7 +259,8 @@ def render_block(
     for band, amplitude in ((0, 0.03), (1, 0.02)):
         surface = _SURFACE[band]
         scale = np.concatenate([surface, 0.35 * surface, 0.5 * surface, 0 * surface]).astype(np.float32)
-        offset = np.repeat(np.asarray([0.0, 0.0, _RIM_OFFSET[band], _CLOUD_REFLECTANCE[band][0]], np.float32), 3)
+        offsets = [0.0, 0.0, _RIM_OFFSET[band], _CLOUD_REFLECTANCE[band][0]]
+        offset = np.repeat(np.asarray(offsets, np.float32), 3)
         values = scale[code] * shade + offset[code] + np.float32(amplitude) * noise[band]
         if thick is not None:
             values += np.float32(_CLOUD_REFLECTANCE[band][1]) * thick  # thick is 0 outside clouds
@@ -440,7 +442,7 @@ def write_in_tiles(dataset, out: Path, *, tile: int) -> Path:
 def run_chain(
     cube, out: Path, *, chunk: int, tile: int, reference: str = "observed", write: str = "tiles"
 ) -> dict:
-    """cube → mask → NDSI → snow mask → fill → align → 3-month composites → Zarr. Returns timings.
+    """cube → mask → NDSI → snow mask → fill → align → 3-month composites → Zarr; returns timings.
 
     ``reference="observed"``: the align reference (the temporal mean of the *observed*, not
     gap-filled, snow mask) is computed first in its own streaming pass into a Zarr store and
@@ -478,8 +480,11 @@ def run_chain(
     # the per-pixel counts fit in uint16 (a quarter of monthly's int64 in memory and on disk);
     # one chunk grid for every variable: the counts come one chunk per period, the
     # (interpolated) composite one chunk along time
-    counts = {name: composites[name].astype(np.uint16) for name in ("observation_count", "observed_count")
-              if name in composites.coords}
+    counts = {
+        name: composites[name].astype(np.uint16)
+        for name in ("observation_count", "observed_count")
+        if name in composites.coords
+    }
     dataset = composites.assign_coords(counts).to_dataset(name="snow_mask")
     dataset = dataset.chunk({"time": -1, "y": chunk, "x": chunk})
     mark = time.perf_counter()
@@ -633,7 +638,8 @@ def bench_malloc(args) -> None:
                                    for _ in range(2))
     emit("worker_cpu_per_block", round(seconds["tuned"] / scenes, 3), "s", block_px=size,
          work="generate + mask + ndsi + snow_mask + fill_gaps, NumPy, in a worker process",
-         environment=MALLOC_TUNED, baseline="dask's default worker environment (MALLOC_TRIM_THRESHOLD_=65536)",
+         environment=MALLOC_TUNED,
+         baseline="dask's default worker environment (MALLOC_TRIM_THRESHOLD_=65536)",
          baseline_value=round(seconds["dask-default"] / scenes, 3),
          ratio=round(seconds["tuned"] / seconds["dask-default"], 2))
 
@@ -659,7 +665,8 @@ def bench_size(size: int, scenes: int, args, *, mode: str, predict: bool) -> dic
     megapixel_scenes = size * size * scenes / 1e6
     peak = max(peaks.values())
     common = {"size_px": size, "scenes": scenes, "chunk_px": args.chunk,
-              "layout": "one tile" if one_tile else (f"{tile}x{tile} px tiles" if mode == "tiles" else "one graph"),
+              "layout": "one tile" if one_tile else (f"{tile}x{tile} px tiles" if mode == "tiles"
+                                                     else "one graph"),
               "workers": args.workers, "memory_limit": args.memory_limit, "reference": args.reference}
     emit(f"throughput_{label}", round(megapixel_scenes / timings["total_s"], 3), "Mpx-scenes/s",
          **common, wall_s=round(timings["total_s"], 1),
@@ -676,7 +683,8 @@ def bench_size(size: int, scenes: int, args, *, mode: str, predict: bool) -> dic
         with local_cluster(workers=args.workers, memory_limit=args.memory_limit,
                            scratch=WORK / "dask-scratch") as client:
             seconds, p_peaks, p_spilled, p_restarts = measured(
-                client, lambda: run_predict(out, WORK / f"forecast_{label}.zarr", chunk=args.chunk, model=model)
+                client,
+                lambda: run_predict(out, WORK / f"forecast_{label}.zarr", chunk=args.chunk, model=model),
             )
         area_km2 = size * size * (30.0 / 1000.0) ** 2
         emit(f"predict_rate_{size}px", round(area_km2 / seconds, 2), "km2/s", size_px=size,
@@ -724,7 +732,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs=2, help="small and large region side (px)")
     parser.add_argument("--scenes", type=int, help="scenes (default 96; 24 with --quick)")
     parser.add_argument("--chunk", type=int, help="spatial chunk (default 1000; 500 with --quick)")
-    parser.add_argument("--tile", type=int, help="tile side for align and writing (default: the small size)")
+    parser.add_argument("--tile", type=int,
+                        help="tile side for align and writing (default: the small size)")
     parser.add_argument("--one-graph", action="store_true",
                         help="also run the large size as one graph (whole-scene align, one compute)")
     parser.add_argument("--workers", type=int, default=2)
@@ -732,7 +741,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", choices=("observed", "mean"), default="observed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-predict", action="store_true")
-    parser.add_argument("--cog-size", type=int, help="side of the real-COG sample (default 512; 256 quick; 0 skips)")
+    parser.add_argument("--cog-size", type=int,
+                        help="side of the real-COG sample (default 512; 256 quick; 0 skips)")
     parser.add_argument("--skip-malloc", action="store_true", help="skip the malloc comparison")
     args = parser.parse_args(argv)
     small, large = args.sizes or ((500, 1000) if args.quick else (2000, 4000))
@@ -751,17 +761,20 @@ def main(argv=None) -> int:
     second = bench_size(large, args.scenes, args, mode="tiles", predict=not args.no_predict)
     tiles = f"{args.tile}x{args.tile} px tiles" if args.tile < large else "one tile"
     emit("peak_worker_memory", round(second["peak"], 1), "MB", size_px=large, scenes=args.scenes,
-         layout=tiles, baseline=f"same chain at {small}x{small} px", baseline_value=round(first["peak"], 1),
+         layout=tiles, baseline=f"same chain at {small}x{small} px",
+         baseline_value=round(first["peak"], 1),
          ratio=round(second["peak"] / first["peak"], 2), region_ratio=round((large / small) ** 2, 2),
          memory_limit=args.memory_limit)
     emit("throughput", round(second["throughput"], 3), "Mpx-scenes/s", size_px=large, scenes=args.scenes,
          layout=tiles, baseline=f"same chain at {small}x{small} px",
-         baseline_value=round(first["throughput"], 3), ratio=round(second["throughput"] / first["throughput"], 2))
+         baseline_value=round(first["throughput"], 3),
+         ratio=round(second["throughput"] / first["throughput"], 2))
     restarts += first["restarts"] + second["restarts"]
     if args.one_graph and args.tile < large:
         whole = bench_size(large, args.scenes, args, mode="one-graph", predict=False)
         emit("peak_worker_memory_one_graph", round(whole["peak"], 1), "MB", size_px=large,
-             scenes=args.scenes, layout="one graph, whole-scene align", baseline=f"same chain at {small}x{small} px",
+             scenes=args.scenes, layout="one graph, whole-scene align",
+             baseline=f"same chain at {small}x{small} px",
              baseline_value=round(first["peak"], 1), ratio=round(whole["peak"] / first["peak"], 2),
              region_ratio=round((large / small) ** 2, 2), memory_limit=args.memory_limit)
         restarts += whole["restarts"]
