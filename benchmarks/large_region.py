@@ -478,8 +478,8 @@ def run_chain(
     aligned = align_in_tiles(snow, ref, tile=tile)
     composites = aligned.chunk({"y": chunk, "x": chunk}).glacier.monthly(months=3)
     # the per-pixel counts fit in uint16 (a quarter of monthly's int64 in memory and on disk);
-    # one chunk grid for every variable: the counts come one chunk per period, the
-    # (interpolated) composite one chunk along time
+    # one chunk grid for every variable (monthly gives the counts one chunk per period and the
+    # interpolated composite one chunk along time), so every tile covers whole Zarr chunks
     counts = {
         name: composites[name].astype(np.uint16)
         for name in ("observation_count", "observed_count")
