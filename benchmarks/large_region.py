@@ -419,21 +419,42 @@ def align_in_tiles(snow, reference, *, tile: int):
 
 
 def write_in_tiles(dataset, out: Path, *, tile: int) -> Path:
-    """Write a lazy Dataset to Zarr one ``tile × tile`` region at a time (one compute per tile).
+    """Write lazy composites to Zarr one ``tile × tile`` region at a time (one compute per tile).
 
     The store is made from the whole lazy Dataset first (metadata and the small eager
     coordinates, nothing computed), then every tile is computed and written into its region, so
-    a compute never holds more than one tile, however large the region.  Written to a hidden
-    sibling and renamed when complete.
+    a compute never holds more than one tile, however large the region.  ``interpolated`` (a
+    flag per period over the *whole* region) is then rebuilt from the stored counts, exactly as
+    :func:`glacierxr.composite.monthly` defines it.  Written to a hidden sibling and renamed when
+    complete.
     """
+    import xarray as xr
+
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
+    # per-period labels are plain numbers behind a Dask wrapper: make them eager (written now)
+    eager = {
+        name: dataset[name].compute() for name in ("period_start", "period_end") if name in dataset.coords
+    }
+    dataset = dataset.assign_coords(eager)
     dataset.to_zarr(partial, mode="w", compute=False, consolidated=False)
     spatial = {"y", "x"}
-    regional = dataset.drop_vars([n for n, v in dataset.variables.items() if not spatial & set(v.dims)])
+    regional = dataset.drop_vars(
+        [name for name, variable in dataset.variables.items() if not spatial & set(variable.dims)]
+    )
     for ys in _tiles(dataset.sizes["y"], tile):
         for xs in _tiles(dataset.sizes["x"], tile):
             regional.isel(y=ys, x=xs).to_zarr(partial, region={"y": ys, "x": xs}, consolidated=False)
+    if "interpolated" in dataset.coords:
+        count = xr.open_zarr(partial, consolidated=False)["observation_count"]
+        min_count = next(
+            (v.attrs["composite_min_count"] for v in dataset.data_vars.values() if "composite_min_count" in v.attrs),
+            1,
+        )
+        flag = ~(count >= min_count).any(["y", "x"])
+        xr.Dataset(coords={"interpolated": flag.reset_coords(drop=True)}).to_zarr(
+            partial, region={"time": slice(None)}, mode="r+", consolidated=False
+        )
     shutil.rmtree(out, ignore_errors=True)
     os.replace(partial, out)
     return out
