@@ -34,8 +34,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 import xarray as xr
 
+from glacierxr._checks import check_single_chunk, require_cv2
 from glacierxr.errors import (
-    ChunkingError,
     ConfigError,
     DataTypeError,
     DimensionError,
@@ -58,29 +58,8 @@ _VALID_WEIGHT = 1.0 - 1e-3
 #: ``feature`` keyword values.
 _FEATURES = ("highpass", "gradient", "intensity")
 
-
-def _require_cv2():
-    try:
-        import cv2
-    except ImportError as error:  # pragma: no cover - opencv is a core dependency
-        raise ImportError(
-            "glacierxr.align needs OpenCV; install it with `pip install opencv-python-headless`."
-        ) from error
-    return cv2
-
-
-def _check_single_chunk(da: xr.DataArray, dims: tuple[str, ...], what: str) -> None:
-    """Raise :class:`ChunkingError` when any of ``dims`` is split across Dask chunks."""
-    if da.chunks is None:
-        return
-    split = {dim: len(chunks) for dim, chunks in zip(da.dims, da.chunks) if dim in dims and len(chunks) > 1}
-    if split:
-        found = ", ".join(f"{dim!r} in {n} chunks" for dim, n in split.items())
-        fix = ", ".join(f'"{dim}": -1' for dim in dims)
-        raise ChunkingError(
-            f"{what} needs each of {list(dims)} in one Dask chunk (every scene is registered as a "
-            f"whole), but found {found}. Rechunk first: `.chunk({{{fix}}})`."
-        )
+#: Why ``y`` and ``x`` must each be one Dask chunk (said in ChunkingError).
+_WHOLE_SCENE = "every scene is registered as a whole"
 
 
 def _fill_missing(image: np.ndarray, valid: np.ndarray, fallback: np.ndarray | None) -> np.ndarray:
@@ -102,7 +81,7 @@ def _feature_image(image: np.ndarray, feature: str, highpass_sigma: float) -> np
     """The image ECC matches: ``image`` itself, its high-pass or its gradient magnitude."""
     if feature == "intensity":
         return image
-    cv2 = _require_cv2()
+    cv2 = require_cv2("align")
     if feature == "highpass":
         background = cv2.GaussianBlur(image, (0, 0), highpass_sigma, borderType=cv2.BORDER_REFLECT)
         return image - background
@@ -145,7 +124,7 @@ def _warp(
     image: np.ndarray, valid: np.ndarray, warp: np.ndarray, interpolation: str
 ) -> np.ndarray:
     """Resample ``image`` so that ``out(p) = image(warp @ p)``; NaN where the source was missing."""
-    cv2 = _require_cv2()
+    cv2 = require_cv2("align")
     height, width = image.shape
     flag = cv2.INTER_CUBIC if interpolation == "cubic" else cv2.INTER_LINEAR
     flags = flag | cv2.WARP_INVERSE_MAP
@@ -220,7 +199,7 @@ def _register_scene(
     ``warped_observed`` is None when ``observed`` is.  ECC starts from the translation
     ``initial`` (a previous pass's estimate).
     """
-    cv2 = _require_cv2()
+    cv2 = require_cv2("align")
     work_dtype = np.float32
     if not isinstance(reference, _Reference):
         reference = _prepare_reference(reference, stable, feature, highpass_sigma)
@@ -535,7 +514,7 @@ def align(
     Evangelidis, G. D., & Psarakis, E. Z. (2008). Parametric image alignment using enhanced
     correlation coefficient maximization. IEEE TPAMI, 30(10), 1858-1865.
     """
-    _require_cv2()
+    require_cv2("align")
     for dim in (time_dim, y_dim, x_dim):
         if dim not in da.dims:
             raise DimensionError(
@@ -573,7 +552,7 @@ def align(
             f"align got no scene: dimension {time_dim!r} has length 0. Widen the search (dates, "
             "bbox, max_cloud) or raise mask(max_missing=...)."
         )
-    _check_single_chunk(da, (y_dim, x_dim), "align")
+    check_single_chunk(da, (y_dim, x_dim), "align", why=_WHOLE_SCENE)
 
     out_dtype = np.dtype(da.dtype) if np.issubdtype(da.dtype, np.floating) else np.dtype(np.float32)
     data = da if da.dtype == out_dtype else da.astype(out_dtype)
@@ -612,7 +591,7 @@ def align(
                     f"{float(da[dim][0])} … {float(da[dim][-1])}). Pass a reference on the same "
                     f"grid, e.g. reference.interp_like(da) or da.isel({time_dim}=0)."
                 )
-        _check_single_chunk(reference, (y_dim, x_dim), "align (reference)")
+        check_single_chunk(reference, (y_dim, x_dim), "align (reference)", why=_WHOLE_SCENE)
         ref = reference.astype(out_dtype).drop_vars(
             [c for c in reference.coords if c not in (y_dim, x_dim)]
         )
@@ -741,7 +720,7 @@ def _observed_mask(da: xr.DataArray, name: Hashable | None, time_dim: str, y_dim
             f"{mask.dtype} with dims {mask.dims}. Pass observed=None to use every finite pixel, "
             "or name another coordinate."
         )
-    _check_single_chunk(mask, (y_dim, x_dim), f"align (coordinate {name!r})")
+    check_single_chunk(mask, (y_dim, x_dim), f"align (coordinate {name!r})", why=_WHOLE_SCENE)
     mask = mask.drop_vars([c for c in mask.coords if c not in mask.dims])
     return mask if mask.dtype == bool else mask != 0
 
@@ -769,6 +748,6 @@ def _check_stable(stable: xr.DataArray, da: xr.DataArray, y_dim: str, x_dim: str
                 f"{da.sizes[dim]} values or other coordinates). Build it on the same grid, e.g. "
                 "with `.rio.reproject_match(da)`."
             )
-    _check_single_chunk(stable, (y_dim, x_dim), "align (stable)")
+    check_single_chunk(stable, (y_dim, x_dim), "align (stable)", why=_WHOLE_SCENE)
     stable = stable.transpose(y_dim, x_dim)
     return stable.drop_vars([c for c in stable.coords if c not in (y_dim, x_dim)])

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from glacierxr.errors import ChunkingError, DataTypeError, DimensionError, GridError
+from glacierxr._checks import check_single_chunk, require_cv2
+from glacierxr.errors import DataTypeError, DimensionError, GridError
 
 __all__ = ["flow", "STABLE_STATISTICS"]
 
@@ -42,35 +43,15 @@ STABLE_STATISTICS = (
 #: Intensity range the pair is scaled to before Farnebäck (the amplitude of 8-bit images).
 _SCALED_MAX = 255.0
 
-
-def _require_cv2():
-    try:
-        import cv2
-    except ImportError as error:  # pragma: no cover - opencv is a core dependency
-        raise ImportError(
-            "glacierxr.flow needs OpenCV; install it with `pip install opencv-python-headless`."
-        ) from error
-    return cv2
-
-
-def _check_single_chunk(obj: xr.DataArray, dims: tuple[str, ...], what: str) -> None:
-    if obj.chunks is None:
-        return
-    split = {dim: len(c) for dim, c in zip(obj.dims, obj.chunks) if dim in dims and len(c) > 1}
-    if split:
-        found = ", ".join(f"{dim!r} in {n} chunks" for dim, n in split.items())
-        fix = ", ".join(f'"{dim}": -1' for dim in dims)
-        raise ChunkingError(
-            f"{what} needs each of {list(dims)} in one Dask chunk (optical flow sees a whole "
-            f"scene at once), but found {found}. Rechunk first: `.chunk({{{fix}}})`."
-        )
+#: Why ``y`` and ``x`` must each be one Dask chunk (said in ChunkingError).
+_WHOLE_SCENE = "optical flow sees a whole scene at once"
 
 
 def _prefilter(image: np.ndarray, prefilter: str, sigma: float) -> np.ndarray:
     """High-pass (image minus its Gaussian blur) or Wallis (high-pass / local RMS) filter."""
     if prefilter == "none":
         return image
-    cv2 = _require_cv2()
+    cv2 = require_cv2("flow")
     image = image.astype(np.float32)
     highpass = image - cv2.GaussianBlur(image, (0, 0), sigma)
     if prefilter == "highpass":
@@ -156,7 +137,7 @@ def _flow_block(
     prefilter_sigma: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Farnebäck flow for every pair of a ``(..., y, x)`` block (apply_ufunc kernel)."""
-    cv2 = _require_cv2()
+    cv2 = require_cv2("flow")
     loop_shape = first.shape[:-2]
     u = np.empty(first.shape, np.float32)
     v = np.empty(first.shape, np.float32)
@@ -323,7 +304,7 @@ def flow(
     Farnebäck, G. (2003). Two-frame motion estimation based on polynomial expansion. SCIA 2003,
     LNCS 2749, 363-370.
     """
-    _require_cv2()
+    require_cv2("flow")
     if prefilter not in ("none", "highpass", "wallis"):
         raise DataTypeError(f"prefilter must be 'none', 'highpass' or 'wallis', got {prefilter!r}.")
     if not prefilter_sigma > 0:
@@ -343,7 +324,7 @@ def flow(
         raise DataTypeError(
             f"flow needs a numeric array, but found dtype {da.dtype}. Convert it with .astype('float32')."
         )
-    _check_single_chunk(da, (y_dim, x_dim), "flow")
+    check_single_chunk(da, (y_dim, x_dim), "flow", why=_WHOLE_SCENE)
     _check_projected(da)
     dx = _pixel_spacing(da, x_dim)
     dy = _pixel_spacing(da, y_dim)
@@ -517,7 +498,7 @@ def _check_stable(stable: xr.DataArray, da: xr.DataArray, y_dim: str, x_dim: str
                 f"({stable.sizes[dim]} vs {da.sizes[dim]} values or different coordinates). "
                 "Build the mask on the same grid, e.g. with `.rio.reproject_match(da)`."
             )
-    _check_single_chunk(stable, (y_dim, x_dim), "flow (stable)")
+    check_single_chunk(stable, (y_dim, x_dim), "flow (stable)", why=_WHOLE_SCENE)
     stable = stable.transpose(y_dim, x_dim)
     drop = [c for c in stable.coords if c not in (y_dim, x_dim)]
     return stable.drop_vars(drop)
