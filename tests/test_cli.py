@@ -91,7 +91,15 @@ def test_cli__search_prepare_train_predict_evaluate_finetune(run, capsys):
     for name in ("convlstm", "persistence", "seasonal_naive", "climatology"):
         assert name in text
 
-    assert main(["finetune", "--config", str(config), "--data", str(store),
+    # Paper experiment 2: fine-tune on another glacier (the sample's seed 1 is another valley).
+    other = root / "other"
+    assert main(["sample", "--out", str(other), "--seed", "1", "--width", "40", "--height", "40",
+                 "--start", "2018-01-01", "--end", "2020-01-01"]) == 0
+    other_store = root / "other.zarr"
+    assert main(["prepare", "--config", str(config), "--catalog", str(other / "catalog.json"),
+                 "--out", str(other_store)]) == 0
+    assert not np.array_equal(xr.open_zarr(other_store).x.values, composites.x.values)
+    assert main(["finetune", "--config", str(config), "--data", str(other_store), "--freeze", "encoder",
                  "--checkpoint", str(root / "run" / "model.pt"), "--out", str(root / "tuned")]) == 0
     assert (root / "tuned" / "model.pt").is_file()
 
