@@ -117,6 +117,9 @@ _MAX_SHIFT_PX = 1.5
 _NOISE_SIGMA = 0.004
 _DILATION_PX = 2
 _TEXTURE_EPOCH_YEARS = 0.5
+_TEXTURE_SHEAR = 500.0  # m/yr of centre-line minus margin speed a texture epoch is made for
+_FAST_PX_PER_16_DAYS = 12.0  # centre-line displacement of the "fast" flow option
+_FLOWS = ("valley", "fast")
 _SNOW_HOLD_SLOPE_DEG = 50.0  # mean slope above which the ground cannot hold snow
 _SNOW_HOLD_NOISE_DEG = 6.0  # std of its static spatial variation
 
@@ -275,7 +278,8 @@ class _Valley:
     """Static, seed-dependent terrain, glacier and texture parameters (pixel units)."""
 
     def __init__(self, seed: int, width: int, height: int, resolution: float,
-                 t0: dt.datetime) -> None:
+                 t0: dt.datetime, *, flow: str = "valley", max_speed: float | None = None,
+                 glacier_fraction: float | None = None) -> None:
         from scipy import fft
 
         rng = np.random.default_rng([seed, 0])
@@ -297,7 +301,8 @@ class _Valley:
         self.lake_s = self.terminus0 + 0.2 * self.half_length
         self.lake_a = 0.09 * self.half_length
         self.lake_b = 0.8 * self.half_width
-        self.medial_moraine = rng.uniform(-0.3, 0.3) * self.half_width
+        self.medial_rel = rng.uniform(-0.3, 0.3)
+        self.medial_moraine = self.medial_rel * self.half_width
         self.centre_elevation = rng.uniform(4300.0, 4700.0)
         self.valley_drop = 600.0  # m from s=0 to s=half_length
         self.wall_height = 1400.0
@@ -326,6 +331,56 @@ class _Valley:
         # snow_hold_slope + snow_hold_noise * field stays bare rock all year round
         self.snow_hold_slope = _SNOW_HOLD_SLOPE_DEG
         self.snow_hold_noise = _SNOW_HOLD_NOISE_DEG
+        self.flow = flow
+        self._set_flow(flow, max_speed)
+        if glacier_fraction is not None:
+            self._set_glacier_fraction(glacier_fraction)
+
+    def _set_flow(self, flow: str, max_speed: float | None) -> None:
+        """Flow regime: ``"valley"`` (seed-drawn speed, half sliding) or ``"fast"``.
+
+        ``"fast"`` is a tidewater-like tongue: 90 % basal sliding (plug flow) and, unless
+        ``max_speed`` says otherwise, 12 px per 16 days at the sample resolution. The ice
+        texture renews itself faster when the shear across the flow is larger, so that over
+        one texture epoch the shear displaces it no more than at the default speeds.
+        """
+        if flow == "fast":
+            self.sliding = 0.9
+            self.max_speed = _FAST_PX_PER_16_DAYS * self.resolution * 365.25 / 16.0
+        if max_speed is not None:
+            self.max_speed = float(max_speed)
+        shear = self.max_speed * (1.0 - self.sliding)  # m/yr, centre line minus margin
+        self.texture_epoch_years = _TEXTURE_EPOCH_YEARS * min(1.0, _TEXTURE_SHEAR / shear)
+
+    def _set_half_width(self, half_width: float) -> None:
+        ratio = half_width / self.half_width
+        self.half_width = half_width
+        self.floor_half_width = 1.45 * half_width
+        self.floor_wobble = (self.floor_wobble[0] * ratio, *self.floor_wobble[1:])
+        self.lake_b = 0.8 * half_width
+        self.medial_moraine = self.medial_rel * half_width
+
+    def glacier_fraction(self) -> float:
+        """Fraction of the scene covered by glacier ice at the reference time."""
+        h, w = self.height, self.width
+        s, n = self.along_across(np.arange(w)[None, :], np.arange(h)[:, None])
+        return float(self.glacier(s, n, 0.0).mean())
+
+    def _set_glacier_fraction(self, target: float) -> None:
+        """Widen or narrow the glacier (bisection on its half-width) to cover ``target``."""
+        size = min(self.width, self.height)
+        low, high = 0.02 * size, 0.6 * size
+        self._set_half_width(high)
+        if self.glacier_fraction() < target:
+            raise ConfigError(
+                f"glacier_fraction={target!r} cannot be reached: the widest glacier covers "
+                f"{self.glacier_fraction():.2f} of the scene. Pass a smaller fraction."
+            )
+        for _ in range(40):
+            mid = 0.5 * (low + high)
+            self._set_half_width(mid)
+            low, high = (mid, high) if self.glacier_fraction() < target else (low, mid)
+        self._set_half_width(high)
 
     # geometry ---------------------------------------------------------------------------
     def along_across(self, col, row):
@@ -382,14 +437,14 @@ class _Valley:
         every component moves by exactly ``velocity * dt`` between two dates, and the pattern
         renews itself over ~``TEXTURE_EPOCH_YEARS`` (so shear never piles up into aliasing).
         """
-        position = years / _TEXTURE_EPOCH_YEARS
+        position = years / self.texture_epoch_years
         first = math.floor(position)
         weights = {first: 1.0 - (position - first), first + 1: position - first}
         total = np.zeros(np.shape(n))
         for epoch, weight in weights.items():
             if weight == 0.0:
                 continue
-            travel = self.speed(n) * (years - epoch * _TEXTURE_EPOCH_YEARS) / self.resolution
+            travel = self.speed(n) * (years - epoch * self.texture_epoch_years) / self.resolution
             qc, qr = col - travel * self.cos, row - travel * self.sin
             total += weight * self.texture_epoch(epoch)(qc, qr)
         norm = math.sqrt(sum(w * w for w in weights.values()))
@@ -793,6 +848,9 @@ def write_catalog(
     resolution: float = 30.0,
     epsg: int = 32643,
     origin: tuple[float, float] | None = None,
+    flow: str = "valley",
+    max_speed: float | None = None,
+    glacier_fraction: float | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
@@ -818,6 +876,17 @@ def write_catalog(
         EPSG code of a projected CRS in metres (default UTM 43N).
     origin
         ``(x, y)`` of the grid's upper-left corner; by default a place chosen from ``seed``.
+    flow
+        ``"valley"`` (default): a valley glacier flowing 700-1000 m/yr on the centre line
+        (drawn from ``seed``), half of it basal sliding. ``"fast"``: a tidewater-like tongue,
+        90 % sliding, 12 px per 16 days on the centre line at ``resolution`` (8219 m/yr at
+        30 m); the truth's ``u``, ``v`` and ``speed`` stay exact.
+    max_speed
+        Centre-line surface speed in m/yr, replacing the one ``flow`` gives.
+    glacier_fraction
+        Fraction of the scene covered by glacier ice at ``start`` (e.g. 0.5); the glacier is
+        widened or narrowed to match (within a pixel row). Default: the seed's width, about a
+        tenth of the scene. Read the value reached from the truth's ``glacier`` mean.
     overwrite
         Replace a sample already written in ``directory``.
     progress
@@ -846,15 +915,56 @@ def write_catalog(
     >>> open_truth(path).sizes["time"] == len(items)
     True
     """
-    import rasterio
-    from affine import Affine
-    from pyproj import CRS, Transformer
-    from rasterio.warp import transform_bounds
-
     _check_args(width, height, revisit_days, resolution)
+    _check_options(flow, max_speed, glacier_fraction)
     first, last = _parse_date(start, "start"), _parse_date(end, "end")
     if last <= first:
         raise ConfigError(f"end={end!r} is not after start={start!r}. Pass an end after the start.")
+    crs = _projected_crs(epsg)
+    directory = Path(directory)
+    _clear_directory(directory, overwrite)
+    grid = _Grid.make(crs, origin, seed, width, height, resolution)
+
+    t0 = dt.datetime(first.year, first.month, first.day, tzinfo=dt.timezone.utc)
+    valley = _Valley(seed, width, height, resolution, t0, flow=flow, max_speed=max_speed,
+                     glacier_fraction=glacier_fraction)
+    scenes = _schedule(seed, first, last, revisit_days, valley, grid.lat, grid.lon)
+    if not scenes:
+        raise ConfigError(
+            f"No acquisition falls between start={start!r} and end={end!r}. "
+            f"Widen the period (revisit is {revisit_days} days)."
+        )
+
+    import pystac
+
+    catalog = pystac.Catalog(
+        id=f"glacierxr-sample-seed{seed}",
+        description=("Synthetic Landsat Collection-2 Level-2 scenes of a glacier valley written by "
+                     "glacierxr.sample.write_catalog, with ground truth in truth.nc."),
+        title=f"glacierxr embedded sample (seed {seed})",
+    )
+    collection = _collection(grid, scenes)
+    catalog.add_child(collection)
+    ids, records, surface = _render_items(collection, directory / _COLLECTION_ID, valley,
+                                          scenes, grid, seed, progress)
+    _write_truth(directory / TRUTH_FILENAME, valley, scenes, ids, records, surface, grid.transform,
+                 grid.crs, seed=seed, width=width, height=height, start=first.isoformat(),
+                 end=last.isoformat(), revisit_days=revisit_days, epsg=int(epsg),
+                 origin=(grid.transform.c, grid.transform.f))
+
+    catalog.normalize_hrefs(str(directory.resolve()))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.add_link(pystac.Link(
+        _TRUTH_REL, f"./{TRUTH_FILENAME}", media_type=_TRUTH_MEDIA_TYPE,
+        title="glacierxr sample ground truth",
+    ))
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    return directory / "catalog.json"
+
+
+def _projected_crs(epsg):
+    from pyproj import CRS
+
     try:
         crs = CRS.from_epsg(int(epsg))
     except Exception:
@@ -867,8 +977,11 @@ def write_catalog(
             f"epsg={epsg} is not a projected CRS in metres (found {crs.name!r}). "
             "Pass a UTM zone such as epsg=32643."
         )
+    return crs
 
-    directory = Path(directory)
+
+def _clear_directory(directory: Path, overwrite: bool) -> None:
+    """Create ``directory``; refuse (or, with ``overwrite``, remove) a sample already there."""
     catalog_path = directory / "catalog.json"
     collection_dir = directory / _COLLECTION_ID
     truth_path = directory / TRUTH_FILENAME
@@ -884,71 +997,89 @@ def write_catalog(
         shutil.rmtree(collection_dir, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
 
-    if origin is None:
-        origin = _default_origin(int(epsg), seed, width, height, resolution)
-    elif len(origin) != 2:
-        raise ConfigError(
-            f"origin={origin!r} is not an (x, y) pair. Pass the upper-left corner in CRS units, "
-            "e.g. origin=(600000.0, 3960000.0), or None for the default place."
-        )
-    x0 = math.floor(float(origin[0]) / resolution) * resolution
-    y0 = math.ceil(float(origin[1]) / resolution) * resolution
-    transform = Affine(resolution, 0.0, x0, 0.0, -resolution, y0)
-    proj_bbox = [x0, y0 - height * resolution, x0 + width * resolution, y0]
-    to_lonlat = Transformer.from_crs(crs, 4326, always_xy=True)
-    corners = [(proj_bbox[0], proj_bbox[3]), (proj_bbox[0], proj_bbox[1]),
-               (proj_bbox[2], proj_bbox[1]), (proj_bbox[2], proj_bbox[3])]
-    ring = [list(to_lonlat.transform(x, y)) for x, y in corners]
-    geometry = {"type": "Polygon", "coordinates": [ring + [ring[0]]]}
-    bbox = list(transform_bounds(crs, "EPSG:4326", *proj_bbox, densify_pts=21))
-    lon_c, lat_c = to_lonlat.transform(x0 + width * resolution / 2, y0 - height * resolution / 2)
 
-    t0 = dt.datetime(first.year, first.month, first.day, tzinfo=dt.timezone.utc)
-    valley = _Valley(seed, width, height, resolution, t0)
-    scenes = _schedule(seed, first, last, revisit_days, valley, lat_c, lon_c)
-    if not scenes:
-        raise ConfigError(
-            f"No acquisition falls between start={start!r} and end={end!r}. "
-            f"Widen the period (revisit is {revisit_days} days)."
-        )
+@dataclass
+class _Grid:
+    """The sample's pixel grid: CRS, transform, projected and lon/lat footprints."""
 
+    crs: object
+    transform: object
+    width: int
+    height: int
+    resolution: float
+    proj_bbox: list
+    geometry: dict
+    bbox: list
+    lon: float
+    lat: float
+
+    @classmethod
+    def make(cls, crs, origin, seed: int, width: int, height: int, resolution: float) -> "_Grid":
+        from affine import Affine
+        from pyproj import Transformer
+        from rasterio.warp import transform_bounds
+
+        epsg = crs.to_epsg()
+        if origin is None:
+            origin = _default_origin(int(epsg), seed, width, height, resolution)
+        elif len(origin) != 2:
+            raise ConfigError(
+                f"origin={origin!r} is not an (x, y) pair. Pass the upper-left corner in CRS "
+                "units, e.g. origin=(600000.0, 3960000.0), or None for the default place."
+            )
+        x0 = math.floor(float(origin[0]) / resolution) * resolution
+        y0 = math.ceil(float(origin[1]) / resolution) * resolution
+        transform = Affine(resolution, 0.0, x0, 0.0, -resolution, y0)
+        proj_bbox = [x0, y0 - height * resolution, x0 + width * resolution, y0]
+        to_lonlat = Transformer.from_crs(crs, 4326, always_xy=True)
+        corners = [(proj_bbox[0], proj_bbox[3]), (proj_bbox[0], proj_bbox[1]),
+                   (proj_bbox[2], proj_bbox[1]), (proj_bbox[2], proj_bbox[3])]
+        ring = [list(to_lonlat.transform(x, y)) for x, y in corners]
+        geometry = {"type": "Polygon", "coordinates": [ring + [ring[0]]]}
+        bbox = list(transform_bounds(crs, "EPSG:4326", *proj_bbox, densify_pts=21))
+        lon, lat = to_lonlat.transform(x0 + width * resolution / 2,
+                                       y0 - height * resolution / 2)
+        return cls(crs, transform, width, height, resolution, proj_bbox, geometry, bbox, lon, lat)
+
+
+def _collection(grid: _Grid, scenes: list[_Scene]):
     import pystac
 
-    catalog = pystac.Catalog(
-        id=f"glacierxr-sample-seed{seed}",
-        description=("Synthetic Landsat Collection-2 Level-2 scenes of a glacier valley written by "
-                     "glacierxr.sample.write_catalog, with ground truth in truth.nc."),
-        title=f"glacierxr embedded sample (seed {seed})",
-    )
-    collection = pystac.Collection(
+    return pystac.Collection(
         id=_COLLECTION_ID,
         title="Landsat Collection 2 Level-2",
         description=("Synthetic stand-in for Landsat Collection 2 Level-2 surface reflectance "
                      "(green, swir16 and QA_PIXEL only), rendered by glacierxr.sample."),
         extent=pystac.Extent(
-            pystac.SpatialExtent([bbox]),
+            pystac.SpatialExtent([grid.bbox]),
             pystac.TemporalExtent([[scenes[0].date, scenes[-1].date]]),
         ),
         license="proprietary",
         keywords=["Landsat", "USGS", "NASA", "Satellite", "Reflectance", "Synthetic"],
         providers=[pystac.Provider(name="glacierxr", roles=["producer", "processor"])],
         stac_extensions=list(_COLLECTION_EXTENSIONS),
-        extra_fields={"item_assets": {k: _asset_fields(k, resolution) for k in SAMPLE_BANDS}},
+        extra_fields={"item_assets": {k: _asset_fields(k, grid.resolution)
+                                      for k in SAMPLE_BANDS}},
         summaries=pystac.Summaries({
-            "gsd": [resolution],
+            "gsd": [grid.resolution],
             "sci:doi": [_DOI],
             "platform": sorted({s.platform for s in scenes}),
             "instruments": ["oli", "tirs"],
             "view:off_nadir": [0],
         }),
     )
-    catalog.add_child(collection)
 
-    path, row = _wrs(seed)
+
+def _render_items(collection, collection_dir: Path, valley: _Valley, scenes, grid: _Grid,
+                  seed: int, progress: bool):
+    """Render every scene to COGs, add its item; return ids, per-scene records, surfaces."""
+    import pystac
+    import rasterio
+
     n = len(scenes)
     records = {k: np.empty(n) for k in ("cloud_fraction", "nodata_fraction", "glacier_area",
                                         "terminus")}
-    surface = np.empty((n, height, width), np.int8)
+    surface = np.empty((n, grid.height, grid.width), np.int8)
     ids = []
     iterator = scenes
     if progress:
@@ -961,74 +1092,70 @@ def write_catalog(
             item_id = _item_id(scene, seed)
             ids.append(item_id)
             i = scene.index
-            records["cloud_fraction"][i] = info["cloud_fraction"]
-            records["nodata_fraction"][i] = info["nodata_fraction"]
-            records["glacier_area"][i] = info["glacier_area"]
-            records["terminus"][i] = valley.terminus(valley.years(scene.date)) * resolution
+            for key in ("cloud_fraction", "nodata_fraction", "glacier_area"):
+                records[key][i] = info[key]
+            records["terminus"][i] = valley.terminus(valley.years(scene.date)) * grid.resolution
             surface[i] = info["surface"]
-
             item_dir = collection_dir / item_id
             item_dir.mkdir(parents=True, exist_ok=True)
-            cover = round(100.0 * info["cloud_fraction"], 2)
-            sat = "8" if scene.platform == "landsat-8" else "9"
-            properties = {
-                "gsd": resolution,
-                "created": (scene.date + dt.timedelta(days=8)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                "sci:doi": _DOI,
-                "platform": scene.platform,
-                "proj:epsg": int(epsg),
-                "proj:code": f"EPSG:{int(epsg)}",
-                "proj:shape": [height, width],
-                "proj:bbox": proj_bbox,
-                "description": "Landsat Collection 2 Level-2",
-                "instruments": ["oli", "tirs"],
-                "eo:cloud_cover": cover,
-                "proj:transform": list(transform)[:6],
-                "view:off_nadir": 0,
-                "landsat:wrs_row": row,
-                "landsat:scene_id": (f"LC{sat}{path}{row}{scene.date:%Y}"
-                                     f"{scene.date.timetuple().tm_yday:03d}LGN00"),
-                "landsat:wrs_path": path,
-                "landsat:wrs_type": "2",
-                "view:sun_azimuth": round(scene.sun_azimuth, 8),
-                "landsat:correction": "L2SP",
-                "view:sun_elevation": round(scene.sun_elevation, 8),
-                "landsat:cloud_cover_land": cover,
-                "landsat:collection_number": "02",
-                "landsat:collection_category": "T1",
-            }
-            item = pystac.Item(
-                id=item_id, geometry=geometry, bbox=bbox, datetime=scene.date,
-                properties=properties, stac_extensions=list(_ITEM_EXTENSIONS),
-                collection=_COLLECTION_ID,
-            )
-            item.add_link(pystac.Link("cite-as", f"https://doi.org/{_DOI}",
-                                      title="Landsat 8-9 OLI/TIRS Collection 2 Level-2"))
+            item = _item(item_id, scene, seed, grid, info["cloud_fraction"])
             for key, data, suffix in (("green", green, "SR_B3"), ("swir16", swir, "SR_B6"),
                                       ("qa_pixel", qa, "QA_PIXEL")):
                 file = item_dir / f"{item_id}_{suffix}.TIF"
                 nodata = 1 if key == "qa_pixel" else SR_NODATA
-                _write_cog(file, data, transform, crs, nodata)
-                fields = _asset_fields(key, resolution)
+                _write_cog(file, data, grid.transform, grid.crs, nodata)
+                fields = _asset_fields(key, grid.resolution)
                 item.add_asset(key, pystac.Asset(
                     href=str(file.resolve()), title=fields.pop("title"),
                     description=fields.pop("description"), media_type=fields.pop("type"),
                     roles=fields.pop("roles"), extra_fields=fields,
                 ))
             collection.add_item(item)
+    return ids, records, surface
 
-    _write_truth(truth_path, valley, scenes, ids, records, surface, transform, crs, seed=seed,
-                 width=width, height=height, start=first.isoformat(), end=last.isoformat(),
-                 revisit_days=revisit_days, epsg=int(epsg), origin=(x0, y0))
 
-    catalog.normalize_hrefs(str(directory.resolve()))
-    catalog.make_all_asset_hrefs_relative()
-    catalog.add_link(pystac.Link(
-        _TRUTH_REL, f"./{TRUTH_FILENAME}", media_type=_TRUTH_MEDIA_TYPE,
-        title="glacierxr sample ground truth",
-    ))
-    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-    return catalog_path
+def _item(item_id: str, scene: _Scene, seed: int, grid: _Grid, cloud_fraction: float):
+    """The STAC item of a scene (assets are added by the caller)."""
+    import pystac
+
+    path, row = _wrs(seed)
+    epsg = int(grid.crs.to_epsg())
+    cover = round(100.0 * cloud_fraction, 2)
+    sat = "8" if scene.platform == "landsat-8" else "9"
+    properties = {
+        "gsd": grid.resolution,
+        "created": (scene.date + dt.timedelta(days=8)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "sci:doi": _DOI,
+        "platform": scene.platform,
+        "proj:epsg": epsg,
+        "proj:code": f"EPSG:{epsg}",
+        "proj:shape": [grid.height, grid.width],
+        "proj:bbox": grid.proj_bbox,
+        "description": "Landsat Collection 2 Level-2",
+        "instruments": ["oli", "tirs"],
+        "eo:cloud_cover": cover,
+        "proj:transform": list(grid.transform)[:6],
+        "view:off_nadir": 0,
+        "landsat:wrs_row": row,
+        "landsat:scene_id": (f"LC{sat}{path}{row}{scene.date:%Y}"
+                             f"{scene.date.timetuple().tm_yday:03d}LGN00"),
+        "landsat:wrs_path": path,
+        "landsat:wrs_type": "2",
+        "view:sun_azimuth": round(scene.sun_azimuth, 8),
+        "landsat:correction": "L2SP",
+        "view:sun_elevation": round(scene.sun_elevation, 8),
+        "landsat:cloud_cover_land": cover,
+        "landsat:collection_number": "02",
+        "landsat:collection_category": "T1",
+    }
+    item = pystac.Item(
+        id=item_id, geometry=grid.geometry, bbox=grid.bbox, datetime=scene.date,
+        properties=properties, stac_extensions=list(_ITEM_EXTENSIONS),
+        collection=_COLLECTION_ID,
+    )
+    item.add_link(pystac.Link("cite-as", f"https://doi.org/{_DOI}",
+                              title="Landsat 8-9 OLI/TIRS Collection 2 Level-2"))
+    return item
 
 
 def _check_args(width, height, revisit_days, resolution) -> None:
@@ -1039,6 +1166,104 @@ def _check_args(width, height, revisit_days, resolution) -> None:
         raise ConfigError(f"revisit_days={revisit_days!r} is invalid. Pass an integer >= 2.")
     if not resolution > 0:
         raise ConfigError(f"resolution={resolution!r} is not positive. Pass e.g. 30.0.")
+
+
+def _check_options(flow, max_speed, glacier_fraction) -> None:
+    if flow not in _FLOWS:
+        raise ConfigError(f"flow={flow!r} is unknown. Pass one of {_FLOWS}.")
+    if max_speed is not None and not (isinstance(max_speed, (int, float)) and max_speed > 0):
+        raise ConfigError(f"max_speed={max_speed!r} is not a positive speed. Pass m/yr, e.g. "
+                          "800.0, or None for the speed of the flow option.")
+    if glacier_fraction is not None and not (
+            isinstance(glacier_fraction, (int, float)) and 0.02 <= glacier_fraction <= 0.7):
+        raise ConfigError(f"glacier_fraction={glacier_fraction!r} is out of range. Pass a "
+                          "fraction of the scene between 0.02 and 0.7, or None.")
+
+
+def _truth_time_vars(scenes, records) -> dict:
+    t = ("time",)
+    return {
+        "shift_x": _var(t, [s.shift_x for s in scenes], "pixel",
+                        "misregistration: content displacement towards +x (east, columns)"),
+        "shift_y": _var(t, [s.shift_y for s in scenes], "pixel",
+                        "misregistration: content displacement towards +y rows (down, south)"),
+        "snow_line": _var(t, [s.snow_line for s in scenes], "m", "snow line elevation"),
+        "cloud_fraction": _var(t, records["cloud_fraction"], "1",
+                               "fraction of non-fill pixels flagged cloud in QA_PIXEL"),
+        "nodata_fraction": _var(t, records["nodata_fraction"], "1", "fraction of fill pixels"),
+        "terminus_distance": _var(t, records["terminus"], "m",
+                                  "along-flow distance of the terminus (centreline) "
+                                  "downstream of the image centre"),
+        "glacier_area": _var(t, records["glacier_area"], "km2", "glacier area in the scene"),
+        "sun_elevation": _var(t, [s.sun_elevation for s in scenes], "degree", "sun elevation"),
+    }
+
+
+def _var(dims, data, units, long_name, **attrs):
+    import xarray as xr
+
+    return xr.Variable(dims, data, {"units": units, "long_name": long_name, **attrs})
+
+
+def _truth_static_vars(valley: _Valley, surface) -> dict:
+    (u, v, elevation, glacier, stable, lake, along, across, slope,
+     steep) = valley.truth_static()
+    yx = ("y", "x")
+    f32 = np.float32
+    return {
+        "u": _var(yx, u.astype(f32), "m/yr",
+                  "true surface velocity, east component (glacier extent at start)"),
+        "v": _var(yx, v.astype(f32), "m/yr",
+                  "true surface velocity, north component (glacier extent at start)"),
+        "speed": _var(yx, np.hypot(u, v).astype(f32), "m/yr", "true surface speed"),
+        "elevation": _var(yx, elevation.astype(f32), "m", "surface elevation"),
+        "slope": _var(yx, slope.astype(f32), "degree",
+                      "terrain slope (central differences of the elevation)"),
+        "steep_rock": _var(yx, steep, "1", "ground too steep to hold snow: bare rock in every scene"),
+        "glacier": _var(yx, glacier, "1", "glacier ice extent at start"),
+        "stable": _var(yx, stable, "1", "stable ground (off the glacier and lake, never moves)"),
+        "lake": _var(yx, lake, "1", "proglacial lake"),
+        "along_flow": _var(yx, along.astype(f32), "m",
+                           "distance along the flow direction from the image centre "
+                           "(downstream positive)"),
+        "across_flow": _var(yx, across.astype(f32), "m",
+                            "distance across the flow from the valley axis"),
+        "surface": _var(("time", "y", "x"), surface, "1",
+                        "ground cover as rendered in the scene (scene frame, i.e. "
+                        "misregistered; clouds ignored)",
+                        flag_values=np.array(list(SURFACE_CLASSES.values()), np.int8),
+                        flag_meanings=" ".join(SURFACE_CLASSES)),
+    }
+
+
+def _truth_attrs(valley: _Valley, params: dict) -> dict:
+    flow_azimuth = (90.0 - math.degrees(math.atan2(-valley.sin, valley.cos))) % 360.0
+    return dict(
+        title="glacierxr embedded sample: ground truth",
+        source="glacierxr.sample.write_catalog",
+        **{k: params[k] for k in ("seed", "width", "height", "start", "end", "revisit_days")},
+        resolution=valley.resolution,
+        epsg=params["epsg"],
+        origin=list(params["origin"]),
+        reference_time=valley.t0.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        flow_azimuth_deg=flow_azimuth,
+        flow=valley.flow,
+        max_speed=valley.max_speed,
+        sliding_fraction=valley.sliding,
+        texture_epoch_years=valley.texture_epoch_years,
+        glacier_half_width_m=valley.half_width * valley.resolution,
+        glacier_fraction=valley.glacier_fraction(),
+        retreat_rate=valley.retreat_rate,
+        snow_line_summer=valley.snow_line_summer,
+        snow_line_winter=valley.snow_line_winter,
+        snow_hold_slope_deg=valley.snow_hold_slope,
+        snow_hold_noise_deg=valley.snow_hold_noise,
+        max_shift_px=_MAX_SHIFT_PX,
+        sensor_noise=_NOISE_SIGMA,
+        shift_convention=("scene content displaced by +shift_x columns (east) and +shift_y rows "
+                          "(down); rendered at (col - shift_x, row - shift_y)"),
+        velocity_convention="u positive east, v positive north",
+    )
 
 
 def _write_truth(path: Path, valley: _Valley, scenes, ids, records, surface, transform, crs,
@@ -1052,53 +1277,8 @@ def _write_truth(path: Path, valley: _Valley, scenes, ids, records, surface, tra
     x = transform.c + res * (np.arange(w) + 0.5)
     y = transform.f - res * (np.arange(h) + 0.5)
     times = pd.DatetimeIndex([s.date.replace(tzinfo=None) for s in scenes])
-    (u, v, elevation, glacier, stable, lake, along, across, slope,
-     steep) = valley.truth_static()
-    yx, t = ("y", "x"), ("time",)
-
-    def var(dims, data, units, long_name, **attrs):
-        return xr.Variable(dims, data, {"units": units, "long_name": long_name, **attrs})
-
     ds = xr.Dataset(
-        {
-            "shift_x": var(t, [s.shift_x for s in scenes], "pixel",
-                           "misregistration: content displacement towards +x (east, columns)"),
-            "shift_y": var(t, [s.shift_y for s in scenes], "pixel",
-                           "misregistration: content displacement towards +y rows (down, south)"),
-            "snow_line": var(t, [s.snow_line for s in scenes], "m", "snow line elevation"),
-            "cloud_fraction": var(t, records["cloud_fraction"], "1",
-                                  "fraction of non-fill pixels flagged cloud in QA_PIXEL"),
-            "nodata_fraction": var(t, records["nodata_fraction"], "1",
-                                   "fraction of fill pixels"),
-            "terminus_distance": var(t, records["terminus"], "m",
-                                     "along-flow distance of the terminus (centreline) "
-                                     "downstream of the image centre"),
-            "glacier_area": var(t, records["glacier_area"], "km2", "glacier area in the scene"),
-            "sun_elevation": var(t, [s.sun_elevation for s in scenes], "degree", "sun elevation"),
-            "u": var(yx, u.astype(np.float32), "m/yr",
-                     "true surface velocity, east component (glacier extent at start)"),
-            "v": var(yx, v.astype(np.float32), "m/yr",
-                     "true surface velocity, north component (glacier extent at start)"),
-            "speed": var(yx, np.hypot(u, v).astype(np.float32), "m/yr", "true surface speed"),
-            "elevation": var(yx, elevation.astype(np.float32), "m", "surface elevation"),
-            "slope": var(yx, slope.astype(np.float32), "degree",
-                         "terrain slope (central differences of the elevation)"),
-            "steep_rock": var(yx, steep, "1",
-                              "ground too steep to hold snow: bare rock in every scene"),
-            "glacier": var(yx, glacier, "1", "glacier ice extent at start"),
-            "stable": var(yx, stable, "1", "stable ground (off the glacier and lake, never moves)"),
-            "lake": var(yx, lake, "1", "proglacial lake"),
-            "along_flow": var(yx, along.astype(np.float32), "m",
-                              "distance along the flow direction from the image centre "
-                              "(downstream positive)"),
-            "across_flow": var(yx, across.astype(np.float32), "m",
-                               "distance across the flow from the valley axis"),
-            "surface": var(("time", "y", "x"), surface, "1",
-                           "ground cover as rendered in the scene (scene frame, i.e. "
-                           "misregistered; clouds ignored)",
-                           flag_values=np.array(list(SURFACE_CLASSES.values()), np.int8),
-                           flag_meanings=" ".join(SURFACE_CLASSES)),
-        },
+        {**_truth_time_vars(scenes, records), **_truth_static_vars(valley, surface)},
         coords={
             "time": times,
             "y": ("y", y, {"units": "m", "long_name": "y coordinate of pixel centre"}),
@@ -1106,38 +1286,13 @@ def _write_truth(path: Path, valley: _Valley, scenes, ids, records, surface, tra
             "id": ("time", np.array(ids)),
             "platform": ("time", np.array([s.platform for s in scenes])),
         },
-    )
-    flow_azimuth = (90.0 - math.degrees(math.atan2(-valley.sin, valley.cos))) % 360.0
-    ds.attrs.update(
-        title="glacierxr embedded sample: ground truth",
-        source="glacierxr.sample.write_catalog",
-        seed=params["seed"],
-        width=params["width"],
-        height=params["height"],
-        start=params["start"],
-        end=params["end"],
-        revisit_days=params["revisit_days"],
-        resolution=res,
-        epsg=params["epsg"],
-        origin=list(params["origin"]),
-        reference_time=valley.t0.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        flow_azimuth_deg=flow_azimuth,
-        max_speed=valley.max_speed,
-        glacier_half_width_m=valley.half_width * res,
-        retreat_rate=valley.retreat_rate,
-        snow_line_summer=valley.snow_line_summer,
-        snow_line_winter=valley.snow_line_winter,
-        snow_hold_slope_deg=valley.snow_hold_slope,
-        snow_hold_noise_deg=valley.snow_hold_noise,
-        max_shift_px=_MAX_SHIFT_PX,
-        sensor_noise=_NOISE_SIGMA,
-        shift_convention=("scene content displaced by +shift_x columns (east) and +shift_y rows "
-                          "(down); rendered at (col - shift_x, row - shift_y)"),
-        velocity_convention="u positive east, v positive north",
+        attrs=_truth_attrs(valley, params),
     )
     ds = ds.rio.write_crs(crs)
     ds["time"].encoding.update(units="seconds since 2000-01-01T00:00:00", dtype="int32")
-    ds.to_netcdf(path)
+    tmp = path.with_name(path.name + ".part")
+    ds.to_netcdf(tmp)
+    tmp.replace(path)
 
 
 def open_truth(catalog_path) -> "xr.Dataset":

@@ -338,6 +338,9 @@ def test_write_catalog__refuses_to_overwrite_unless_asked(tmp_path):
         (dict(resolution=0), "not positive"),
         (dict(revisit_days=1), "revisit_days=1"),
         (dict(origin=(1.0,)), "origin"),
+        (dict(flow="surge"), "flow='surge'"),
+        (dict(max_speed=-5.0), "max_speed"),
+        (dict(glacier_fraction=0.95), "glacier_fraction"),
     ],
 )
 def test_write_catalog__rejects_bad_arguments(tmp_path, kwargs, fragment):
@@ -395,7 +398,53 @@ def test_ndsi__ice_texture_is_visible(items, qa_stack, truth):
 
 
 def test_texture__moves_with_the_true_velocity(items, qa_stack, truth):
-    pairs = _bare_ice_pairs(truth, qa_stack)
+    _check_texture_moves_with_truth(items, qa_stack, truth, min_motion_px=0.8)
+
+
+@pytest.fixture(scope="module")
+def fast_sample(tmp_path_factory):
+    catalog = gx.sample.write_catalog(tmp_path_factory.mktemp("fast"), seed=0, width=96,
+                                      height=96, start="2018-07-01", end="2018-09-30",
+                                      flow="fast")
+    return _items(catalog), gx.sample.open_truth(catalog)
+
+
+def test_fast_flow__truth_is_12_px_per_16_days_and_plug_like(fast_sample):
+    _, truth = fast_sample
+    res = truth.attrs["resolution"]
+    speed_px = truth["speed"].values * 16.0 / 365.25 / res
+    ice = truth["glacier"].values
+    assert speed_px[ice].max() == pytest.approx(12.0, rel=0.01)
+    assert np.percentile(speed_px[ice], 5) > 10.0  # 90 % sliding: >= 10 px nearly everywhere
+    assert np.all(speed_px[~ice] == 0.0)
+    assert truth.attrs["flow"] == "fast" and truth.attrs["sliding_fraction"] == 0.9
+
+
+def test_fast_flow__texture_moves_with_the_true_velocity(fast_sample):
+    items, truth = fast_sample
+    qa_stack = np.stack([_read(item, "qa_pixel") for item in items])
+    _check_texture_moves_with_truth(items, qa_stack, truth, min_motion_px=10.0, min_pixels=60)
+
+
+def test_glacier_fraction__covers_half_the_scene_and_renders_as_ice(tmp_path):
+    catalog = gx.sample.write_catalog(tmp_path, seed=1, width=64, height=64,
+                                      start="2018-07-15", end="2018-08-31",
+                                      glacier_fraction=0.5)
+    truth = gx.sample.open_truth(catalog)
+    glacier = truth["glacier"].values
+    assert glacier.mean() == pytest.approx(0.5, abs=0.02)
+    assert truth.attrs["glacier_fraction"] == pytest.approx(glacier.mean())
+    assert truth["stable"].values.mean() > 0.3  # rock left for co-registration
+    assert not (truth["stable"].values & glacier).any()
+    # what is rendered on the glacier is ice or snow (scene frame: allow the 1.5 px shift)
+    core = ndimage.binary_erosion(glacier, iterations=2)
+    classes = gx.sample.SURFACE_CLASSES
+    on_ice = np.isin(truth.surface.values[:, core], (classes["ice"], classes["snow"]))
+    assert on_ice.all()
+
+
+def _check_texture_moves_with_truth(items, qa_stack, truth, *, min_motion_px, min_pixels=120):
+    pairs = _bare_ice_pairs(truth, qa_stack, min_pixels=min_pixels)
     assert pairs, "no pair of consecutive scenes with bare, clear glacier ice"
     res = truth.attrs["resolution"]
     rows, cols = np.mgrid[0 : truth.sizes["y"], 0 : truth.sizes["x"]].astype(float)
@@ -412,7 +461,7 @@ def test_texture__moves_with_the_true_velocity(items, qa_stack, truth):
         ok = _compare_where(ok_a, ok_b, shift_col + flow_col, shift_row + flow_row)
         if ok.sum() < 80:
             continue
-        assert np.hypot(flow_col, flow_row)[ok].max() > 0.8  # at least ~1 px of motion
+        assert np.hypot(flow_col, flow_row)[ok].max() > min_motion_px
         green_a = _fill_outside(_reflectance(items[a], "green"), ok_a)
         green_b = _reflectance(items[b], "green")[ok]
 
