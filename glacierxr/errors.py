@@ -23,6 +23,8 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "ConvergenceError",
+    "OutputLockedError",
+    "StorageError",
 ]
 
 
@@ -79,3 +81,15 @@ class ConfigError(GlacierXRError, ValueError):
 
 class ConvergenceError(GlacierXRError, RuntimeError):
     """An iterative estimate failed and no fallback applied."""
+
+
+class OutputLockedError(GlacierXRError, OSError):
+    """Another run is writing the same output right now (its lock is held)."""
+
+
+class StorageError(GlacierXRError, OSError):
+    """A write failed for want of space, on a read-only file system or for lack of permission.
+
+    Names the path, the space needed where known, and the fix; ``errno`` is ``ENOSPC``,
+    ``EROFS`` or ``EACCES`` and ``filename`` the path. What was there before is left intact.
+    """
