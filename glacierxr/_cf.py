@@ -33,7 +33,7 @@ import xarray as xr
 
 from .errors import GlacierXRError
 
-__all__ = ["CONVENTIONS", "TABLE", "describe", "finalize", "to_dataset", "cell_method", "version"]
+__all__ = ["CONVENTIONS", "TABLE", "describe", "describe_known", "entry_for", "finalize", "to_dataset", "cell_method", "version"]
 
 CONVENTIONS = "CF-1.8"
 
@@ -133,6 +133,31 @@ def describe(obj: _T, entry: str | Mapping[str, str], *, variable: str | None = 
         attrs.setdefault("long_name", entry["long_name"])
     attrs.update(extra)
     return _with_attrs(obj, attrs)
+
+
+_REFLECTANCE_BANDS = {"coastal", "blue", "green", "red", "nir08", "swir16", "swir22", "SR_B3", "SR_B6"}
+
+
+def entry_for(da: xr.DataArray) -> str | None:
+    """The :data:`TABLE` entry of a glacierxr field from its name (``None`` when unknown).
+
+    ``green``/``swir16`` (and other bands) are reflectance, ``ndsi`` the index, ``snow_mask`` the
+    NDSI-valued mask or, with ``binary`` set, CF's ``surface_snow_binary_mask``.
+    """
+    name = str(da.name or "").removesuffix("_forecast")
+    if name in _REFLECTANCE_BANDS:
+        return "reflectance"
+    if name == "snow_mask":
+        return "snow_mask_binary" if int(da.attrs.get("binary", 0) or 0) else "snow_mask"
+    if name in TABLE:
+        return name
+    return None
+
+
+def describe_known(da: xr.DataArray, **extra) -> xr.DataArray:
+    """:func:`describe` with the entry found by :func:`entry_for`; only ``extra`` when none is."""
+    entry = entry_for(da)
+    return describe(da, entry, **extra) if entry else _with_attrs(da, {**da.attrs, **extra})
 
 
 def _with_attrs(obj: _T, attrs: dict) -> _T:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from glacierxr import _cf
 from glacierxr.errors import ConfigError, DataTypeError, DimensionError, NoScenesError
 
 __all__ = ["monthly", "period_starts"]
@@ -388,4 +389,6 @@ def monthly(
         "composite_min_count": int(min_count),
         "composite_interpolate": int(bool(interpolate)),
     }
-    return result
+    extra = {"cell_methods": method} if (method := _cf.cell_method(how, str(time_dim))) else {}
+    call = f"monthly(months={months}, how={how!r}, min_count={min_count}, interpolate={bool(interpolate)})"
+    return _cf.finalize(_cf.describe_known(result, **extra), call, time_dim=str(time_dim))

@@ -73,3 +73,50 @@ def test_cell_method():
     assert _cf.cell_method("mean") == "time: mean"
     assert _cf.cell_method("max") == "time: maximum"
     assert _cf.cell_method("mystery") is None
+
+
+def _check_product(ds: xr.Dataset, variable: str, standard_name: str | None) -> None:
+    assert ds.attrs["Conventions"] == "CF-1.8"
+    assert ds.attrs["source"].startswith("glacierxr ")
+    assert ds.cf.axes["X"] == ["x"] and ds.cf.axes["Y"] == ["y"] and ds.cf.axes["T"] == ["time"]
+    assert ds.cf.grid_mapping_names == {"transverse_mercator": ["spatial_ref"]}
+    assert ds[variable].cf.grid_mapping_name == "transverse_mercator"
+    assert ds[variable].attrs["units"] == "1"
+    if standard_name:
+        assert ds.cf.standard_names[standard_name] == [variable]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_composites_are_cf(tmp_path, binary):
+    from glacierxr import io
+    from glacierxr.testing import make_scene_cube, raise_if_dask_computes
+
+    cube = make_scene_cube(times=8, height=16, width=16, chunks={"time": 1})
+    snow = cube.glacier.mask(max_missing=1.0).glacier.ndsi().glacier.snow_mask(binary=binary)
+    with raise_if_dask_computes():  # the CF attributes read nothing
+        comp = snow.glacier.monthly(months=1)
+    assert "monthly(months=1" in comp.attrs["history"]
+    assert comp.attrs["cell_methods"] == "time: mean"
+    io.write(comp, tmp_path / "c.nc")
+    _check_product(xr.open_dataset(tmp_path / "c.nc"), "snow_mask", "surface_snow_binary_mask" if binary else None)
+
+
+def test_forecasts_are_cf(tmp_path):
+    torch = pytest.importorskip("torch")
+    from glacierxr import io
+    from glacierxr.ml.predict import predict
+    from glacierxr.testing import make_series
+
+    class Last(torch.nn.Module):
+        input_steps = 2
+
+        def forward(self, inputs, steps, targets=None):
+            return inputs[:, -1:].repeat(1, steps, 1, 1, 1)
+
+    series = make_series(np.random.default_rng(0).random((4, 20, 20), dtype=np.float32), freq="3MS")
+    series = _cf.finalize(series.assign_attrs(months=3, binary=1), "monthly(months=3)")
+    forecast = predict(series, Last(), steps=2, patch=10)
+    lines = forecast.attrs["history"].splitlines()
+    assert len(lines) == 2 and "monthly(months=3)" in lines[0] and "predict(model=" in lines[1]
+    io.write(forecast, tmp_path / "f.zarr")
+    _check_product(xr.open_zarr(tmp_path / "f.zarr"), "snow_mask_forecast", "surface_snow_binary_mask")

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from glacierxr import _cf
 from glacierxr.errors import DataTypeError, DimensionError, ModelError
 
 __all__ = ["predict", "predict_array", "stitch_windows", "window_starts", "blend_weights", "future_times"]
@@ -390,7 +391,10 @@ def predict(
     }
     if months:
         attrs["months"] = int(months)
-    return xr.DataArray(forecast, dims=(time_dim, y_dim, x_dim), coords=coords, name=name, attrs=attrs)
+    attrs.update({key: da.attrs[key] for key in ("source", "history", "binary") if key in da.attrs})
+    out = xr.DataArray(forecast, dims=(time_dim, y_dim, x_dim), coords=coords, name=name, attrs=attrs)
+    call = f"predict(model={attrs['model']!r}, steps={int(steps)}, patch={int(patch)}, overlap={int(overlap)})"
+    return _cf.finalize(_cf.describe_known(out), call, x_dim=str(x_dim), y_dim=str(y_dim), time_dim=str(time_dim))
 
 
 def stitch_windows(windows: np.ndarray, corners: Sequence[tuple[int, int]], shape, *, blend="hann") -> np.ndarray:
