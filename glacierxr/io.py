@@ -48,6 +48,7 @@ from rasterio.enums import Resampling
 from stackstac.nodata_reader import NodataReader, exception_matches, nodata_for_window
 from stackstac.rio_reader import AutoParallelRioReader
 
+from glacierxr._validate import check_bbox
 from glacierxr.errors import (
     AssetReadError,
     CatalogError,
@@ -538,26 +539,6 @@ def _scenes(items, bands: Sequence[str]) -> tuple[list[_Scene], list[dict]]:
 # ------------------------------------------------------------------------------------------
 # Grid
 # ------------------------------------------------------------------------------------------
-def _check_bbox(bbox) -> tuple[float, float, float, float]:
-    try:
-        west, south, east, north = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        raise GridError(
-            f"bbox must be four numbers (west, south, east, north) in degrees, got {bbox!r}."
-        ) from None
-    if not (-90 <= south < north <= 90) or not (-180 <= west <= 180 and -180 <= east <= 180):
-        raise GridError(
-            f"bbox {bbox!r} is not (west, south, east, north) in degrees with south < north "
-            "inside [-90, 90] and longitudes inside [-180, 180]."
-        )
-    if west >= east:
-        raise GridError(
-            f"bbox {bbox!r} has west >= east (it crosses the antimeridian or is reversed); "
-            "load() takes boxes with west < east: load each side separately."
-        )
-    return west, south, east, north
-
-
 def _footprint(scene: _Scene, epsg: int) -> tuple[float, float, float, float] | None:
     if scene.proj is not None and scene.epsg is not None:
         if scene.epsg == epsg:
@@ -779,7 +760,9 @@ def load(
         (asset keys ``green``/``swir16``/``qa_pixel`` or ``SR_B3``/``SR_B6``/``QA_PIXEL``).
     bbox
         ``(west, south, east, north)`` in degrees: the extent of the cube. Default: the union
-        of the items' footprints. Items that do not overlap it are left out.
+        of the items' footprints. Items that do not overlap it are left out. Checked like
+        :func:`glacierxr.search` checks it, so a box ``search`` takes, ``load`` takes too: a
+        box with ``west > east`` crosses the antimeridian (180°) and is projected as one box.
     epsg
         CRS of the cube. Default: the CRS most items have (items of other UTM zones are
         reprojected onto it).
@@ -901,7 +884,7 @@ def load(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", **_AFFINE_WARNING)
         if bbox is not None:
-            query = _check_bbox(bbox)
+            query = check_bbox(bbox, allow_antimeridian=True)
             bounds = tuple(_transform_bounds(4326, epsg, *query, densify_pts=21))
             bounds = _snap(bounds, resolution, _anchor(scenes, epsg, resolution))
             keep = [i for i, item in enumerate(plain) if _stackstac_overlaps(item, epsg, bounds)]

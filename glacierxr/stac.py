@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 import os
 import re
 import warnings
@@ -36,6 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pystac
 
+from glacierxr._validate import check_bbox
 from glacierxr.errors import AssetReadError, CatalogError, DataTypeError, GridError, NoScenesError
 from glacierxr.landsat import COLLECTIONS, PC_STAC_API
 
@@ -387,57 +387,15 @@ def _spatial_boxes(*, bbox, intersects, glacier):
         return [box], None
     if bbox is None:
         return None, None
-    box = _check_bbox(bbox)
+    box = check_bbox(bbox, allow_antimeridian=True)
     return _split_antimeridian(box), box
 
 
-def _check_bbox(bbox) -> tuple[float, float, float, float]:
-    try:
-        values = tuple(float(v) for v in bbox)
-    except (TypeError, ValueError):
-        raise GridError(
-            f"bbox must be four numbers (west, south, east, north) in degrees; got {bbox!r}."
-        ) from None
-    if len(values) != 4:
-        raise GridError(
-            f"bbox must have four numbers (west, south, east, north); got {len(values)}: "
-            f"{bbox!r}. Pass a 2-D box in lon/lat degrees."
-        )
-    if not all(math.isfinite(v) for v in values):
-        raise GridError(f"bbox has a non-finite value: {values}. Pass finite degrees.")
-    west, south, east, north = values
-    if any(abs(v) > 180 for v in (west, east)) or any(abs(v) > 90 for v in (south, north)):
-        hint = (
-            " These look like projected coordinates (metres); pass longitude/latitude degrees."
-            if any(abs(v) > 360 for v in values)
-            else " Is the order (south, west, north, east)? glacierxr uses "
-            "(west, south, east, north)."
-        )
-        raise GridError(
-            f"bbox={values} is out of range: longitudes (west, east) must lie in [-180, 180] "
-            f"and latitudes (south, north) in [-90, 90].{hint}"
-        )
-    if south > north:
-        raise GridError(
-            f"bbox={values} has south ({south}) > north ({north}). "
-            "Pass (west, south, east, north) in lon/lat degrees, e.g. "
-            f"({west}, {north}, {east}, {south})."
-        )
-    return values
-
-
 def _split_antimeridian(box):
+    """A box crossing 180° (west > east; checked by ``check_bbox``) as its two halves."""
     west, south, east, north = box
     if west <= east:
         return [box]
-    width = (180.0 - west) + (east + 180.0)
-    if width > 180.0:
-        raise GridError(
-            f"bbox={tuple(box)} has west ({west}) > east ({east}). Read as a box crossing the "
-            f"antimeridian it would be {width:.1f}° wide, so west and east are probably swapped: "
-            f"pass ({east}, {south}, {west}, {north}). Boxes that really cross 180° may be at "
-            "most 180° wide."
-        )
     return [(west, south, 180.0, north), (-180.0, south, east, north)]
 
 
@@ -480,7 +438,7 @@ def _geometry_bbox(geometry) -> tuple[float, float, float, float]:
         walk(geometry.get("coordinates", []))
     if not xs:
         raise GridError("intersects has no coordinates. Pass a non-empty GeoJSON geometry.")
-    return _check_bbox((min(xs), min(ys), max(xs), max(ys)))
+    return check_bbox((min(xs), min(ys), max(xs), max(ys)))
 
 
 def _check_max_cloud(value):

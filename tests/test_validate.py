@@ -118,3 +118,49 @@ def test_check_bbox__antimeridian_is_opt_out():
 def test_every_error_is_a_glacierxr_error():
     with pytest.raises(GlacierXRError):
         v.require_dataarray(np.zeros(2), "ndsi")
+
+
+# --------------------------------------------------------------------------- search and load agree
+L9_ITEMS = "stac/pc_landsat-c2-l2_items_20250722_L9_path084.geojson"
+
+
+def _outcome(call):
+    """``("ok", value)`` or ``(error class, message)``: what one bbox does to one entry point."""
+    try:
+        return "ok", call()
+    except GridError as error:
+        return type(error), str(error)
+
+
+@pytest.mark.parametrize(
+    "bbox",
+    [(166.5, -12.0, -170.0, 7.0), (10, 0, -10, 1), (76, 36, 77, 35), (200, 0, 210, 1), (1, 2, 3)],
+)
+def test_search_and_load_agree_on_bboxes(shared_data, bbox):
+    """The same bbox is refused by both with the same message, or taken by both."""
+    import glacierxr as gx
+
+    catalog = shared_data / L9_ITEMS
+    every = gx.search(datetime=None, max_cloud=None, catalog=catalog, sign=False)
+    searched = _outcome(lambda: gx.search(bbox=bbox, datetime=None, max_cloud=None, catalog=catalog, sign=False))
+    loaded = _outcome(lambda: gx.load(every, bbox=bbox, resolution=3000))
+    assert searched[0] == loaded[0]
+    if searched[0] != "ok":
+        assert searched[1] == loaded[1]
+
+
+def test_load__antimeridian_box_spans_180_degrees_east(shared_data):
+    """A crossing box is one cube from 166.5 E over 180 to 170 W (not -170 .. 166.5)."""
+    import glacierxr as gx
+    from pyproj import Transformer
+
+    box = (166.5, -12.0, -170.0, 7.0)
+    items = gx.search(bbox=box, datetime=None, max_cloud=None, catalog=shared_data / L9_ITEMS, sign=False)
+    cube = gx.load(items, bbox=box, resolution=3000)
+    assert cube.green.chunks is not None  # lazy: nothing read
+    to_lonlat = Transformer.from_crs(cube.attrs["epsg"], 4326, always_xy=True)
+    west, _ = to_lonlat.transform(float(cube.x.min()), 0.0)
+    east, _ = to_lonlat.transform(float(cube.x.max()), 0.0)
+    assert 166.0 < west < 167.0 and -170.5 < east < -169.5
+    # one degree of longitude is ~111 km at the equator: 23.5 degrees at 3 km per pixel
+    assert 23.5 * 111.3 / 3 * 0.95 < cube.sizes["x"] < 23.5 * 111.3 / 3 * 1.1
