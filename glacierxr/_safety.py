@@ -19,9 +19,9 @@ storage_errors(path)       turn "disk full", "read-only file system" and "permis
                            space needed where known, and the fix
 =========================  ====================================================================
 
-Locks are :mod:`filelock` locks on a hidden ``.<name>.lock`` file beside the output (it stays
-there, empty, after the run: removing a lock file others may be waiting on is unsafe). They
-rely on ``flock``, which works on local disks. Network file systems (NFS, SMB, FUSE mounts)
+Locks are :mod:`filelock` locks on a hidden ``.<name>.lock`` file beside the output, removed
+when the run ends (while still held, which filelock 4 tolerates: a waiter that opened the
+removed file notices and retries). They rely on ``flock``, which works on local disks. Network file systems (NFS, SMB, FUSE mounts)
 support it only in some configurations; where the file system has no ``flock`` at all,
 glacierxr warns with :class:`LockUnavailableWarning` and falls back to a lock file whose
 existence is the lock (filelock's soft lock), which cannot tell a crashed writer from a live one.
@@ -102,7 +102,8 @@ def _acquire(path: Path):
             raise _busy(path) from None
         except OSError as error:
             raise storage_error(error, lock_path(path), action="create the lock file") from error
-    if any("flock not supported" in str(w.message) for w in caught):
+    lock.glacierxr_soft = any("flock not supported" in str(w.message) for w in caught)
+    if lock.glacierxr_soft:
         warnings.warn(
             f"The file system of {str(path)!r} cannot lock files (no flock, e.g. some network "
             "disks); glacierxr falls back to a plain lock file and cannot tell a crashed writer "
@@ -150,7 +151,19 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
             if last:
                 del _HELD[key]
         if last:
-            held[2].release()
+            _release(held[2], path)
+
+
+def _release(lock, path: Path) -> None:
+    """Unlink the lock file while still holding it, then unlock: no empty file is left behind.
+
+    A process that opened the old file meanwhile finds it unlinked once it gets the lock and
+    takes a new one (filelock checks the link count), so the lock stays exclusive.
+    """
+    if not lock.glacierxr_soft:  # a soft lock removes its own file
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path(path))
+    lock.release()
 
 
 def locks_output(argument: str) -> Callable:

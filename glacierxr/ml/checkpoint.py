@@ -9,7 +9,8 @@ Two kinds share one layout:
 
 ``"model"``
     Written by :func:`save_model`: what inference needs (weights, the model configuration from
-    ``model.get_config()``, the data normalization, versions, a SHA-256 of the weights).
+    ``model.get_config()``, the data normalization, versions, a SHA-256 of the weights and one
+    of everything that shapes a prediction: weights, config and normalization).
 ``"training"``
     Written every epoch by :class:`glacierxr.ml.train.Trainer` (``last.pt``, ``best.pt``): the same
     plus the optimizer, the epoch, the random-number-generator states and the history, so that a
@@ -40,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from glacierxr._safety import storage_errors
 from glacierxr.errors import CheckpointError, ModelError
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "model_config",
+    "payload_sha256",
     "save_model",
     "weights_sha256",
 ]
@@ -119,6 +122,54 @@ def weights_sha256(weights) -> str:
     return digest.hexdigest()
 
 
+def _canonical(value: Any, digest) -> None:
+    """Feed a plain checkpoint value to ``digest`` in a form that depends on its content only."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"tensor{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, Mapping):
+        digest.update(b"{")
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _canonical(value[key], digest)
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[")
+        for item in value:
+            _canonical(item, digest)
+        digest.update(b"]")
+    else:  # None, bool, int, float, str: repr is exact (floats round-trip)
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+
+
+def payload_sha256(payload: Mapping) -> str:
+    """SHA-256 (hex) of everything in a checkpoint that shapes a prediction.
+
+    That is the weights (:func:`weights_sha256`), the model configuration that rebuilds the
+    network and the data normalization applied before and after it. Stored as
+    ``"payload_sha256"`` by :func:`build_payload` and checked by :func:`load_checkpoint`, so
+    editing the stored normalization (or config) is detected like damaged weights are.
+
+    Examples
+    --------
+    >>> import torch
+    >>> state = {"w": torch.ones(2)}
+    >>> a = payload_sha256({"model_state": state, "config": {"name": "m"}, "normalization": {"mean": 0.5, "std": 2.0}})
+    >>> b = payload_sha256({"model_state": state, "config": {"name": "m"}, "normalization": {"mean": 0.5, "std": 3.0}})
+    >>> a == b
+    False
+    """
+    digest = hashlib.sha256()
+    digest.update(weights_sha256(payload["model_state"]).encode())
+    for key in ("config", "normalization"):
+        digest.update(key.encode())
+        _canonical(payload.get(key), digest)
+    return digest.hexdigest()
+
+
 # --------------------------------------------------------------------------------------------
 # atomic writes
 # --------------------------------------------------------------------------------------------
@@ -137,31 +188,50 @@ def _fsync_directory(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_target(path: Path, mode: str):
-    """Yield an open temporary file beside ``path``; on success fsync it and move it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    temporary = Path(handle.name)
-    try:
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
+def _atomic_target(path: Path, mode: str, *, needed: int | None = None):
+    """Yield an open temporary file beside ``path``; on success fsync it and move it over ``path``.
+
+    A full disk, a read-only file system or a folder without write permission raises
+    :class:`~glacierxr.errors.StorageError` (naming the path, ``needed`` bytes and the fix).
+    """
+    with storage_errors(path, needed=needed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = tempfile.NamedTemporaryFile(
+            mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        )
+        temporary = Path(handle.name)
+        try:
+            with handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
     _fsync_directory(path.parent)
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a payload (what a checkpoint file needs, roughly)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def atomic_save(obj: Mapping, path: str | os.PathLike) -> Path:
     """Save ``obj`` with :func:`torch.save` atomically (temp file, fsync, :func:`os.replace`).
 
     If anything fails (full disk, a crash, Ctrl-C) the previous file at ``path`` is left as it
-    was and the temporary file is removed.
+    was and the temporary file is removed; a full disk, a read-only file system or a missing
+    write permission raise :class:`~glacierxr.errors.StorageError` (also an ``OSError``).
 
     Parameters
     ----------
@@ -178,7 +248,7 @@ def atomic_save(obj: Mapping, path: str | os.PathLike) -> Path:
     import torch
 
     path = Path(path)
-    with _atomic_target(path, "wb") as handle:
+    with _atomic_target(path, "wb", needed=_tensor_bytes(obj)) as handle:
         torch.save(obj, handle)
     return path
 
@@ -290,6 +360,7 @@ def build_payload(
     }
     for key, value in fields.items():
         payload[key] = to_plain(value, where=key)
+    payload["payload_sha256"] = payload_sha256(payload)
     return payload
 
 
@@ -369,14 +440,27 @@ def load_checkpoint(
             f"{payload.get('versions', {}).get('glacierxr', '?')}. Upgrade glacierxr."
         )
     if verify:
-        actual = weights_sha256(payload["model_state"])
-        if actual != payload["weights_sha256"]:
-            raise CheckpointError(
-                f"The weights in {str(path)!r} do not match their recorded SHA-256 "
-                f"(stored {payload['weights_sha256'][:12]}…, computed {actual[:12]}…): the file "
-                "is corrupt. Delete it or use another copy (best.pt / model.pt)."
-            )
+        _verify_hashes(payload, path)
     return payload
+
+
+def _verify_hashes(payload: Mapping, path: Path) -> None:
+    """Raise CheckpointError when the weights, or config + normalization, do not match their
+    recorded SHA-256 (checkpoints written before ``payload_sha256`` existed: weights only)."""
+    actual = weights_sha256(payload["model_state"])
+    if actual != payload["weights_sha256"]:
+        raise CheckpointError(
+            f"The weights in {str(path)!r} do not match their recorded SHA-256 "
+            f"(stored {payload['weights_sha256'][:12]}…, computed {actual[:12]}…): the file "
+            "is corrupt. Delete it or use another copy (best.pt / model.pt)."
+        )
+    stored = payload.get("payload_sha256")
+    if stored is not None and payload_sha256(payload) != stored:
+        raise CheckpointError(
+            f"The model configuration or data normalization in {str(path)!r} do not match their "
+            f"recorded SHA-256 (stored {stored[:12]}…): the file was damaged or edited, and its "
+            "predictions cannot be trusted. Use another copy, or retrain."
+        )
 
 
 def _corrupt(path: Path, error: BaseException) -> CheckpointError:
