@@ -83,6 +83,7 @@ seed always gives the same files, and changing ``end`` does not change earlier s
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -96,7 +97,8 @@ import numpy as np
 from glacierxr.errors import CatalogError, ConfigError
 from glacierxr.landsat import QA_BITS, SR_NODATA, SR_OFFSET, SR_SCALE
 
-__all__ = ["write_catalog", "open_truth", "SAMPLE_BANDS", "SURFACE_CLASSES", "TRUTH_FILENAME"]
+__all__ = ["write_catalog", "open_truth", "oracle_forecast", "snow_cover", "SnowProcess",
+           "SAMPLE_BANDS", "SURFACE_CLASSES", "TRUTH_FILENAME"]
 
 #: Asset keys written for every item (Planetary Computer ``landsat-c2-l2`` keys).
 SAMPLE_BANDS = ("green", "swir16", "qa_pixel")
@@ -120,6 +122,7 @@ _TEXTURE_EPOCH_YEARS = 0.5
 _TEXTURE_SHEAR = 500.0  # m/yr of centre-line minus margin speed a texture epoch is made for
 _FAST_PX_PER_16_DAYS = 12.0  # centre-line displacement of the "fast" flow option
 _FLOWS = ("valley", "fast")
+_DYNAMICS = ("cycle", "memory")
 _SNOW_HOLD_SLOPE_DEG = 50.0  # mean slope above which the ground cannot hold snow
 _SNOW_HOLD_NOISE_DEG = 6.0  # std of its static spatial variation
 
@@ -279,7 +282,7 @@ class _Valley:
 
     def __init__(self, seed: int, width: int, height: int, resolution: float,
                  t0: dt.datetime, *, flow: str = "valley", max_speed: float | None = None,
-                 glacier_fraction: float | None = None) -> None:
+                 glacier_fraction: float | None = None, dynamics: str = "cycle") -> None:
         from scipy import fft
 
         rng = np.random.default_rng([seed, 0])
@@ -325,13 +328,14 @@ class _Valley:
         # snow line: highest (summer) well up-valley, lowest (winter) near the terminus
         self.snow_line_summer = self.floor_elevation(-0.6 * self.half_length)
         self.snow_line_winter = self.floor_elevation(0.5 * self.half_length)
-        self.snow_line_noise = 40.0  # m, per scene
         self.snow_edge_noise = 60.0  # m, static spatial field
         # steep faces shed their snow (sloughs, avalanches, wind): a pixel steeper than
         # snow_hold_slope + snow_hold_noise * field stays bare rock all year round
         self.snow_hold_slope = _SNOW_HOLD_SLOPE_DEG
         self.snow_hold_noise = _SNOW_HOLD_NOISE_DEG
         self.flow = flow
+        self.weather = _Weather(seed, t0, dynamics)
+        self.snow_line_noise = self.weather.process.std_scene
         self._set_flow(flow, max_speed)
         if glacier_fraction is not None:
             self._set_glacier_fraction(glacier_fraction)
@@ -451,7 +455,9 @@ class _Valley:
         return np.clip(total / norm, -1.0, 1.0)
 
     def terminus(self, years):
-        return self.terminus0 - self.retreat_rate * years / self.resolution
+        if self.weather.dynamics != "memory":
+            return self.terminus0 - self.retreat_rate * years / self.resolution
+        return self.terminus0 - self.weather.retreat(self.retreat_rate, years) / self.resolution
 
     def glacier(self, s, n, years):
         rel = n / self.half_width
@@ -468,10 +474,23 @@ class _Valley:
         return np.clip(lateral + 0.8 * medial, 0.0, 1.0)
 
     def snow_line(self, date: dt.datetime) -> float:
-        phase = 2 * np.pi * (date.timetuple().tm_yday - 218) / 365.25
+        """Snow line (m) before the per-scene noise: seasonal cycle plus the anomaly processes."""
+        return float(self.snow_line_climatology(date)) + self.weather.anomaly(date)
+
+    def snow_line_climatology(self, date):
+        """The smooth annual cycle of the snow line (m), highest in early August."""
+        doy = (date.timetuple().tm_yday if isinstance(date, (dt.date, dt.datetime))
+               else _dayofyear(date))
+        phase = 2 * np.pi * (np.asarray(doy) - 218) / 365.25
         mean = 0.5 * (self.snow_line_summer + self.snow_line_winter)
         amp = 0.5 * (self.snow_line_summer - self.snow_line_winter)
-        return mean + amp * math.cos(phase)
+        return mean + amp * np.cos(phase)
+
+    def snow_threshold(self) -> np.ndarray:
+        """Per pixel (unshifted frame): snow lies where this exceeds the snow line; NaN: never."""
+        fields, col, row, elevation, dz_east, dz_north = self.terrain(0.0, 0.0)
+        threshold = elevation + self.snow_edge_noise * fields[_SNOW_EDGE]
+        return np.where(self.sheds_snow(dz_east, dz_north, fields[_SNOW_HOLD]), np.nan, threshold)
 
     def years(self, date: dt.datetime) -> float:
         return (date - self.t0).total_seconds() / (365.25 * 86400.0)
@@ -575,6 +594,99 @@ class _Valley:
         steep = self.sheds_snow(dz_east, dz_north, fields[_SNOW_HOLD]) & ~glacier & ~lake
         return (u, v, elevation, glacier, stable, lake, s * self.resolution, n * self.resolution,
                 slope, steep)
+
+
+# --------------------------------------------------------------------------------------------
+# weather: snow-line anomalies with memory, varying retreat (dynamics="memory")
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SnowProcess:
+    """Parameters of the snow-line anomaly process of ``dynamics="memory"`` (metres, months).
+
+    The snow line of a scene is ``climatology(day of year) + fast + weight * melt + noise``:
+
+    * ``fast``: a monthly AR(1) anomaly, lag-1 autocorrelation ``phi_fast``, stationary std
+      ``std_fast``; piecewise constant over each calendar month. A late spring or a snowy
+      autumn lasts one to a few months (e-folding ``-1 / ln(phi_fast)`` = 3.5 months at
+      0.75), the month-scale persistence of observed snow-cover anomalies (lag-1 monthly
+      autocorrelations of 0.6-0.8); 140 m is a few hundred metres of snow-line swing (2 std)
+      against the ~600-1000 m seasonal range of the sample.
+    * ``melt``: a slower monthly AR(1) (``phi_melt``, ``std_melt``) scaled by the summer weight
+      ``(1 + cos(2 pi (doy - 218) / 365.25)) / 2`` (1 in early August, 0 in early February):
+      melt seasons that are warmer or colder than usual, with correlation ``phi_melt**12`` =
+      0.37 from one summer to the next.
+    * ``noise``: white, ``std_scene`` per scene (the day-to-day weather within a month).
+
+    The retreat rate of the terminus is drawn per year since the start (lognormal, mean the
+    seed's rate, log-std ``retreat_log_std``): some years retreat three times more than others.
+    """
+
+    phi_fast: float = 0.75
+    std_fast: float = 140.0
+    phi_melt: float = 0.92
+    std_melt: float = 80.0
+    std_scene: float = 40.0
+    retreat_log_std: float = 0.5
+
+
+_MAX_MONTHS = 2400  # months of the process drawn (200 years): later months never change earlier
+
+
+class _Weather:
+    """The snow-line anomaly and retreat processes of a sample (``dynamics``)."""
+
+    def __init__(self, seed: int, t0: dt.datetime, dynamics: str,
+                 process: SnowProcess = SnowProcess()) -> None:
+        self.dynamics, self.process, self.t0 = dynamics, process, t0
+        p = process
+        shocks = np.random.default_rng([seed, 4]).standard_normal((_MAX_MONTHS, 2))
+        self.fast = _ar1(shocks[:, 0], p.phi_fast, p.std_fast)
+        self.melt = _ar1(shocks[:, 1], p.phi_melt, p.std_melt)
+        self.year_factor = np.exp(p.retreat_log_std * np.random.default_rng([seed, 5])
+                                  .standard_normal(200) - 0.5 * p.retreat_log_std**2)
+        if dynamics != "memory":
+            self.fast[:] = 0.0
+            self.melt[:] = 0.0
+            self.year_factor[:] = 1.0
+
+    def month(self, date) -> int:
+        """Index of the calendar month of ``date`` (0 = the month of the start)."""
+        return (date.year - self.t0.year) * 12 + date.month - self.t0.month
+
+    def anomaly(self, date) -> float:
+        m = self.month(date)
+        return float(self.fast[m] + _summer_weight(date) * self.melt[m])
+
+    def retreat(self, rate: float, years):
+        """Distance (m) the terminus has retreated after ``years`` at a mean ``rate`` (m/yr)."""
+        whole = np.floor(np.clip(years, 0.0, None)).astype(int)
+        done = np.concatenate([[0.0], np.cumsum(self.year_factor)])
+        return rate * (done[whole] + (years - whole) * self.year_factor[whole])
+
+
+def _ar1(shocks: np.ndarray, phi: float, std: float) -> np.ndarray:
+    """Stationary AR(1) series: ``x_0 = std e_0``, ``x_m = phi x_(m-1) + std sqrt(1 - phi^2) e_m``."""
+    out = np.empty(shocks.size)
+    out[0] = std * shocks[0]
+    scale = std * math.sqrt(1.0 - phi * phi)
+    for m in range(1, shocks.size):
+        out[m] = phi * out[m - 1] + scale * shocks[m]
+    return out
+
+
+def _summer_weight(date) -> float | np.ndarray:
+    """Weight of the melt-season anomaly: 1 in early August (day 218), 0 in early February."""
+    if isinstance(date, (dt.date, dt.datetime)):
+        doy = date.timetuple().tm_yday
+    else:
+        doy = np.asarray(_dayofyear(date))
+    return 0.5 * (1.0 + np.cos(2 * np.pi * (doy - 218) / 365.25))
+
+
+def _dayofyear(times) -> np.ndarray:
+    import pandas as pd
+
+    return pd.DatetimeIndex(times).dayofyear.to_numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -851,6 +963,7 @@ def write_catalog(
     flow: str = "valley",
     max_speed: float | None = None,
     glacier_fraction: float | None = None,
+    dynamics: str = "cycle",
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
@@ -887,6 +1000,13 @@ def write_catalog(
         Fraction of the scene covered by glacier ice at ``start`` (e.g. 0.5); the glacier is
         widened or narrowed to match (within a pixel row). Default: the seed's width, about a
         tenth of the scene. Read the value reached from the truth's ``glacier`` mean.
+    dynamics
+        ``"cycle"`` (default): the snow line is a fixed annual cycle plus white noise per
+        scene and the terminus retreats at a constant rate, so beyond the seasons there is
+        little to forecast. ``"memory"``: snow-line anomalies that persist for months, melt
+        seasons that differ from year to year and a retreat rate that varies by year (see
+        :class:`SnowProcess`); the truth keeps the monthly process states and
+        :func:`oracle_forecast` gives the best forecast possible from them.
     overwrite
         Replace a sample already written in ``directory``.
     progress
@@ -916,7 +1036,7 @@ def write_catalog(
     True
     """
     _check_args(width, height, revisit_days, resolution)
-    _check_options(flow, max_speed, glacier_fraction)
+    _check_options(flow, max_speed, glacier_fraction, dynamics)
     first, last = _parse_date(start, "start"), _parse_date(end, "end")
     if last <= first:
         raise ConfigError(f"end={end!r} is not after start={start!r}. Pass an end after the start.")
@@ -927,7 +1047,7 @@ def write_catalog(
 
     t0 = dt.datetime(first.year, first.month, first.day, tzinfo=dt.timezone.utc)
     valley = _Valley(seed, width, height, resolution, t0, flow=flow, max_speed=max_speed,
-                     glacier_fraction=glacier_fraction)
+                     glacier_fraction=glacier_fraction, dynamics=dynamics)
     scenes = _schedule(seed, first, last, revisit_days, valley, grid.lat, grid.lon)
     if not scenes:
         raise ConfigError(
@@ -1168,7 +1288,9 @@ def _check_args(width, height, revisit_days, resolution) -> None:
         raise ConfigError(f"resolution={resolution!r} is not positive. Pass e.g. 30.0.")
 
 
-def _check_options(flow, max_speed, glacier_fraction) -> None:
+def _check_options(flow, max_speed, glacier_fraction, dynamics) -> None:
+    if dynamics not in _DYNAMICS:
+        raise ConfigError(f"dynamics={dynamics!r} is unknown. Pass one of {_DYNAMICS}.")
     if flow not in _FLOWS:
         raise ConfigError(f"flow={flow!r} is unknown. Pass one of {_FLOWS}.")
     if max_speed is not None and not (isinstance(max_speed, (int, float)) and max_speed > 0):
@@ -1196,6 +1318,34 @@ def _truth_time_vars(scenes, records) -> dict:
                                   "downstream of the image centre"),
         "glacier_area": _var(t, records["glacier_area"], "km2", "glacier area in the scene"),
         "sun_elevation": _var(t, [s.sun_elevation for s in scenes], "degree", "sun elevation"),
+    }
+
+
+def _truth_weather_vars(valley: _Valley, scenes) -> dict:
+    """Snow-line climatology and anomaly per scene, monthly process states, snow threshold."""
+    import pandas as pd
+
+    weather, t = valley.weather, ("time",)
+    first, last = weather.month(scenes[0].date), weather.month(scenes[-1].date)
+    months = pd.date_range(f"{valley.t0:%Y-%m}-01", periods=last + 1, freq="MS")[first:]
+    m = ("month",)
+    month = _var(m, months.values, "", "first day of the month")
+    del month.attrs["units"]
+    return {
+        "snow_line_climatology": _var(t, [float(valley.snow_line_climatology(s.date))
+                                          for s in scenes], "m",
+                                      "snow line of the annual cycle (no anomaly, no noise)"),
+        "snow_line_anomaly": _var(t, [weather.anomaly(s.date) for s in scenes], "m",
+                                  "snow line anomaly of the scene's month: fast + summer "
+                                  "weight * melt (without the per-scene noise)"),
+        "fast_anomaly": _var(m, weather.fast[first:last + 1], "m",
+                             "monthly AR(1) snow-line anomaly (state of the month)"),
+        "melt_anomaly": _var(m, weather.melt[first:last + 1], "m",
+                             "monthly AR(1) melt-season anomaly, before the summer weight"),
+        "month": month,
+        "snow_threshold": _var(("y", "x"), valley.snow_threshold().astype(np.float32), "m",
+                               "snow lies where snow_threshold > snow_line (elevation plus the "
+                               "static edge field); NaN: too steep to hold snow"),
     }
 
 
@@ -1254,6 +1404,8 @@ def _truth_attrs(valley: _Valley, params: dict) -> dict:
         glacier_half_width_m=valley.half_width * valley.resolution,
         glacier_fraction=valley.glacier_fraction(),
         retreat_rate=valley.retreat_rate,
+        dynamics=valley.weather.dynamics,
+        **{f"process_{k}": v for k, v in dataclasses.asdict(valley.weather.process).items()},
         snow_line_summer=valley.snow_line_summer,
         snow_line_winter=valley.snow_line_winter,
         snow_hold_slope_deg=valley.snow_hold_slope,
@@ -1278,7 +1430,8 @@ def _write_truth(path: Path, valley: _Valley, scenes, ids, records, surface, tra
     y = transform.f - res * (np.arange(h) + 0.5)
     times = pd.DatetimeIndex([s.date.replace(tzinfo=None) for s in scenes])
     ds = xr.Dataset(
-        {**_truth_time_vars(scenes, records), **_truth_static_vars(valley, surface)},
+        {**_truth_time_vars(scenes, records), **_truth_static_vars(valley, surface),
+         **_truth_weather_vars(valley, scenes)},
         coords={
             "time": times,
             "y": ("y", y, {"units": "m", "long_name": "y coordinate of pixel centre"}),
@@ -1357,3 +1510,131 @@ def open_truth(catalog_path) -> "xr.Dataset":
         if name in ds:  # samples written by older versions have no steep_rock
             ds[name] = ds[name].astype(bool)
     return ds
+
+
+# --------------------------------------------------------------------------------------------
+# oracle: the best forecast possible from the true state
+# --------------------------------------------------------------------------------------------
+def snow_cover(truth, periods, *, months: int = 1) -> "xr.DataArray":
+    """The true snow cover of each period: the share of its scenes with snow at each pixel.
+
+    Snow lies at a pixel in a scene where ``snow_threshold > snow_line`` (the truth's
+    variables; unshifted frame, clouds ignored). This is the quantity
+    :func:`oracle_forecast` forecasts.
+
+    Parameters
+    ----------
+    truth : xarray.Dataset
+        From :func:`open_truth`.
+    periods : sequence of dates
+        Start of each period (e.g. the ``time`` of ``.glacier.monthly(months)``).
+    months : int
+        Length of a period in months.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(time, y, x)`` in [0, 1]; NaN for a period without a scene.
+    """
+    scenes = _scenes_by_period(truth, periods, months)
+    threshold = truth["snow_threshold"].values
+    out = np.full((len(scenes), *threshold.shape), np.nan)
+    for i, index in enumerate(scenes):
+        if index.size:
+            lines = truth["snow_line"].values[index]
+            out[i] = np.mean(threshold[None] > lines[:, None, None], axis=0)
+    return _cover_array(truth, periods, out, "true snow cover (share of the period's scenes)")
+
+
+def oracle_forecast(truth, issue_time, periods, *, months: int = 1) -> "xr.DataArray":
+    """The best forecast of each future period's snow cover, from the true state at issue time.
+
+    The conditional expectation of :func:`snow_cover` given the monthly process states
+    (``fast_anomaly``, ``melt_anomaly``) of the month holding ``issue_time``, under the
+    sample's own process (:class:`SnowProcess`): for a scene ``k`` months later the snow line
+    is Gaussian with mean ``climatology + phi_fast**k * fast + w * phi_melt**k * melt`` and
+    variance ``std_fast**2 (1 - phi_fast**(2k)) + w**2 std_melt**2 (1 - phi_melt**(2k)) +
+    std_scene**2`` (``w`` the summer weight of the scene's date), so a pixel is snow-covered
+    with probability ``Phi((snow_threshold - mean) / std)``; the forecast is the mean of that
+    probability over the period's scenes (their dates are the sample's schedule). With
+    ``dynamics="cycle"`` the states are 0 and this is the climatological probability.
+
+    Parameters
+    ----------
+    truth : xarray.Dataset
+        From :func:`open_truth`.
+    issue_time : date
+        When the forecast is made: the state of the whole month holding it is known (pass a
+        date in the last month of the last input period).
+    periods : sequence of dates
+        Start of each period to forecast; every scene in them must fall after that month.
+    months : int
+        Length of a period in months.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(time, y, x)`` in [0, 1]; NaN for a period without a scene.
+
+    Raises
+    ------
+    ConfigError
+        A period starts before the month after ``issue_time``, or the truth has no process
+        states (a sample written by an older version).
+    """
+    from scipy.special import ndtr
+
+    if "fast_anomaly" not in truth:
+        raise ConfigError("This truth has no snow-line process states; rewrite the sample with "
+                          "this version of glacierxr.sample.write_catalog.")
+    p = SnowProcess(**{f.name: float(truth.attrs[f"process_{f.name}"])
+                       for f in dataclasses.fields(SnowProcess)})
+    month_index = _month_numbers(truth["month"].values)
+    issue = _month_numbers([np.datetime64(issue_time, "M")])[0]
+    where = np.flatnonzero(month_index == issue)
+    if not where.size:
+        raise ConfigError(f"issue_time={issue_time!r} is outside the sample's months.")
+    fast, melt = float(truth["fast_anomaly"][where[0]]), float(truth["melt_anomaly"][where[0]])
+    threshold = truth["snow_threshold"].values
+    scenes = _scenes_by_period(truth, periods, months)
+    out = np.full((len(scenes), *threshold.shape), np.nan)
+    for i, index in enumerate(scenes):
+        if not index.size:
+            continue
+        ahead = _month_numbers(truth["time"].values[index]) - issue
+        if ahead.min() < 1:
+            raise ConfigError(f"Period {periods[i]} is not after issue_time={issue_time!r}; "
+                              "forecast periods that start after the issue month.")
+        weight = _summer_weight(truth["time"].values[index])
+        mean = (truth["snow_line_climatology"].values[index] + p.phi_fast**ahead * fast
+                + weight * p.phi_melt**ahead * melt)
+        var = (p.std_fast**2 * (1 - p.phi_fast ** (2 * ahead))
+               + weight**2 * p.std_melt**2 * (1 - p.phi_melt ** (2 * ahead)) + p.std_scene**2)
+        z = (threshold[None] - mean[:, None, None]) / np.sqrt(var)[:, None, None]
+        out[i] = np.nanmean(np.where(np.isnan(z), 0.0, ndtr(z)), axis=0)
+    return _cover_array(truth, periods, out, "oracle forecast of the snow cover")
+
+
+def _month_numbers(times) -> np.ndarray:
+    return np.asarray(times, dtype="datetime64[M]").astype(np.int64)
+
+
+def _scenes_by_period(truth, periods, months: int) -> list[np.ndarray]:
+    if int(months) != months or months < 1:
+        raise ConfigError(f"months={months!r} is not a positive whole number of months.")
+    scene_month = _month_numbers(truth["time"].values)
+    starts = _month_numbers(list(periods))
+    return [np.flatnonzero((scene_month >= s) & (scene_month < s + months)) for s in starts]
+
+
+def _cover_array(truth, periods, values, long_name: str) -> "xr.DataArray":
+    import pandas as pd
+    import xarray as xr
+
+    out = xr.DataArray(values, dims=("time", "y", "x"),
+                       coords={"time": pd.DatetimeIndex(list(periods)), "y": truth["y"],
+                               "x": truth["x"]},
+                       attrs={"units": "1", "long_name": long_name})
+    if "spatial_ref" in truth.coords:
+        out = out.assign_coords(spatial_ref=truth["spatial_ref"])
+    return out

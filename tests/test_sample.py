@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 import numpy as np
+import pandas as pd
 import pystac
 import pytest
 import rasterio
@@ -265,7 +266,10 @@ def test_qa__lake_is_flagged_water(truth, qa_stack):
 # truth
 # ------------------------------------------------------------------------------------------
 def test_open_truth__shapes_coords_and_attrs(sample_catalog, items, truth):
-    assert truth.sizes == {"time": len(items), "y": 96, "x": 96}
+    scene_months = truth.time.values.astype("datetime64[M]")
+    months = np.arange(scene_months.min(), scene_months.max() + 1)  # every month, gaps too
+    assert truth.sizes == {"time": len(items), "y": 96, "x": 96, "month": months.size}
+    np.testing.assert_array_equal(truth.month.values.astype("datetime64[M]"), months)
     transform = rasterio.Affine(*items[0].properties["proj:transform"])
     np.testing.assert_allclose(truth.x, transform.c + 30 * (np.arange(96) + 0.5))
     np.testing.assert_allclose(truth.y, transform.f - 30 * (np.arange(96) + 0.5))
@@ -632,3 +636,107 @@ def test_write_catalog__later_end_keeps_the_earlier_scenes(tmp_path):
     assert len(longer) > len(short)
     for a, b in zip(short, longer):
         assert np.array_equal(_read(a, "green"), _read(b, "green"))
+
+
+# ------------------------------------------------------------------------------------------
+# dynamics="memory": snow-line anomalies with memory, and the oracle forecast
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def memory_truth(tmp_path_factory):
+    catalog = gx.sample.write_catalog(tmp_path_factory.mktemp("memory"), seed=4, width=40,
+                                      height=40, start="2013-01-01", end="2022-12-31",
+                                      dynamics="memory")
+    return gx.sample.open_truth(catalog)
+
+
+def _summer_weight(times) -> np.ndarray:
+    doy = pd.DatetimeIndex(times).dayofyear.to_numpy()
+    return 0.5 * (1 + np.cos(2 * np.pi * (doy - 218) / 365.25))
+
+
+def test_memory__snow_line_is_cycle_plus_ar1_anomalies_plus_noise(memory_truth):
+    truth = memory_truth
+    fast, melt = truth["fast_anomaly"].values, truth["melt_anomaly"].values
+    assert fast.size == 120
+    # the stated month-scale persistence and size (10 years: loose sampling bounds)
+    assert 0.5 < np.corrcoef(fast[:-1], fast[1:])[0, 1] < 0.85
+    assert 80.0 < fast.std() < 160.0
+    assert np.corrcoef(melt[:-1], melt[1:])[0, 1] > 0.8
+    # each scene: climatology + fast(month) + summer weight * melt(month) + white noise
+    month = np.searchsorted(truth["month"].values, truth["time"].values, side="right") - 1
+    anomaly = fast[month] + _summer_weight(truth["time"].values) * melt[month]
+    np.testing.assert_allclose(truth["snow_line_anomaly"].values, anomaly, atol=1e-6)
+    noise = truth["snow_line"] - truth["snow_line_climatology"] - truth["snow_line_anomaly"]
+    assert 30.0 < float(noise.std()) < 50.0
+    assert abs(np.corrcoef(noise[:-1], noise[1:])[0, 1]) < 0.2  # white
+
+
+def test_memory__retreat_rate_varies_from_year_to_year(memory_truth):
+    truth = memory_truth
+    yearly = truth["terminus_distance"].groupby("time.year").first().values
+    retreat = -np.diff(yearly)
+    assert retreat.min() > 0
+    assert retreat.max() > 1.8 * retreat.min()  # not a constant rate
+    assert np.mean(retreat) == pytest.approx(truth.attrs["retreat_rate"], rel=0.5)
+
+
+def test_oracle__is_the_mean_of_simulated_futures(memory_truth):
+    """Monte-Carlo over the process, written here from its definition: same expectation."""
+    truth = memory_truth
+    attrs = {k[len("process_"):]: v for k, v in truth.attrs.items() if k.startswith("process_")}
+    issue = 40  # month index of the issue month (May 2016)
+    periods = truth["month"].values[issue + 1 : issue + 4]
+    oracle = gx.sample.oracle_forecast(truth, truth["month"].values[issue], periods)
+    rng = np.random.default_rng(0)
+    n_sims = 4000
+    fast = np.full(n_sims, truth["fast_anomaly"].values[issue])
+    melt = np.full(n_sims, truth["melt_anomaly"].values[issue])
+    threshold = truth["snow_threshold"].values
+    for k, start in enumerate(periods):
+        fast = attrs["phi_fast"] * fast + attrs["std_fast"] * np.sqrt(
+            1 - attrs["phi_fast"] ** 2) * rng.standard_normal(n_sims)
+        melt = attrs["phi_melt"] * melt + attrs["std_melt"] * np.sqrt(
+            1 - attrs["phi_melt"] ** 2) * rng.standard_normal(n_sims)
+        in_month = truth["time"].values.astype("datetime64[M]") == np.datetime64(start, "M")
+        covered = np.zeros(threshold.shape)
+        for i in np.flatnonzero(in_month):
+            line = (truth["snow_line_climatology"].values[i] + fast
+                    + _summer_weight(truth["time"].values[i : i + 1]) * melt
+                    + attrs["std_scene"] * rng.standard_normal(n_sims))
+            covered += np.mean(np.nan_to_num(threshold, nan=-np.inf)[None]
+                               > line[:, None, None], axis=0)
+        simulated = covered / in_month.sum()
+        # Monte-Carlo std of a mean of 4000 indicators is at most 0.008
+        np.testing.assert_allclose(oracle.values[k], simulated, atol=0.035)
+        assert np.abs(oracle.values[k] - simulated).mean() < 0.01
+
+
+def test_oracle__beats_climatology_and_persistence_on_the_truth(memory_truth):
+    truth = memory_truth
+    months = truth["month"].values
+    cover = gx.sample.snow_cover(truth, months).values
+    index = pd.DatetimeIndex(months)
+    calendar, year = index.month.to_numpy(), index.year.to_numpy()
+    # out of sample: the mean of the same calendar month in the other years
+    climatology = np.stack([np.nanmean(cover[(calendar == m) & (year != y)], axis=0)
+                            for m, y in zip(calendar, year)])
+    errors = {"oracle": [], "climatology": [], "persistence": []}
+    for issue in range(12, months.size - 3):
+        targets = months[issue + 1 : issue + 4]
+        truth_future = cover[issue + 1 : issue + 4]
+        forecasts = {
+            "oracle": gx.sample.oracle_forecast(truth, months[issue], targets).values,
+            "climatology": climatology[issue + 1 : issue + 4],
+            "persistence": np.repeat(cover[issue : issue + 1], 3, axis=0),
+        }
+        for name, forecast in forecasts.items():
+            errors[name].append((forecast - truth_future) ** 2)
+    mse = {name: float(np.nanmean(values)) for name, values in errors.items()}
+    assert mse["oracle"] < 0.9 * mse["climatology"], mse
+    assert mse["oracle"] < 0.9 * mse["persistence"], mse
+
+
+def test_oracle__rejects_periods_before_the_issue_month(memory_truth):
+    months = memory_truth["month"].values
+    with pytest.raises(ConfigError, match="not after issue_time"):
+        gx.sample.oracle_forecast(memory_truth, months[10], months[10:12])
