@@ -59,10 +59,13 @@ def require_dataarray(obj: Any, what: str) -> xr.DataArray:
     >>> require_dataarray([1, 2], "ndsi")
     Traceback (most recent call last):
     ...
-    glacierxr.errors.DataTypeError: ndsi expects an xarray.DataArray, got list.
+    glacierxr.errors.DataTypeError: ndsi expects an xarray.DataArray, got list. Select a variable first, e.g. ds["ndsi"].
     """
     if not isinstance(obj, xr.DataArray):
-        raise DataTypeError(f"{what} expects an xarray.DataArray, got {type(obj).__name__}.")
+        raise DataTypeError(
+            f"{what} expects an xarray.DataArray, got {type(obj).__name__}. Select a variable "
+            'first, e.g. ds["ndsi"].'
+        )
     return obj
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from glacierxr._validate import require_dims
 from glacierxr.errors import DimensionError, MissingBandError
 
 __all__ = ["frames", "flow_arrows", "save"]
@@ -118,9 +119,7 @@ def frames(
     >>> len(fig.axes)   # 5 frames + a colour bar
     6
     """
-    for dim in (time_dim, y_dim, x_dim):
-        if dim not in da.dims:
-            raise DimensionError(f"frames needs dims {(time_dim, y_dim, x_dim)}, found {da.dims}.")
+    require_dims(da, (time_dim, y_dim, x_dim), what="frames")
     count = da.sizes[time_dim]
     if count == 0:
         raise DimensionError(f"frames needs at least one frame, found 0 along {time_dim!r}.")

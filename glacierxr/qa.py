@@ -14,6 +14,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from glacierxr._validate import require_dims
 from glacierxr.errors import (
     ConfigError,
     DataTypeError,
@@ -187,11 +188,11 @@ def missing_fraction(
             )
         missing = None
         for band in bands:
-            _check_dims(data[band], (y_dim, x_dim), what=f"Band {band!r}")
+            require_dims(data[band], (y_dim, x_dim), what=f"Band {band!r}")
             isnull = data[band].isnull()
             missing = isnull if missing is None else missing | isnull
     elif isinstance(data, xr.DataArray):
-        _check_dims(data, (y_dim, x_dim), what=f"Array {data.name!r}")
+        require_dims(data, (y_dim, x_dim), what=f"Array {data.name!r}")
         missing = data.isnull()
     else:
         raise DataTypeError(
@@ -214,15 +215,6 @@ def _check_bands_exist(ds: xr.Dataset, bands: Iterable[Hashable], *, parameter: 
                 f"Band {band!r} not found. Available: {_describe_vars(ds)}. "
                 f"Pass {parameter}= with names from that list."
             )
-
-
-def _check_dims(da: xr.DataArray, dims: Iterable[Hashable], *, what: str) -> None:
-    absent = [d for d in dims if d not in da.dims]
-    if absent:
-        raise DimensionError(
-            f"{what} lacks dimension(s) {absent}; it has {list(da.dims)}. "
-            "Pass the right names with time_dim=/y_dim=/x_dim=, or rename the dimensions."
-        )
 
 
 def _passthrough(da: xr.DataArray) -> xr.DataArray:
@@ -339,7 +331,7 @@ def mask(
             f"QA band {qa!r} not found. Available: {_describe_vars(ds)}. {fix}"
         )
     dims = (time_dim, y_dim, x_dim)
-    _check_dims(ds[qa], dims, what=f"QA band {qa!r}")
+    require_dims(ds[qa], dims, what=f"QA band {qa!r}")
     if bands is None:
         bands = [
             n for n, v in ds.data_vars.items() if n != qa and all(d in v.dims for d in dims)
@@ -353,7 +345,7 @@ def mask(
         bands = list(bands)
         _check_bands_exist(ds, bands, parameter="bands")
     for band in bands:
-        _check_dims(ds[band], dims, what=f"Band {band!r}")
+        require_dims(ds[band], dims, what=f"Band {band!r}")
     if ds.sizes[time_dim] == 0:
         raise NoScenesError(
             f"The cube has no scene (dimension {time_dim!r} has length 0). "

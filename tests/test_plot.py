@@ -48,7 +48,7 @@ def test_frames__subsamples_long_series():
 
 
 def test_frames__needs_the_dimensions():
-    with pytest.raises(DimensionError, match="frames needs dims"):
+    with pytest.raises(DimensionError, match="frames needs dimensions"):
         plot.frames(frames_cube(2).isel(time=0))
 
 

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from glacierxr.errors import DataTypeError, DimensionError  # noqa: E402
+from glacierxr.errors import ConfigError, DataTypeError, DimensionError  # noqa: E402
 from glacierxr.ml.predict import predict, window_starts  # noqa: E402
 from glacierxr.testing import make_series, raise_if_dask_computes  # noqa: E402
 
@@ -117,7 +117,7 @@ def test_predict__local_cluster_equals_threaded(local_cluster):
 @pytest.mark.parametrize(
     ("kwargs", "error", "fragment"),
     [
-        ({"steps": 0}, DimensionError, "steps must be a positive integer"),
+        ({"steps": 0}, ConfigError, "steps must be a positive integer"),
         ({"steps": 2, "patch": 500}, DimensionError, "larger than the scene"),
         ({"steps": 2, "overlap": 30, "patch": 20}, DimensionError, "overlap must be in"),
         ({"steps": 2, "input_steps": 50}, DimensionError, "input steps"),
@@ -131,5 +131,43 @@ def test_predict__bad_input_says_what_to_fix(kwargs, error, fragment):
 def test_predict__rejects_non_models_and_wrong_dims():
     with pytest.raises(DataTypeError, match="torch.nn.Module"):
         predict(_series(), object())
-    with pytest.raises(DimensionError, match="needs a \\(time, y, x\\)"):
+    with pytest.raises(DimensionError, match=r"predict needs dimensions .* lacks dimension\(s\) \['time'\]"):
         predict(_series().isel(time=0), Persistence())
+
+
+@pytest.mark.parametrize(("length", "patch", "stride"), [(10, 4, 3), (11, 4, 3), (96, 16, 11), (50, 50, 10), (37, 16, 16)])
+def test_window_starts__prediction_uses_the_training_grid(length, patch, stride):
+    """One window grid: predict's is patches' (xbatcher), equal to the plain range rule."""
+    from glacierxr.ml import patches
+
+    expected = list(range(0, length - patch + 1, stride))
+    if expected[-1] + patch < length:
+        expected.append(length - patch)
+    assert window_starts is patches.window_starts
+    assert window_starts(length, patch, stride).tolist() == expected
+
+
+def test_forecast_hash__is_the_checkpoint_hash_for_bf16_weights_too():
+    """A bf16 model is hashed (numpy has no bf16), and the digest is checkpoint's."""
+    import hashlib
+
+    from glacierxr.ml.checkpoint import weights_sha256
+
+    model = _Bf16Persistence(torch.nn.Conv2d(1, 1, 3).to(torch.bfloat16))
+    digest = hashlib.sha256()  # reference: keys sorted, each tensor's raw little-endian bytes
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.view(torch.int16).numpy().astype("<i2").tobytes())
+    forecast = predict(_series(), model, steps=1, patch=16)
+    assert forecast.attrs["checkpoint_sha256"] == weights_sha256(model) == digest.hexdigest()
+
+
+class _Bf16Persistence(torch.nn.Module):
+    """Persistence holding bf16 weights (the hash must cover them)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, inputs, steps, targets=None):
+        return inputs[:, -1:].repeat(1, steps, 1, 1, 1)

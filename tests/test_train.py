@@ -316,9 +316,7 @@ def test_save_model__weights_only_round_trip_and_hashes(tmp_path):
     assert loaded.normalization == (0.5, 2.0)  # the (mean, std) form predict() uses
     assert loaded.checkpoint_info["normalization"] == {"mean": 0.5, "std": 2.0}
     assert loaded.checkpoint_sha256 == hashlib.sha256(path.read_bytes()).hexdigest() == ckpt.checkpoint_sha256(path)
-    from glacierxr.ml.predict import _weights_sha256
-
-    assert ckpt.weights_sha256(model) == _weights_sha256(model) == raw["weights_sha256"]
+    assert ckpt.weights_sha256(model) == raw["weights_sha256"]  # predict() records this digest too
 
 
 # --------------------------------------------------------------------------- exact resume

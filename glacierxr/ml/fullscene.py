@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from glacierxr._validate import require_dataarray, require_dims, require_positive
 from glacierxr.errors import CheckpointError, ConfigError, DataTypeError, DimensionError, ModelError
 
 try:
@@ -699,17 +700,19 @@ def predict_fullscene(
     import dask
     import dask.array as dsa
 
-    from glacierxr.ml.predict import _weights_sha256, future_times
+    from glacierxr.ml.checkpoint import weights_sha256
+    from glacierxr.ml.predict import future_times
 
     if not isinstance(model, FullSceneModel):
         raise DataTypeError(f"model must be a FullSceneModel, got {type(model).__name__}. Wrap it first.")
-    if not isinstance(da, xr.DataArray) or any(d not in da.dims for d in (time_dim, y_dim, x_dim)) or da.ndim != 3:
+    require_dataarray(da, "predict_fullscene")
+    require_dims(da, (time_dim, y_dim, x_dim), what="predict_fullscene")
+    if da.ndim != 3:
         raise DimensionError(
-            f"predict_fullscene needs a (time, y, x) DataArray; got {getattr(da, 'dims', type(da).__name__)}. "
-            "Pass time_dim=/y_dim=/x_dim= or transpose first."
+            f"predict_fullscene needs a (time, y, x) DataArray; got {da.dims}. Select or reduce the "
+            "other dimensions first."
         )
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise DimensionError(f"steps must be a positive integer, got {steps!r}.")
+    require_positive(steps, name="steps", integer=True, example=4)
     input_steps = model.input_steps
     if da.sizes[time_dim] < input_steps:
         raise DimensionError(
@@ -752,7 +755,7 @@ def predict_fullscene(
         "units": da.attrs.get("units", "1"),
         "long_name": f"full-scene forecast of {da.attrs.get('long_name', da.name or 'the input')}",
         "model": f"fullscene({model.get_config()['model'].get('name', type(model.model).__name__)})",
-        "checkpoint_sha256": getattr(model, "checkpoint_sha256", None) or _weights_sha256(model),
+        "checkpoint_sha256": getattr(model, "checkpoint_sha256", None) or weights_sha256(model),
         "input_period": f"{times[-input_steps].date()}/{times[-1].date()}",
         "input_steps": int(input_steps),
         "steps": int(steps),

@@ -67,6 +67,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from glacierxr._validate import require_dims, require_numeric
 from glacierxr.errors import ConfigError, DataTypeError, DimensionError, MissingBandError
 
 try:
@@ -627,16 +628,14 @@ def _check_cube(da, time_dim, y_dim, x_dim, valid_coord):
             f"PatchSequences needs an xarray.DataArray (time, y, x), got {type(da).__name__}. "
             "Select one variable, e.g. ds['snow_mask']."
         )
-    missing = [d for d in (time_dim, y_dim, x_dim) if d not in da.dims]
-    if missing or da.ndim != 3:
+    require_dims(da, (time_dim, y_dim, x_dim), what="PatchSequences")
+    if da.ndim != 3:
         extra = [d for d in da.dims if d not in (time_dim, y_dim, x_dim)]
         raise DimensionError(
             f"PatchSequences needs dims ({time_dim!r}, {y_dim!r}, {x_dim!r}); found {da.dims}. "
-            + (f"Missing {missing}; pass time_dim=/y_dim=/x_dim= if they are named otherwise. " if missing else "")
-            + (f"Select or reduce the extra dims {extra} (e.g. .isel({extra[0]}=0))." if extra else "")
+            f"Select or reduce the extra dims {extra} (e.g. .isel({extra[0]}=0))."
         )
-    if not (np.issubdtype(da.dtype, np.floating) or np.issubdtype(da.dtype, np.integer) or da.dtype == bool):
-        raise DataTypeError(f"PatchSequences needs numeric data, got dtype {da.dtype}. Cast with .astype('float32').")
+    require_numeric(da, what="PatchSequences")
     index = da.indexes.get(time_dim)
     if index is not None and len(index) > 1 and not index.is_monotonic_increasing:
         raise DimensionError(f"{time_dim!r} must increase; sort first with .sortby({time_dim!r}).")

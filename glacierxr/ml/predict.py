@@ -14,8 +14,6 @@ numbers.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from typing import Literal
 
 import dask
@@ -25,30 +23,12 @@ import pandas as pd
 import xarray as xr
 
 from glacierxr import _cf
+from glacierxr._validate import require_choice, require_dataarray, require_dims, require_numeric, require_positive
 from glacierxr.errors import DataTypeError, DimensionError, ModelError
+from glacierxr.ml.checkpoint import weights_sha256
+from glacierxr.ml.patches import window_starts  # one window grid for training and prediction
 
-__all__ = ["predict", "predict_array", "stitch_windows", "window_starts", "blend_weights", "future_times"]
-
-
-def window_starts(length: int, patch: int, stride: int) -> np.ndarray:
-    """Start offsets of windows covering ``[0, length)``; the last one ends on the edge.
-
-    Examples
-    --------
-    >>> window_starts(10, 4, 3).tolist()
-    [0, 3, 6]
-    >>> window_starts(11, 4, 3).tolist()
-    [0, 3, 6, 7]
-    """
-    if patch > length:
-        raise DimensionError(
-            f"The patch ({patch} px) is larger than the scene ({length} px along one axis). "
-            f"Pass a smaller patch= (at most {length})."
-        )
-    starts = list(range(0, length - patch + 1, stride))
-    if starts[-1] + patch < length:
-        starts.append(length - patch)
-    return np.asarray(starts, dtype=int)
+__all__ = ["predict", "predict_array", "window_starts", "blend_weights", "future_times"]
 
 
 def blend_weights(patch: int, kind: Literal["hann", "linear", "uniform"] = "hann") -> np.ndarray:
@@ -69,7 +49,7 @@ def blend_weights(patch: int, kind: Literal["hann", "linear", "uniform"] = "hann
     elif kind == "hann":
         ramp = np.hanning(patch + 2)[1:-1]
     else:
-        raise ValueError(f"Unknown blend {kind!r}. Use 'hann', 'linear' or 'uniform'.")
+        require_choice(kind, ("hann", "linear", "uniform"), name="blend")
     ramp = np.maximum(ramp, 1e-3)
     return np.outer(ramp, ramp).astype(np.float32)
 
@@ -100,15 +80,6 @@ def _model_name(model) -> str:
     if callable(config):
         return str(config().get("name", type(model).__name__))
     return type(model).__name__
-
-
-def _weights_sha256(model) -> str:
-    """SHA-256 of the model's weights (stable across processes)."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _run_windows(model, slab: np.ndarray, starts_y, starts_x, *, patch, steps, batch_size, weights, device):
@@ -185,8 +156,8 @@ def predict_array(
     Output blocks follow the spatial chunks of ``inputs``.
     """
     _, height, width = inputs.shape
-    starts_y_all = window_starts(height, patch, stride)
-    starts_x_all = window_starts(width, patch, stride)
+    starts_y_all = window_starts(height, patch, stride, dim="y")
+    starts_x_all = window_starts(width, patch, stride, dim="x")
     weights = blend_weights(patch, blend)
     mean, std = (float(v) for v in normalization)
     model_key = dask.delayed(model, pure=True, traverse=False)
@@ -282,9 +253,11 @@ def predict(
     Raises
     ------
     DimensionError
-        Missing dims, too few time steps, ``steps <= 0`` or a patch larger than the scene.
+        Missing dims, too few time steps or a patch larger than the scene.
+    ConfigError
+        ``steps`` is not a positive integer (the same error :class:`glacierxr.ml.Trainer` gives).
     DataTypeError
-        ``model`` is not a torch module.
+        ``model`` is not a torch module, or ``da`` is not numeric.
 
     Examples
     --------
@@ -300,6 +273,26 @@ def predict(
     >>> bool(np.allclose(forecast.isel(time=0), series.isel(time=-1)))
     True
     """
+    input_steps, overlap = _check_predict(
+        da, model, steps=steps, input_steps=input_steps, patch=patch, overlap=overlap,
+        dims=(time_dim, y_dim, x_dim),
+    )
+    normalization = _normalization(model, normalization)
+    history = da.transpose(time_dim, y_dim, x_dim).isel({time_dim: slice(-input_steps, None)})
+    forecast = predict_array(
+        _blocks(history.data, chunks, y_dim, x_dim), model, steps=int(steps), patch=patch,
+        stride=patch - overlap, batch_size=batch_size, blend=blend, normalization=normalization,
+        device=device,
+    )
+    parameters = {
+        "input_steps": int(input_steps), "steps": int(steps), "patch": int(patch),
+        "overlap": int(overlap), "blend": blend, "normalization": list(normalization),
+    }
+    return _describe(forecast, da, model, parameters, dims=(time_dim, y_dim, x_dim))
+
+
+def _check_predict(da, model, *, steps, input_steps, patch, overlap, dims) -> tuple[int, int]:
+    """Validate :func:`predict`'s inputs (metadata only); return ``input_steps`` and ``overlap``."""
     try:
         import torch
     except ImportError as error:  # pragma: no cover
@@ -309,21 +302,16 @@ def predict(
             f"model must be a torch.nn.Module, got {type(model).__name__}. "
             "Load one with glacierxr.ml.checkpoint.load_model(path) or gx.ml.get_model(name)."
         )
-    if not isinstance(da, xr.DataArray):
-        raise DataTypeError(f"predict works on a DataArray, got {type(da).__name__}. Select a variable first.")
-    missing = [d for d in (time_dim, y_dim, x_dim) if d not in da.dims]
-    if missing or da.ndim != 3:
+    time_dim, y_dim, x_dim = dims
+    require_dataarray(da, "predict")
+    require_dims(da, dims, what="predict")
+    if da.ndim != 3:
         raise DimensionError(
-            f"predict needs a (time, y, x) DataArray; got dims {da.dims}. "
-            f"Missing: {missing}. Pass time_dim=/y_dim=/x_dim= or transpose first."
+            f"predict needs a (time, y, x) DataArray; got dims {da.dims}. Select or reduce the other "
+            "dimensions first."
         )
-    if not (np.issubdtype(da.dtype, np.number) or np.issubdtype(da.dtype, np.bool_)):
-        raise DataTypeError(
-            f"predict needs numeric data, but {da.name!r} has dtype {da.dtype}. "
-            "Convert it with .astype('float32')."
-        )
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps <= 0:
-        raise DimensionError(f"steps must be a positive integer, got {steps!r}.")
+    require_numeric(da, what="predict")
+    require_positive(steps, name="steps", integer=True, example=4)
     if input_steps is None:
         config = model.get_config() if callable(getattr(model, "get_config", None)) else {}
         input_steps = int(getattr(model, "input_steps", config.get("input_steps", 4)))
@@ -332,8 +320,7 @@ def predict(
             f"The model needs {input_steps} input steps but the series has {da.sizes[time_dim]}. "
             "Pass a longer series or input_steps=."
         )
-    if overlap is None:
-        overlap = patch // 2
+    overlap = patch // 2 if overlap is None else overlap
     if not 0 <= overlap < patch:
         raise DimensionError(f"overlap must be in [0, patch); got overlap={overlap}, patch={patch}.")
     for dim in (y_dim, x_dim):
@@ -342,70 +329,59 @@ def predict(
                 f"The patch ({patch} px) is larger than the scene ({da.sizes[dim]} px along {dim!r}). "
                 f"Pass patch=<= {min(da.sizes[y_dim], da.sizes[x_dim])} (and a model trained on it)."
             )
+    return int(input_steps), int(overlap)
+
+
+def _normalization(model, normalization) -> tuple[float, float]:
+    """``(mean, std)`` from the argument, else the model's, else no scaling."""
     if normalization is None:
         normalization = getattr(model, "normalization", None) or (0.0, 1.0)
     if isinstance(normalization, dict):  # as stored by PatchSequences / checkpoints
         normalization = (normalization.get("mean", 0.0), normalization.get("std", 1.0))
-    normalization = tuple(float(v) for v in normalization)
+    return tuple(float(v) for v in normalization)
 
-    history = da.transpose(time_dim, y_dim, x_dim).isel({time_dim: slice(-input_steps, None)})
-    data = history.data
+
+def _blocks(data, chunks, y_dim, x_dim) -> dsa.Array:
+    """The input steps as a Dask array whole in time, chunked in space as asked."""
     if not isinstance(data, dsa.Array):
         data = dsa.from_array(np.asarray(data), chunks=(-1, -1, -1))
-    if chunks is not None:
-        if isinstance(chunks, int):
-            chunks = {y_dim: chunks, x_dim: chunks}
-        data = data.rechunk({0: -1, 1: chunks.get(y_dim, -1), 2: chunks.get(x_dim, -1)})
-    else:
+    if chunks is None:
         # The last input_steps steps are a derived array; gathering them in time is needed per block.
-        data = data.rechunk({0: -1})
+        return data.rechunk({0: -1})
+    if isinstance(chunks, int):
+        chunks = {y_dim: chunks, x_dim: chunks}
+    return data.rechunk({0: -1, 1: chunks.get(y_dim, -1), 2: chunks.get(x_dim, -1)})
 
-    forecast = predict_array(
-        data, model, steps=int(steps), patch=patch, stride=patch - overlap, batch_size=batch_size,
-        blend=blend, normalization=normalization, device=device,
-    )
+
+def _describe(forecast: dsa.Array, da: xr.DataArray, model, parameters: dict, *, dims) -> xr.DataArray:
+    """Label the forecast: future dates, lead times, the input's grid, CF metadata, parameters."""
+    time_dim, y_dim, x_dim = dims
+    steps, input_steps = parameters["steps"], parameters["input_steps"]
     times = pd.DatetimeIndex(da[time_dim].values)
     months = da.attrs.get("months")
-    new_time = future_times(times, int(steps), months=int(months) if months else None)
     coords = {
-        time_dim: new_time,
+        time_dim: future_times(times, steps, months=int(months) if months else None),
         "lead": (time_dim, np.arange(1, steps + 1)),
         y_dim: da[y_dim],
         x_dim: da[x_dim],
     }
     if "spatial_ref" in da.coords:
         coords["spatial_ref"] = da.coords["spatial_ref"]
-    name = f"{da.name or 'snow_mask'}_forecast"
     attrs = {
         "units": da.attrs.get("units", "1"),
         "long_name": f"forecast of {da.attrs.get('long_name', da.name or 'the input')}",
         "model": _model_name(model),
-        "checkpoint_sha256": getattr(model, "checkpoint_sha256", None) or _weights_sha256(model),
+        "checkpoint_sha256": getattr(model, "checkpoint_sha256", None) or weights_sha256(model),
         "input_period": f"{times[-input_steps].date()}/{times[-1].date()}",
-        "input_steps": int(input_steps),
-        "steps": int(steps),
-        "patch": int(patch),
-        "overlap": int(overlap),
-        "blend": blend,
-        "normalization": list(normalization),
+        **parameters,
     }
     if months:
         attrs["months"] = int(months)
     attrs.update({key: da.attrs[key] for key in ("source", "history", "binary") if key in da.attrs})
-    out = xr.DataArray(forecast, dims=(time_dim, y_dim, x_dim), coords=coords, name=name, attrs=attrs)
-    call = f"predict(model={attrs['model']!r}, steps={int(steps)}, patch={int(patch)}, overlap={int(overlap)})"
+    name = f"{da.name or 'snow_mask'}_forecast"
+    out = xr.DataArray(forecast, dims=dims, coords=coords, name=name, attrs=attrs)
+    call = (
+        f"predict(model={attrs['model']!r}, steps={steps}, patch={parameters['patch']}, "
+        f"overlap={parameters['overlap']})"
+    )
     return _cf.finalize(_cf.describe_known(out), call, x_dim=str(x_dim), y_dim=str(y_dim), time_dim=str(time_dim))
-
-
-def stitch_windows(windows: np.ndarray, corners: Sequence[tuple[int, int]], shape, *, blend="hann") -> np.ndarray:
-    """Blend window forecasts ``(N, T, P, P)`` placed at ``corners`` into a ``(T, *shape)`` scene.
-
-    Used by full-scene training and evaluation to assemble scenes from patch predictions.
-    """
-    windows = np.asarray(windows, dtype=np.float64)
-    _, steps, patch, _ = windows.shape
-    out = np.zeros((steps, *shape))
-    weight_sum = np.zeros(shape)
-    _accumulate(out, weight_sum, windows, corners, blend_weights(patch, blend))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (out / weight_sum).astype(np.float32)
