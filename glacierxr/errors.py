@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "GlacierXRError",
     "NoScenesError",
+    "NoPairsError",
     "MissingBandError",
     "DimensionError",
     "ChunkingError",
@@ -37,6 +38,10 @@ class GlacierXRError(Exception):
 
 class NoScenesError(GlacierXRError, LookupError):
     """A search or a filter left no scene to work with."""
+
+
+class NoPairsError(NoScenesError):
+    """No pair of scenes passes the rules of a velocity cube (days apart, clear fraction)."""
 
 
 class MissingBandError(GlacierXRError, KeyError):
