@@ -22,6 +22,15 @@ Baselines (all scored on the same samples and pixels as the model):
     The mean of the valid values of the same period of the year over the training periods
     (``period_of_year``: the month-based phase ``(month − 1) × period // 12`` when ``period``
     divides 12, else the day-of-year phase).
+``anomaly_persistence``
+    Damped anomaly persistence: the climatology of the target period plus the anomaly of the
+    last input period (its value minus its climatology) multiplied by ``phi ** lead``, where
+    ``phi`` is the lag-1 regression of the anomalies on the training periods
+    (:func:`fit_damping`). ``phi = 0`` is climatology, ``phi = 1`` keeps the anomaly for ever.
+
+:func:`evaluate` also names the **best baseline** (lowest pooled MSE on the scored split) and
+gives every forecaster's skill against it (``skill_vs_best_baseline``): beating the weakest
+baseline says little.
 
 Empty masks: IoU and F1 are 1 where both the predicted and the observed mask are empty (nothing
 to find, nothing wrongly found) and 0 where only one of them is.
@@ -46,6 +55,9 @@ __all__ = [
     "persistence",
     "seasonal_naive",
     "climatology",
+    "anomaly_persistence",
+    "fit_damping",
+    "best_baseline",
     "steps_per_year",
     "period_of_year",
     "evaluate",
@@ -53,7 +65,7 @@ __all__ = [
 ]
 
 METRICS: tuple[str, ...] = ("mse", "mae", "iou", "f1")
-BASELINES: tuple[str, ...] = ("persistence", "seasonal_naive", "climatology")
+BASELINES: tuple[str, ...] = ("persistence", "seasonal_naive", "climatology", "anomaly_persistence")
 # per-sample sums: squared error, absolute error, valid pixels, true/false positives, false negatives
 _SUMS = ("sse", "sae", "n", "tp", "fp", "fn")
 
@@ -521,6 +533,81 @@ def climatology(
     return out
 
 
+def fit_damping(anomalies, *, time_dim: str = "time") -> float:
+    """Damping factor of anomaly persistence: lag-1 least squares of the anomalies, in [0, 1].
+
+    ``phi = Σ a_t a_(t+1) / Σ a_t²`` over consecutive pairs where both anomalies are finite
+    (any other axes are pooled). 0 when there is no pair.
+
+    Parameters
+    ----------
+    anomalies : array-like or xarray.DataArray
+        ``(time, …)``: values minus their climatology, on consecutive periods (NaN: missing).
+
+    Examples
+    --------
+    >>> fit_damping(np.array([1.0, 0.5, 0.25, 0.125]))
+    0.5
+    """
+    if isinstance(anomalies, xr.DataArray):
+        anomalies = anomalies.transpose(time_dim, ...).to_numpy()
+    values = np.asarray(anomalies, dtype=np.float64)
+    now, after = values[:-1], values[1:]
+    ok = np.isfinite(now) & np.isfinite(after)
+    denominator = float(np.sum(np.where(ok, now * now, 0.0)))
+    if denominator == 0.0:
+        return 0.0
+    return float(np.clip(np.sum(np.where(ok, now * after, 0.0)) / denominator, 0.0, 1.0))
+
+
+def anomaly_persistence(last, clim_last, clim_future, damping: float):
+    """Damped anomaly persistence: ``clim_future[k] + damping ** (k + 1) * (last − clim_last)``.
+
+    Parameters
+    ----------
+    last : array-like
+        The last input period, ``(sample, …)``.
+    clim_last : array-like
+        Its climatology, same shape.
+    clim_future : array-like
+        The climatology of each lead, ``(sample, lead, …)``.
+    damping : float
+        ``phi`` (see :func:`fit_damping`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(sample, lead, …)``.
+
+    Examples
+    --------
+    >>> anomaly_persistence(np.array([0.9]), np.array([0.5]), np.array([[0.6, 0.7]]), 0.5)
+    array([[0.8, 0.8]])
+    """
+    last, clim_last = np.asarray(last, dtype=np.float64), np.asarray(clim_last, dtype=np.float64)
+    clim_future = np.asarray(clim_future, dtype=np.float64)
+    steps = clim_future.shape[1]
+    decay = float(damping) ** np.arange(1, steps + 1)
+    decay = decay.reshape((1, steps) + (1,) * (clim_future.ndim - 2))
+    return clim_future + decay * (last - clim_last)[:, None]
+
+
+def best_baseline(table: pd.DataFrame, baselines: Iterable[str] | None = None) -> str:
+    """The baseline with the lowest pooled MSE in a table of :func:`evaluate`.
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"model": ["a", "b"], "lead": ["all", "all"], "mse": [0.2, 0.1]})
+    >>> best_baseline(table, ["a", "b"])
+    'b'
+    """
+    pooled = table[table["lead"].astype(str) == "all"].set_index("model")["mse"]
+    names = [b for b in (BASELINES if baselines is None else baselines) if b in pooled.index]
+    if not names:
+        raise ConfigError("The table has no baseline row; evaluate with baselines=.")
+    return str(pooled[names].astype(float).idxmin())
+
+
 # --------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------
@@ -555,7 +642,8 @@ def evaluate(
     split : {"train", "val", "test"}, optional
         Take this split of ``sequences`` first.
     baselines : sequence of str
-        Any of ``"persistence"``, ``"seasonal_naive"``, ``"climatology"``.
+        Any of ``"persistence"``, ``"seasonal_naive"``, ``"climatology"``,
+        ``"anomaly_persistence"`` (damped; its factor is fitted on the training periods).
     threshold : float
         Snow threshold of IoU and F1.
     batch_size : int
@@ -577,8 +665,10 @@ def evaluate(
     pandas.DataFrame
         One row per forecaster (model, then baselines) and lead (1 … T and ``"all"``, pooled):
         columns ``model``, ``lead``, ``mse``, ``mae``, ``iou``, ``f1`` with ``_low``/``_high``
-        bounds, ``skill_vs_<baseline>`` (``1 − MSE / MSE_baseline``) with bounds, ``n_samples``
-        and ``n_valid``. ``attrs`` holds the settings.
+        bounds, ``skill_vs_<baseline>`` (``1 − MSE / MSE_baseline``) with bounds,
+        ``skill_vs_best_baseline`` (against the baseline of lowest pooled MSE) with bounds,
+        ``n_samples`` and ``n_valid``. ``attrs`` holds the settings, ``best_baseline`` and the
+        fitted ``damping`` of anomaly persistence.
 
     Notes
     -----
@@ -609,12 +699,8 @@ def evaluate(
     time_dim, _, _ = layout.dims
     times = sequences.data[time_dim].to_index()
 
-    seasonal = [b for b in baselines if b in ("seasonal_naive", "climatology")]
-    period = period or (steps_per_year(sequences.data, time_dim=time_dim) if seasonal else None)
-    # relative index (from the first input) of each lead's seasonal-naive source period
-    sn_source = np.array([t_in + k - 1 - period * math.ceil(k / period) for k in range(1, t_out + 1)]) if period else None
-    history = int(max(0, -sn_source.min())) if "seasonal_naive" in baselines else 0
-    clim = _train_climatology(sequences, period) if "climatology" in baselines else None
+    reference = _Baselines(sequences, baselines, period)
+    period, history = reference.period, reference.history
 
     forecaster = _Forecaster(model_or_predictions, sequences, name, device)
     names = ([forecaster.name] if forecaster.active else []) + list(baselines)
@@ -622,29 +708,17 @@ def evaluate(
         raise ConfigError("Nothing to evaluate: no model or predictions and no baselines.")
     stats = {n: [] for n in names}
     kept_ids = []
-    stats_fill = sequences.normalization
-    fill = np.float32(stats_fill["mean"] if stats_fill else 0.0)
     for batch in sequences._stream(batch_size=batch_size, mode="raw", history=history):
         raw, valid = batch.arrays
         keep = batch.has_history if "seasonal_naive" in baselines else np.ones(len(batch.ids), bool)
         if not keep.any():
             continue
         raw, valid, ids, positions = raw[keep], valid[keep], batch.ids[keep], batch.positions[keep]
-        seen = np.where(np.isnan(raw[:, history : history + t_in]), fill, raw[:, history : history + t_in])
+        seen = np.where(np.isnan(raw[:, history : history + t_in]), reference.fill, raw[:, history : history + t_in])
         target = raw[:, history + t_in :]
         target_valid = valid[:, history + t_in :]
-        forecasts = {}
-        if forecaster.active:
-            forecasts[forecaster.name] = forecaster(seen, positions)
-        if "persistence" in baselines:
-            forecasts["persistence"] = persistence(seen, t_out)
-        if "seasonal_naive" in baselines:
-            source = raw[:, history + sn_source]
-            forecasts["seasonal_naive"] = np.where(np.isnan(source), fill, source)
-        if "climatology" in baselines:
-            t0, y0, x0 = layout.decompose(ids)
-            phases = period_of_year(times[(t0[:, None] + t_in + np.arange(t_out)).ravel()], period).reshape(-1, t_out)
-            forecasts["climatology"] = _gather_climatology(clim, phases, y0, x0, patch)
+        forecasts = {forecaster.name: forecaster(seen, positions)} if forecaster.active else {}
+        forecasts.update(reference(raw, seen, ids))
         joint = target_valid.copy()
         for values in forecasts.values():
             joint &= np.isfinite(values)
@@ -666,8 +740,49 @@ def evaluate(
     table.attrs.update(
         split=sequences.name, threshold=threshold, n_resamples=n_resamples, confidence=confidence,
         bootstrap_by=bootstrap_by, period=period, n_sequences=int(ids.size),
+        damping=reference.damping,
+        best_baseline=best_baseline(table, baselines) if len(baselines) else None,
     )
     return table
+
+
+class _Baselines:
+    """The baselines' forecasts of a batch, with what they learn from the training periods."""
+
+    def __init__(self, sequences, baselines: Sequence[str], period: int | None) -> None:
+        layout = sequences._layout
+        self.baselines, self.layout = list(baselines), layout
+        self.t_in, self.t_out, self.patch = sequences.input_steps, sequences.target_steps, sequences.patch
+        self.times = sequences.data[layout.dims[0]].to_index()
+        seasonal = [b for b in baselines if b in ("seasonal_naive", "climatology", "anomaly_persistence")]
+        self.period = period or (steps_per_year(sequences.data, time_dim=layout.dims[0]) if seasonal else None)
+        # relative index (from the first input) of each lead's seasonal-naive source period
+        self.sn_source = (np.array([self.t_in + k - 1 - self.period * math.ceil(k / self.period)
+                                    for k in range(1, self.t_out + 1)]) if self.period else None)
+        self.history = int(max(0, -self.sn_source.min())) if "seasonal_naive" in baselines else 0
+        climatological = {"climatology", "anomaly_persistence"} & set(baselines)
+        self.clim, self.damping = (_train_climatology(sequences, self.period, "anomaly_persistence" in baselines)
+                                   if climatological else (None, None))
+        stats = sequences.normalization
+        self.fill = np.float32(stats["mean"] if stats else 0.0)
+
+    def __call__(self, raw: np.ndarray, seen: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        if "persistence" in self.baselines:
+            out["persistence"] = persistence(seen, self.t_out)
+        if "seasonal_naive" in self.baselines:
+            source = raw[:, self.history + self.sn_source]
+            out["seasonal_naive"] = np.where(np.isnan(source), self.fill, source)
+        if self.clim is not None:
+            t0, y0, x0 = self.layout.decompose(ids)
+            index = (t0[:, None] + self.t_in - 1 + np.arange(self.t_out + 1)).ravel()
+            phases = period_of_year(self.times[index], self.period).reshape(-1, self.t_out + 1)
+            clim = _gather_climatology(self.clim, phases, y0, x0, self.patch)
+            if "climatology" in self.baselines:
+                out["climatology"] = clim[:, 1:]
+            if "anomaly_persistence" in self.baselines:
+                out["anomaly_persistence"] = anomaly_persistence(seen[:, -1], clim[:, 0], clim[:, 1:], self.damping)
+        return out
 
 
 def _table(sums, names, baselines, groups, n_resamples, confidence, seed, t_out) -> pd.DataFrame:
@@ -677,6 +792,9 @@ def _table(sums, names, baselines, groups, n_resamples, confidence, seed, t_out)
         draws = {n: _scores(_with_pooled(d)) for n, d in _resampled_sums(sums, groups, n_resamples, seed).items()}
     rows = []
     leads = _lead_labels(t_out)
+    references = {f"skill_vs_{b}": b for b in baselines}
+    if baselines:  # the best baseline: lowest pooled MSE (last row)
+        references["skill_vs_best_baseline"] = min(baselines, key=lambda b: np.nan_to_num(point[b][-1, 0], nan=np.inf))
     for n in names:
         for i, lead in enumerate(leads):
             row: dict[str, Any] = {"model": n, "lead": lead}
@@ -685,12 +803,12 @@ def _table(sums, names, baselines, groups, n_resamples, confidence, seed, t_out)
                 if n_resamples:
                     low, high = _percentiles(draws[n][:, i, j], confidence)
                     row[f"{metric}_low"], row[f"{metric}_high"] = float(low), float(high)
-            for b in baselines:
+            for column, b in references.items():
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    row[f"skill_vs_{b}"] = 1 - point[n][i, 0] / point[b][i, 0]
+                    row[column] = 1 - point[n][i, 0] / point[b][i, 0]
                     if n_resamples:
                         low, high = _percentiles(1 - draws[n][:, i, 0] / draws[b][:, i, 0], confidence)
-                        row[f"skill_vs_{b}_low"], row[f"skill_vs_{b}_high"] = float(low), float(high)
+                        row[f"{column}_low"], row[f"{column}_high"] = float(low), float(high)
             row["n_samples"] = int(sums[n].shape[0])
             row["n_valid"] = int(pooled[n][i, 2])
             rows.append(row)
@@ -749,8 +867,12 @@ class _Forecaster:
         return self.sequences.denormalize(output)
 
 
-def _train_climatology(sequences, period: int) -> np.ndarray:
-    """Climatology ``(period, y, x)`` over the periods covered by training windows (computed)."""
+def _train_climatology(sequences, period: int, damping: bool = False) -> tuple[np.ndarray, float | None]:
+    """Climatology ``(period, y, x)`` over the periods covered by training windows (computed).
+
+    With ``damping``, also the damping factor of anomaly persistence fitted on the anomalies of
+    those periods (pairs of consecutive covered periods only).
+    """
     layout = sequences._layout
     time_dim = layout.dims[0]
     t0 = np.unique(layout.split_ids["train"] // layout.n_spatial)
@@ -764,7 +886,17 @@ def _train_climatology(sequences, period: int) -> np.ndarray:
     if layout.valid is not None:
         valid = layout.valid.isel({time_dim: np.flatnonzero(covered)}) if time_dim in layout.valid.dims else layout.valid
     clim = climatology(train.astype(np.float32), period=period, valid=valid, time_dim=time_dim)
-    return np.asarray(clim.transpose("period_of_year", *layout.dims[1:]).to_numpy(), dtype=np.float64)
+    clim = np.asarray(clim.transpose("period_of_year", *layout.dims[1:]).to_numpy(), dtype=np.float64)
+    if not damping:
+        return clim, None
+    index = np.flatnonzero(covered)
+    values = np.asarray(train.transpose(*layout.dims).to_numpy(), dtype=np.float64)
+    if valid is not None:
+        values = np.where(np.broadcast_to(np.asarray(valid.transpose(*[d for d in layout.dims if d in valid.dims]).to_numpy()), values.shape), values, np.nan)
+    anomalies = values - clim[period_of_year(train[time_dim].to_index(), period)]
+    consecutive = np.diff(index) == 1
+    pairs = np.stack([anomalies[:-1][consecutive], anomalies[1:][consecutive]], axis=1)  # (n, 2, y, x)
+    return clim, fit_damping(np.moveaxis(pairs, 1, 0)) if pairs.size else 0.0
 
 
 def _gather_climatology(clim: np.ndarray, phases: np.ndarray, y0: np.ndarray, x0: np.ndarray, patch: int) -> np.ndarray:

@@ -174,7 +174,8 @@ def test_evaluate__persistence_module_has_zero_skill_vs_persistence():
 
     sequences, _ = _periodic_sequences(normalize="auto")
     table = ev.evaluate(Persistence(), sequences, split="test", n_resamples=50)
-    assert table["model"].unique().tolist() == ["Persistence", "persistence", "seasonal_naive", "climatology"]
+    assert table["model"].unique().tolist() == [
+        "Persistence", "persistence", "seasonal_naive", "climatology", "anomaly_persistence"]
     model = table[table["model"] == "Persistence"].set_index("lead")
     baseline = table[table["model"] == "persistence"].set_index("lead")
     np.testing.assert_allclose(model["mse"], baseline["mse"], rtol=1e-5, atol=1e-9)
@@ -202,7 +203,7 @@ def test_evaluate__precomputed_predictions_and_baselines_only():
     assert np.isnan(perfect.loc[4, "skill_vs_persistence"])
     assert perfect.loc["all", "n_valid"] == truth.size - np.isnan(truth).sum()
     baselines_only = ev.evaluate(None, test, n_resamples=0)
-    assert set(baselines_only["model"]) == {"persistence", "seasonal_naive", "climatology"}
+    assert set(baselines_only["model"]) == {"persistence", "seasonal_naive", "climatology", "anomaly_persistence"}
     assert "mse_low" not in baselines_only
     with pytest.raises(DimensionError, match="predictions must be"):
         ev.evaluate(truth[:-1], test)
@@ -219,3 +220,53 @@ def test_evaluate__through_the_package_namespace_and_markdown():
     assert lines[0] == "| model | lead | mse | iou |" and lines[1] == "|---|---|---:|---:|"
     assert len(lines) == 2 + len(table)
     assert "| persistence | all |" in text
+
+
+# ------------------------------------------------------------------ damped anomaly persistence
+def test_fit_damping_and_anomaly_persistence__hand_computed():
+    # pairs (1, 0.5) and (2, 1); the NaN breaks the series: (0.5 + 2) / (1 + 4)
+    assert ev.fit_damping(np.array([1.0, 0.5, np.nan, 2.0, 1.0])) == pytest.approx(0.5)
+    assert ev.fit_damping(np.array([1.0, -1.0, 1.0])) == 0.0  # clipped to [0, 1]
+    assert ev.fit_damping(np.full(3, np.nan)) == 0.0
+    # last 0.9, its climatology 0.5 (anomaly 0.4); leads 1, 2 with climatology 0.6, 0.1
+    forecast = ev.anomaly_persistence(np.array([0.9]), np.array([0.5]), np.array([[0.6, 0.1]]), 0.5)
+    np.testing.assert_allclose(forecast, [[0.6 + 0.5 * 0.4, 0.1 + 0.25 * 0.4]])
+
+
+def test_evaluate__anomaly_persistence_matches_a_hand_computation_and_is_the_best_baseline():
+    from glacierxr.ml import PatchSequences
+
+    rng = np.random.default_rng(5)
+    cycle = np.array([0.1, 0.4, 0.9, 0.5])
+    anomaly = np.zeros(48)
+    for i in range(1, 48):  # AR(1), phi 0.8: anomalies persist
+        anomaly[i] = 0.8 * anomaly[i - 1] + 0.1 * rng.standard_normal()
+    values = (cycle[np.arange(48) % 4] + anomaly)[:, None, None] + 0.01 * rng.random((1, 16, 16))
+    values = values.astype(np.float32)
+    sequences = PatchSequences(make_series(values, freq="QS"), patch=8, stride=8)
+    # by hand: the climatology and damping over the periods the training windows cover
+    starts = np.unique(sequences.split("train").windows["t0"].to_numpy())
+    covered = np.unique((starts[:, None] + np.arange(8)).ravel())
+    clim = np.stack([values[covered[covered % 4 == q]].mean(axis=0) for q in range(4)])
+    anomalies = values[covered] - clim[covered % 4]
+    consecutive = np.diff(covered) == 1
+    now, after = anomalies[:-1][consecutive], anomalies[1:][consecutive]
+    phi = float(np.sum(now * after) / np.sum(now * now))
+    test = sequences.split("test")
+    hand = []
+    for t0, y0, x0 in test.windows[["t0", "y0", "x0"]].to_numpy():
+        last = values[t0 + 3, y0 : y0 + 8, x0 : x0 + 8]
+        window_clim = lambda t: clim[t % 4, y0 : y0 + 8, x0 : x0 + 8]  # noqa: E731
+        hand.append([window_clim(t0 + 4 + k) + phi ** (k + 1) * (last - window_clim(t0 + 3)) for k in range(4)])
+    table = ev.evaluate(np.array(hand), test, n_resamples=30, name="hand")
+    assert table.attrs["damping"] == pytest.approx(phi, rel=1e-5)
+    assert 0.5 < phi < 1.0
+    rows = table.set_index(["model", "lead"])
+    np.testing.assert_allclose(rows.loc[("hand", "all"), "mse"], rows.loc[("anomaly_persistence", "all"), "mse"], rtol=1e-5)
+    # with memory in the anomalies, damped anomaly persistence beats the other baselines
+    assert table.attrs["best_baseline"] == ev.best_baseline(table) == "anomaly_persistence"
+    for other in ("persistence", "seasonal_naive", "climatology"):
+        assert rows.loc[("anomaly_persistence", "all"), "mse"] < rows.loc[(other, "all"), "mse"]
+    assert rows.loc[("hand", "all"), "skill_vs_best_baseline"] == pytest.approx(0.0, abs=1e-5)
+    low, high = rows.loc[("climatology", "all"), ["skill_vs_best_baseline_low", "skill_vs_best_baseline_high"]]
+    assert low <= rows.loc[("climatology", "all"), "skill_vs_best_baseline"] <= high < 0
