@@ -494,3 +494,151 @@ def test_fit__patch_sequences_stream_and_normalization_is_stored(tmp_path):
     loaded = ckpt.load_model(tmp_path / "model.pt")
     assert loaded.normalization == pytest.approx((sequences.normalization["mean"], sequences.normalization["std"]))
     assert not math.isnan(loaded.normalization[1])
+
+
+# --------------------------------------------------------------------------------------------
+# the batched data path (glacierxr.ml._feed)
+# --------------------------------------------------------------------------------------------
+def _sequence_cube(seed: int = 0, *, inf: bool = False):
+    from glacierxr.testing import make_series
+
+    values = np.random.default_rng(seed).normal(0.4, 0.3, (20, 30, 34)).astype("float32")
+    values[np.random.default_rng(seed + 1).random(values.shape) < 0.1] = np.nan  # gaps, also in targets
+    if inf:
+        values[3, 5, 5] = np.inf
+    cube = make_series(values, freq="QS")
+    observed = np.random.default_rng(seed + 2).random(values.shape) > 0.2  # gap-filled pixels
+    return cube.assign_coords(observed=(("time", "y", "x"), observed))
+
+
+def _sequences(**kwargs):
+    from glacierxr.ml.patches import PatchSequences
+
+    # a small tile budget: many tiles and tile groups, so batches run across group boundaries
+    options = dict(input_steps=2, target_steps=2, patch=8, stride=3, normalize="auto", tile_mb=0.02)
+    return PatchSequences(_sequence_cube(), **{**options, **kwargs})
+
+
+def _bits(tensor):
+    return tensor.contiguous().view(torch.int32) if tensor.dtype == torch.float32 else tensor
+
+
+def _assert_same_batches(expected, got) -> None:
+    assert len(expected) == len(got) and len(expected) > 3
+    for one, other in zip(expected, got):
+        assert [tuple(a.shape) for a in one] == [tuple(b.shape) for b in other]
+        for a, b in zip(one, other):
+            assert a.dtype == b.dtype and torch.equal(_bits(a), _bits(b))  # bit for bit, also -0.0
+
+
+@pytest.mark.parametrize("resident", [False, True])
+def test_batched_path__bit_identical_batches_to_per_sample_dataloader(resident):
+    from glacierxr.ml._feed import SequenceFeed
+
+    train = _sequences().split("train")
+    for epoch in (1, 2):
+        train.set_epoch(epoch)
+        per_sample = list(torch.utils.data.DataLoader(train, batch_size=13))
+        feed = SequenceFeed(train, batch_size=13, device=torch.device("cpu"), resident=resident)
+        _assert_same_batches(per_sample, list(feed.batches(epoch)))
+        assert len(feed) == len(per_sample)
+    assert feed.mode.startswith("resident" if resident else "streaming")
+
+
+def test_batched_path__device_gather_equals_host_gather():
+    """The indexing used on CUDA (torch, on the resident cube), run here on CPU tensors."""
+    from glacierxr.ml._feed import SequenceFeed
+
+    train = _sequences().split("train")
+    host = SequenceFeed(train, batch_size=16, device=torch.device("cpu"), resident=True)
+    device = SequenceFeed(train, batch_size=16, device=torch.device("cpu"), resident=True)
+    tile = train._prepare_resident()
+    device._device_cube = (tile.region, *(torch.from_numpy(a) for a in tile.arrays))
+    _assert_same_batches(list(host.batches(3)), list(device._device_batches(3)))
+
+
+def test_batched_path__windows_match_a_reference_cut_from_the_cube():
+    """Unshuffled view: each sequence equals plain slicing of the normalised cube (written here)."""
+    from glacierxr.ml._feed import SequenceFeed
+
+    sequences = _sequences()
+    val = sequences.split("val")
+    mean, std = sequences.normalization["mean"], sequences.normalization["std"]
+    cube = sequences.data.values
+    valid_all = np.isfinite(cube) & sequences.data.observed.values
+    batches = list(SequenceFeed(val, batch_size=7, device=torch.device("cpu"), resident=False).batches(0))
+    inputs, targets, valid = (torch.cat(parts).numpy()[:, :, 0] for parts in zip(*batches))
+    assert len(inputs) == len(val)
+    for i, row in enumerate(val.windows.itertuples()):
+        window = np.s_[row.t0 : row.t0 + 4, row.y0 : row.y0 + 8, row.x0 : row.x0 + 8]
+        normalised = np.nan_to_num((cube[window] - np.float32(mean)) / np.float32(std), nan=0.0)
+        np.testing.assert_allclose(inputs[i], normalised[:2], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(valid[i], valid_all[window][2:])
+        np.testing.assert_allclose(targets[i], np.where(valid_all[window][2:], normalised[2:], 0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cube_on_device", [False, True])
+def test_batched_path__trains_to_the_same_weights_as_per_sample(cube_on_device):
+    sequences = _sequences()
+    results = {}
+    for path in ("per_sample", "batched"):
+        torch.manual_seed(0)
+        model = TinyForecaster(input_steps=2)
+        trainer = Trainer(model, max_epochs=2, batch_size=16, max_batches_per_epoch=4, teacher_forcing=0.5,
+                          device="cpu", progress=False, data_path=path, cube_on_device=cube_on_device)
+        history = trainer.fit(sequences.split("train"), sequences.split("val"))
+        results[path] = (weights(model), history)
+    assert_same_weights(results["per_sample"][0], results["batched"][0], atol=0.0)
+    for column in ("train_loss", "val_loss"):
+        assert results["per_sample"][1][column].tolist() == results["batched"][1][column].tolist()
+    assert results["batched"][1].attrs["data_path"].startswith("resident" if cube_on_device else "streaming")
+    assert results["per_sample"][1].attrs["data_path"] == "DataLoader"
+
+
+def test_batched_path__infinite_values_raise():
+    from glacierxr.ml.patches import PatchSequences
+
+    sequences = PatchSequences(_sequence_cube(inf=True), input_steps=2, target_steps=2, patch=8, stride=3)
+    trainer = Trainer(TinyForecaster(input_steps=2), max_epochs=1, batch_size=16, device="cpu", progress=False)
+    with pytest.raises(NonFiniteBatchError, match="infinite"):
+        trainer.fit(sequences.split("train"))
+
+
+def test_background__same_items_in_order_errors_propagate_and_early_stop():
+    from glacierxr.ml._feed import background
+
+    assert list(background(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        list(background(failing()))
+    stream = background(iter(range(1000)), depth=2)
+    assert next(stream) == 0
+    stream.close()  # the producer thread ends although it was blocked on a full queue
+
+
+def test_probe_precision__measures_both_and_leaves_training_unchanged():
+    sequences = _sequences()
+    torch.manual_seed(0)
+    trainer = Trainer(TinyForecaster(input_steps=2), max_epochs=1, batch_size=16, device="cpu", progress=False)
+    before = weights(trainer.model)
+    rng = torch.get_rng_state()
+    trainer._probe_precision(sequences.split("train"))
+    assert set(trainer.precision_probe) == {"fp32_samples_per_s", "bf16_samples_per_s"}
+    assert all(v > 0 for v in trainer.precision_probe.values())
+    assert trainer.mixed_precision in ("no", "bf16")
+    assert_same_weights(before, weights(trainer.model), atol=0.0)
+    assert torch.equal(rng, torch.get_rng_state())
+    assert not trainer.optimizer.state  # AdamW's moments of the probe steps are gone
+
+
+def test_fit__progress_true_shows_epochs_and_batches_with_time_left(capsys):
+    sequences = _sequences()
+    Trainer(TinyForecaster(input_steps=2), max_epochs=2, batch_size=16, max_batches_per_epoch=3, device="cpu",
+            progress=True).fit(sequences.split("train"), sequences.split("val"))
+    err = capsys.readouterr().err
+    assert "training" in err and "2/2" in err and "epoch" in err  # the epoch bar
+    assert "epoch 1/2 train" in err and "batch" in err and "<" in err  # batches with the time left

@@ -584,21 +584,93 @@ class PatchSequences(IterableDataset):
         layout = self._layout
         stats = self._stats() if mode == "train" else None
         history = history if mode == "raw" else 0
-        for group in _plan(self._keys, shuffle=shuffle, epoch=epoch, seed=layout.seed,
-                           worker_id=worker_id, num_workers=num_workers, group_size=layout.shuffle_tiles):
-            positions = np.concatenate(group)
+        for group, positions, tile_of in self._groups(shuffle, epoch, worker_id, num_workers):
             tiles = [_prepare_tile(layout, _tile_region(layout, self._ids[p], history), mode, stats) for p in group]
-            tile_of = np.concatenate([np.full(p.size, k) for k, p in enumerate(group)])
-            if shuffle:
-                rng = np.random.default_rng([layout.seed, epoch, 1, int(positions[0])])
-                order = rng.permutation(positions.size)
-                positions, tile_of = positions[order], tile_of[order]
             for start in range(0, positions.size, batch_size):
                 chunk = positions[start : start + batch_size]
                 ids = self._ids[chunk]
                 arrays = _gather(layout, tiles, ids, tile_of[start : start + batch_size], mode, history)
                 t0 = ids // layout.n_spatial
                 yield _Batch(arrays, ids, chunk, layout.t_starts[t0] - history >= 0)
+
+    def _groups(self, shuffle: bool, epoch: int, worker_id: int = 0, num_workers: int = 1):
+        """``(group, positions, tile_of)`` per tile group, in streaming order (nothing is read).
+
+        ``group`` lists each tile's positions, ``positions`` is the order the windows are
+        yielded in and ``tile_of`` the index in ``group`` of each one's tile.
+        """
+        layout = self._layout
+        for group in _plan(self._keys, shuffle=shuffle, epoch=epoch, seed=layout.seed,
+                           worker_id=worker_id, num_workers=num_workers, group_size=layout.shuffle_tiles):
+            positions = np.concatenate(group)
+            tile_of = np.concatenate([np.full(p.size, k) for k, p in enumerate(group)])
+            if shuffle:
+                rng = np.random.default_rng([layout.seed, epoch, 1, int(positions[0])])
+                order = rng.permutation(positions.size)
+                positions, tile_of = positions[order], tile_of[order]
+            yield group, positions, tile_of
+
+    def _order(self, epoch: int | None = None) -> np.ndarray:
+        """Positions of this view in the order one in-process iteration yields them (no read)."""
+        shuffle = self.shuffle
+        epoch = (self._epoch or 0) if epoch is None else int(epoch)
+        parts = [positions for _, positions, _ in self._groups(shuffle, epoch if shuffle else 0)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def _resident_region(self, dtype_bytes: int = 9) -> tuple[_Region, float]:
+        """The cube region this view's windows cover and its prepared size in MB (values + mask)."""
+        region = _tile_region(self._layout, self._ids, 0) if self._ids.size else _Region(0, 0, 0, 0, 0, 0)
+        cells = (region.t_hi - region.t_lo) * (region.y_hi - region.y_lo) * (region.x_hi - region.x_lo)
+        return region, cells * dtype_bytes / 1e6
+
+    def _train_batches(self, batch_size: int, *, epoch: int, resident: _Tile | None = None,
+                       check_tile=None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Whole training batches ``(inputs, targets, valid_mask)`` as NumPy, exactly ``batch_size`` each.
+
+        The same windows in the same order, and the same bytes, as a ``DataLoader(view,
+        batch_size=batch_size)`` over this view (one process) gives after collating single
+        samples: batches run on across tile groups (only the last one is smaller). With
+        ``resident`` (a prepared tile of :meth:`_resident_region`) windows are cut from it,
+        without reading; otherwise tiles are streamed in bounded memory. ``check_tile`` is
+        called with every tile prepared.
+        """
+        layout = self._layout
+        if resident is not None:
+            order = self._order(epoch)
+            for start in range(0, order.size, batch_size):
+                ids = self._ids[order[start : start + batch_size]]
+                yield _gather(layout, [resident], ids, np.zeros(ids.size, np.int64), "train", 0)
+            return
+        stats = self._stats()
+        pending: list[tuple[np.ndarray, ...]] = []
+        waiting = 0
+        for group, positions, tile_of in self._groups(self.shuffle, epoch if self.shuffle else 0):
+            tiles = [_prepare_tile(layout, _tile_region(layout, self._ids[p], 0), "train", stats) for p in group]
+            if check_tile is not None:
+                for tile in tiles:
+                    check_tile(tile)
+            start = 0
+            if waiting:  # complete the batch begun in the previous group
+                start = min(batch_size - waiting, positions.size)
+                pending.append(_gather(layout, tiles, self._ids[positions[:start]], tile_of[:start], "train", 0))
+                waiting += start
+                if waiting == batch_size:
+                    yield tuple(np.concatenate(arrays) for arrays in zip(*pending))
+                    pending, waiting = [], 0
+            for first in range(start, positions.size, batch_size):
+                chunk = slice(first, first + batch_size)
+                arrays = _gather(layout, tiles, self._ids[positions[chunk]], tile_of[chunk], "train", 0)
+                if arrays[0].shape[0] == batch_size:
+                    yield arrays
+                else:
+                    pending, waiting = [arrays], arrays[0].shape[0]
+        if waiting:
+            yield tuple(np.concatenate(arrays) for arrays in zip(*pending))
+
+    def _prepare_resident(self) -> _Tile:
+        """Read and prepare the whole region of this view (see :meth:`_train_batches`)."""
+        region, _ = self._resident_region()
+        return _prepare_tile(self._layout, region, "train", self._stats())
 
 
 class _BatchedSequences(IterableDataset):
@@ -957,30 +1029,33 @@ def _prepare_tile(layout: _Layout, region: _Region, mode: str, stats) -> _Tile:
 
 
 def _gather(layout: _Layout, tiles: Sequence[_Tile], ids: np.ndarray, which: np.ndarray, mode: str, history: int):
-    """Copy each window of ``ids`` out of its tile into batch arrays (see :class:`_Batch`)."""
+    """Copy the windows of ``ids`` out of their tiles into batch arrays (see :class:`_Batch`).
+
+    Vectorised: one fancy-indexing call per tile and array on a
+    :func:`~numpy.lib.stride_tricks.sliding_window_view` of the tile (no per-window Python).
+    """
     t0, y0, x0 = layout.decompose(ids)
     n, p, t_in, steps = ids.size, layout.patch, layout.input_steps, layout.steps
-    regions = [tile.region for tile in tiles]
-    where = zip(which.tolist(), (t0 - history).tolist(), y0.tolist(), x0.tolist())
+    if mode == "raw":  # (time offset, length, array index) of each output
+        parts = [(0, steps + history, 0), (0, steps + history, 1)]
+    else:
+        parts = [(0, t_in, 0), (t_in, steps - t_in, 0), (t_in, steps - t_in, 1)]
+
+    def cut(tile: _Tile, offset: int, length: int, array: int, rows) -> np.ndarray:
+        r = tile.region
+        view = np.lib.stride_tricks.sliding_window_view(tile.arrays[array], (length, p, p))
+        return view[t0[rows] - history - r.t_lo + offset, y0[rows] - r.y_lo, x0[rows] - r.x_lo]
+
+    if len(tiles) == 1:
+        outputs = [cut(tiles[0], *part, slice(None)) for part in parts]
+    else:
+        outputs = [np.empty((n, length, p, p), tiles[0].arrays[array].dtype) for _, length, array in parts]
+        for k, tile in enumerate(tiles):
+            rows = np.flatnonzero(which == k)
+            for out, part in zip(outputs, parts):
+                out[rows] = cut(tile, *part, rows)
     if mode == "raw":
-        length = steps + history
-        values, valid = np.empty((n, length, p, p), np.float32), np.empty((n, length, p, p), bool)
-        for i, (k, t, y, x) in enumerate(where):
-            r = regions[k]
-            t, y, x = t - r.t_lo, y - r.y_lo, x - r.x_lo
-            tile_values, tile_valid = tiles[k].arrays
-            values[i] = tile_values[t : t + length, y : y + p, x : x + p]
-            valid[i] = tile_valid[t : t + length, y : y + p, x : x + p]
-        return values, valid
-    inputs = np.empty((n, t_in, 1, p, p), np.float32)
-    targets = np.empty((n, steps - t_in, 1, p, p), np.float32)
-    valid = np.empty((n, steps - t_in, 1, p, p), bool)
-    for i, (k, t, y, x) in enumerate(where):
-        r = regions[k]
-        t, y, x = t - r.t_lo, y - r.y_lo, x - r.x_lo
-        tile_values, tile_valid = tiles[k].arrays
-        inputs[i, :, 0] = tile_values[t : t + t_in, y : y + p, x : x + p]
-        targets[i, :, 0] = tile_values[t + t_in : t + steps, y : y + p, x : x + p]
-        valid[i, :, 0] = tile_valid[t + t_in : t + steps, y : y + p, x : x + p]
+        return tuple(outputs)
+    inputs, targets, valid = outputs
     np.multiply(targets, valid, out=targets)  # missing targets are 0; the mask says so
-    return inputs, targets, valid.astype(np.float32)
+    return inputs[:, :, None], targets[:, :, None], valid.astype(np.float32)[:, :, None]

@@ -42,6 +42,8 @@ import numpy as np
 import pandas as pd
 
 from glacierxr.errors import CheckpointError, ConfigError, DimensionError, GlacierXRError, ModelError
+from glacierxr._safety import remove as remove_output
+from glacierxr.ml import _feed
 from glacierxr.ml import checkpoint as ckpt
 
 __all__ = [
@@ -334,7 +336,8 @@ class Trainer:
     checkpoint_dir : path-like, optional
         Folder for ``last.pt`` (every epoch), ``best.pt`` (each improvement), ``model.pt`` (the
         final model, for :func:`glacierxr.ml.checkpoint.load_model`) and ``metrics.jsonl``.
-        With ``resume=False`` the checkpoints of an earlier run there are replaced.
+        With ``resume=False`` the checkpoints of an earlier run there are replaced, but only
+        once this run has written its first checkpoint (a run that fails before leaves them).
     resume : bool or path-like
         Continue from ``checkpoint_dir/last.pt`` (or from the given training checkpoint) when
         it exists; start from scratch when it does not.  Settings that change the result
@@ -346,12 +349,18 @@ class Trainer:
     device : {"auto", "cpu", "cuda", ...} or torch.device
         ``"auto"``: CUDA when available, else CPU.
     mixed_precision : {"auto", "bf16", "fp16", "no"}
-        Autocast on CUDA: ``"auto"`` picks bf16 where supported, else fp16 with a gradient
-        scaler.  CPU training is always float32.
+        Autocast on CUDA.  ``"auto"`` measures: at the start of :meth:`fit` a short probe times
+        a few training steps on the first batch in float32 and in bf16 (weights, optimizer and
+        random states are restored afterwards) and keeps bf16 only if it was at least 5 %
+        faster; without bf16 support it stays float32.  (Measured on an H200: bf16 autocast was
+        *slower* than float32 for every model at batch 16.)  The choice and the probe's rates are
+        in ``history.attrs``.  CPU training is always float32.
     num_workers : int
-        DataLoader worker processes.
-    progress : bool
-        Show tqdm progress bars (only when stderr is a terminal).
+        DataLoader worker processes (the per-sample path; the batched path runs in-process).
+    progress : bool or None
+        Progress bars (tqdm): epochs, and the batches of the current epoch with their rate and
+        the estimated time left.  ``True`` always shows them, ``False`` never, ``None`` (default)
+        when stderr is a terminal.
     log_file : path-like, optional
         JSON-lines metrics log, one line per epoch (flushed and fsync-ed); default
         ``checkpoint_dir/metrics.jsonl`` (none without a checkpoint_dir).
@@ -366,6 +375,28 @@ class Trainer:
         on large streaming datasets.
     cpu_watts_per_core, gpu_watts, carbon_intensity : float
         Assumptions of the energy / CO₂ estimate, see :class:`EnergyMeter`.
+    data_path : {"auto", "batched", "per_sample"}
+        How a :class:`~glacierxr.ml.PatchSequences` view is read.  ``"batched"`` (what ``"auto"``
+        picks with ``num_workers=0``) cuts whole batches at once (see
+        :mod:`glacierxr.ml._feed`): the same sequences in the same order and the same bytes as
+        ``"per_sample"`` (a ``DataLoader`` collating single samples), several times faster.
+        Other datasets and DataLoaders always go through a ``DataLoader``.
+    cube_on_device : bool or "auto"
+        Batched path: prepare the part of the cube the split covers once per :meth:`fit` and
+        gather every batch from it, on the GPU when training on CUDA.  ``"auto"``: for cubes
+        already in memory (NumPy-backed) up to 2 GB, and on CUDA for any cube up to 2 GB
+        prepared; a lazy (Dask) cube on the CPU is streamed tile by tile in bounded memory.
+    prefetch : bool or "auto"
+        Batched path: cut the next batch in a background thread while the model runs; on CUDA
+        batches also go through pinned buffers and a separate copy stream.  ``"auto"``: on CUDA.
+    tf32 : bool
+        On CUDA allow TensorFloat-32 matrix multiplications and convolutions during :meth:`fit`
+        (``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``;
+        the previous settings are restored afterwards).
+    compile : bool
+        Run the model through :func:`torch.compile` for training and validation (the weights
+        are shared with :attr:`model`; checkpoints hold the plain model).  Compilation takes
+        time on the first batches; see the docs for when it pays off.
 
     Attributes
     ----------
@@ -426,7 +457,7 @@ class Trainer:
         device: Any = "auto",
         mixed_precision: Literal["auto", "bf16", "fp16", "no"] | bool | None = "auto",
         num_workers: int = 0,
-        progress: bool = True,
+        progress: bool | None = None,
         log_file: str | os.PathLike | None = None,
         freeze: Sequence[str] = (),
         steps: int | None = None,
@@ -434,33 +465,20 @@ class Trainer:
         cpu_watts_per_core: float = CPU_WATTS_PER_CORE,
         gpu_watts: float = GPU_WATTS_NOMINAL,
         carbon_intensity: float = CARBON_INTENSITY_WORLD,
+        data_path: Literal["auto", "batched", "per_sample"] = "auto",
+        cube_on_device: bool | Literal["auto"] = "auto",
+        prefetch: bool | Literal["auto"] = "auto",
+        tf32: bool = True,
+        compile: bool = False,
     ) -> None:
-        import torch
-
-        if not isinstance(model, torch.nn.Module):
-            raise ModelError(
-                f"Trainer needs a torch.nn.Module, got {type(model).__name__}. "
-                "Build one with glacierxr.ml.get_model(name)."
-            )
-        _check_positive_int("max_epochs", max_epochs)
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("num_workers", num_workers, allow_zero=True)
-        if steps is not None:
-            _check_positive_int("steps", steps)
-        if max_batches_per_epoch is not None:
-            _check_positive_int("max_batches_per_epoch", max_batches_per_epoch)
-        if patience is not None:
-            _check_positive_int("patience", patience)
-        for name, value in (("lr", lr), ("cpu_watts_per_core", cpu_watts_per_core),
-                            ("gpu_watts", gpu_watts)):
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise ConfigError(f"{name} must be a positive number, got {value!r}.")
-        for name, value in (("weight_decay", weight_decay), ("min_delta", min_delta),
-                            ("carbon_intensity", carbon_intensity)):
-            if not (isinstance(value, (int, float)) and value >= 0):
-                raise ConfigError(f"{name} must be a number >= 0, got {value!r}.")
-        if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
-            raise ConfigError(f"grad_clip must be a positive number or None, got {grad_clip!r}.")
+        _check_trainer_arguments(
+            model, max_epochs=max_epochs, batch_size=batch_size, num_workers=num_workers, steps=steps,
+            max_batches_per_epoch=max_batches_per_epoch, patience=patience, lr=lr,
+            cpu_watts_per_core=cpu_watts_per_core, gpu_watts=gpu_watts, weight_decay=weight_decay,
+            min_delta=min_delta, carbon_intensity=carbon_intensity, grad_clip=grad_clip,
+            resume=resume, checkpoint_dir=checkpoint_dir, data_path=data_path,
+            cube_on_device=cube_on_device, prefetch=prefetch,
+        )
         if isinstance(freeze, str):
             freeze = (freeze,)
 
@@ -478,37 +496,43 @@ class Trainer:
         self.resume = resume
         self.seed = int(seed)
         self.num_workers = int(num_workers)
-        self.progress = bool(progress)
+        self.progress = None if progress is None else bool(progress)
         self.freeze = tuple(str(prefix) for prefix in freeze)
         self.steps = steps
         self.max_batches_per_epoch = max_batches_per_epoch
         if log_file is None and self.checkpoint_dir is not None:
             log_file = self.checkpoint_dir / "metrics.jsonl"
         self.log_file = None if log_file is None else Path(log_file)
-        if resume and resume is not True and not isinstance(resume, (str, os.PathLike)):
-            raise ConfigError(f"resume must be True/False or a checkpoint path, got {resume!r}.")
-        if resume is True and self.checkpoint_dir is None:
-            raise ConfigError(
-                "resume=True needs checkpoint_dir= (the folder holding last.pt), or pass the "
-                "checkpoint path itself: resume='path/to/last.pt'."
-            )
+        self.data_path, self.cube_on_device, self.prefetch = data_path, cube_on_device, prefetch
+        self.tf32, self.compile = bool(tf32), bool(compile)
 
         self.device = _resolve_device(device)
+        self._precision_request = "auto" if mixed_precision is True else mixed_precision
+        #: float32 and bf16 training rates measured by the ``mixed_precision="auto"`` probe.
+        self.precision_probe: dict[str, float] = {}
         self.mixed_precision = _resolve_precision(mixed_precision, self.device)
-        self.energy = EnergyMeter(
-            self.device,
-            cpu_watts_per_core=cpu_watts_per_core,
-            gpu_watts=gpu_watts,
-            carbon_intensity=carbon_intensity,
-        )
+        self.energy = EnergyMeter(self.device, cpu_watts_per_core=cpu_watts_per_core, gpu_watts=gpu_watts,
+                                  carbon_intensity=carbon_intensity)
         #: Provenance kept in every checkpoint (e.g. the checkpoint a fine-tuning started from).
         self.provenance: dict = {}
+        #: Files of an earlier run removed once this run's first checkpoint is written (a new
+        #: run fills it with the earlier checkpoints; callers may add their own files).
+        self.replaces_after_first_checkpoint: list[Path] = []
+        self._setup_model()
+
+    def _setup_model(self) -> None:
+        """Freeze, move the model to the device, build the optimizer and empty bookkeeping."""
+        import torch
 
         self.parameter_counts = self._apply_freeze()
         self.model.to(self.device)
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self._trainable, lr=self.lr, weight_decay=self.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.mixed_precision == "fp16")
+        self._model_call = self.model
+        if self.compile:
+            self._model_call = torch.compile(self.model)
+        self._feeds: dict[int, Any] = {}
         self.history = _history_frame([])
         self._records: list[dict] = []
         self._best_loss = math.inf
@@ -593,10 +617,35 @@ class Trainer:
         return float(start + (end - start) * fraction)
 
     # ---------------------------------------------------------------- data
+    def _uses_feed(self, data) -> bool:
+        """Whether ``data`` goes through the batched path (:mod:`glacierxr.ml._feed`)."""
+        if self.data_path == "per_sample" or not _feed.is_sequences(data):
+            return False
+        return self.data_path == "batched" or self.num_workers == 0
+
+    def _feed(self, data) -> _feed.SequenceFeed:
+        """The batched source of a PatchSequences view, prepared once per :meth:`fit`."""
+        key = id(data)
+        if key not in self._feeds:
+            if self.steps is not None and data.target_steps != self.steps:
+                raise DimensionError(
+                    f"The sequences have {data.target_steps} target steps but steps={self.steps}. "
+                    "Pass steps=None to use the data's length."
+                )
+            self._feeds[key] = _feed.SequenceFeed(
+                data, batch_size=self.batch_size, device=self.device, resident=self.cube_on_device,
+                prefetch=self.prefetch, check_tile=_refuse_infinite,
+            )
+            logger.info("batched data path for %r: %s", data.name, self._feeds[key].mode)
+        return self._feeds[key]
+
     def _loader(self, data, *, epoch: int, train: bool):
         import torch
         from torch.utils.data import DataLoader, IterableDataset
 
+        if self._uses_feed(data):
+            data.set_epoch(epoch)
+            return _FeedEpoch(self._feed(data), epoch)
         target = data.dataset if isinstance(data, DataLoader) else data
         if callable(getattr(target, "set_epoch", None)):
             target.set_epoch(epoch)
@@ -661,10 +710,13 @@ class Trainer:
     def _autocast(self):
         import torch
 
-        if self.mixed_precision == "no":
+        if self.mixed_precision in ("no", "auto"):
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.mixed_precision == "bf16" else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _show_progress(self) -> bool:
+        return self.progress if self.progress is not None else sys.stderr.isatty()
 
     def _batches(self, loader, *, epoch: int, phase: str):
         from tqdm.auto import tqdm
@@ -680,8 +732,9 @@ class Trainer:
             total=total,
             desc=f"epoch {epoch}/{self.max_epochs} {phase}",
             leave=False,
-            disable=not self.progress or not sys.stderr.isatty(),
+            disable=not self._show_progress(),
             unit="batch",
+            dynamic_ncols=True,
         )
         try:
             for index, batch in enumerate(bar):
@@ -691,57 +744,85 @@ class Trainer:
         finally:
             bar.close()
 
-    def _forward(self, inputs, targets, valid, *, teacher_forcing: float, train: bool):
+    def _forward(self, inputs, targets, valid, *, teacher_forcing: float, train: bool, dense: bool = False):
+        """Masked SSE and valid count of one batch (``dense``: targets are 0 where not valid)."""
+        import torch
+
         steps = self.steps or targets.shape[1]
         with self._autocast():
             if train:
-                import torch
-
-                fed_targets = torch.where(valid.expand_as(targets), targets, torch.zeros_like(targets))
-                prediction = self.model(inputs, steps, targets=fed_targets, teacher_forcing=teacher_forcing)
+                fed_targets = targets if dense else torch.where(valid.expand_as(targets), targets, torch.zeros_like(targets))
+                prediction = self._model_call(inputs, steps, targets=fed_targets, teacher_forcing=teacher_forcing)
             else:
-                prediction = self.model(inputs, steps)
+                prediction = self._model_call(inputs, steps)
         if tuple(prediction.shape) != tuple(targets.shape):
             raise ModelError(
                 f"{type(self.model).__name__} returned shape {tuple(prediction.shape)} for targets "
                 f"of shape {tuple(targets.shape)}; a glacierxr model must map (B, T_in, 1, H, W) "
                 "to (B, steps, 1, H, W)."
             )
+        if dense:
+            return _dense_sse(prediction.float(), targets, valid)
         return _masked_sse(prediction.float(), targets, valid)
 
+    def _device_batch(self, loader, batch, *, index: int, epoch: int, phase: str):
+        """``(inputs, targets, valid)`` on the device and whether the batch is dense."""
+        if isinstance(loader, _FeedEpoch):
+            return (*batch, True)  # already on the device, checked per prepared block
+        inputs, targets, valid = self._unpack(batch, index=index, epoch=epoch, phase=phase)
+        device = self.device
+        return (inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True),
+                valid.to(device, non_blocking=True), False)
+
+    def _step(self, inputs, targets, valid, *, teacher_forcing: float, dense: bool, check: bool, where: str):
+        """One optimizer step; returns the batch's (sse, count, loss) as tensors."""
+        import torch
+
+        sse, count = self._forward(inputs, targets, valid, teacher_forcing=teacher_forcing, train=True, dense=dense)
+        loss = sse / count.clamp_min(1).to(sse.dtype)
+        if check:
+            _check_loss(loss, where)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self._trainable, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return sse, count, loss
+
     def _train_epoch(self, loader, *, epoch: int, teacher_forcing: float) -> tuple[float, int, float]:
+        """Train one epoch.
+
+        On the CPU the loss is checked for NaN/inf before every step; on CUDA (where that
+        check would wait for the GPU every batch) the losses are accumulated on the device and
+        checked every :data:`_CHECK_EVERY` batches and at the end of the epoch.
+        """
         import torch
 
         self.model.train()
         device = self.device
         sse_total = torch.zeros((), dtype=torch.float64, device=device)
-        count_total = torch.zeros((), dtype=torch.int64, device=device)
-        samples = 0
+        count_total = torch.zeros((), dtype=torch.float64, device=device)
+        pending = torch.zeros((), dtype=torch.float64, device=device)  # CUDA: losses not checked yet
+        samples, check_each = 0, device.type != "cuda"
         started = time.perf_counter()
         for index, batch, bar in self._batches(loader, epoch=epoch, phase="train"):
-            inputs, targets, valid = self._unpack(batch, index=index, epoch=epoch, phase="training")
-            inputs = inputs.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            valid = valid.to(device, non_blocking=True)
-            sse, count = self._forward(inputs, targets, valid, teacher_forcing=teacher_forcing, train=True)
-            loss = sse / count.clamp_min(1).to(sse.dtype)
-            if not torch.isfinite(loss):
-                raise NonFiniteBatchError(
-                    f"The training loss became {float(loss)} in batch {index} of epoch {epoch}: "
-                    "training diverged. Lower lr, keep grad_clip on, or check the data scaling."
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self._trainable, self.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            inputs, targets, valid, dense = self._device_batch(loader, batch, index=index, epoch=epoch, phase="training")
+            where = f"batch {index} of epoch {epoch}"
+            sse, count, loss = self._step(inputs, targets, valid, teacher_forcing=teacher_forcing, dense=dense,
+                                          check=check_each, where=where)
             sse_total += sse.detach().double()
             count_total += count
             samples += int(inputs.shape[0])
-            if not bar.disable:
-                bar.set_postfix(loss=f"{float(loss):.4g}")
+            if not check_each:
+                pending += loss.detach().double()
+                if (index + 1) % _CHECK_EVERY == 0:
+                    _check_loss(pending, f"the batches up to {where}")
+            if not bar.disable and index % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+        if not check_each:
+            _check_loss(pending, f"epoch {epoch}")
         seconds = time.perf_counter() - started
         if samples == 0:
             raise GlacierXRError(
@@ -761,14 +842,12 @@ class Trainer:
 
         self.model.eval()
         sse_total = torch.zeros((), dtype=torch.float64, device=self.device)
-        count_total = torch.zeros((), dtype=torch.int64, device=self.device)
+        count_total = torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.no_grad():
             for index, batch, _ in self._batches(loader, epoch=epoch, phase="val"):
-                inputs, targets, valid = self._unpack(batch, index=index, epoch=epoch, phase="validation")
-                sse, count = self._forward(
-                    inputs.to(self.device), targets.to(self.device), valid.to(self.device),
-                    teacher_forcing=0.0, train=False,
-                )
+                inputs, targets, valid, dense = self._device_batch(loader, batch, index=index, epoch=epoch,
+                                                                   phase="validation")
+                sse, count = self._forward(inputs, targets, valid, teacher_forcing=0.0, train=False, dense=dense)
                 sse_total += sse.double()
                 count_total += count
         count = int(count_total)
@@ -778,6 +857,41 @@ class Trainer:
                 "validation loss can be computed. Pass val=None or a larger validation split."
             )
         return float(sse_total) / count
+
+    # ---------------------------------------------------------------- precision
+    def _probe_precision(self, train, *, steps: int = 3) -> None:
+        """``mixed_precision="auto"``: time float32 and bf16 steps on the first batch, keep the faster.
+
+        The model weights, the optimizer state and every random state are restored afterwards,
+        so the probe does not change the training.
+        """
+        import torch
+
+        loader = self._loader(train, epoch=1, train=True)
+        batch = next(iter(loader), None)
+        if batch is None:
+            self.mixed_precision = "no"
+            return
+        inputs, targets, valid, dense = self._device_batch(loader, batch, index=0, epoch=1, phase="training")
+        saved = (ckpt.cpu_state_dict(self.model), _clone_tree(self.optimizer.state_dict()), _capture_rng())
+        synchronize = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        self.model.train()
+        rates = {}
+        for mode in ("no", "bf16"):
+            self.mixed_precision = mode
+            self._step(inputs, targets, valid, teacher_forcing=0.5, dense=dense, check=False, where="the probe")
+            synchronize()
+            started = time.perf_counter()
+            for _ in range(steps):
+                self._step(inputs, targets, valid, teacher_forcing=0.5, dense=dense, check=False, where="the probe")
+            synchronize()
+            rates["fp32" if mode == "no" else "bf16"] = steps * int(inputs.shape[0]) / (time.perf_counter() - started)
+        self.model.load_state_dict(saved[0])
+        self.optimizer.load_state_dict(saved[1])
+        _restore_rng(saved[2])
+        self.precision_probe = {f"{k}_samples_per_s": float(v) for k, v in rates.items()}
+        self.mixed_precision = "bf16" if rates["bf16"] > 1.05 * rates["fp32"] else "no"
+        logger.info("mixed_precision='auto': %s (probe: %s)", self.mixed_precision, self.precision_probe)
 
     # ---------------------------------------------------------------- checkpoints
     def _settings(self) -> dict:
@@ -794,7 +908,7 @@ class Trainer:
             "freeze": tuple(self.freeze),
             "steps": self.steps,
             "max_batches_per_epoch": self.max_batches_per_epoch,
-            "mixed_precision": self.mixed_precision,
+            "mixed_precision": self._precision_request,
         }
 
     def _snapshot(self, epoch: int, normalization: Any) -> dict:
@@ -828,12 +942,21 @@ class Trainer:
     def _write_checkpoints(self, payload: dict, *, improved: bool) -> None:
         if self.checkpoint_dir is None:
             return
-        ckpt.atomic_save(payload, self.checkpoint_dir / "last.pt")
-        if improved:
-            ckpt.atomic_save(payload, self.checkpoint_dir / "best.pt")
+        written = [self.checkpoint_dir / "last.pt"] + ([self.checkpoint_dir / "best.pt"] if improved else [])
+        for path in written:
+            ckpt.atomic_save(payload, path)
+        # an earlier run's files go only now that this run has a complete checkpoint
+        for path in self.replaces_after_first_checkpoint:
+            if path not in written:
+                remove_output(path)
+        self.replaces_after_first_checkpoint = []
 
     def _append_log(self, record: dict) -> None:
         if self.log_file is None:
+            return
+        if getattr(self, "_replace_log", False):
+            ckpt.atomic_write_text(_json_line(record), self.log_file)
+            self._replace_log = False
             return
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a", encoding="utf-8") as handle:
@@ -856,14 +979,14 @@ class Trainer:
             if stale:
                 warnings.warn(
                     f"Starting a new run: replacing the checkpoints {stale} of an earlier run in "
-                    f"{str(self.checkpoint_dir)!r}. Pass resume=True to continue that run instead.",
+                    f"{str(self.checkpoint_dir)!r} once this run has written its first checkpoint. "
+                    "Pass resume=True to continue that run instead.",
                     UserWarning,
                     stacklevel=3,
                 )
-                for name in stale:
-                    (self.checkpoint_dir / name).unlink()
-        if self.log_file is not None and self.log_file.exists():
-            ckpt.atomic_write_text("", self.log_file)
+                self.replaces_after_first_checkpoint += [self.checkpoint_dir / n for n in stale]
+        # the earlier run's log is replaced by the first record (nothing is lost before that)
+        self._replace_log = self.log_file is not None and self.log_file.exists()
 
     def _resume_path(self) -> Path | None:
         if not self.resume:
@@ -971,11 +1094,12 @@ class Trainer:
             self._start_fresh()
         start_epoch = len(self._records) + 1
         fit_started = time.perf_counter()
+        self._feeds = {}  # batched sources are prepared once per fit (the data may have changed)
         try:
-            for epoch in range(start_epoch, self.max_epochs + 1):
-                if self._stopped_early:
-                    break
-                self._run_epoch(epoch, train, val, normalization)
+            with _tf32(self.tf32, self.device):
+                if self.mixed_precision == "auto" and start_epoch <= self.max_epochs:
+                    self._probe_precision(train)
+                self._run_epochs(start_epoch, train, val, normalization)
         except KeyboardInterrupt:
             if self.checkpoint_dir is not None and self._completed is not None:
                 ckpt.atomic_save(self._completed, self.checkpoint_dir / "last.pt")
@@ -1014,6 +1138,8 @@ class Trainer:
             carbon_intensity_kg_per_kwh=self.energy.carbon_intensity,
             device=str(self.device),
             mixed_precision=self.mixed_precision,
+            **self.precision_probe,
+            data_path=", ".join(sorted({f.mode for f in self._feeds.values()})) or "DataLoader",
             **{f"{k}_parameters": v for k, v in self.parameter_counts.items()},
         )
         if self._records:
@@ -1024,6 +1150,21 @@ class Trainer:
                 float(self.history.co2_kg.sum()), self.energy.method,
             )
         return self.history
+
+    def _run_epochs(self, start_epoch: int, train, val, normalization) -> None:
+        """Epochs ``start_epoch …`` until ``max_epochs`` or early stopping, with an epoch bar."""
+        from tqdm.auto import tqdm
+
+        with tqdm(total=self.max_epochs, initial=start_epoch - 1, desc="training", unit="epoch",
+                  disable=not self._show_progress(), dynamic_ncols=True) as bar:
+            for epoch in range(start_epoch, self.max_epochs + 1):
+                if self._stopped_early:
+                    break
+                self._run_epoch(epoch, train, val, normalization)
+                record = self._records[-1]
+                bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{record['val_loss']:.4g}",
+                                seq_s=f"{record['samples_per_s']:.0f}")
+                bar.update(1)
 
     def _run_epoch(self, epoch: int, train, val, normalization) -> None:
         teacher_forcing = self.teacher_forcing_at(epoch)
@@ -1115,6 +1256,41 @@ def fine_tune(
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+def _check_trainer_arguments(model, **values) -> None:
+    """Refuse :class:`Trainer` arguments that cannot work, with a message saying how to fix them."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(
+            f"Trainer needs a torch.nn.Module, got {type(model).__name__}. "
+            "Build one with glacierxr.ml.get_model(name)."
+        )
+    for name in ("max_epochs", "batch_size", "num_workers", "steps", "max_batches_per_epoch", "patience"):
+        if values[name] is not None or name in ("max_epochs", "batch_size", "num_workers"):
+            _check_positive_int(name, values[name], allow_zero=name == "num_workers")
+    for name in ("lr", "cpu_watts_per_core", "gpu_watts"):
+        if not (isinstance(values[name], (int, float)) and values[name] > 0):
+            raise ConfigError(f"{name} must be a positive number, got {values[name]!r}.")
+    for name in ("weight_decay", "min_delta", "carbon_intensity"):
+        if not (isinstance(values[name], (int, float)) and values[name] >= 0):
+            raise ConfigError(f"{name} must be a number >= 0, got {values[name]!r}.")
+    grad_clip, resume = values["grad_clip"], values["resume"]
+    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
+        raise ConfigError(f"grad_clip must be a positive number or None, got {grad_clip!r}.")
+    if resume and resume is not True and not isinstance(resume, (str, os.PathLike)):
+        raise ConfigError(f"resume must be True/False or a checkpoint path, got {resume!r}.")
+    if resume is True and values["checkpoint_dir"] is None:
+        raise ConfigError(
+            "resume=True needs checkpoint_dir= (the folder holding last.pt), or pass the "
+            "checkpoint path itself: resume='path/to/last.pt'."
+        )
+    if values["data_path"] not in ("auto", "batched", "per_sample"):
+        raise ConfigError(f"data_path must be 'auto', 'batched' or 'per_sample', got {values['data_path']!r}.")
+    for name in ("cube_on_device", "prefetch"):
+        if values[name] != "auto" and not isinstance(values[name], bool):
+            raise ConfigError(f"{name} must be True, False or 'auto', got {values[name]!r}.")
+
+
 def _check_positive_int(name: str, value, *, allow_zero: bool = False) -> None:
     lowest = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
@@ -1149,6 +1325,74 @@ def _resolve_device(device):
     return resolved
 
 
+#: On CUDA the training loss is checked for NaN/inf every this many batches (not every batch).
+_CHECK_EVERY = 32
+
+
+class _FeedEpoch:
+    """One epoch of the batched path: ``len()`` and batches already on the device."""
+
+    def __init__(self, feed, epoch: int) -> None:
+        self.feed = feed
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.feed)
+
+    def __iter__(self):
+        return self.feed.batches(self.epoch)
+
+
+def _dense_sse(prediction, target, valid):
+    """:func:`_masked_sse` for batches whose targets are finite and 0 where ``valid`` (float 0/1) is 0.
+
+    Equal to it for such batches, in fewer passes over the data (no ``where``); a non-finite
+    prediction at an unobserved pixel makes it NaN (and training stops as diverged).
+    """
+    import torch
+
+    difference = (prediction - target.to(prediction.dtype)) * valid
+    return (difference * difference).sum(), valid.sum(dtype=torch.float64)
+
+
+def _check_loss(loss, where: str) -> None:
+    import torch
+
+    if not bool(torch.isfinite(loss)):
+        raise NonFiniteBatchError(
+            f"The training loss became {float(loss)} in {where}: training diverged. Lower lr, keep "
+            "grad_clip on, or check the data scaling."
+        )
+
+
+def _refuse_infinite(tile) -> None:
+    """Refuse a prepared block of patch sequences holding +/-inf (NaN is already 0 and masked)."""
+    values = tile.arrays[0]
+    if np.isinf(values).any():
+        raise NonFiniteBatchError(
+            f"The data hold {int(np.isinf(values).sum())} infinite value(s) in the block read for "
+            f"training ({tile.region}). Replace them with NaN (da.where(np.isfinite(da))) so they "
+            "count as missing."
+        )
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool, device):
+    """Allow TensorFloat-32 matmuls and convolutions on CUDA inside the block; restore after."""
+    import torch
+
+    if not enabled or device.type != "cuda":
+        yield
+        return
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 def _resolve_precision(value, device) -> str:
     import torch
 
@@ -1165,8 +1409,8 @@ def _resolve_precision(value, device) -> str:
             f"mixed_precision={value!r} needs a CUDA device, but training runs on {device}. "
             "Use mixed_precision='auto' or 'no'."
         )
-    if value == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if value == "auto":  # measured at the start of fit() (Trainer._probe_precision)
+        return "auto" if torch.cuda.is_bf16_supported() else "no"
     return value
 
 
