@@ -9,6 +9,7 @@ observation, so the output has exactly one step per period and no holes in time.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Literal
 
 import dask
@@ -17,7 +18,8 @@ import pandas as pd
 import xarray as xr
 
 from glacierxr import _cf
-from glacierxr.errors import ConfigError, DataTypeError, DimensionError, NoScenesError
+from glacierxr._validate import require_choice, require_dataarray, require_dims, require_numeric, require_positive
+from glacierxr.errors import ConfigError, DataTypeError, NoScenesError
 
 __all__ = ["monthly", "period_starts"]
 
@@ -277,19 +279,49 @@ def monthly(
     >>> out.time.dt.month.values.tolist(), out.interpolated.values.tolist()
     ([1, 2, 3], [False, True, False])
     """
-    if not isinstance(da, xr.DataArray):
-        raise DataTypeError(f"monthly expects an xarray.DataArray, got {type(da).__name__}.")
-    if time_dim not in da.dims:
-        raise DimensionError(
-            f"monthly needs a time dimension {time_dim!r}; {da.name!r} has {list(da.dims)}. "
-            "Pass time_dim= with the right name."
-        )
+    da, months, first_month = _check_monthly(
+        da, months=months, how=how, anchor=anchor, time_dim=time_dim, min_count=min_count
+    )
+    periods, clean, valid, valid_observed = _group(da, months=months, first_month=first_month,
+                                                   time_dim=time_dim, min_count=min_count)
+    # The composite, the counts and the per-period flag are built from the scenes side by side,
+    # never one from another: a Dask variable that is also an intermediate of another variable of
+    # the same object trips dask.compute on distributed clusters (pydata/xarray#11329).
+    composite = periods.reduce(clean, how, clean.dtype, np.nan)
+    enough = periods.reduce(valid, "enough", bool, False)
+    if interpolate:
+        composite = _interpolate(composite, periods)
+        interpolated = ~enough.any(periods.other_dims) if periods.other_dims else ~enough
+    else:
+        interpolated = xr.DataArray(np.zeros(len(periods.grid), bool), dims=time_dim)
+    counts = {
+        "observation_count": periods.reduce(valid, "sum", np.int64, 0),
+        "observed_count": None if valid_observed is None else periods.reduce(valid_observed, "sum", np.int64, 0),
+    }
+    parameters = {"composite_months": months, "months": months, "composite_how": how,
+                  "composite_anchor_month": first_month, "composite_min_count": int(min_count),
+                  "composite_interpolate": int(bool(interpolate))}
+    return _describe(composite, da, periods, counts, interpolated, parameters)
+
+
+# Output metadata of monthly(), in one place: coordinate name -> attrs.
+_COORD_ATTRS = {
+    "period_start": {"long_name": "first day of the period"},
+    "period_end": {"long_name": "first day after the period (exclusive)"},
+    "observation_count": {"units": "1", "long_name": "valid observations in the period"},
+    "observed_count": {"units": "1", "long_name": "observed (not gap-filled) valid observations"},
+    "interpolated": {"long_name": "period without valid observations, filled by interpolation in time"},
+}
+
+
+def _check_monthly(da, *, months, how, anchor, time_dim, min_count) -> tuple[xr.DataArray, int, int]:
+    """Validate :func:`monthly`'s inputs (metadata only); return float data, months, anchor month."""
+    require_dataarray(da, "monthly")
+    require_dims(da, (time_dim,), what="monthly")
     months = _check_months(months)
-    if how not in _REDUCTIONS:
-        raise ConfigError(f"how must be one of {list(_REDUCTIONS)}; got {how!r}.")
+    require_choice(how, _REDUCTIONS, name="how")
     first_month = _anchor_month(anchor)
-    if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or min_count < 1:
-        raise ConfigError(f"min_count must be an integer >= 1; got {min_count!r}.")
+    require_positive(min_count, name="min_count", integer=True, example=1)
     if da.sizes[time_dim] == 0:
         raise NoScenesError(
             f"No scene to composite: dimension {time_dim!r} has length 0. "
@@ -302,93 +334,99 @@ def monthly(
             "Convert it with da.assign_coords(time=pd.to_datetime(da.time.values)) "
             "(cftime calendars are not supported)."
         )
-    if not np.issubdtype(da.dtype, np.number) and da.dtype != bool:
-        raise DataTypeError(f"monthly needs numeric data; {da.name!r} has dtype {da.dtype}.")
+    require_numeric(da, what="monthly")
     if not np.issubdtype(da.dtype, np.floating):
         da = da.astype(np.float32)
+    return da, months, first_month
 
+
+@dataclass
+class _Periods:
+    """The scenes grouped into calendar periods: how to reduce a per-scene array per period."""
+
+    time_dim: Hashable
+    other_dims: list
+    sizes: tuple[int, ...]
+    starts: np.ndarray
+    grid: pd.DatetimeIndex
+    fixed_coords: dict
+    min_count: int
+
+    def reduce(self, values: xr.DataArray, reduction: str, dtype, fill) -> xr.DataArray:
+        """One step per period of the whole grid (``fill`` where a period has no scene)."""
+        values = values.transpose(self.time_dim, *self.other_dims)
+        reduced = _per_period(values.data, self.sizes, how=reduction, min_count=self.min_count, dtype=dtype)
+        out = xr.DataArray(reduced, dims=values.dims, coords=self.fixed_coords)
+        out = out.assign_coords({self.time_dim: pd.DatetimeIndex(self.starts)})
+        return out.reindex({self.time_dim: self.grid}, fill_value=fill)
+
+
+def _group(da, *, months, first_month, time_dim, min_count):
+    """Scenes sorted by period (lazily), their validity, and the :class:`_Periods` grouping."""
     labels, grid = period_starts(da[time_dim].values, months=months, anchor=first_month)
     per_scene = [name for name, c in da.coords.items() if time_dim in c.dims and name != time_dim]
     observed = da.coords["observed"] if "observed" in per_scene else None
     clean = da.reset_coords(per_scene, drop=True)
     valid = clean.notnull()
-    if observed is not None:
-        valid_observed = valid & observed.reset_coords(drop=True).astype(bool)
-
+    valid_observed = None if observed is None else valid & observed.reset_coords(drop=True).astype(bool)
     order = np.argsort(labels.asi8, kind="stable")
     if np.any(np.diff(order) < 0):  # scenes out of time order: sort them (lazily)
         labels = labels[order]
         clean, valid = clean.isel({time_dim: order}), valid.isel({time_dim: order})
-        if observed is not None:
+        if valid_observed is not None:
             valid_observed = valid_observed.isel({time_dim: order})
     starts, sizes = np.unique(labels.values, return_counts=True)
-    sizes = tuple(int(n) for n in sizes)
-    other_dims = [d for d in clean.dims if d != time_dim]
-    fixed_coords = {k: v for k, v in clean.coords.items() if time_dim not in v.dims}
+    periods = _Periods(
+        time_dim=time_dim,
+        other_dims=[d for d in clean.dims if d != time_dim],
+        sizes=tuple(int(n) for n in sizes),
+        starts=starts,
+        grid=grid,
+        fixed_coords={k: v for k, v in clean.coords.items() if time_dim not in v.dims},
+        min_count=min_count,
+    )
+    return periods, clean, valid, valid_observed
 
-    def composite_of(values: xr.DataArray, reduction: str, dtype, fill) -> xr.DataArray:
-        values = values.transpose(time_dim, *other_dims)
-        reduced = _per_period(values.data, sizes, how=reduction, min_count=min_count, dtype=dtype)
-        out = xr.DataArray(reduced, dims=values.dims, coords=fixed_coords)
-        out = out.assign_coords({time_dim: pd.DatetimeIndex(starts)})
-        return out.reindex({time_dim: grid}, fill_value=fill)
 
-    # The composite, the counts and the per-period flag are built from the scenes side by side,
-    # never one from another: a Dask variable that is also an intermediate of another variable of
-    # the same object trips dask.compute on distributed clusters (pydata/xarray#11329).
-    composite = composite_of(clean, how, clean.dtype, np.nan)
-    count = composite_of(valid, "sum", np.int64, 0)
-    enough = composite_of(valid, "enough", bool, False)
-    empty_period = ~enough.any(other_dims) if other_dims else ~enough
+def _interpolate(composite: xr.DataArray, periods: _Periods) -> xr.DataArray:
+    """Fill NaN composite pixels linearly in time (one time chunk; no extrapolation)."""
+    time_dim = periods.time_dim
+    if dask.is_dask_collection(composite.data):
+        composite = composite.chunk({time_dim: -1})
+    positions = (periods.grid.asi8 - periods.grid.asi8[0]).astype(np.float64)  # ns since the first
+    return xr.apply_ufunc(
+        _interpolate_block,
+        composite,
+        kwargs={"positions": positions},
+        input_core_dims=[[time_dim]],
+        output_core_dims=[[time_dim]],
+        dask="parallelized",
+        output_dtypes=[composite.dtype],
+        keep_attrs=True,
+    )
 
-    if interpolate:
-        if dask.is_dask_collection(composite.data):
-            composite = composite.chunk({time_dim: -1})
-        positions = (grid.asi8 - grid.asi8[0]).astype(np.float64)  # ns since the first period
-        composite = xr.apply_ufunc(
-            _interpolate_block,
-            composite,
-            kwargs={"positions": positions},
-            input_core_dims=[[time_dim]],
-            output_core_dims=[[time_dim]],
-            dask="parallelized",
-            output_dtypes=[composite.dtype],
-            keep_attrs=True,
-        )
-        interpolated = empty_period
-    else:
-        interpolated = xr.DataArray(np.zeros(len(grid), bool), dims=time_dim)
 
-    composite = composite.transpose(time_dim, *other_dims)
-    count = count.transpose(*composite.dims)
-    period_end = _month_to_timestamp(_month_number(grid) + months)
+def _describe(composite, da, periods: _Periods, counts, interpolated, parameters) -> xr.DataArray:
+    """The composite with its period coordinates, counts, CF metadata and parameters."""
+    time_dim, grid = periods.time_dim, periods.grid
+    composite = composite.transpose(time_dim, *periods.other_dims)
+    period_end = _month_to_timestamp(_month_number(grid) + parameters["months"])
     coords = {
-        "period_start": (time_dim, grid, {"long_name": "first day of the period"}),
-        "period_end": (time_dim, period_end, {"long_name": "first day after the period (exclusive)"}),
-        "observation_count": count.reset_coords(drop=True).assign_attrs(
-            units="1", long_name="valid observations in the period"
-        ),
-        "interpolated": interpolated.reset_coords(drop=True).assign_attrs(
-            long_name="period without valid observations, filled by interpolation in time"
-        ),
+        "period_start": (time_dim, grid, _COORD_ATTRS["period_start"]),
+        "period_end": (time_dim, period_end, _COORD_ATTRS["period_end"]),
     }
-    if observed is not None:
-        coords["observed_count"] = (
-            composite_of(valid_observed, "sum", np.int64, 0)
-            .reset_coords(drop=True)
-            .assign_attrs(units="1", long_name="observed (not gap-filled) valid observations")
-        )
+    for name, count in counts.items():  # observation_count, observed_count (when observed is known)
+        if count is not None:
+            coords[name] = count.transpose(*composite.dims).reset_coords(drop=True).assign_attrs(_COORD_ATTRS[name])
+        if name == "observation_count":
+            coords["interpolated"] = interpolated.reset_coords(drop=True).assign_attrs(_COORD_ATTRS["interpolated"])
     result = composite.assign_coords(coords)
     result.name = da.name
-    result.attrs = {
-        **da.attrs,
-        "composite_months": months,
-        "months": months,  # read by predict() and evaluate() for the period length
-        "composite_how": how,
-        "composite_anchor_month": first_month,
-        "composite_min_count": int(min_count),
-        "composite_interpolate": int(bool(interpolate)),
-    }
+    result.attrs = {**da.attrs, **parameters}  # "months" is read by predict() and evaluate()
+    how, months = parameters["composite_how"], parameters["months"]
     extra = {"cell_methods": method} if (method := _cf.cell_method(how, str(time_dim))) else {}
-    call = f"monthly(months={months}, how={how!r}, min_count={min_count}, interpolate={bool(interpolate)})"
+    call = (
+        f"monthly(months={months}, how={how!r}, min_count={parameters['composite_min_count']}, "
+        f"interpolate={bool(parameters['composite_interpolate'])})"
+    )
     return _cf.finalize(_cf.describe_known(result, **extra), call, time_dim=str(time_dim))
