@@ -42,7 +42,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from glacierxr.errors import OutputLockedError, StorageError
+from glacierxr.errors import ConfigError, OutputLockedError, StorageError
 
 __all__ = [
     "LockUnavailableWarning",
@@ -115,8 +115,11 @@ def _acquire(path: Path):
 
 
 @contextlib.contextmanager
-def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+def output_lock(path: str | os.PathLike, *, create_parent: bool = False) -> Iterator[Path]:
     """Hold the lock of ``path`` (an output file or folder) for the ``with`` block.
+
+    The lock file goes beside ``path``; its folder must exist (``create_parent=True`` makes
+    it, as a run folder's writer would anyway), else :class:`~glacierxr.errors.ConfigError`.
 
     Re-entrant in the thread that holds it (a command that locks its output may call
     :func:`glacierxr.io.write`, which locks it too); another process or another thread gets
@@ -131,6 +134,11 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
     ...         pass
     """
     path = Path(path)
+    if create_parent:
+        with storage_errors(path.parent, action="create the folder"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.is_dir():
+        raise ConfigError(f"The folder {str(path.parent)!r} does not exist; create it first.")
     key, me = _key(path), threading.get_ident()
     with _HELD_GUARD:
         held = _HELD.get(key)

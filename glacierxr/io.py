@@ -27,9 +27,7 @@ import functools
 import math
 import os
 import re
-import shutil
 import time as _time
-import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +46,7 @@ from rasterio.enums import Resampling
 from stackstac.nodata_reader import NodataReader, exception_matches, nodata_for_window
 from stackstac.rio_reader import AutoParallelRioReader
 
+from glacierxr import _safety
 from glacierxr._validate import check_bbox
 from glacierxr.errors import (
     AssetReadError,
@@ -1230,6 +1229,10 @@ def write(
     The data are written to a hidden temporary sibling (``.<name>.partial-<random>``) and
     renamed to ``path`` only when complete, so an interrupted write never leaves a file that
     reads as complete. Computing the data happens here (writing is asking for results).
+    While it runs, ``path`` is locked (:func:`glacierxr._safety.output_lock`): a second writer
+    of the same path fails at once instead of silently replacing this one, and the leftovers
+    of writes that were killed (``.<name>.partial-*``) are removed. Zarr stores get
+    consolidated metadata, so ``xr.open_zarr`` opens them quickly and without a warning.
 
     Parameters
     ----------
@@ -1252,6 +1255,11 @@ def write(
     ------
     OutputExistsError
         ``path`` exists and ``overwrite`` is False.
+    OutputLockedError
+        Another process (or thread) is writing ``path`` right now.
+    StorageError
+        The disk is full, read-only, or the folder is not writable (also an ``OSError``); the
+        message names the path, the space needed and the fix. An earlier ``path`` is intact.
     ConfigError
         The format cannot be told from the suffix.
     DataTypeError
@@ -1269,53 +1277,42 @@ def write(
         raise DataTypeError(f"write() takes an xarray Dataset or DataArray, got {type(obj).__name__}.")
     path = Path(path)
     fmt = _format_of(path, format)
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise OutputExistsError(
-            f"{str(path)!r} already exists; write() does not replace outputs unless asked. Pass "
-            "overwrite=True, or choose another path."
-        )
     if not path.parent.is_dir():
         raise ConfigError(f"The folder {str(path.parent)!r} does not exist; create it first.")
-    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:12]}"
-    try:
-        if fmt == "cog":
-            _write_cog(obj, tmp)
-        else:
-            ds = obj.to_dataset(name=obj.name or "data") if isinstance(obj, xr.DataArray) else obj
-            if fmt == "zarr":
-                ds = _variable_length_strings(_regular_chunks(_clean_encoding(ds)))
-                ds.to_zarr(tmp, mode="w-", consolidated=False)
-            else:
-                _write_netcdf(ds, tmp)
-        _replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
+    with _safety.output_lock(path):
+        _safety.clean_stale(path)  # partials of killed writes: no live writer holds them now
+        if (path.exists() or path.is_symlink()) and not overwrite:
+            raise OutputExistsError(
+                f"{str(path)!r} already exists; write() does not replace outputs unless asked. "
+                "Pass overwrite=True (--overwrite on the command line), or choose another path."
+            )
+        tmp = _safety.partial_path(path)
+        try:
+            with _safety.storage_errors(path, needed=int(obj.nbytes)):
+                _write_to(obj, tmp, fmt)
+                _safety.replace(tmp, path)
+        except BaseException:
+            _safety.remove(tmp)
+            raise
     return path
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+def _write_to(obj: xr.Dataset | xr.DataArray, tmp: Path, fmt: str) -> None:
+    """Write ``obj`` to ``tmp`` in ``fmt`` (Zarr with consolidated metadata)."""
+    if fmt == "cog":
+        _write_cog(obj, tmp)
+        return
+    ds = obj.to_dataset(name=obj.name or "data") if isinstance(obj, xr.DataArray) else obj
+    if fmt == "netcdf":
+        _write_netcdf(ds, tmp)
+        return
+    ds = _variable_length_strings(_regular_chunks(_clean_encoding(ds)))
+    with warnings.catch_warnings():  # zarr 3 notes that consolidation is not in its spec yet
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        ds.to_zarr(tmp, mode="w-", consolidated=True)
 
 
-def _replace(tmp: Path, path: Path) -> None:
-    if not (path.exists() or path.is_symlink()):
-        os.replace(tmp, path)
-        return
-    if tmp.is_file() and path.is_file():
-        os.replace(tmp, path)  # atomic on POSIX
-        return
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:12]}"
-    os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(old, path)
-        raise
-    _remove(old)
+_remove = _safety.remove
 
 
 def read(

@@ -245,20 +245,69 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     init_checkpoint: str | Path | None = None,
     freeze: tuple[str, ...] = (),
     progress: bool = True,
 ):
     """Train (or fine-tune from ``init_checkpoint``) a model; returns ``(model, history)``.
 
-    Checkpoints go to ``out_dir`` every epoch; the final model is ``out_dir / "model.pt"``.
+    Checkpoints go to ``out_dir / "checkpoints"`` every epoch; the final model is
+    ``out_dir / "model.pt"``. The run folder is locked while training (a second run into it
+    fails with :class:`~glacierxr.errors.OutputLockedError`). A folder that already holds a run
+    raises :class:`~glacierxr.io.OutputExistsError` unless ``resume`` (continue it) or
+    ``overwrite`` (replace it — only once the new run has written its first checkpoint, so a
+    run that fails earlier leaves the old one intact). A run that fails leaves no empty folder.
     """
-    from glacierxr.ml.checkpoint import load_model, save_model
+    from glacierxr._safety import output_lock
+
+    out_dir = Path(out_dir)
+    with output_lock(out_dir, create_parent=True):
+        earlier = _earlier_run(out_dir)
+        if earlier and not (resume or overwrite):
+            from glacierxr.io import OutputExistsError
+
+            raise OutputExistsError(
+                f"{str(out_dir)!r} already holds a training run ({', '.join(earlier)}). Pass "
+                "resume=True to continue it, overwrite=True to replace it (once the new run has "
+                "written its first checkpoint), or choose another folder."
+            )
+        created = not out_dir.exists()
+        try:
+            return _fit_run(composites, config, out_dir, resume=resume, replace=earlier,
+                            init_checkpoint=init_checkpoint, freeze=freeze, progress=progress)
+        except BaseException:
+            if created:
+                _remove_empty_tree(out_dir)
+            raise
+
+
+def _earlier_run(out_dir: Path) -> list[str]:
+    """What of an earlier run ``out_dir`` holds (empty when it is new or empty)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{str(out_dir)!r} is a file; a run needs a folder. Choose another path.")
+    names = ("model.pt", "config.toml", "checkpoints")
+    checkpoints = out_dir / "checkpoints"
+    return [name for name in names if (out_dir / name).exists()
+            and not (name == "checkpoints" and not any(checkpoints.iterdir()))]
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """Remove ``folder`` if it holds nothing but empty folders (what a failed run leaves)."""
+    if not folder.is_dir() or any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+        return
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, init_checkpoint,
+             freeze, progress):
+    """The body of :func:`train`, in a locked run folder."""
+    from glacierxr.ml.checkpoint import atomic_write_text, load_model, save_model
     from glacierxr.ml.models import get_model
     from glacierxr.ml.train import Trainer
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     sequences = make_sequences(composites, config)
     import torch
 
@@ -287,6 +336,8 @@ def train(
         progress=progress,
         max_batches_per_epoch=t.max_batches_per_epoch,
     )
+    if replace and not resume:  # the earlier run's files go after the first new checkpoint
+        trainer.replaces_after_first_checkpoint += [out_dir / "model.pt", out_dir / "config.toml"]
     validation = sequences.split("val")
     history = trainer.fit(sequences.split("train"), validation if len(validation) else None)
     normalization = getattr(sequences, "normalization", None)
@@ -296,7 +347,7 @@ def train(
         normalization=normalization,
         extra={"config": config.to_toml(), "versions": json.dumps(versions())},
     )
-    (out_dir / "config.toml").write_text(config.to_toml())
+    atomic_write_text(config.to_toml(), out_dir / "config.toml")
     return model, history
 
 
