@@ -59,6 +59,37 @@ def _axis_labels(obj: xr.DataArray | xr.Dataset, y_dim: str, x_dim: str) -> tupl
     return f"{x_dim}{suffix}", f"{y_dim}{suffix}"
 
 
+def _crs_name(obj: xr.DataArray | xr.Dataset) -> str | None:
+    """``"WGS 84 / UTM zone 43N (EPSG:32643)"`` from rioxarray metadata, or None without a CRS."""
+    try:
+        crs = obj.rio.crs
+    except Exception:  # noqa: BLE001 - no CRS metadata
+        return None
+    if crs is None:
+        return None
+    epsg = crs.to_epsg()
+    name = crs.to_wkt().split('"')[1] if '"' in crs.to_wkt() else str(crs)
+    return f"{name} (EPSG:{epsg})" if epsg else name
+
+
+def _nice_round(value: float) -> float:
+    """The largest of 1, 2, 5 × 10^k not above ``value`` (a legible scale-key length)."""
+    if not np.isfinite(value) or value <= 0:
+        return 0.0
+    power = 10.0 ** math.floor(math.log10(value))
+    return max(step * power for step in (1, 2, 5) if step * power <= value)
+
+
+def _scale_key(ax, arrows, speeds: np.ndarray, units: str) -> float:
+    """A quiver key above the map: an arrow of a round speed near the 95th percentile drawn."""
+    drawn = speeds[np.isfinite(speeds)]
+    length = _nice_round(float(np.percentile(drawn, 95))) if drawn.size else 0.0
+    if length > 0:
+        label = f"{length:g} {units}".strip()
+        ax.quiverkey(arrows, X=0.82, Y=1.025, U=length, label=label, labelpos="E", coordinates="axes")
+    return length
+
+
 def _date_label(value) -> str:
     try:
         return pd.Timestamp(value).strftime("%Y-%m-%d")
@@ -76,6 +107,7 @@ def frames(
     title: str | None = None,
     max_frames: int = 48,
     panel_size: float = 2.2,
+    captions=None,
     time_dim: str = "time",
     y_dim: str = "y",
     x_dim: str = "x",
@@ -98,13 +130,16 @@ def frames(
         says so).
     panel_size
         Width of one panel in inches.
+    captions
+        One short text per frame of ``da`` (e.g. ``"filled 3 %"``), shown under its date.
     time_dim, y_dim, x_dim
         Names of the dimensions.
 
     Returns
     -------
     matplotlib.figure.Figure
-        One image axes per shown frame (titled with its date) and one colour-bar axes.
+        One image axes per shown frame (titled with its date) and one colour-bar axes; the
+        figure's x label names the CRS of the grid when ``da`` has one.
 
     Raises
     ------
@@ -124,10 +159,13 @@ def frames(
     if count == 0:
         raise DimensionError(f"frames needs at least one frame, found 0 along {time_dim!r}.")
     shown = da
+    index = np.arange(count)
     subsampled = count > max_frames
     if subsampled:
         index = np.unique(np.linspace(0, count - 1, max_frames).round().astype(int))
         shown = da.isel({time_dim: index})
+    if captions is not None and len(captions) != count:
+        raise DimensionError(f"captions has {len(captions)} entries for {count} frames; give one per frame.")
     shown = shown.transpose(time_dim, y_dim, x_dim).compute()
     values = np.asarray(shown.values, dtype=float)
     finite = values[np.isfinite(values)]
@@ -149,7 +187,8 @@ def frames(
     for i in range(n):
         ax = fig.add_subplot(grid[i // cols, i % cols])
         image = ax.imshow(values[i], cmap=cmap, vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
-        ax.set_title(_date_label(shown[time_dim].values[i]), fontsize=8)
+        caption = "" if captions is None else f"\n{captions[index[i]]}"
+        ax.set_title(_date_label(shown[time_dim].values[i]) + caption, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
         axes.append(ax)
@@ -162,6 +201,9 @@ def frames(
         heading = f"{heading} — {n} of {count} frames"
     if heading:
         fig.suptitle(heading)
+    crs = _crs_name(da)
+    if crs:
+        fig.supxlabel(f"north up; grid {crs}", fontsize=8)
     return fig
 
 
@@ -210,7 +252,9 @@ def flow_arrows(
     Returns
     -------
     matplotlib.figure.Figure
-        The figure holding the axes (with one quiver and a speed colour bar).
+        The figure holding the axes (with one quiver, a scale key — an arrow of a round speed
+        near the 95th percentile drawn, labelled with its units — and a speed colour bar); the
+        x axis label names the CRS.
 
     Raises
     ------
@@ -314,9 +358,13 @@ def flow_arrows(
     units = speed_units or flow_ds["speed"].attrs.get("units", "")
     bar = fig.colorbar(arrows, ax=ax, shrink=0.8)
     bar.set_label(f"speed ({units})" if units else "speed")
+    _scale_key(ax, arrows, speed, units)
     xlabel, ylabel = _axis_labels(flow_ds, y_dim, x_dim)
+    crs = _crs_name(flow_ds)
     if extent is None:
         xlabel, ylabel = f"{x_dim} (pixel)", f"{y_dim} (pixel)"
+    elif crs:
+        xlabel = f"{xlabel} — {crs}"
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     heading = "surface velocity"
@@ -324,7 +372,7 @@ def flow_arrows(
         heading += f" {_date_label(selected['time_start'].values)} → {_date_label(selected['time_end'].values)}"
     if background_label:
         heading += f" over {background_label}"
-    ax.set_title(heading, fontsize=10)
+    ax.set_title(heading, fontsize=10, pad=16)  # room for the scale key between title and map
     return fig
 
 

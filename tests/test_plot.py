@@ -60,7 +60,8 @@ def test_flow_arrows__one_arrow_every_step_pixels_with_speed_colours():
     assert quiver.N == 4 * 4  # rows/cols 10, 30, 50, 70
     assert len(fig.axes) == 2  # the map and its colour bar
     assert fig.axes[1].get_ylabel() == "speed (m/yr)"
-    assert ax.get_xlabel() == "x (metre)" and ax.get_ylabel() == "y (metre)"
+    assert ax.get_xlabel() == "x (metre) — WGS 84 / UTM zone 43N (EPSG:32643)"
+    assert ax.get_ylabel() == "y (metre)"
     # content moved 1 px east: arrows point east (u > 0, v ~ 0)
     assert np.median(quiver.U) > 0 and abs(np.median(quiver.V)) < 0.2 * np.median(quiver.U)
     assert "→" in ax.get_title()
@@ -88,3 +89,27 @@ def test_save__writes_a_png_atomically(tmp_path):
     path = plot.save(plot.flow_arrows(result, step=10), tmp_path / "figs" / "flow.png", dpi=50)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in path.parent.iterdir()) == ["flow.png"]  # no temporary left
+
+
+def test_flow_arrows__scale_key_is_a_round_speed_drawn_to_the_arrows_scale():
+    cube, result = motion()
+    fig = plot.flow_arrows(result, background=cube, step=20)
+    ax = fig.axes[0]
+    quiver = ax.collections[0]
+    keys = [artist for artist in ax.get_children() if type(artist).__name__ == "QuiverKey"]
+    assert len(keys) == 1 and keys[0].Q is quiver
+    speeds = np.hypot(quiver.U, quiver.V)
+    p95 = np.percentile(speeds[np.isfinite(speeds)], 95)
+    assert keys[0].U <= p95 < 5 * keys[0].U  # 1, 2 or 5 x 10^k just below the 95th percentile
+    mantissa = keys[0].U / 10 ** np.floor(np.log10(keys[0].U))
+    assert round(mantissa, 6) in (1.0, 2.0, 5.0)
+    assert keys[0].text.get_text() == f"{keys[0].U:g} m/yr"
+
+
+def test_frames__captions_and_the_grid_crs():
+    cube = frames_cube(3)
+    fig = plot.frames(cube, captions=["filled 0 %", "filled 12 %", "filled 3 %"])
+    assert fig.axes[1].get_title().endswith("\nfilled 12 %")
+    assert "EPSG:32643" in fig._supxlabel.get_text()
+    with pytest.raises(DimensionError, match="one per frame"):
+        plot.frames(cube, captions=["a"])
