@@ -313,6 +313,35 @@ def mask(
     >>> float(masked.missing_fraction.min()) >= 1 / 8  # the nodata edge is one column of 8
     True
     """
+    dims = (time_dim, y_dim, x_dim)
+    flags, bands = _check_mask(ds, flags=flags, max_missing=max_missing, qa=qa, bands=bands, dims=dims)
+    kept, fraction, dropped = ds, None, {}
+    if drop:
+        kept, fraction, dropped = _drop_scenes(ds, flags=flags, max_missing=max_missing, qa=qa,
+                                               bands=bands, dims=dims)
+    flagged = decode_qa(kept[qa].reset_coords(drop=True), flags=flags)
+    out = kept.copy()
+    out[qa] = _passthrough(kept[qa])
+    for band in bands:
+        out[band] = kept[band].where(~flagged)
+    if fraction is None:
+        # Built from the inputs and the same decoded flags, not from the masked bands: no output
+        # variable may be an intermediate of another (see _passthrough).
+        fraction = _missing_fraction(kept, flagged, bands=bands, y_dim=y_dim, x_dim=x_dim)
+    out = out.assign_coords(missing_fraction=fraction.assign_attrs(_MASK_ATTRS["missing_fraction"]))
+    out.attrs = {**ds.attrs, "masked_flags": " ".join(flags), "max_missing": float(max_missing),
+                 "dropped_scenes": 0, **dropped}
+    return out
+
+
+# Output metadata of mask(), in one place.
+_MASK_ATTRS = {
+    "missing_fraction": {"units": "1", "long_name": "fraction of masked or missing pixels in the scene"},
+}
+
+
+def _check_mask(ds, *, flags, max_missing, qa, bands, dims) -> tuple[tuple[str, ...], list]:
+    """Validate :func:`mask`'s inputs (metadata only); return the flags and the bands to mask."""
     if not isinstance(ds, xr.Dataset):
         raise DataTypeError(
             f"mask expects an xarray.Dataset with reflectance bands and a QA band, got "
@@ -327,15 +356,26 @@ def mask(
     if qa not in ds.data_vars:
         hint = next((k for k in ASSET_ALIASES["qa_pixel"] if k in ds.data_vars), None)
         fix = f"Pass qa={hint!r}." if hint else "Pass qa= with the name of the QA_PIXEL band."
-        raise MissingBandError(
-            f"QA band {qa!r} not found. Available: {_describe_vars(ds)}. {fix}"
-        )
-    dims = (time_dim, y_dim, x_dim)
+        raise MissingBandError(f"QA band {qa!r} not found. Available: {_describe_vars(ds)}. {fix}")
     require_dims(ds[qa], dims, what=f"QA band {qa!r}")
+    bands = _bands_to_mask(ds, bands, qa=qa, dims=dims)
+    time_dim = dims[0]
+    if ds.sizes[time_dim] == 0:
+        raise NoScenesError(
+            f"The cube has no scene (dimension {time_dim!r} has length 0). "
+            "Widen the search (dates, bbox, max_cloud) before masking."
+        )
+    if ds[bands[0]].isel({dims[1]: 0, dims[2]: 0}, drop=True).dims != (time_dim,):
+        raise DimensionError(
+            f"missing_fraction must be one number per scene, but the bands have dimensions "
+            f"{list(ds[bands[0]].dims)}. Select or stack the extra dimensions first."
+        )
+    return flags, bands
+
+
+def _bands_to_mask(ds: xr.Dataset, bands, *, qa, dims) -> list:
     if bands is None:
-        bands = [
-            n for n, v in ds.data_vars.items() if n != qa and all(d in v.dims for d in dims)
-        ]
+        bands = [n for n, v in ds.data_vars.items() if n != qa and all(d in v.dims for d in dims)]
         if not bands:
             raise MissingBandError(
                 f"No band to mask: no variable other than {qa!r} has dimensions {list(dims)}. "
@@ -346,73 +386,41 @@ def mask(
         _check_bands_exist(ds, bands, parameter="bands")
     for band in bands:
         require_dims(ds[band], dims, what=f"Band {band!r}")
-    if ds.sizes[time_dim] == 0:
-        raise NoScenesError(
-            f"The cube has no scene (dimension {time_dim!r} has length 0). "
-            "Widen the search (dates, bbox, max_cloud) before masking."
-        )
+    return bands
 
-    if ds[bands[0]].isel({y_dim: 0, x_dim: 0}, drop=True).dims != (time_dim,):
-        raise DimensionError(
-            f"missing_fraction must be one number per scene, but the bands have dimensions "
-            f"{list(ds[bands[0]].dims)}. Select or stack the extra dimensions first."
-        )
 
-    dropped = 0
-    dropped_ids: list[str] = []
-    unreadable: list[str] = []
-    if drop:
-        # The one, small, per-scene compute; then the scenes are selected on the *inputs*, so
-        # the returned graph is as simple as without dropping.
-        flagged = decode_qa(ds[qa].reset_coords(drop=True), flags=flags)
-        fraction = _missing_fraction(ds, flagged, bands=bands, y_dim=y_dim, x_dim=x_dim)
-        if dask.is_dask_collection(fraction.data):
-            with _SkippedAssets() as skipped:
-                (values,) = dask.compute(fraction.data)
-            unreadable = skipped.hrefs
-        else:
-            values = np.asarray(fraction.data)
-        keep = values <= max_missing
-        if not keep.any():
-            raise NoScenesError(
-                f"All {values.size} scenes have more than max_missing={max_missing} of their "
-                f"pixels missing (lowest missing_fraction: {np.nanmin(values):.3f}). "
-                "Raise max_missing (e.g. max_missing=0.8), mask fewer flags, or widen the search."
-            )
-        dropped = int((~keep).sum())
-        if dropped and "id" in ds.coords and ds["id"].dims == (time_dim,):
-            dropped_ids = [str(v) for v in np.asarray(ds["id"].values)[~keep]]
-        if dropped:
-            ds = ds.isel({time_dim: np.flatnonzero(keep)})
-        fraction = xr.DataArray(values[keep], dims=time_dim)
-    else:
-        fraction = None
+def _drop_scenes(ds, *, flags, max_missing, qa, bands, dims) -> tuple[xr.Dataset, xr.DataArray, dict]:
+    """Keep the scenes with ``missing_fraction <= max_missing``: the one, small, per-scene compute.
 
+    The scenes are selected on the *inputs*, so the returned graph is as simple as without
+    dropping. Returns the kept cube, its fractions and the attrs that record what was dropped.
+    """
+    time_dim, y_dim, x_dim = dims
     flagged = decode_qa(ds[qa].reset_coords(drop=True), flags=flags)
-    out = ds.copy()
-    out[qa] = _passthrough(ds[qa])
-    for band in bands:
-        out[band] = ds[band].where(~flagged)
-    if fraction is None:
-        # Built from the inputs and the same decoded flags, not from the masked bands: no output
-        # variable may be an intermediate of another (see _passthrough).
-        fraction = _missing_fraction(ds, flagged, bands=bands, y_dim=y_dim, x_dim=x_dim)
-    out = out.assign_coords(missing_fraction=fraction)
-    out["missing_fraction"].attrs = {
-        "units": "1",
-        "long_name": "fraction of masked or missing pixels in the scene",
-    }
-    out.attrs = {
-        **ds.attrs,
-        "masked_flags": " ".join(flags),
-        "max_missing": float(max_missing),
-        "dropped_scenes": dropped,
-    }
-    if dropped_ids:
-        out.attrs["dropped_scene_ids"] = " ".join(dropped_ids)
+    fraction = _missing_fraction(ds, flagged, bands=bands, y_dim=y_dim, x_dim=x_dim)
+    unreadable: list[str] = []
+    if dask.is_dask_collection(fraction.data):
+        with _SkippedAssets() as skipped:
+            (values,) = dask.compute(fraction.data)
+        unreadable = skipped.hrefs
+    else:
+        values = np.asarray(fraction.data)
+    keep = values <= max_missing
+    if not keep.any():
+        raise NoScenesError(
+            f"All {values.size} scenes have more than max_missing={max_missing} of their "
+            f"pixels missing (lowest missing_fraction: {np.nanmin(values):.3f}). "
+            "Raise max_missing (e.g. max_missing=0.8), mask fewer flags, or widen the search."
+        )
+    dropped = int((~keep).sum())
+    attrs: dict = {"dropped_scenes": dropped}
+    if dropped and "id" in ds.coords and ds["id"].dims == (time_dim,):
+        attrs["dropped_scene_ids"] = " ".join(str(v) for v in np.asarray(ds["id"].values)[~keep])
     if unreadable:
-        out.attrs["unreadable_assets"] = " ".join(unreadable)
-    return out
+        attrs["unreadable_assets"] = " ".join(unreadable)
+    if dropped:
+        ds = ds.isel({time_dim: np.flatnonzero(keep)})
+    return ds, xr.DataArray(values[keep], dims=time_dim), attrs
 
 
 class _SkippedAssets:
