@@ -232,6 +232,7 @@ def run_demo(out: str | os.PathLike, *, quick: bool = False, progress: bool = Tr
             used=masked.sizes["time"],
             periods=composites.sizes["time"],
             interpolated=int(np.asarray(composites["interpolated"].values).sum()),
+            filled=_filled(composites),
             first_period=_month(composites["time"].values[0]),
             last_period=_month(composites["time"].values[-1]),
         )
@@ -244,6 +245,7 @@ def run_demo(out: str | os.PathLike, *, quick: bool = False, progress: bool = Tr
         figure = plot.frames(
             composites.assign_attrs(long_name="snow mask", units="NDSI"),
             col_wrap=8, cmap="Blues_r", vmin=0.0, vmax=1.0, panel_size=1.6,
+            captions=[f"filled {share:.0%}" for share in facts["filled"]["per_period"]],
             title=f"{config.preprocess.months}-monthly snow-mask composites (NDSI where ≥ "
             f"{config.preprocess.threshold}, else 0)",
         )
@@ -457,6 +459,31 @@ def _velocity(masked: xr.Dataset, truth: xr.Dataset, size: DemoSize, figure_path
     }
 
 
+def _filled(composites: xr.DataArray) -> dict:
+    """Share of each composite's observations that gap filling made up (shown per panel)."""
+    from glacierxr.gapfill import filled_fraction
+
+    share = np.asarray(filled_fraction(composites).values, dtype=float)
+    worst = int(np.argmax(share))
+    return {
+        "per_period": share.tolist(),
+        "mean": float(share.mean()),
+        "max": float(share[worst]),
+        "max_period": _month(composites["time"].values[worst]),
+        "max_distance": float(composites.attrs.get("fill_gaps_max_distance", -1)),
+    }
+
+
+def _filled_sentence(filled: dict) -> str:
+    bound = f"{filled['max_distance']:g} px" if filled["max_distance"] > 0 else "any distance"
+    return (
+        f"Gap filling made up {filled['mean']:.1%} of the values averaged into a composite on average "
+        f"(at most {filled['max']:.1%}, in {filled['max_period']}; the figure gives it per period): "
+        f"holes are filled only up to {bound} from observed pixels, deeper cloud holes are taken "
+        "from the period's other scenes or interpolated in time."
+    )
+
+
 def _train(composites: xr.DataArray, config: RunConfig, size: DemoSize, out: Path, *, progress: bool):
     """Train the model, and draw its learning curve against two baselines' losses."""
     from glacierxr import pipeline, plot, report
@@ -645,7 +672,8 @@ def _report(config: RunConfig, facts: dict, out: Path) -> str:
         f"{facts['periods']} composites of {config.preprocess.months} months ({facts['first_period']} to "
         f"{facts['last_period']}): the mean snow mask (NDSI where ≥ {config.preprocess.threshold}, "
         f"else 0) of the gap-filled, aligned scenes of each period; {facts['interpolated']} periods "
-        "without a usable scene were interpolated in time. In the sample, winter composites are "
+        "without a usable scene were interpolated in time. "
+        f"{_filled_sentence(facts['filled'])} In the sample, winter composites are "
         "snow-covered down the valley and summer ones show the bare glacier tongue (ice has an NDSI "
         "near 0.8) in a snow-free valley. Written to [composites.zarr](composites.zarr) and read "
         "back lazily for the steps below.",

@@ -83,6 +83,14 @@ def test_demo__numbers_in_the_report_match_the_outputs(demo_out):
     assert config.patches.patch == QUICK.patch
     assert config.data.max_cloud == 20.0
 
+    # the gap-filled share quoted in the report is the one in composites.zarr, counted here
+    composites = gx.pipeline.open_composites(out / "composites.zarr")
+    total = composites["observation_count"].sum(("y", "x")).values
+    observed = composites["observed_count"].sum(("y", "x")).values
+    share = np.where(total > 0, 1 - observed / np.maximum(total, 1), 0.0)
+    assert f"Gap filling made up {share.mean():.1%} of the values" in text
+    assert f"at most {share.max():.1%}" in text
+
 
 @pytest.mark.slow
 def test_demo__forecast_store_is_labelled_and_georeferenced(demo_out):
