@@ -58,6 +58,7 @@ __all__ = [
     "anomaly_persistence",
     "fit_damping",
     "best_baseline",
+    "window_arrays",
     "steps_per_year",
     "period_of_year",
     "evaluate",
@@ -865,6 +866,50 @@ class _Forecaster:
         if output.shape != expected:
             raise DimensionError(f"The model returned {output.shape}; expected {expected[:2]} + (1,) + {expected[2:]}.")
         return self.sequences.denormalize(output)
+
+
+def window_arrays(sequences, *, split: str | None = None, baselines: Sequence[str] = ("climatology", "anomaly_persistence"),
+                  period: int | None = None, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Inputs, targets and baseline forecasts of every window, in the order of ``sequences.windows``.
+
+    What :func:`evaluate` scores, as arrays (data units), e.g. to train a model on the residual
+    of a baseline (:class:`glacierxr.ml.models.residual.ResidualForecaster`).
+
+    Returns
+    -------
+    dict
+        ``inputs`` ``(N, T_in, P, P)`` (missing pixels filled like the model sees them: the
+        training mean, or 0 without normalisation), ``targets`` ``(N, T_out, P, P)`` (NaN where
+        missing), ``valid`` (bool, target observed and finite), ``clim_inputs`` (the
+        climatology of the input periods), one ``(N, T_out, P, P)`` array per baseline, and
+        ``damping`` (0-d, the fitted anomaly-persistence factor, NaN if not asked for).
+    """
+    unknown = [b for b in baselines if b not in BASELINES or b == "seasonal_naive"]
+    if unknown:
+        raise ConfigError(f"window_arrays cannot give {unknown}; choose from persistence, climatology, anomaly_persistence.")
+    if split is not None:
+        sequences = sequences.split(split, shuffle=False)
+    reference = _Baselines(sequences, list(dict.fromkeys(["climatology", *baselines])), period)
+    t_in, t_out, patch = sequences.input_steps, sequences.target_steps, sequences.patch
+    n = len(sequences)
+    out = {k: np.empty((n, t_in if k in ("inputs", "clim_inputs") else t_out, patch, patch), np.float32)
+           for k in ("inputs", "clim_inputs", "targets", *baselines)}
+    out["valid"] = np.empty((n, t_out, patch, patch), bool)
+    for batch in sequences._stream(batch_size=batch_size, mode="raw"):
+        raw, valid = batch.arrays
+        seen = np.where(np.isnan(raw[:, :t_in]), reference.fill, raw[:, :t_in])
+        forecasts = reference(raw, seen, batch.ids)
+        t0, y0, x0 = reference.layout.decompose(batch.ids)
+        index = (t0[:, None] + np.arange(t_in)).ravel()
+        phases = period_of_year(reference.times[index], reference.period).reshape(-1, t_in)
+        at = batch.positions
+        out["inputs"][at], out["targets"][at] = seen, raw[:, t_in:]
+        out["valid"][at] = valid[:, t_in:] & np.isfinite(raw[:, t_in:])
+        out["clim_inputs"][at] = _gather_climatology(reference.clim, phases, y0, x0, patch)
+        for name in baselines:
+            out[name][at] = forecasts[name]
+    out["damping"] = np.array(np.nan if reference.damping is None else reference.damping)
+    return out
 
 
 def _train_climatology(sequences, period: int, damping: bool = False) -> tuple[np.ndarray, float | None]:

@@ -12,6 +12,9 @@ call convention, teacher forcing and the output range).
   (padded internally).
 - ``vit`` — Vision Transformer with learned future-frame queries; any size (padded internally).
 
+Any of them can forecast a residual on top of a baseline (climatology or damped anomaly
+persistence) with :class:`~glacierxr.ml.models.residual.ResidualForecaster`.
+
 Examples
 --------
 >>> from glacierxr.ml.models import get_model, list_models
@@ -44,6 +47,7 @@ __all__ = [
     "RecurrentUNet",
     "TransformerLSTM",
     "VisionTransformerForecaster",
+    "ResidualForecaster",
 ]
 
 _REGISTRY: dict[str, type[ForecastModel]] = {}
@@ -146,6 +150,7 @@ def model_from_config(config: Mapping[str, Any]) -> ForecastModel:
 # Import the models last: each registers itself.
 from glacierxr.ml.models.convlstm import ConvLSTMForecaster  # noqa: E402
 from glacierxr.ml.models.lstm import LSTMEncoderDecoder  # noqa: E402
+from glacierxr.ml.models.residual import ResidualForecaster  # noqa: E402
 from glacierxr.ml.models.transformer import TransformerLSTM  # noqa: E402
 from glacierxr.ml.models.unet import RecurrentUNet  # noqa: E402
 from glacierxr.ml.models.vit import VisionTransformerForecaster  # noqa: E402

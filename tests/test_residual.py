@@ -1,0 +1,84 @@
+"""Tests of residual forecasting (glacierxr.ml.models.residual) and evaluate.window_arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from glacierxr import evaluate as ev  # noqa: E402
+from glacierxr.errors import ConfigError, DimensionError  # noqa: E402
+from glacierxr.ml import PatchSequences  # noqa: E402
+from glacierxr.ml.models import get_model  # noqa: E402
+from glacierxr.ml.models.residual import ResidualForecaster, residual_dataset  # noqa: E402
+from glacierxr.ml.train import Trainer  # noqa: E402
+from glacierxr.testing import make_series  # noqa: E402
+
+
+def _ar_sequences():
+    rng = np.random.default_rng(7)
+    cycle = np.array([0.1, 0.4, 0.9, 0.5])
+    anomaly = np.zeros(48)
+    for i in range(1, 48):
+        anomaly[i] = 0.8 * anomaly[i - 1] + 0.1 * rng.standard_normal()
+    values = ((cycle[np.arange(48) % 4] + anomaly)[:, None, None] + 0.01 * rng.random((1, 16, 16))).astype(np.float32)
+    return PatchSequences(make_series(values, freq="QS"), patch=8, stride=8), values
+
+
+class _Zero(torch.nn.Module):
+    """Outputs zeros and records what it was called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.calls = []
+
+    def forward(self, inputs, steps, targets=None, teacher_forcing=0.0):
+        self.calls.append((inputs, targets))
+        return self.weight * torch.zeros(inputs.shape[0], steps, *inputs.shape[2:])
+
+
+def test_window_arrays__in_window_order_and_equal_to_the_series():
+    sequences, values = _ar_sequences()
+    arrays = ev.window_arrays(sequences, split="test")
+    windows = sequences.split("test").windows[["t0", "y0", "x0"]].to_numpy()
+    for i, (t0, y0, x0) in enumerate(windows):
+        np.testing.assert_array_equal(arrays["inputs"][i], values[t0 : t0 + 4, y0 : y0 + 8, x0 : x0 + 8])
+        np.testing.assert_array_equal(arrays["targets"][i], values[t0 + 4 : t0 + 8, y0 : y0 + 8, x0 : x0 + 8])
+    assert arrays["valid"].all() and 0.5 < float(arrays["damping"]) < 1.0
+
+
+def test_residual__a_zero_correction_is_the_baseline_and_scores_like_it():
+    sequences, _ = _ar_sequences()
+    arrays = ev.window_arrays(sequences, split="test")
+    data = residual_dataset(arrays, "anomaly_persistence", scale=0.1)
+    inner = _Zero()
+    model = ResidualForecaster(inner, input_steps=4, baseline="anomaly_persistence", scale=0.1)
+    packed, targets, valid = data.tensors
+    forecast = model(packed, steps=4, targets=targets, teacher_forcing=1.0)
+    np.testing.assert_allclose(forecast[:, :, 0].detach().numpy(), arrays["anomaly_persistence"], rtol=1e-6)
+    # the inner model sees the input anomalies / scale and the target residuals / scale
+    seen, residual_targets = inner.calls[-1]
+    np.testing.assert_allclose(seen[:, :, 0].numpy(), (arrays["inputs"] - arrays["clim_inputs"]) / 0.1, rtol=1e-5)
+    np.testing.assert_allclose(residual_targets[:, :, 0].numpy(),
+                               (arrays["targets"] - arrays["anomaly_persistence"]) / 0.1, rtol=1e-4, atol=1e-5)
+    table = ev.evaluate(forecast[:, :, 0].detach().numpy(), sequences.split("test"), n_resamples=0, name="zero")
+    rows = table.set_index(["model", "lead"])["mse"]
+    assert rows[("zero", "all")] == pytest.approx(rows[("anomaly_persistence", "all")], rel=1e-5)
+
+
+def test_residual__trains_with_the_trainer_and_rejects_bad_inputs():
+    sequences, _ = _ar_sequences()
+    train = residual_dataset(ev.window_arrays(sequences, split="train"), "climatology", scale=0.1)
+    torch.manual_seed(0)
+    model = ResidualForecaster(get_model("convlstm", hidden_channels=(4,)), input_steps=4,
+                               baseline="climatology", scale=0.1)
+    history = Trainer(model, max_epochs=2, batch_size=8, lr=1e-2, device="cpu", progress=False,
+                      patience=None).fit(train)
+    assert np.isfinite(history.train_loss).all()
+    assert model.get_config()["baseline"] == "climatology" and model.get_config()["model"]["name"] == "convlstm"
+    with pytest.raises(DimensionError, match="packed"):
+        model(torch.zeros(2, 4, 1, 8, 8))
+    with pytest.raises(ConfigError, match="baseline"):
+        ResidualForecaster(_Zero(), input_steps=4, baseline="persistence", scale=1.0)
