@@ -23,7 +23,6 @@ __all__ = [
     "ModelError",
     "CheckpointError",
     "ConfigError",
-    "ConvergenceError",
     "OutputLockedError",
     "StorageError",
 ]
@@ -82,10 +81,6 @@ class CheckpointError(GlacierXRError, ValueError):
 
 class ConfigError(GlacierXRError, ValueError):
     """A configuration file or option is invalid."""
-
-
-class ConvergenceError(GlacierXRError, RuntimeError):
-    """An iterative estimate failed and no fallback applied."""
 
 
 class OutputLockedError(GlacierXRError, OSError):
