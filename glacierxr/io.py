@@ -47,7 +47,7 @@ from stackstac.nodata_reader import NodataReader, exception_matches, nodata_for_
 from stackstac.rio_reader import AutoParallelRioReader
 
 from glacierxr import _safety
-from glacierxr._validate import check_bbox
+from glacierxr._validate import check_bbox, require_positive
 from glacierxr.errors import (
     AssetReadError,
     CatalogError,
@@ -126,6 +126,15 @@ _SECRET_PARAM = re.compile(
     re.IGNORECASE,
 )
 _AFFINE_WARNING = {"message": r"Use `@` matmul", "category": PendingDeprecationWarning}
+
+
+def _skipped_text(error: str) -> str:
+    """The warning of a skipped asset: the failure, without the advice to skip (it is on)."""
+    failure = error.split(" Check that the file", 1)[0]
+    return (
+        f"{failure} It reads as nodata (NaN) because on_error='skip' is set; if that is "
+        "unexpected, check that the file exists and that the server answers."
+    )
 
 
 class SkippedAssetWarning(UserWarning):
@@ -248,7 +257,7 @@ class LandsatReader(AutoParallelRioReader):
     def _skip(self, error: AssetReadError) -> bool:
         if exception_matches(error, self.errors_as_nodata):
             warnings.warn(
-                SkippedAssetWarning(f"{error} Read as nodata (on_error='skip').", _redact(self.url)),
+                SkippedAssetWarning(_skipped_text(str(error)), _redact(self.url)),
                 stacklevel=2,
             )
             return True
@@ -745,6 +754,7 @@ def load(
     groupby: Literal["solar_day"] | None = "solar_day",
     resampling: str = "nearest",
     on_error: Literal["raise", "skip"] = "raise",
+    max_pixels: int = 500_000_000,
 ) -> xr.Dataset:
     """Stack Landsat Collection-2 Level-2 STAC items into a lazy ``(time, y, x)`` Dataset.
 
@@ -783,6 +793,10 @@ def load(
         ``"raise"``: an unreadable asset raises :class:`~glacierxr.errors.AssetReadError` at
         compute time. ``"skip"``: it reads as nodata (NaN; QA fill) and a
         :class:`SkippedAssetWarning` naming its href is emitted at compute time.
+    max_pixels
+        Largest grid, in pixels per scene (default :data:`MAX_PIXELS`, 500 million). A larger
+        one raises :class:`~glacierxr.errors.GridError` with its size before anything is
+        built (a typo in ``bbox`` or ``resolution`` must not start a huge computation).
 
     Returns
     -------
@@ -857,9 +871,8 @@ def load(
         raise ConfigError(
             f"Unknown resampling {resampling!r}; use one of {[r.name for r in Resampling][:10]} …"
         ) from None
-    if not (isinstance(resolution, (int, float, np.number)) and resolution > 0):
-        raise ConfigError(f"resolution must be a positive number (CRS units), got {resolution!r}.")
-    resolution = float(resolution)
+    resolution = float(require_positive(resolution, name="resolution (CRS units, metres for UTM)", example=30))
+    require_positive(max_pixels, name="max_pixels", integer=True, example=MAX_PIXELS)
 
     scenes, plain = _scenes(items, bands)
     if not scenes:
@@ -900,6 +913,8 @@ def load(
         else:
             bounds = _union(_footprint(s, epsg) for s in scenes)
             bounds = _snap(bounds, resolution, _anchor(scenes, epsg, resolution))
+
+    _check_grid_size(bounds, resolution, max_pixels)
 
     # --- one Dask block along time per group (solar day) ---------------------------------------
     groups = _groups(scenes, groupby)
@@ -996,6 +1011,25 @@ def load(
     if bbox is not None:
         ds.attrs["bbox"] = list(map(float, bbox))
     return ds.rio.write_crs(epsg)
+
+
+#: Default largest grid :func:`load` builds, in pixels per scene (``max_pixels=`` raises it):
+#: 500 million pixels are 2 GB per float32 band and scene, about 670 km x 670 km at 30 m.
+MAX_PIXELS = 500_000_000
+
+
+def _check_grid_size(bounds, resolution: float, max_pixels: int) -> None:
+    """Refuse a grid larger than ``max_pixels`` per scene before anything is built."""
+    width = round((bounds[2] - bounds[0]) / resolution)
+    height = round((bounds[3] - bounds[1]) / resolution)
+    if width * height > max_pixels:
+        raise GridError(
+            f"The grid would be {width:,} x {height:,} = {width * height:,} pixels per scene at "
+            f"resolution {resolution:g} ({(bounds[2] - bounds[0]) / 1000:,.1f} x "
+            f"{(bounds[3] - bounds[1]) / 1000:,.1f} km in CRS units / 1000), above max_pixels="
+            f"{max_pixels:,}. Pass a smaller bbox or a coarser resolution, or raise max_pixels= "
+            "if you mean it (and have the memory)."
+        )
 
 
 def _contiguous(sizes: Sequence[int]) -> list[list[int]]:

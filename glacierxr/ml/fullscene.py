@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from glacierxr._validate import require_dataarray, require_dims, require_positive
+from glacierxr._validate import require_dataarray, require_dims, require_monotonic_time, require_positive
 from glacierxr.errors import CheckpointError, ConfigError, DataTypeError, DimensionError, ModelError
 
 try:
@@ -707,6 +707,8 @@ def predict_fullscene(
         raise DataTypeError(f"model must be a FullSceneModel, got {type(model).__name__}. Wrap it first.")
     require_dataarray(da, "predict_fullscene")
     require_dims(da, (time_dim, y_dim, x_dim), what="predict_fullscene")
+    if da.sizes[time_dim] > 1:  # the forecast dates follow the last input; order matters
+        require_monotonic_time(da, time_dim, what="predict_fullscene")
     if da.ndim != 3:
         raise DimensionError(
             f"predict_fullscene needs a (time, y, x) DataArray; got {da.dims}. Select or reduce the "

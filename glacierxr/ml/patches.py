@@ -67,7 +67,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from glacierxr._validate import require_dims, require_numeric
+from glacierxr._validate import require_dims, require_monotonic_time, require_numeric
 from glacierxr.errors import ConfigError, DataTypeError, DimensionError, MissingBandError
 
 try:
@@ -709,8 +709,13 @@ def _check_cube(da, time_dim, y_dim, x_dim, valid_coord):
         )
     require_numeric(da, what="PatchSequences")
     index = da.indexes.get(time_dim)
-    if index is not None and len(index) > 1 and not index.is_monotonic_increasing:
-        raise DimensionError(f"{time_dim!r} must increase; sort first with .sortby({time_dim!r}).")
+    if index is not None and len(index) > 1 and np.issubdtype(index.dtype, np.datetime64):
+        require_monotonic_time(da, time_dim, what="PatchSequences")  # also refuses duplicates
+    elif index is not None and len(index) > 1 and not (index.is_monotonic_increasing and index.is_unique):
+        raise DimensionError(
+            f"{time_dim!r} must strictly increase (no duplicates); sort first with "
+            f".sortby({time_dim!r}) and drop repeated steps."
+        )
     data = da.transpose(time_dim, y_dim, x_dim)
     valid = None
     name = None

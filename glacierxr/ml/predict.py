@@ -23,7 +23,14 @@ import pandas as pd
 import xarray as xr
 
 from glacierxr import _cf
-from glacierxr._validate import require_choice, require_dataarray, require_dims, require_numeric, require_positive
+from glacierxr._validate import (
+    require_choice,
+    require_dataarray,
+    require_dims,
+    require_monotonic_time,
+    require_numeric,
+    require_positive,
+)
 from glacierxr.errors import DataTypeError, DimensionError, ModelError
 from glacierxr.ml.checkpoint import weights_sha256
 from glacierxr.ml.patches import window_starts  # one window grid for training and prediction
@@ -305,6 +312,8 @@ def _check_predict(da, model, *, steps, input_steps, patch, overlap, dims) -> tu
     time_dim, y_dim, x_dim = dims
     require_dataarray(da, "predict")
     require_dims(da, dims, what="predict")
+    if da.sizes[time_dim] > 1:  # the forecast dates follow the last input; order matters
+        require_monotonic_time(da, time_dim, what="predict")
     if da.ndim != 3:
         raise DimensionError(
             f"predict needs a (time, y, x) DataArray; got dims {da.dims}. Select or reduce the other "
