@@ -30,7 +30,6 @@ import datetime as _dt
 import hashlib
 import os
 import pickle
-import platform
 import re
 import tempfile
 import warnings
@@ -317,17 +316,10 @@ def model_config(model) -> dict:
 
 
 def versions() -> dict:
-    """Versions of glacierxr, torch, numpy and Python, stored with every checkpoint."""
-    import torch
+    """Package versions stored with every checkpoint: :func:`glacierxr.pipeline.versions`."""
+    from glacierxr.pipeline import versions as package_versions  # the one record of versions
 
-    import glacierxr
-
-    return {
-        "glacierxr": str(glacierxr.__version__),
-        "torch": str(torch.__version__),
-        "numpy": str(np.__version__),
-        "python": platform.python_version(),
-    }
+    return package_versions()
 
 
 def cpu_state_dict(model) -> dict:
