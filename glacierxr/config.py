@@ -21,7 +21,15 @@ silently ignored), and every value is type-checked against the defaults below.
     [train]
     max_epochs = 20
 
-Files are parsed with :mod:`tomllib` (no code is executed); paths in a config are taken as given.
+    [velocity]
+    min_days = 5.0                              # pairs 5 to 64 days apart ...
+    max_days = 64.0
+    min_clear = 0.5                             # ... whose scenes are both at least half clear
+
+Files are parsed with :mod:`tomllib` (no code is executed). A relative ``catalog`` path is
+looked up beside the config file first, then in the current directory, so a config written
+next to its data works from anywhere. Keys whose default is nothing (``bbox``, ``epsg``,
+``limit`` …) are type-checked too: ``bbox`` is a list of four numbers, ``epsg`` an integer.
 """
 
 from __future__ import annotations
@@ -148,8 +156,47 @@ def _suggest(key: str, valid) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
-def _check_type(section: str, key: str, value: Any, default: Any) -> Any:
-    if default is None or value is None:
+_OPTIONAL = {  # what a key whose default is None must hold when given
+    "int | None": (int, "an integer"),
+    "float | None": (float, "a number"),
+    "str | None": (str, "a string"),
+    "list[float] | None": (list, "a list of numbers"),
+    "list[str] | None": (list, "a list of strings"),
+}
+_EXAMPLES = {"bbox": "bbox = [76.4, 32.0, 77.6, 32.4]", "epsg": "epsg = 32643 (or leave it out)"}
+
+
+def _check_optional(section: str, key: str, value: Any, annotation: str) -> Any:
+    """Type-check a value whose default is None, from the field's annotation."""
+    kind, words = _OPTIONAL.get(str(annotation), (None, ""))
+    if kind is None or value is None:
+        return value
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is list:
+        inner = (int, float) if "float" in str(annotation) else str
+        ok = isinstance(value, list) and all(
+            isinstance(v, inner) and not isinstance(v, bool) for v in value
+        )
+    else:
+        ok = isinstance(value, kind)
+    if key == "bbox" and ok and len(value) != 4:
+        ok, words = False, "four numbers [west, south, east, north]"
+    if not ok:
+        example = f" (e.g. {_EXAMPLES[key]})" if key in _EXAMPLES else ""
+        raise ConfigError(
+            f"[{section}] {key} = {value!r} has the wrong type: expected {words}{example}, or "
+            "leave the key out."
+        )
+    return float(value) if kind is float else value
+
+
+def _check_type(section: str, key: str, value: Any, default: Any, annotation: str = "") -> Any:
+    if default is None:
+        return _check_optional(section, key, value, annotation)
+    if value is None:
         return value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -224,7 +271,7 @@ class RunConfig:
                     )
                 spec = defaults[key]
                 default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-                kwargs[key] = _check_type(name, key, value, default)
+                kwargs[key] = _check_type(name, key, value, default, spec.type)
             sections[name] = klass(**kwargs)
         return cls(**sections)
 
@@ -238,7 +285,7 @@ class RunConfig:
             raw = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"{path}: not valid TOML ({error}). Fix the syntax.") from error
-        return cls.from_dict(raw, source=str(path))
+        return _beside(cls.from_dict(raw, source=str(path)), path.parent)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain dicts (``None`` values left out, as TOML has no null)."""
@@ -266,6 +313,18 @@ class RunConfig:
             lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
             lines.append("")
         return "\n".join(lines)
+
+
+def _beside(config: RunConfig, folder: Path) -> RunConfig:
+    """Resolve a relative local ``[data] catalog`` against the config file's folder when the
+    file is there (so a config works from any directory); else keep it as given."""
+    catalog = str(config.data.catalog)
+    if "://" in catalog or Path(catalog).is_absolute():
+        return config
+    candidate = folder / catalog
+    if candidate.exists():
+        config.data.catalog = str(candidate)
+    return config
 
 
 def _toml_value(value: Any) -> str:

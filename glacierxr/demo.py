@@ -137,6 +137,21 @@ class _Stages:
         return time.process_time() - self.cpu_started
 
 
+def _portable(config: RunConfig, out: Path) -> RunConfig:
+    """A copy whose catalog path is relative to ``out`` (where config.toml goes), so the file
+    works from any directory (:mod:`glacierxr.config` resolves it beside the file)."""
+    import copy
+
+    catalog = Path(config.data.catalog)
+    try:
+        relative = catalog.resolve().relative_to(Path(out).resolve())
+    except ValueError:
+        return config
+    portable = copy.deepcopy(config)
+    portable.data.catalog = relative.as_posix()
+    return portable
+
+
 def demo_config(catalog: str | Path, size: DemoSize) -> RunConfig:
     """The run configuration of a demo of ``size`` on the sample at ``catalog``."""
     return RunConfig.from_dict(
@@ -209,7 +224,7 @@ def run_demo(out: str | os.PathLike, *, quick: bool = False, progress: bool = Tr
         catalog, facts["sample_reused"] = _sample(out / "sample", size, progress=progress)
         truth = gx.sample.open_truth(catalog)
     config = demo_config(catalog, size)
-    (out / "config.toml").write_text(config.to_toml())
+    (out / "config.toml").write_text(_portable(config, out).to_toml())
 
     with stages.run("search"):
         everything = gx.search(datetime=config.data.datetime, max_cloud=None, catalog=config.data.catalog)

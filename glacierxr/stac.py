@@ -528,7 +528,7 @@ def _parse_instant(value, original, *, end: bool) -> dt.datetime | None:
             first = dt.datetime(year, month, 1, tzinfo=_UTC)
             after = (first.replace(year=year + 1, month=1) if month == 12
                      else first.replace(month=month + 1))
-        elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        elif re.fullmatch(r"\d{4}-\d{2}-\d{2}|\d{8}", text):  # a day, also in basic ISO form
             first = dt.datetime.fromisoformat(text).replace(tzinfo=_UTC)
             after = first + dt.timedelta(days=1)
         else:

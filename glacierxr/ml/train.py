@@ -43,6 +43,7 @@ import pandas as pd
 
 from glacierxr.errors import CheckpointError, ConfigError, DimensionError, GlacierXRError, ModelError
 from glacierxr._safety import remove as remove_output
+from glacierxr._validate import require_positive
 from glacierxr.ml import _feed
 from glacierxr.ml import checkpoint as ckpt
 
@@ -1268,15 +1269,13 @@ def _check_trainer_arguments(model, **values) -> None:
     for name in ("max_epochs", "batch_size", "num_workers", "steps", "max_batches_per_epoch", "patience"):
         if values[name] is not None or name in ("max_epochs", "batch_size", "num_workers"):
             _check_positive_int(name, values[name], allow_zero=name == "num_workers")
+    # finite numbers, not bools (lr=True is not a learning rate, lr=inf diverges at once)
     for name in ("lr", "cpu_watts_per_core", "gpu_watts"):
-        if not (isinstance(values[name], (int, float)) and values[name] > 0):
-            raise ConfigError(f"{name} must be a positive number, got {values[name]!r}.")
+        require_positive(values[name], name=name, example=1e-3 if name == "lr" else None)
     for name in ("weight_decay", "min_delta", "carbon_intensity"):
-        if not (isinstance(values[name], (int, float)) and values[name] >= 0):
-            raise ConfigError(f"{name} must be a number >= 0, got {values[name]!r}.")
+        require_positive(values[name], name=name, allow_zero=True)
     grad_clip, resume = values["grad_clip"], values["resume"]
-    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
-        raise ConfigError(f"grad_clip must be a positive number or None, got {grad_clip!r}.")
+    require_positive(grad_clip, name="grad_clip", allow_none=True, example=1.0)
     if resume and resume is not True and not isinstance(resume, (str, os.PathLike)):
         raise ConfigError(f"resume must be True/False or a checkpoint path, got {resume!r}.")
     if resume is True and values["checkpoint_dir"] is None:
