@@ -52,6 +52,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "PredictConfig",
+    "VelocityConfig",
     "RunConfig",
     "load_config",
 ]
@@ -140,6 +141,28 @@ class PredictConfig:
     blend: str = "hann"
 
 
+@dataclass
+class VelocityConfig:
+    """The velocity stage: pairs (:func:`glacierxr.velocity.select_pairs`) and flow's settings.
+
+    ``None`` keeps the default of the function: ``band`` is ``"pan"`` where the scenes have a
+    panchromatic band, else ``"green"``; ``method`` and ``spacing`` are those of
+    :func:`glacierxr.flow.flow`.  ``outlines`` is a GeoJSON file of glacier outlines (stable
+    ground lies outside them).  ``composite`` is a pandas period alias (``"YS"``, ``"QS-DEC"``):
+    when set, the robust composite is written beside the cube.
+    """
+
+    band: str | None = None
+    min_days: float = 5.0
+    max_days: float = 64.0
+    min_clear: float = 0.5
+    months: list[int] | None = None
+    method: str | None = None
+    spacing: float | None = None
+    outlines: str | None = None
+    composite: str | None = None
+
+
 _SECTIONS = {
     "data": DataConfig,
     "load": LoadConfig,
@@ -148,6 +171,7 @@ _SECTIONS = {
     "model": ModelConfig,
     "train": TrainConfig,
     "predict": PredictConfig,
+    "velocity": VelocityConfig,
 }
 
 
@@ -228,6 +252,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    velocity: VelocityConfig = field(default_factory=VelocityConfig)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> RunConfig:

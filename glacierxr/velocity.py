@@ -84,7 +84,7 @@ COMPOSITE_FIELDS: dict[str, dict[str, str]] = {
 #: Pair-table columns that become coordinates of the cube.
 _CUBE_COORDS = tuple(name for name in PAIR_FIELDS if not name.startswith("index_") and name != "mid_date")
 #: Coordinates of flow's output that the cube replaces by its own per-pair ones.
-_FLOW_PAIR_COORDS = ("time_start", "time_end", "mid_date", "date_dt", "step_days")
+_FLOW_PAIR_COORDS = (*PAIR_FIELDS, "step_days")
 
 
 # --------------------------------------------------------------------------------------------
@@ -589,7 +589,9 @@ def velocity_cube(
     scenes = _bare(scenes, time_dim, y_dim, x_dim)
     first = table.iloc[0]
     sample_pair = scenes.isel({time_dim: [first.index_img1, first.index_img2]})
-    template = _its_live_names(flow(sample_pair.chunk({time_dim: 1, y_dim: -1, x_dim: -1}), **flow_kwargs))
+    data = sample_pair.data  # lazy for flow, coordinates left in memory (.chunk() would chunk them)
+    data = data.rechunk((1, -1, -1)) if dask.is_dask_collection(data) else dask.array.from_array(data, (1, -1, -1))
+    template = _its_live_names(flow(sample_pair.copy(data=data), **flow_kwargs))
     spec, lazy_arrays = _spec(scenes, table, tuple(_layout(template)[1]), flow_kwargs)
     cube = _stack(template, _pair_tasks(scenes, table, spec, lazy_arrays), table)
     cube.attrs.update(pairs=len(table), source_variable=str(scenes.name or ""))
