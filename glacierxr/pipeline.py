@@ -33,6 +33,8 @@ __all__ = [
     "train",
     "forecast",
     "evaluate_run",
+    "velocity_scenes",
+    "velocity",
 ]
 
 _PACKAGES = ("glacierxr", "xarray", "dask", "stackstac", "pystac-client", "opencv-python-headless", "torch", "numpy")
@@ -70,14 +72,15 @@ def find_scenes(data: DataConfig):
     )
 
 
-def load_scenes(items, data: DataConfig, load: LoadConfig) -> xr.Dataset:
-    """Lazy cube of the found scenes on one grid; see :func:`glacierxr.load`."""
+def load_scenes(items, data: DataConfig, load: LoadConfig, *, bands=None) -> xr.Dataset:
+    """Lazy cube of the found scenes on one grid (``bands``: load's default); see :func:`glacierxr.load`."""
     from glacierxr.io import load as load_items
     from glacierxr.regions import get_region
 
     bbox = tuple(data.bbox) if data.bbox else (get_region(data.glacier).bbox if data.glacier else None)
     chunks = {"time": 1, "y": load.chunk_size, "x": load.chunk_size}
-    return load_items(items, bbox=bbox, epsg=load.epsg, resolution=load.resolution, chunks=chunks)
+    extra = {} if bands is None else {"bands": tuple(bands)}
+    return load_items(items, bbox=bbox, epsg=load.epsg, resolution=load.resolution, chunks=chunks, **extra)
 
 
 def masked_scenes(cube: xr.Dataset, pre: PreprocessConfig) -> xr.Dataset:
@@ -384,3 +387,84 @@ def evaluate_run(composites: xr.DataArray, model, config: RunConfig, *, split: s
 
     sequences = make_sequences(composites, config)
     return evaluate(model, sequences, split=split)
+
+
+def _velocity_band(config: RunConfig, names) -> str:
+    """The configured band, else ``pan`` where the scenes have it, else ``green``."""
+    return config.velocity.band or ("pan" if "pan" in names else "green")
+
+
+def velocity_scenes(config: RunConfig, *, data: str | Path | None = None) -> xr.DataArray:
+    """The scenes the velocity stage tracks: one band, QA-masked, ``(time, y, x)``, lazy.
+
+    From ``data`` (a Zarr store or NetCDF file of scenes, e.g. a loaded cube written with
+    :func:`glacierxr.io.write`; scenes with a ``qa_pixel`` band and no ``missing_fraction`` are
+    masked here) or else from the configured catalog (search → load → QA mask, which computes
+    the per-scene missing fractions once). The band is ``[velocity] band``, else ``pan`` where
+    the scenes have it, else ``green``.
+    """
+    from glacierxr.errors import MissingBandError
+    from glacierxr.io import read
+    from glacierxr.landsat import resolve_asset_key
+
+    if data is not None:
+        path = Path(data)
+        if not path.exists():
+            raise ConfigError(f"No scenes at {str(path)!r}. Write a cube with glacierxr.io.write() or fix the path.")
+        cube = read(path, format="zarr" if path.suffix == ".zarr" or path.is_dir() else "netcdf")
+        band = _velocity_band(config, cube.data_vars)
+    else:
+        items = find_scenes(config.data)
+        assets = [set(item.assets) for item in items]
+        has_pan = bool(assets) and all(resolve_asset_key(keys, "pan") for keys in assets)
+        band = _velocity_band(config, ["pan"] if has_pan else [])
+        cube = load_scenes(items, config.data, config.load, bands=(band, "qa_pixel"))
+    if band not in cube.data_vars:
+        raise MissingBandError(
+            f"The scenes have no band {band!r}; they have {sorted(map(str, cube.data_vars))}. "
+            "Set [velocity] band (or --band) to one of them."
+        )
+    if "qa_pixel" in cube.data_vars and "missing_fraction" not in cube.coords:
+        cube = masked_scenes(cube[[band, "qa_pixel"]], config.preprocess)
+    return cube[band]
+
+
+def velocity_composite_path(out: str | Path) -> Path:
+    """Where :func:`velocity` writes the composite: ``<name>-composite<suffix>`` beside ``out``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-composite{out.suffix}")
+
+
+def velocity(
+    config: RunConfig, out: str | Path, *, data: str | Path | None = None, overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Scenes → pairs → velocity cube written to Zarr or NetCDF (atomically); returns its path.
+
+    Pairs follow ``[velocity]`` (see :func:`glacierxr.velocity.select_pairs`); every pair is
+    tracked by :func:`glacierxr.flow.flow` with ``[velocity] method``/``spacing``/``outlines``.
+    With ``[velocity] composite`` (a period alias) the robust composite of the written cube is
+    written beside it (:func:`velocity_composite_path`).
+    """
+    import contextlib
+
+    from glacierxr.io import read, write
+    from glacierxr.velocity import composite, select_pairs, velocity_cube
+
+    v = config.velocity
+    scenes = velocity_scenes(config, data=data)
+    pairs = select_pairs(scenes, min_days=v.min_days, max_days=v.max_days, min_clear=v.min_clear, months=v.months)
+    kwargs = {key: getattr(v, key) for key in ("method", "spacing", "outlines") if getattr(v, key) is not None}
+    cube = velocity_cube(scenes, pairs, **kwargs)
+    cube.attrs.update(provenance(config))
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        bar = ProgressBar()
+    else:
+        bar = contextlib.nullcontext()
+    with bar:
+        path = write(cube, out, overwrite=overwrite)
+    if v.composite:
+        write(composite(read(path), v.composite), velocity_composite_path(path), overwrite=overwrite)
+    return path

@@ -20,6 +20,7 @@ from glacierxr.errors import DimensionError, MissingBandError
 __all__ = [
     "alignment_figure",
     "velocity_comparison_figure",
+    "velocity_figure",
     "learning_curve_figure",
     "forecast_figure",
     "skill_figure",
@@ -193,6 +194,98 @@ def velocity_comparison_figure(
     # flow_arrows adds one colour bar per axes; keep only the last one
     for extra in fig.axes[2:-1]:
         extra.remove()
+    return fig
+
+
+def _error_field(velocity: xr.Dataset) -> tuple[xr.DataArray, str]:
+    """The map of the third panel: ``v_error`` of a pair, else the spread of a composite."""
+    if "v_error" in velocity:
+        return velocity["v_error"], "speed error v_error"
+    if "vx_spread" in velocity and "vy_spread" in velocity:
+        return np.hypot(velocity["vx_spread"], velocity["vy_spread"]), "spread of the pairs hypot(vx_spread, vy_spread)"
+    raise MissingBandError(
+        f"velocity_figure needs v_error (a pair) or vx_spread and vy_spread (a composite); found "
+        f"{sorted(velocity.data_vars)}."
+    )
+
+
+def _map_panel(fig, ax, field: xr.DataArray, title: str, cmap: str, units: str) -> None:
+    values = np.asarray(field.values, dtype=float)
+    finite = values[np.isfinite(values)]
+    top = float(np.percentile(finite, 98)) if finite.size else 1.0
+    image = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=top if top > 0 else 1.0, extent=_extent(field),
+                      interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8).set_label(units)
+    ax.set_title(title, fontsize=10)
+    ax.ticklabel_format(useOffset=False, style="plain")
+    ax.tick_params(labelsize=8)
+
+
+def velocity_figure(
+    velocity: xr.Dataset,
+    *,
+    background: xr.DataArray | None = None,
+    step: int = 2,
+    where: xr.DataArray | None = None,
+    title: str | None = None,
+):
+    """Surface velocity in three panels: arrows over the image, speed map, error map.
+
+    Parameters
+    ----------
+    velocity
+        A ``(y, x)`` velocity field with ``vx``, ``vy`` (m/year, east / north) and ``v``: one
+        pair of a cube (``cube.isel(mid_date=0)``, with ``v_error``) or a composite of
+        :func:`glacierxr.velocity.composite` (its error panel shows the spread of the pairs).
+    background
+        ``(y, x)`` image under the arrows (e.g. the later scene), on any grid of the same CRS.
+    step
+        Arrow spacing in points of the velocity grid.
+    where
+        Optional boolean ``(y, x)`` mask on the velocity grid: arrows only where True (e.g. the
+        glacier); the maps show every point.
+    title
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three map axes with their colour bars.
+
+    Raises
+    ------
+    MissingBandError
+        ``vx``, ``vy`` or ``v`` is missing, or neither ``v_error`` nor the spreads are there.
+    DimensionError
+        ``velocity`` is not ``(y, x)`` (select one pair or one period first).
+    """
+    from glacierxr.plot import flow_arrows
+
+    missing = [n for n in ("vx", "vy", "v") if n not in velocity]
+    if missing:
+        raise MissingBandError(f"velocity_figure needs vx, vy and v; missing {missing}. Pass a velocity cube's pair or a composite.")
+    if set(velocity["vx"].dims) != {"y", "x"}:
+        raise DimensionError(
+            f"velocity_figure draws one (y, x) field, got dims {velocity['vx'].dims}. Select one pair "
+            "(cube.isel(mid_date=0)) or one period (composite.isel(time=0)) first."
+        )
+    error, error_title = _error_field(velocity)
+    velocity = velocity.compute()
+    error = error.compute()
+    arrows = velocity[["vx", "vy", "v"]].rename({"v": "speed"}).rename({"vx": "u", "vy": "v"})
+    if where is not None:
+        arrows = arrows.where(xr.DataArray(np.asarray(where.values, dtype=bool), dims=("y", "x")))
+    height, width = velocity.sizes["y"], velocity.sizes["x"]
+    fig = _figure((16.0, 4.6 * height / width + 0.9))
+    axes = fig.subplots(1, 3, sharex=True, sharey=True)
+    flow_arrows(arrows, background=background, step=step, ax=axes[0], speed_units="m/year")
+    axes[0].set_title("velocity over the image", fontsize=10)
+    axes[0].ticklabel_format(useOffset=False, style="plain")
+    axes[0].tick_params(labelsize=8)
+    _map_panel(fig, axes[1], velocity["v"], "speed v", "viridis", "m/year")
+    _map_panel(fig, axes[2], error, error_title, "magma", "m/year")
+    if title:
+        fig.suptitle(title, fontsize=11)
     return fig
 
 
