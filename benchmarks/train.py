@@ -14,6 +14,20 @@ px, NumPy-backed, NaNs included), train split, batches of 16, timed the way the 
 training rate is loader rate / training rate: above 1 means the model, not the loader, limits
 training ("the loader is never the bottleneck" holds when every ratio is > 1).
 
+The **trainer ceiling** (``trainer_ceiling_samples_per_s``) is ``Trainer.fit``'s training rate
+with a near-free model (a single 1 × 1 convolution with one channel, ``w · x + b``, applied to the
+last input frames) on the ``PatchSequences`` train split of the same in-memory cube, batch 256:
+the most the trainer can deliver whatever the model. Its baseline is a bare NumPy gather of the
+same batches (same windows, same order) from the same cube, prepared beforehand (normalised,
+NaN → 0, mask) — three fancy-indexing copies per batch and nothing else; ratio = ceiling /
+gather. Beside it: the bare optimisation-step rate of the near-free model on one fixed batch
+(what the loss and backward cost alone) and the per-sample ``DataLoader`` path of earlier
+versions. Per model, ``trainer_vs_step/<model>/cpu`` is ``Trainer.fit``'s rate over the ratio of
+the bare model-step rate at the same batch (256; 16 with ``--quick``). ``trainer_streaming_peak_
+memory`` is the tracemalloc peak while ``Trainer.fit`` streams from a lazy 96 × 800 × 800 cube
+(as in ``benchmarks/patches.py``, whose per-sample ``DataLoader`` figure is measured beside it as
+the baseline; tracemalloc sees NumPy buffers, not torch's own allocations).
+
 Machine load matters: the CPU figures are for ``--threads`` torch threads (default 1, printed in
 every note; on a 2-core machine shared with other jobs, 2 threads measured ~10x *slower* than 1
 for these models), so compare ratios measured in the same run.
@@ -55,6 +69,177 @@ def make_cube(times: int = 32, size: int = 400, seed: int = 0) -> xr.DataArray:
         "x": 500_000.0 + 30.0 * (np.arange(size) + 0.5),
     }
     return xr.DataArray(data, dims=("time", "y", "x"), coords=coords, name="snow_mask")
+
+
+class NearFree:
+    """Factory of the near-free model of the trainer ceiling (torch imported lazily)."""
+
+    @staticmethod
+    def build():
+        import torch
+
+        class NearFreeModel(torch.nn.Module):
+            """A single 1 x 1 convolution (one channel in and out: ``w * x + b``) on the last frames."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = torch.nn.Conv2d(1, 1, 1)
+
+            def forward(self, inputs, steps, targets=None, teacher_forcing=0.0):
+                # the 1 x 1 one-channel convolution written out: oneDNN's conv kernel is ~50x slower here
+                return inputs[:, -steps:] * self.conv.weight.view(()) + self.conv.bias.view(())
+
+            def get_config(self) -> dict:
+                return {"name": "near_free_1x1_conv"}
+
+        torch.manual_seed(0)
+        return NearFreeModel()
+
+
+def bare_gather_rate(train, *, batch: int, batches: int) -> float:
+    """Sequences/s of a bare NumPy gather of the trainer's batches from the prepared in-memory cube."""
+    layout = train._layout
+    cube = np.asarray(train.data.values, dtype=np.float32)
+    valid = np.isfinite(cube)
+    values = np.where(valid, cube, np.float32(0))
+    targets_source, mask = values * valid, valid.astype(np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view
+    ids = train._ids[train._order(1)][: batch * batches]
+    count, start = 0, time.perf_counter()
+    for first in range(0, ids.size, batch):
+        t0, y0, x0 = layout.decompose(ids[first : first + batch])
+        inputs = windows(values, (T_IN, PATCH, PATCH))[t0, y0, x0]
+        targets = windows(targets_source, (T_OUT, PATCH, PATCH))[t0 + T_IN, y0, x0]
+        valid_mask = windows(mask, (T_OUT, PATCH, PATCH))[t0 + T_IN, y0, x0]
+        count += inputs.shape[0] + 0 * (targets.size + valid_mask.size)
+    return count / (time.perf_counter() - start)
+
+
+def fit_rate(model, data, *, batch: int, batches: int, **options) -> tuple[float, str]:
+    """``Trainer.fit``'s training rate (sequences/s, one epoch of ``batches`` batches) and its data path."""
+    from glacierxr.ml.train import Trainer
+
+    trainer = Trainer(model, max_epochs=1, batch_size=batch, max_batches_per_epoch=batches, device="cpu",
+                      progress=False, patience=None, **options)
+    history = trainer.fit(data)
+    return float(history.samples_per_s.iloc[0]), history.attrs["data_path"]
+
+
+def step_rate(model, data, *, batch: int, steps: int) -> float:
+    """Bare optimisation steps of ``model`` on one fixed batch: what Trainer computes per batch.
+
+    Forward with teacher-forcing targets, the masked squared error Trainer uses for
+    PatchSequences batches, backward, gradient clipping, AdamW; no data path, no bookkeeping.
+    """
+    import torch
+
+    from glacierxr.ml.train import _dense_sse  # the loss Trainer uses on PatchSequences batches
+
+    inputs, targets, valid = next(iter(torch.utils.data.DataLoader(data.batched(batch), batch_size=None)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+
+    def step() -> None:
+        sse, count = _dense_sse(model(inputs, T_OUT, targets=targets, teacher_forcing=0.5), targets, valid)
+        loss = sse / count.clamp_min(1).to(sse.dtype)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def trainer_ceiling(*, batches: int, rounds: int) -> None:
+    """The ``trainer_ceiling`` rows: near-free model through Trainer.fit vs the bare gather (interleaved)."""
+    from glacierxr.ml.patches import PatchSequences
+
+    batch = 256
+    train = PatchSequences(make_cube(), input_steps=T_IN, target_steps=T_OUT, patch=PATCH, stride=10).split("train")
+    best = {"ceiling": 0.0, "gather": 0.0, "step": 0.0, "per_sample": 0.0}
+    mode = ""
+    for _ in range(rounds):
+        best["gather"] = max(best["gather"], bare_gather_rate(train, batch=batch, batches=batches))
+        rate, mode = fit_rate(NearFree.build(), train, batch=batch, batches=batches)
+        best["ceiling"] = max(best["ceiling"], rate)
+        best["step"] = max(best["step"], step_rate(NearFree.build(), train, batch=batch, steps=batches))
+        rate, _ = fit_rate(NearFree.build(), train, batch=batch, batches=batches, data_path="per_sample")
+        best["per_sample"] = max(best["per_sample"], rate)
+    serial = 1 / (1 / best["gather"] + 1 / best["step"])
+    emit("trainer_ceiling_samples_per_s", round(best["ceiling"], 1), "sequences/s",
+         baseline="bare NumPy gather of the same batches from the same in-memory cube (prepared beforehand)",
+         baseline_value=round(best["gather"], 1), ratio=round(best["ceiling"] / best["gather"], 3),
+         near_free_step_samples_per_s=round(best["step"], 1), gather_then_step_samples_per_s=round(serial, 1),
+         note=f"Trainer.fit, near-free model (one 1x1 conv), batch {batch}, {batches} batches, data path {mode}, "
+              f"32x400x400 NumPy cube, 50 px, 4->4, stride 10, CPU {_threads()} torch thread(s); best of {rounds} "
+              "interleaved rounds. gather_then_step = 1 / (1/gather + 1/step): gathering then stepping with "
+              "no overhead at all")
+    emit("trainer_ceiling_per_sample_path", round(best["per_sample"], 1), "sequences/s",
+         baseline="the batched path (trainer_ceiling)", baseline_value=round(best["ceiling"], 1),
+         ratio=round(best["per_sample"] / best["ceiling"], 3),
+         note="the same Trainer.fit with data_path='per_sample' (DataLoader collating single samples)")
+
+
+def trainer_vs_step(names, *, batch: int, batches: int) -> None:
+    """Per model: Trainer.fit's rate over the bare model-step rate at the same batch."""
+    from glacierxr.ml.models import get_model
+    from glacierxr.ml.patches import PatchSequences
+
+    train = PatchSequences(make_cube(), input_steps=T_IN, target_steps=T_OUT, patch=PATCH, stride=10).split("train")
+    for name in names:
+        try:
+            bare = step_rate(get_model(name), train, batch=batch, steps=batches)
+            fit, mode = fit_rate(get_model(name), train, batch=batch, batches=batches)
+        except Exception as error:  # one broken model must not hide the others
+            emit(f"trainer_vs_step/{name}/cpu", None, "samples/s", note=f"failed: {type(error).__name__}: {error}")
+            continue
+        emit(f"trainer_vs_step/{name}/cpu", round(fit, 2), "samples/s", baseline="bare model step, same batch",
+             baseline_value=round(bare, 2), ratio=round(fit / bare, 3),
+             note=f"Trainer.fit ({mode}) vs bare AdamW steps on one fixed batch, default-size {name}, batch {batch}, "
+                  f"{batches} batches each, CPU {_threads()} torch thread(s)")
+
+
+def streaming_memory(*, limit: int) -> None:
+    """tracemalloc peak of Trainer.fit streaming from a lazy 96x800x800 cube, beside the DataLoader's."""
+    import tracemalloc
+
+    import torch
+    from patches import make_cube as make_lazy_cube
+
+    from glacierxr.ml.patches import PatchSequences
+
+    peaks = {}
+    for label in ("dataloader", "trainer"):
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            train = PatchSequences(make_lazy_cube(96, 800, lazy=True), patch=PATCH, stride=10).split("train")
+            if label == "trainer":
+                fit_rate(NearFree.build(), train, batch=64, batches=max(limit // 64, 1))
+            else:
+                seen = 0
+                for inputs, _, _ in torch.utils.data.DataLoader(train, batch_size=64):
+                    seen += inputs.shape[0]
+                    if seen >= limit:
+                        break
+            peaks[label] = (tracemalloc.get_traced_memory()[1] - base) / 1e6
+        finally:
+            tracemalloc.stop()
+    emit("trainer_streaming_peak_memory_96x800x800", round(peaks["trainer"], 1), "MB",
+         baseline="DataLoader(ds.split('train'), batch_size=64) on the same lazy cube (benchmarks/patches.py's figure)",
+         baseline_value=round(peaks["dataloader"], 1), ratio=round(peaks["trainer"] / peaks["dataloader"], 3),
+         note=f"tracemalloc peak while Trainer.fit (batch 64, streaming data path) trains on ~{limit} sequences of a "
+              "lazy Dask cube chunked one scene per chunk; the cube is 245.8 MB. tracemalloc sees NumPy buffers, "
+              "not torch's allocations")
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def loader_rates(*, limit: int, seconds: float, rounds: int) -> dict[str, float]:
@@ -143,6 +328,9 @@ def main(argv=None) -> None:
     steps = args.steps if args.steps is not None else (2 if args.quick else 10)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
 
+    trainer_ceiling(batches=8 if args.quick else 30, rounds=rounds if args.quick else 3)
+    streaming_memory(limit=1_000 if args.quick else 5_000)
+    trainer_vs_step(list_models(), batch=16 if args.quick else 256, batches=2 if args.quick else 3)
     loaders = loader_rates(limit=2_000 if args.quick else 10_000, seconds=3 if args.quick else 10, rounds=rounds)
     threads = torch.get_num_threads()
     emit("loader_samples_per_s", round(loaders["per_sample"], 1), "samples/s",

@@ -553,7 +553,7 @@ def test_batched_path__device_gather_equals_host_gather():
     host = SequenceFeed(train, batch_size=16, device=torch.device("cpu"), resident=True)
     device = SequenceFeed(train, batch_size=16, device=torch.device("cpu"), resident=True)
     tile = train._prepare_resident()
-    device._device_cube = (tile.region, *(torch.from_numpy(a) for a in tile.arrays))
+    device._device_cube = (tile.region, *(torch.from_numpy(a) for a in tile.arrays[:2]))
     _assert_same_batches(list(host.batches(3)), list(device._device_batches(3)))
 
 

@@ -145,7 +145,7 @@ class SequenceFeed:
         if self.cuda:
             import torch
 
-            values, valid = (torch.from_numpy(a).to(self.device) for a in tile.arrays)
+            values, valid = (torch.from_numpy(a).to(self.device) for a in tile.arrays[:2])
             self._device_cube = (tile.region, values, valid)
         else:
             self._host_cube = tile

@@ -617,7 +617,7 @@ class PatchSequences(IterableDataset):
         parts = [positions for _, positions, _ in self._groups(shuffle, epoch if shuffle else 0)]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def _resident_region(self, dtype_bytes: int = 9) -> tuple[_Region, float]:
+    def _resident_region(self, dtype_bytes: int = 13) -> tuple[_Region, float]:
         """The cube region this view's windows cover and its prepared size in MB (values + mask)."""
         region = _tile_region(self._layout, self._ids, 0) if self._ids.size else _Region(0, 0, 0, 0, 0, 0)
         cells = (region.t_hi - region.t_lo) * (region.y_hi - region.y_lo) * (region.x_hi - region.x_lo)
@@ -668,9 +668,15 @@ class PatchSequences(IterableDataset):
             yield tuple(np.concatenate(arrays) for arrays in zip(*pending))
 
     def _prepare_resident(self) -> _Tile:
-        """Read and prepare the whole region of this view (see :meth:`_train_batches`)."""
+        """Read and prepare the whole region of this view (see :meth:`_train_batches`).
+
+        Besides the values and the mask, the tile holds the targets (values × mask, the same
+        product :func:`_gather` takes per batch) and the mask as float32, so batches cut from it
+        are pure copies.
+        """
         region, _ = self._resident_region()
-        return _prepare_tile(self._layout, region, "train", self._stats())
+        values, valid = _prepare_tile(self._layout, region, "train", self._stats()).arrays
+        return _Tile(region, (values, valid, values * valid, valid.astype(np.float32)))
 
 
 class _BatchedSequences(IterableDataset):
@@ -1041,10 +1047,11 @@ def _gather(layout: _Layout, tiles: Sequence[_Tile], ids: np.ndarray, which: np.
     """
     t0, y0, x0 = layout.decompose(ids)
     n, p, t_in, steps = ids.size, layout.patch, layout.input_steps, layout.steps
+    dense = mode == "train" and len(tiles[0].arrays) == 4  # targets and float mask prepared (resident)
     if mode == "raw":  # (time offset, length, array index) of each output
         parts = [(0, steps + history, 0), (0, steps + history, 1)]
     else:
-        parts = [(0, t_in, 0), (t_in, steps - t_in, 0), (t_in, steps - t_in, 1)]
+        parts = [(0, t_in, 0), (t_in, steps - t_in, 2 if dense else 0), (t_in, steps - t_in, 3 if dense else 1)]
 
     def cut(tile: _Tile, offset: int, length: int, array: int, rows) -> np.ndarray:
         r = tile.region
@@ -1062,5 +1069,7 @@ def _gather(layout: _Layout, tiles: Sequence[_Tile], ids: np.ndarray, which: np.
     if mode == "raw":
         return tuple(outputs)
     inputs, targets, valid = outputs
-    np.multiply(targets, valid, out=targets)  # missing targets are 0; the mask says so
-    return inputs[:, :, None], targets[:, :, None], valid.astype(np.float32)[:, :, None]
+    if not dense:
+        np.multiply(targets, valid, out=targets)  # missing targets are 0; the mask says so
+        valid = valid.astype(np.float32)
+    return inputs[:, :, None], targets[:, :, None], valid[:, :, None]

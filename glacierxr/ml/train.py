@@ -1345,13 +1345,48 @@ class _FeedEpoch:
 def _dense_sse(prediction, target, valid):
     """:func:`_masked_sse` for batches whose targets are finite and 0 where ``valid`` (float 0/1) is 0.
 
-    Equal to it for such batches, in fewer passes over the data (no ``where``); a non-finite
-    prediction at an unobserved pixel makes it NaN (and training stops as diverged).
+    The same sums bit for bit as :func:`_masked_sse` on such batches (same differences, same
+    reduction), in fewer passes over the data: no ``where``, and a hand-written backward that
+    reuses the masked difference (``2 · difference · grad``).  A non-finite prediction at an
+    unobserved pixel makes it NaN (and training stops as diverged).
     """
     import torch
 
-    difference = (prediction - target.to(prediction.dtype)) * valid
-    return (difference * difference).sum(), valid.sum(dtype=torch.float64)
+    # a float32 sum of 0/1 values is exact below 2**24 elements (and avoids a float64 copy)
+    count = valid.sum(dtype=torch.float64) if valid.numel() >= 2**24 else valid.sum().double()
+    return _DenseSSE.apply(prediction, target.to(prediction.dtype), valid), count
+
+
+def _dense_sse_function():
+    import torch
+
+    class DenseSSE(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, prediction, target, valid):
+            difference = (prediction - target) * valid
+            ctx.save_for_backward(difference)
+            return (difference * difference).sum()
+
+        @staticmethod
+        def backward(ctx, grad):
+            (difference,) = ctx.saved_tensors
+            return difference * (2 * grad), None, None
+
+    return DenseSSE
+
+
+class _LazyDenseSSE:
+    """Builds the autograd function on first use (torch is imported lazily in this module)."""
+
+    function = None
+
+    def apply(self, *args):
+        if _LazyDenseSSE.function is None:
+            _LazyDenseSSE.function = _dense_sse_function()
+        return _LazyDenseSSE.function.apply(*args)
+
+
+_DenseSSE = _LazyDenseSSE()
 
 
 def _check_loss(loss, where: str) -> None:
