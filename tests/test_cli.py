@@ -9,7 +9,7 @@ import xarray as xr
 
 from glacierxr.cli import main
 
-SUBCOMMANDS = ["sample", "regions", "search", "prepare", "train", "finetune", "predict", "evaluate", "demo"]
+SUBCOMMANDS = ["sample", "regions", "search", "prepare", "velocity", "train", "finetune", "predict", "evaluate", "demo"]
 
 CONFIG = """
 [data]
