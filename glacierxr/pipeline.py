@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -342,7 +343,10 @@ def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, i
     if replace and not resume:  # the earlier run's files go after the first new checkpoint
         trainer.replaces_after_first_checkpoint += [out_dir / "model.pt", out_dir / "config.toml"]
     validation = sequences.split("val")
-    history = trainer.fit(sequences.split("train"), validation if len(validation) else None)
+    with warnings.catch_warnings():
+        if replace and not resume:  # asked for (overwrite=True): no warning that it happens
+            warnings.filterwarnings("ignore", message="Starting a new run", category=UserWarning)
+        history = trainer.fit(sequences.split("train"), validation if len(validation) else None)
     normalization = getattr(sequences, "normalization", None)
     save_model(
         model,

@@ -1,0 +1,383 @@
+"""Nothing the user had is lost: full and read-only disks, concurrent writers, killed writes,
+and the run folder of ``glacierxr train``.
+
+A full disk is a small tmpfs when the tests run as root (``mount -t tmpfs``), skipped cleanly
+otherwise; the same failures are also simulated (monkeypatch) so that they are checked
+everywhere. Concurrent writers are real second processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import glacierxr as gx
+from glacierxr import _safety
+from glacierxr.cli import main
+from glacierxr.errors import OutputLockedError, StorageError
+from glacierxr.testing import make_series
+
+torch = pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _series(times=2, size=8, seed=0):
+    return make_series(np.random.default_rng(seed).random((times, size, size)).astype("float32"))
+
+
+def _mount(point: Path, options: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    point.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB file system."""
+    point = tmp_path / "disk"
+    _mount(point, "size=256k")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    point = tmp_path / "ro"
+    _mount(point, "size=64k,ro")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def _fill(disk: Path) -> None:
+    """Fill ``disk`` up to the last byte."""
+    descriptor = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(descriptor, b"\0" * 4096):
+            pass
+    except OSError as error:
+        assert error.errno == errno.ENOSPC
+    finally:
+        os.close(descriptor)
+
+
+# ------------------------------------------------------------------------------------------
+# full and read-only disks
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".zarr", ".nc", ".tif"])
+def test_full_disk__write_raises_storage_error_and_keeps_the_old_output(small_disk, suffix):
+    out = small_disk / f"out{suffix}"
+    small = _series()
+    gx.io.write(small, out)
+    big = _series(times=4, size=200)  # 640 KB of float32 on a 256 KiB disk
+    with pytest.raises(StorageError) as info:
+        gx.io.write(big, out, overwrite=True)
+    error = info.value
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC and error.filename == str(out)
+    message = str(error)
+    assert "disk is full" in message and str(out) in message and "needs about 625.0 KiB" in message
+    assert "free some space" in message.lower()
+    back = gx.io.read(out)
+    back = back if isinstance(back, xr.DataArray) else back["snow_mask"]
+    np.testing.assert_array_equal(back.values, small.values)  # the old output is intact
+    assert sorted(p.name for p in small_disk.iterdir() if p.name != "lost+found") == [out.name]
+
+
+def test_full_disk__save_model_and_trainer_checkpoints(small_disk):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _toy_training import TOY_TRAINER, toy_data, toy_model
+
+    from glacierxr.ml.checkpoint import load_model, save_model
+    from glacierxr.ml.train import Trainer
+
+    model = toy_model()
+    path = save_model(model, small_disk / "model.pt")
+    before = path.read_bytes()
+    _fill(small_disk)
+    with pytest.raises(StorageError, match="disk is full") as info:
+        save_model(model, path)
+    assert info.value.errno == errno.ENOSPC and str(path) in str(info.value)
+    assert path.read_bytes() == before and load_model(path, model=toy_model()) is not None
+    trainer = Trainer(toy_model(), max_epochs=1, checkpoint_dir=small_disk / "run", **TOY_TRAINER)
+    with pytest.raises(StorageError, match="disk is full"):
+        trainer.fit(toy_data(8))
+    leftovers = [p.name for p in small_disk.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_read_only_file_system__write_and_save_model(read_only_disk):
+    from glacierxr.ml.checkpoint import save_model
+
+    with pytest.raises(StorageError, match="read-only file system") as info:
+        gx.io.write(_series(), read_only_disk / "out.zarr")
+    assert info.value.errno == errno.EROFS
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _toy_training import toy_model
+
+    with pytest.raises(StorageError, match="read-only"):
+        save_model(toy_model(), read_only_disk / "model.pt")
+
+
+def test_full_disk__cli_prints_one_line_and_exits_2(small_disk, tmp_path, capsys):
+    from glacierxr.ml.checkpoint import save_model
+    from glacierxr.ml.models import get_model
+
+    store = tmp_path / "c.zarr"
+    gx.io.write(make_series(np.random.default_rng(0).random((6, 16, 16)).astype("float32"), freq="3MS")
+                .to_dataset(name="snow_mask"), store)
+    checkpoint = save_model(get_model("convlstm", hidden_channels=(4,), output_steps=2), tmp_path / "m.pt")
+    config = tmp_path / "c.toml"
+    config.write_text("[patches]\ninput_steps = 2\npatch = 8\n[predict]\nsteps = 2\n")
+    _fill(small_disk)
+    code = main(["predict", "--config", str(config), "--data", str(store), "--checkpoint", str(checkpoint),
+                 "--out", str(small_disk / "f.zarr")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "disk is full" in err and "Traceback" not in err
+    assert not list(small_disk.glob("*f.zarr*"))
+
+
+def test_simulated_failures_become_storage_errors(tmp_path, monkeypatch):
+    """Where no tmpfs can be mounted: the same errors, raised by the libraries themselves."""
+    def denied(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(args[0]) if args else "")
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", denied)
+    with pytest.raises(StorageError, match="permission denied") as info:
+        gx.io.write(_series(), tmp_path / "x.zarr")
+    assert info.value.errno == errno.EACCES and "fix its permissions" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # no partial, no lock file
+
+    # torch's zip writer loses the errno ("unexpected pos"); a nearly full disk tells the cause
+    from glacierxr.ml import checkpoint
+
+    def torn(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", torn)
+    monkeypatch.setattr(_safety.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 12})())
+    with pytest.raises(StorageError, match="disk is full"):
+        checkpoint.atomic_save({"w": torch.ones(3)}, tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# one writer per output
+# ------------------------------------------------------------------------------------------
+_HOLDER = """
+import sys, time
+from glacierxr._safety import output_lock
+with output_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def held(tmp_path):
+    """Start a second process that holds the lock of a path; yield (path, process)."""
+    processes = []
+
+    def hold(path: Path):
+        process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdout=subprocess.PIPE, cwd=ROOT)
+        processes.append(process)
+        assert process.stdout.readline().strip() == b"held"
+        return process
+
+    yield hold
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def test_lock__a_second_process_writing_the_same_output_fails_clearly(tmp_path, held, capsys):
+    out = tmp_path / "out.zarr"
+    holder = held(out)
+    with pytest.raises(OutputLockedError, match="being written by another glacierxr run") as info:
+        gx.io.write(_series(), out)
+    assert isinstance(info.value, OSError) and str(out) in str(info.value)
+    assert not out.exists()
+    sample = tmp_path / "sample"
+    held(sample)
+    assert main(["sample", "--out", str(sample), "--width", "32", "--height", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "being written by another" in err
+    holder.kill()
+    holder.wait()  # a dead holder's lock is free again
+    gx.io.write(_series(), out)
+    assert sorted(p.name for p in tmp_path.iterdir() if "out" in p.name) == ["out.zarr"]  # no lock file left
+
+
+def test_lock__another_thread_fails_and_the_same_thread_may_nest(tmp_path):
+    out = tmp_path / "x.nc"
+    errors = []
+    with _safety.output_lock(out):
+        with _safety.output_lock(out):
+            pass
+        thread = threading.Thread(target=lambda: errors.append(_try_write(out)))
+        thread.start()
+        thread.join()
+    assert isinstance(errors[0], OutputLockedError)
+
+
+def _try_write(out):
+    try:
+        gx.io.write(_series(), out)
+    except Exception as error:  # noqa: BLE001 - returned to the test
+        return error
+    return None
+
+
+_SLOW_WRITER = """
+import sys, time
+import dask.array as da, numpy as np, xarray as xr
+import glacierxr as gx
+from glacierxr.testing import make_series
+def slow(block):
+    time.sleep(0.5)
+    return block
+base = make_series(np.zeros((20, 8, 8), "float32")).chunk({"time": 1})
+slow_data = base.copy(data=base.data.map_blocks(slow, dtype="float32"))
+gx.io.write(slow_data, sys.argv[1])
+"""
+
+
+def test_killed_write__stale_partial_removed_by_the_next_writer_only(tmp_path, held):
+    out = tmp_path / "out.zarr"
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(out)], cwd=ROOT,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".out.zarr.partial-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partials = list(tmp_path.glob(".out.zarr.partial-*"))
+    assert len(partials) == 1 and not out.exists()
+    # while another live process holds the output, its partial is not touched
+    holder = held(out)
+    with pytest.raises(OutputLockedError):
+        gx.io.write(_series(), out)
+    assert partials[0].exists()
+    holder.kill()
+    holder.wait()
+    gx.io.write(_series(), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+    np.testing.assert_array_equal(gx.io.read(out)["snow_mask"].values, _series().values)
+
+
+def test_killed_replace__the_old_output_moved_aside_is_put_back(tmp_path):
+    out = tmp_path / "out.zarr"
+    gx.io.write(_series(), out)
+    aside = tmp_path / ".out.zarr.old-0123456789ab"
+    os.replace(out, aside)  # what a replace killed between its two renames leaves
+    with pytest.raises(gx.io.OutputExistsError):
+        gx.io.write(_series(seed=1), out)  # the old output is back, and not replaced unasked
+    np.testing.assert_array_equal(gx.io.read(out)["snow_mask"].values, _series().values)
+    assert not aside.exists()
+
+
+def test_zarr_outputs_open_without_a_consolidated_metadata_warning(tmp_path):
+    out = gx.io.write(_series(), tmp_path / "x.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert xr.open_zarr(out)["snow_mask"].shape == (2, 8, 8)
+
+
+# ------------------------------------------------------------------------------------------
+# the run folder of `glacierxr train`
+# ------------------------------------------------------------------------------------------
+RUN_CONFIG = """
+[patches]
+patch = 8
+stride = 8
+input_steps = 2
+target_steps = 2
+val_fraction = 0.2
+test_fraction = 0.2
+
+[model]
+name = "convlstm"
+hidden_channels = [4]
+output_steps = 2
+
+[train]
+max_epochs = 1
+batch_size = 4
+"""
+
+
+@pytest.fixture
+def run_inputs(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(RUN_CONFIG)
+    store = tmp_path / "composites.zarr"
+    composites = make_series(np.random.default_rng(0).random((12, 16, 16)).astype("float32"), freq="3MS")
+    gx.io.write(composites.to_dataset(name="snow_mask"), store)
+    return config, store
+
+
+def _train(config, store, out, *flags):
+    torch.set_num_threads(1)
+    return main(["train", "--config", str(config), "--data", str(store), "--out", str(out), *flags])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train__existing_run_is_kept_unless_resume_or_overwrite(tmp_path, run_inputs, capsys, monkeypatch):
+    config, store = run_inputs
+    run = tmp_path / "run"
+    assert _train(config, store, run) == 0
+    old = _files(run)
+    assert {"model.pt", "config.toml", "checkpoints/last.pt"} <= set(old)
+    capsys.readouterr()
+    assert _train(config, store, run) == 2
+    err = capsys.readouterr().err
+    assert "already holds a training run" in err and "--resume" in err and "--overwrite" in err
+    assert "=True" not in err and _files(run) == old
+
+    # --overwrite, but the new run fails before its first checkpoint: the old run is intact
+    from glacierxr.ml.train import Trainer
+
+    def fail(self, epoch, *args, **kwargs):
+        raise RuntimeError("killed in epoch 1")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_run_epoch", fail)
+        with pytest.raises(RuntimeError, match="killed in epoch 1"):
+            _train(config, store, run, "--overwrite")
+    assert _files(run) == old
+
+    # --overwrite that completes (a 2-epoch run) replaces every file of the old run
+    assert _train(config, store, run, "--overwrite", "--epochs", "2") == 0
+    new = _files(run)
+    assert set(new) >= {"model.pt", "config.toml", "checkpoints/last.pt"}
+    assert new["checkpoints/last.pt"] != old["checkpoints/last.pt"] and new["model.pt"] != old["model.pt"]
+    assert len(new["checkpoints/metrics.jsonl"].splitlines()) == 2
+    assert b"max_epochs = 2" in new["config.toml"]
+    assert not list(tmp_path.glob(".run*"))  # no lock file or partial beside the run
+
+
+def test_train__a_failed_run_leaves_no_empty_folder(tmp_path, run_inputs, capsys):
+    config, _ = run_inputs
+    short = tmp_path / "short.zarr"
+    gx.io.write(_series(times=3).to_dataset(name="snow_mask"), short)
+    run = tmp_path / "nested" / "run"
+    assert _train(config, short, run) == 2
+    assert "periods" in capsys.readouterr().err
+    assert not run.exists()
