@@ -27,15 +27,20 @@ __all__ = [
     "regions",
     "sample",
     "search",
+    "select_pairs",
     "testing",
+    "velocity",
+    "velocity_cube",
     "__version__",
 ]
 
 _LAZY_FUNCTIONS = {
     "search": ("glacierxr.stac", "search"),
     "load": ("glacierxr.io", "load"),
+    "select_pairs": ("glacierxr.velocity", "select_pairs"),
+    "velocity_cube": ("glacierxr.velocity", "velocity_cube"),
 }
-_LAZY_MODULES = {"errors", "evaluate", "ml", "plot", "regions", "sample", "testing", "io", "stac"}
+_LAZY_MODULES = {"errors", "evaluate", "ml", "plot", "regions", "sample", "testing", "io", "stac", "velocity"}
 
 
 def __getattr__(name: str):

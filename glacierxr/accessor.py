@@ -14,6 +14,8 @@ method                 function                                    works on
 ``align``              :func:`glacierxr.align.align`               DataArray
 ``monthly``            :func:`glacierxr.composite.monthly`         DataArray
 ``flow``               :func:`glacierxr.flow.flow`                 DataArray
+``select_pairs``       :func:`glacierxr.velocity.select_pairs`     DataArray
+``velocity_cube``      :func:`glacierxr.velocity.velocity_cube`    DataArray
 ``predict``            :func:`glacierxr.ml.predict.predict`        DataArray
 =====================  ==========================================  =====================
 """
@@ -85,6 +87,33 @@ class GlacierDataArrayAccessor:
         from glacierxr.flow import flow
 
         return flow(self._obj, **kwargs)
+
+    def select_pairs(
+        self,
+        *,
+        min_days: float = 5.0,
+        max_days: float = 64.0,
+        min_clear: float | None = 0.5,
+        ice: xr.DataArray | None = None,
+        months=None,
+        time_dim="time",
+        y_dim="y",
+        x_dim="x",
+    ):
+        """Image pairs usable for velocity (a DataFrame); see :func:`glacierxr.velocity.select_pairs`."""
+        from glacierxr.velocity import select_pairs
+
+        return select_pairs(self._obj, min_days=min_days, max_days=max_days, min_clear=min_clear, ice=ice,
+                            months=months, time_dim=time_dim, y_dim=y_dim, x_dim=x_dim)
+
+    def velocity_cube(self, pairs=None, *, time_dim="time", y_dim="y", x_dim="x", **flow_kwargs) -> xr.Dataset:
+        """Velocity of many pairs along ``mid_date``, lazily; see :func:`glacierxr.velocity.velocity_cube`.
+
+        ``flow_kwargs`` go to :func:`glacierxr.flow.flow` for every pair.
+        """
+        from glacierxr.velocity import velocity_cube
+
+        return velocity_cube(self._obj, pairs, time_dim=time_dim, y_dim=y_dim, x_dim=x_dim, **flow_kwargs)
 
     def predict(self, model, **kwargs) -> xr.DataArray:
         """Full-scene forecast; see :func:`glacierxr.ml.predict.predict`."""

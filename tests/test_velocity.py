@@ -402,3 +402,13 @@ def test_cli_velocity__prepared_cube_to_netcdf(velocity_sample, capsys):
     assert (cube["clear_img1"] >= 0.6).all() and cube.rio.crs.to_epsg() == 32643
     assert main(["velocity", "--data", str(prepared), "--band", "pan", "--out", str(root / "x.nc")]) == 2
     assert "no band 'pan'" in capsys.readouterr().err
+
+
+def test_accessor_and_top_level_names():
+    import glacierxr as gx
+
+    scenes = _scenes(_moving_frames(3))
+    pd.testing.assert_frame_equal(scenes.glacier.select_pairs(max_days=20), gx.select_pairs(scenes, max_days=20))
+    cube = scenes.glacier.velocity_cube([(0, 2)], stable=_stable(scenes))
+    assert cube.sizes["mid_date"] == 1 and cube["date_dt"].item() == 32.0
+    assert gx.velocity_cube is velocity_cube and gx.velocity.composite is composite
