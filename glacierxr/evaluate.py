@@ -622,7 +622,7 @@ def evaluate(
     batch_size: int = 64,
     n_resamples: int = 200,
     confidence: float = 0.95,
-    bootstrap_by: Literal["sample", "block"] = "block",
+    bootstrap_by: Literal["sample", "block", "time"] = "block",
     period: int | None = None,
     seed: int = 0,
     name: str | None = None,
@@ -651,9 +651,11 @@ def evaluate(
         Samples per batch (streamed tile by tile; memory stays bounded).
     n_resamples, confidence, seed
         Paired bootstrap (see :func:`bootstrap_ci`); ``n_resamples=0`` skips it.
-    bootstrap_by : {"block", "sample"}
+    bootstrap_by : {"block", "time", "sample"}
         ``"block"`` resamples patch-sized spatial blocks (windows overlapping each other are
-        drawn together, so intervals are not too narrow); ``"sample"`` resamples windows.
+        drawn together, so intervals are not too narrow); ``"time"`` resamples the years of
+        the issue times (all windows issued in one year together: for a few pixels and a long
+        series); ``"sample"`` resamples windows.
     period : int, optional
         Periods per year for the seasonal baselines (default :func:`steps_per_year`).
     name : str, optional
@@ -688,8 +690,8 @@ def evaluate(
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ConfigError(f"Unknown baselines {unknown}; choose from {list(BASELINES)}.")
-    if bootstrap_by not in ("block", "sample"):
-        raise ConfigError(f"bootstrap_by must be 'block' or 'sample', got {bootstrap_by!r}.")
+    if bootstrap_by not in ("block", "sample", "time"):
+        raise ConfigError(f"bootstrap_by must be 'block', 'time' or 'sample', got {bootstrap_by!r}.")
     _check_bootstrap(n_resamples, confidence)
     if split is not None:
         sequences = sequences.split(split, shuffle=False)
@@ -737,6 +739,9 @@ def evaluate(
     if bootstrap_by == "block":
         _, y0, x0 = layout.decompose(ids)
         groups = (y0 // patch) * (int(layout.x_starts[-1]) // patch + 1) + x0 // patch
+    elif bootstrap_by == "time":
+        t0, _, _ = layout.decompose(ids)
+        groups = times[t0 + t_in - 1].year.to_numpy()
     table = _table(sums, names, [b for b in baselines], groups, n_resamples, confidence, seed, t_out)
     table.attrs.update(
         split=sequences.name, threshold=threshold, n_resamples=n_resamples, confidence=confidence,

@@ -614,7 +614,8 @@ class SnowProcess:
     * ``melt``: a slower monthly AR(1) (``phi_melt``, ``std_melt``) scaled by the summer weight
       ``(1 + cos(2 pi (doy - 218) / 365.25)) / 2`` (1 in early August, 0 in early February):
       melt seasons that are warmer or colder than usual, with correlation ``phi_melt**12`` =
-      0.37 from one summer to the next.
+      0.37 from one summer to the next; 120 m is within the year-to-year spread of
+      glacier equilibrium-line altitudes (std of roughly 100-200 m in mid-latitude ranges).
     * ``noise``: white, ``std_scene`` per scene (the day-to-day weather within a month).
 
     The retreat rate of the terminus is drawn per year since the start (lognormal, mean the
@@ -624,7 +625,7 @@ class SnowProcess:
     phi_fast: float = 0.75
     std_fast: float = 140.0
     phi_melt: float = 0.92
-    std_melt: float = 80.0
+    std_melt: float = 120.0
     std_scene: float = 40.0
     retreat_log_std: float = 0.5
 

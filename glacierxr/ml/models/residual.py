@@ -110,7 +110,9 @@ def residual_dataset(arrays: dict, baseline: str, scale: float, *, offset: float
         Divides the anomalies (and, inside the model, multiplies its output).
     offset : float
         For ``"none"``: the constant subtracted from the inputs and used as the baseline (e.g.
-        the training mean), which makes the wrapper the plain, normalised model.
+        the training mean), which makes the wrapper the plain, normalised model. Otherwise the
+        baseline where it is missing (a pixel without climatology; such pixels are not scored
+        by :func:`glacierxr.evaluate.evaluate`, where every forecast must be finite).
     """
     from torch.utils.data import TensorDataset
 
@@ -119,8 +121,9 @@ def residual_dataset(arrays: dict, baseline: str, scale: float, *, offset: float
     inputs, targets = arrays["inputs"], arrays["targets"]
     if baseline == "none":
         anomalies, base = inputs - offset, np.full(targets.shape, offset, np.float32)
-    else:
-        anomalies, base = inputs - arrays["clim_inputs"], arrays[baseline]
+    else:  # a pixel without climatology (never observed in that season): anomaly 0, baseline offset
+        anomalies = np.nan_to_num(inputs - arrays["clim_inputs"], nan=0.0)
+        base = np.where(np.isfinite(arrays[baseline]), arrays[baseline], offset)
     packed = np.concatenate([anomalies / scale, base], axis=1)[:, :, None].astype(np.float32)
     valid = arrays["valid"]
     return TensorDataset(torch.from_numpy(np.ascontiguousarray(packed)),
