@@ -75,6 +75,13 @@ def env(tmp_path_factory) -> SimpleNamespace:
     e.truncated.write_bytes(e.checkpoint.read_bytes()[:200])
     e.empty_file = root / "empty.pt"
     e.empty_file.write_bytes(b"")
+    e.tampered = root / "tampered.pt"
+    payload = torch.load(e.checkpoint, weights_only=True)
+    payload["normalization"] = {"mean": 0.9, "std": 0.1}  # edited; the weights still match
+    torch.save(payload, e.tampered)
+    e.run = root / "existing-run"
+    (e.run / "checkpoints").mkdir(parents=True)
+    (e.run / "model.pt").write_bytes(e.checkpoint.read_bytes())
     e.configs = {}
     for name, text in {
         "unknown_key": "[train]\nmax_epoch = 3\n",
@@ -82,6 +89,8 @@ def env(tmp_path_factory) -> SimpleNamespace:
         "wrong_type": '[train]\nmax_epochs = "three"\n',
         "bad_syntax": "[train\nmax_epochs = 3\n",
         "big_patch": "[patches]\npatch = 100\ninput_steps = 2\ntarget_steps = 2\n",
+        "bbox_string": '[data]\nbbox = "76,35,77,36"\n',
+        "epsg_utm": '[load]\nepsg = "utm"\n',
         "small": "[patches]\npatch = 8\nstride = 8\ninput_steps = 2\ntarget_steps = 2\n"
         "val_fraction = 0.2\ntest_fraction = 0.2\n[train]\nmax_epochs = 1\nbatch_size = 4\n",
     }.items():
@@ -154,6 +163,11 @@ def _fit_nan_target(e):
     return Trainer(e.model, max_epochs=1, batch_size=2, progress=False).fit(TensorDataset(inputs, targets, valid))
 
 
+def _times(da, order):
+    """``da`` with its time coordinate rearranged (descending, or with a repeated date)."""
+    return da.assign_coords(time=da.time.values[order])
+
+
 def _shifted(da, pixels=3):
     return da.assign_coords(x=da.x + pixels * 30.0)
 
@@ -188,6 +202,11 @@ LIBRARY_CASES = [
     Case("load/bbox-south-above-north", lambda e: _load(e, bbox=(76, 36, 77, 35)), GridError, "south", ""),
     Case("load/unknown-band", lambda e: _load(e, bands=("green", "nir09")), MissingBandError, "nir09", "canonical"),
     Case("load/resolution-zero", lambda e: _load(e, resolution=0), ConfigError, "resolution", "positive"),
+    Case("load/resolution-true", lambda e: _load(e, resolution=True), ConfigError, "resolution", "positive number"),
+    Case("load/resolution-inf", lambda e: _load(e, resolution=math.inf), ConfigError, "resolution", "e.g. 30"),
+    Case("load/resolution-tiny", lambda e: _load(e, resolution=1e-9), GridError, "pixels per scene", "coarser resolution"),
+    Case("load/grid-above-max-pixels", lambda e: _load(e, max_pixels=100), GridError, "above max_pixels=100", "raise max_pixels="),
+    Case("load/max-pixels-zero", lambda e: _load(e, max_pixels=0), ConfigError, "max_pixels", "positive integer"),
     Case("load/chunks-unknown-dim", lambda e: _load(e, chunks={"band": 1}), ConfigError, "unknown dimensions", "'time', 'y' and 'x'"),
     Case("load/on-error-typo", lambda e: _load(e, on_error="ignore"), ConfigError, "on_error", "'skip'"),
     # --- qa.mask / missing_fraction / decode_qa ---------------------------------------------
@@ -245,6 +264,8 @@ LIBRARY_CASES = [
     Case("patches/empty-time-axis", lambda e: _sequences(e.snow.isel(time=[])), DimensionError, "0 periods", "longer period"),
     Case("patches/wrong-dims", lambda e: _sequences(e.snow.rename(y="row")), DimensionError, "lacks dimension(s) ['y']", "y_dim="),
     Case("patches/strings", lambda e: _sequences(e.snow.astype(str)), DataTypeError, "dtype", "astype"),
+    Case("patches/duplicate-times", lambda e: _sequences(_times(e.snow, [0, 1, 2, 3, 4, 4, 5, 6, 7, 8])), GlacierXRError, "strictly increasing", "drop duplicate"),
+    Case("patches/descending-times", lambda e: _sequences(_times(e.snow, slice(None, None, -1))), GlacierXRError, "strictly increasing", ".sortby('time')"),
     Case("patches/unknown-split", lambda e: _sequences(e.snow, split="chronological"), ConfigError, "split", "temporal"),
     Case("patches/all-nan-normalize-auto", lambda e: _sequences(e.nan_snow, split="random", normalize="auto").normalization, DimensionError, "no valid pixel", "normalize=(mean, std)"),
     # --- models, training ------------------------------------------------------------------
@@ -253,6 +274,8 @@ LIBRARY_CASES = [
     Case("Trainer/max-epochs-0", lambda e: _trainer(e.model, max_epochs=0), ConfigError, "max_epochs", ">= 1"),
     Case("Trainer/batch-size-0", lambda e: _trainer(e.model, batch_size=0), ConfigError, "batch_size", ">= 1"),
     Case("Trainer/negative-lr", lambda e: _trainer(e.model, lr=-1), ConfigError, "lr", "positive"),
+    Case("Trainer/lr-inf", lambda e: _trainer(e.model, lr=math.inf), ConfigError, "lr", "positive number"),
+    Case("Trainer/lr-true", lambda e: _trainer(e.model, lr=True), ConfigError, "lr", "e.g. 0.001"),
     Case("Trainer/model-name-not-model", lambda e: _trainer("convlstm"), ModelError, "torch.nn.module", "get_model"),
     Case("Trainer/nan-in-training-inputs", _fit_nan, GlacierXRError, "nan", ""),
     Case("Trainer/nan-in-observed-target", _fit_nan_target, GlacierXRError, "nan", ""),
@@ -261,6 +284,7 @@ LIBRARY_CASES = [
     Case("load_model/truncated", lambda e: gx.ml.checkpoint.load_model(e.truncated), CheckpointError, "corrupt", ""),
     Case("load_model/empty-file", lambda e: gx.ml.checkpoint.load_model(e.empty_file), CheckpointError, "corrupt", ""),
     Case("load_model/missing", lambda e: gx.ml.checkpoint.load_model(e.root / "nope.pt"), CheckpointError, "no checkpoint", "check the path"),
+    Case("load_model/tampered-normalization", lambda e: gx.ml.checkpoint.load_model(e.tampered), CheckpointError, "normalization", "another copy"),
     Case("load_model/a-directory", lambda e: gx.ml.checkpoint.load_model(e.root), CheckpointError, "checkpoint", ""),
     # --- predict --------------------------------------------------------------------------
     Case("predict/steps-0", lambda e: _predict(e.snow, e.model, steps=0), ConfigError, "steps", "positive integer"),
@@ -268,6 +292,8 @@ LIBRARY_CASES = [
     Case("predict/patch-larger-than-scene", lambda e: _predict(e.snow, e.model, patch=64), DimensionError, "patch", ""),
     Case("predict/wrong-dims", lambda e: _predict(e.snow.rename(x="col"), e.model), DimensionError, "'x'", ""),
     Case("predict/empty-time-axis", lambda e: _predict(e.snow.isel(time=[]), e.model), DimensionError, "series has 0", "longer series"),
+    Case("predict/descending-times", lambda e: _predict(_times(e.snow, slice(None, None, -1)), e.model), DimensionError, "strictly increasing", ".sortby('time')"),
+    Case("predict/duplicate-times", lambda e: _predict(_times(e.snow, [0, 1, 2, 3, 4, 5, 6, 7, 8, 8]), e.model), DimensionError, "step of 0.0 days", "drop duplicate"),
     Case("predict/model-name-not-model", lambda e: _predict(e.snow, "convlstm"), DataTypeError, "str", "get_model"),
     Case("predict/dataset", lambda e: _predict(e.snow.to_dataset(), e.model), DataTypeError, "dataarray", "select a variable"),
     Case("predict/strings", lambda e: _predict(e.snow.astype(str), e.model), DataTypeError, "dtype", ""),
@@ -282,6 +308,8 @@ LIBRARY_CASES = [
     Case("config/unknown-section", lambda e: _config(e, "unknown_section"), ConfigError, "unknown section [training]", "did you mean"),
     Case("config/wrong-type", lambda e: _config(e, "wrong_type"), ConfigError, "wrong type", "int"),
     Case("config/bad-syntax", lambda e: _config(e, "bad_syntax"), ConfigError, "not valid toml", "fix the syntax"),
+    Case("config/bbox-as-a-string", lambda e: _config(e, "bbox_string"), ConfigError, "bbox = '76,35,77,36'", "list of numbers"),
+    Case("config/epsg-utm", lambda e: _config(e, "epsg_utm"), ConfigError, "epsg = 'utm'", "epsg = 32643"),
     Case("config/missing-file", lambda e: gx.config.load_config(e.root / "none.toml") if hasattr(gx, "config") else __import__("glacierxr.config").config.load_config(e.root / "none.toml"), ConfigError, "does not exist", "check the path"),
     Case("regions/unknown", lambda e: gx.regions.get_region("atlantis"), CatalogError, "unknown region", "known regions"),
     Case("sample/width-5", lambda e: gx.sample.write_catalog(e.root / "s1", width=5), ConfigError, "width", "at least 32"),
@@ -335,7 +363,7 @@ def _argv(e, *parts):
     """Fill ``{catalog}``, ``{composites}`` ... placeholders with the env's paths."""
     fields = {
         "catalog": e.catalog, "composites": e.composites, "short": e.short,
-        "checkpoint": e.checkpoint, "corrupt": e.corrupt, "truncated": e.truncated,
+        "checkpoint": e.checkpoint, "corrupt": e.corrupt, "truncated": e.truncated, "run": e.run,
         "root": e.root, **{f"config_{k}": v for k, v in e.configs.items()},
     }  # fmt: skip
     return [str(p).format(**{k: str(v) for k, v in fields.items()}) for p in parts]
@@ -357,13 +385,20 @@ CLI_CASES = [
     ("search/datetime-garbage", ["search", "--catalog", "{catalog}", "--datetime", "yesterday"], "not a period"),
     ("search/config-unknown-key", ["search", "--config", "{config_unknown_key}", "--catalog", "{catalog}"], "unknown key"),
     ("search/config-missing", ["search", "--config", "{root}/none.toml"], "does not exist"),
+    ("search/catalog-is-a-checkpoint", ["search", "--catalog", "{checkpoint}"], "glacierxr sample"),
+    ("search/config-bbox-as-a-string", ["search", "--config", "{config_bbox_string}", "--catalog", "{catalog}"], "list of numbers"),
     ("regions/extra-argument", ["regions", "parvati"], "unexpected extra argument"),
     ("prepare/config-unknown-section", ["prepare", "--config", "{config_unknown_section}", "--catalog", "{catalog}", "--out", "{root}/p1.zarr"], "unknown section"),
     ("prepare/config-bad-syntax", ["prepare", "--config", "{config_bad_syntax}", "--out", "{root}/p2.zarr"], "not valid toml"),
     ("prepare/bbox-outside-data", ["prepare", "--catalog", "{catalog}", "--bbox", "10,10,11,11", "--out", "{root}/p3.zarr"], "no scenes"),
     ("prepare/months-5", ["prepare", "--catalog", "{catalog}", "--months", "5", "--datetime", "2020", "--out", "{root}/p4.zarr"], "months"),
+    ("prepare/config-epsg-utm", ["prepare", "--config", "{config_epsg_utm}", "--catalog", "{catalog}", "--out", "{root}/p5.zarr"], "an integer"),
+    ("prepare/existing-out", ["prepare", "--catalog", "{catalog}", "--out", "{composites}"], "--overwrite"),
     ("prepare/missing-out", ["prepare", "--catalog", "{catalog}"], "--out"),
     ("train/missing-data", ["train", "--config", "{config_small}", "--data", "{root}/none.zarr", "--out", "{root}/t1"], "no composites"),
+    ("train/data-is-a-catalog", ["train", "--config", "{config_small}", "--data", "{catalog}", "--out", "{root}/t8"], "glacierxr prepare"),
+    ("train/data-is-a-checkpoint", ["train", "--config", "{config_small}", "--data", "{checkpoint}", "--out", "{root}/t9"], "--checkpoint"),
+    ("train/existing-run", ["train", "--config", "{config_small}", "--data", "{composites}", "--out", "{run}"], "--overwrite"),
     ("train/unknown-model", ["train", "--config", "{config_small}", "--data", "{composites}", "--model", "convlsmt", "--out", "{root}/t2"], "unknown model"),
     ("train/epochs-0", ["train", "--config", "{config_small}", "--data", "{composites}", "--epochs", "0", "--out", "{root}/t3"], "max_epochs"),
     ("train/batch-size-0", ["train", "--config", "{config_small}", "--data", "{composites}", "--batch-size", "0", "--out", "{root}/t4"], "batch_size"),
@@ -374,6 +409,8 @@ CLI_CASES = [
     ("finetune/missing-checkpoint", ["finetune", "--config", "{config_small}", "--checkpoint", "{root}/none.pt", "--data", "{composites}", "--out", "{root}/f2"], "no checkpoint"),
     ("finetune/epochs-0", ["finetune", "--config", "{config_small}", "--checkpoint", "{checkpoint}", "--data", "{composites}", "--epochs", "0", "--out", "{root}/f3"], "max_epochs"),
     ("finetune/negative-lr", ["finetune", "--config", "{config_small}", "--checkpoint", "{checkpoint}", "--data", "{composites}", "--lr", "-1", "--out", "{root}/f4"], "lr"),
+    ("predict/data-is-a-plain-folder", ["predict", "--config", "{config_small}", "--data", "{root}/sample", "--checkpoint", "{checkpoint}", "--out", "{root}/o7.zarr"], "glacierxr prepare"),
+    ("predict/checkpoint-is-composites", ["predict", "--config", "{config_small}", "--data", "{composites}", "--checkpoint", "{composites}", "--out", "{root}/o8.zarr"], "glacierxr train"),
     ("predict/steps-0", ["predict", "--config", "{config_small}", "--data", "{composites}", "--checkpoint", "{checkpoint}", "--steps", "0", "--out", "{root}/o1.zarr"], "steps"),
     ("predict/steps-negative", ["predict", "--config", "{config_small}", "--data", "{composites}", "--checkpoint", "{checkpoint}", "--steps", "-3", "--out", "{root}/o2.zarr"], "steps"),
     ("predict/corrupt-checkpoint", ["predict", "--config", "{config_small}", "--data", "{composites}", "--checkpoint", "{corrupt}", "--out", "{root}/o3.zarr"], "corrupt"),
@@ -383,12 +420,16 @@ CLI_CASES = [
     ("predict/existing-output", ["predict", "--config", "{config_small}", "--data", "{composites}", "--checkpoint", "{checkpoint}", "--out", "{composites}"], "already exists"),
     ("evaluate/corrupt-checkpoint", ["evaluate", "--config", "{config_small}", "--data", "{composites}", "--checkpoint", "{corrupt}"], "corrupt"),
     ("evaluate/missing-data", ["evaluate", "--config", "{config_small}", "--data", "{root}/none.zarr", "--checkpoint", "{checkpoint}"], "no composites"),
+    ("evaluate/existing-out", ["evaluate", "--config", "{config_small}", "--data", "{composites}", "--checkpoint", "{checkpoint}", "--out", "{config_small}"], "--overwrite"),
+    ("evaluate/data-is-a-checkpoint", ["evaluate", "--config", "{config_small}", "--data", "{checkpoint}", "--checkpoint", "{checkpoint}"], "glacierxr prepare"),
     ("evaluate/unknown-split", ["evaluate", "--config", "{config_small}", "--data", "{composites}", "--checkpoint", "{checkpoint}", "--split", "holdout"], "holdout"),
     ("evaluate/config-unknown-key", ["evaluate", "--config", "{config_unknown_key}", "--data", "{composites}", "--checkpoint", "{checkpoint}"], "unknown key"),
+    ("velocity/existing-out", ["velocity", "--catalog", "{catalog}", "--out", "{composites}"], "--overwrite"),
+    ("velocity/catalog-is-a-checkpoint", ["velocity", "--catalog", "{checkpoint}", "--out", "{root}/v1.zarr"], "glacierxr sample"),
     ("demo/out-is-a-file", ["demo", "--quick", "--out", "{checkpoint}"], "is a file"),
     ("unknown-subcommand", ["forecast"], "no such command"),
 ]
-SUBCOMMANDS = ("sample", "search", "regions", "prepare", "train", "finetune", "predict", "evaluate", "demo")
+SUBCOMMANDS = ("sample", "search", "regions", "prepare", "train", "finetune", "predict", "evaluate", "velocity", "demo")
 
 
 @pytest.mark.parametrize("case_id, argv, fragment", CLI_CASES, ids=[c[0] for c in CLI_CASES])
