@@ -26,7 +26,6 @@ import datetime as dt
 import functools
 import math
 import os
-import re
 import time as _time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,7 +45,8 @@ from rasterio.enums import Resampling
 from stackstac.nodata_reader import NodataReader, exception_matches, nodata_for_window
 from stackstac.rio_reader import AutoParallelRioReader
 
-from glacierxr import _safety
+from glacierxr import _remote, _safety
+from glacierxr._remote import redact, redact_tokens_in_logs
 from glacierxr._validate import check_bbox, require_positive
 from glacierxr.errors import (
     AssetReadError,
@@ -67,7 +67,6 @@ from glacierxr.landsat import (
     SR_SCALE,
     resolve_asset_key,
 )
-from glacierxr.stac import redact_tokens_in_logs
 
 __all__ = [
     "load",
@@ -102,29 +101,6 @@ _QA_FILL = np.uint16(1 << QA_BITS["fill"])
 # Integer DNs up to 16 bits (and floats) are exact in, or meant for, float32.
 _REFLECTANCE_DTYPES = frozenset({"uint8", "int8", "uint16", "int16", "float32", "float64"})
 _QA_DTYPES = frozenset({"uint8", "uint16"})
-_BLOB_HOST = ".blob.core.windows.net"
-_TRANSIENT = re.compile(
-    r"HTTP response code: (?:5\d\d|429|408)|couldn'?t connect|connection (?:reset|refused|timed out)"
-    r"|failed to connect|timed? ?out|timeout|could not resolve|recv failure|send failure"
-    r"|transfer closed"
-    r"|empty reply|ssl",
-    re.IGNORECASE,
-)
-_EXPIRED_TOKEN = re.compile(r"HTTP response code: 403", re.IGNORECASE)
-# What GDAL says when the bytes of a *remote* file did not arrive whole: an error page or a
-# refused token read instead of the TIFF header ("not recognized"), or a short tile read.
-# GDAL does not always carry the HTTP status into the exception, so for http(s) hrefs these
-# are retried too (a truly corrupt remote file then fails after READ_ATTEMPTS tries).
-_REMOTE_SHORT_READ = re.compile(
-    r"not recognized as being in a supported file format|read error at|got \d+ bytes, expected"
-    r"|ireadblock failed|tiffreadencoded|tifffilltile|tiffreadblock",
-    re.IGNORECASE,
-)
-_URL_QUERY = re.compile(r"((?:/vsicurl/)?[a-z][a-z0-9+.-]*://[^\s'\"?#]+)\?[^\s'\"]*", re.IGNORECASE)
-_SECRET_PARAM = re.compile(
-    r"\b(sig|se|st|sp|sv|sr|spr|skoid|sktid|skt|ske|sks|skv|token|x-amz-[a-z-]+)=[^&\s'\"]+",
-    re.IGNORECASE,
-)
 _AFFINE_WARNING = {"message": r"Use `@` matmul", "category": PendingDeprecationWarning}
 
 
@@ -161,59 +137,11 @@ class OutputNotFoundError(GlacierXRError, FileNotFoundError):
 # ------------------------------------------------------------------------------------------
 # Hrefs: signing and redaction
 # ------------------------------------------------------------------------------------------
-def _redact(text: str) -> str:
-    """Remove query strings (SAS tokens, signatures) from every URL in ``text``.
-
-    Examples
-    --------
-    >>> _redact("Error opening 'https://a.blob.core.windows.net/c/x.tif?st=1&sig=abc': 403")
-    "Error opening 'https://a.blob.core.windows.net/c/x.tif': 403"
-    """
-    return _SECRET_PARAM.sub(r"\1=<redacted>", _URL_QUERY.sub(r"\1", text))
-
-
-def _is_blob(href: str) -> bool:
-    return urlsplit(href).netloc.endswith(_BLOB_HOST)
-
-
-def _sign(href: str) -> str:
-    """A currently valid URL for ``href``: Planetary Computer blob URLs get a fresh SAS token."""
-    if not _is_blob(href):
-        return href
-    from glacierxr.stac import resign_href  # lazy: only Planetary Computer hrefs need it
-
-    return resign_href(href)
-
-
-def _messages(exc: BaseException) -> str:
-    parts = []
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        parts.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    return " | ".join(parts)
-
-
-def _is_remote(href: str) -> bool:
-    return urlsplit(href).scheme.lower() in ("http", "https")
-
-
-def _is_transient(exc: BaseException, href: str) -> bool:
-    text = _messages(exc)
-    if _TRANSIENT.search(text):
-        return True
-    if _is_remote(href) and _REMOTE_SHORT_READ.search(text):
-        return True
-    # An expired SAS token answers 403; signing again (next attempt) fixes it.
-    return _is_blob(href) and bool(_EXPIRED_TOKEN.search(text))
-
-
 def _short_cause(exc: BaseException) -> str:
     root = exc
     while root.__cause__ is not None:
         root = root.__cause__
-    return _redact(f"{type(root).__name__}: {root}")
+    return redact(f"{type(root).__name__}: {root}")
 
 
 @contextlib.contextmanager
@@ -232,7 +160,7 @@ class LandsatReader(AutoParallelRioReader):
     A drop-in for :class:`stackstac.rio_reader.AutoParallelRioReader` (same constructor, pickles
     the same way, so it runs on ``dask.distributed`` workers):
 
-    - hrefs on ``*.blob.core.windows.net`` are signed with :func:`glacierxr.stac.resign_href`
+    - hrefs on ``*.blob.core.windows.net`` are signed with :func:`glacierxr._remote.resign`
       each time the file is opened, so a token that expired since the search is renewed;
     - transient failures (HTTP 5xx/429, dropped connections, time-outs after
       :data:`READ_TIMEOUT_S` of silence, HTTP 403 on a blob URL, and bytes of a remote file
@@ -245,7 +173,7 @@ class LandsatReader(AutoParallelRioReader):
     """
 
     def _failure(self, action: str, exc: BaseException, attempts: int) -> AssetReadError:
-        href = _redact(self.url)
+        href = redact(self.url)
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         return AssetReadError(
             f"Could not {action} raster asset {href!r}{tries}: {_short_cause(exc)}. "
@@ -257,7 +185,7 @@ class LandsatReader(AutoParallelRioReader):
     def _skip(self, error: AssetReadError) -> bool:
         if exception_matches(error, self.errors_as_nodata):
             warnings.warn(
-                SkippedAssetWarning(_skipped_text(str(error)), _redact(self.url)),
+                SkippedAssetWarning(_skipped_text(str(error)), redact(self.url)),
                 stacklevel=2,
             )
             return True
@@ -271,7 +199,7 @@ class LandsatReader(AutoParallelRioReader):
             for attempt in range(max(1, READ_ATTEMPTS)):
                 attempts = attempt + 1
                 try:
-                    self.url = _sign(href)
+                    self.url = _remote.resign(href)
                     with _uncached(self.url, attempt):
                         return super()._open()
                 except AssetReadError as exc:  # signing failed for good
@@ -279,7 +207,7 @@ class LandsatReader(AutoParallelRioReader):
                     break
                 except Exception as exc:  # noqa: BLE001 - classified, redacted and re-raised
                     error = exc
-                    if attempts >= READ_ATTEMPTS or not _is_transient(exc, href):
+                    if attempts >= READ_ATTEMPTS or not _remote.is_transient(exc, href):
                         break
                     _time.sleep(RETRY_BACKOFF_S * 2**attempt)
         finally:
@@ -297,7 +225,7 @@ class LandsatReader(AutoParallelRioReader):
             except AssetReadError:
                 raise  # from _open: already retried and explained
             except Exception as exc:  # noqa: BLE001 - classified, redacted and re-raised
-                if attempt + 1 >= READ_ATTEMPTS or not _is_transient(exc, self.url):
+                if attempt + 1 >= READ_ATTEMPTS or not _remote.is_transient(exc, self.url):
                     failure = self._failure("read", exc, attempt + 1)
                     if self._skip(failure):
                         return nodata_for_window(window, self.fill_value, self.dtype)
@@ -692,10 +620,10 @@ def _chunk_sizes(chunks) -> dict[str, int]:
 
 
 def _source(scenes: Sequence[_Scene]) -> str:
-    roots = {_redact(s.root) for s in scenes if s.root}
+    roots = {redact(s.root) for s in scenes if s.root}
     if len(roots) == 1:
         return roots.pop()
-    hrefs = [_redact(b.href) for s in scenes for b in s.bands.values()]
+    hrefs = [redact(b.href) for s in scenes for b in s.bands.values()]
     prefix = os.path.commonprefix(hrefs)
     if "://" in prefix:
         parts = urlsplit(prefix)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import re
 import warnings
@@ -31,12 +30,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pystac
 
+from glacierxr import _remote
+from glacierxr._remote import (  # re-exported: part of this module's documented API
+    RETRY_BACKOFF_FACTOR,
+    TOKEN_LOGGER_PACKAGES,
+    RedactTokensFilter,
+    redact,
+    redact_tokens_in_logs,
+    shorten,
+)
 from glacierxr._validate import check_bbox
-from glacierxr.errors import AssetReadError, CatalogError, DataTypeError, GridError, NoScenesError
+from glacierxr.errors import CatalogError, DataTypeError, GridError, NoScenesError
 from glacierxr.landsat import COLLECTIONS, PC_STAC_API
 
 __all__ = [
@@ -51,23 +58,11 @@ __all__ = [
     "redact_tokens_in_logs",
 ]
 
-#: Seconds of the exponential backoff between retries: ``factor * 2 ** (retry - 1)``.
-RETRY_BACKOFF_FACTOR = 0.5
 #: HTTP statuses retried (besides connection errors and timeouts).
 RETRY_STATUS = (429, 500, 502, 503, 504)
 #: ``(connect, read)`` timeout in seconds of every request to a STAC API.
 REQUEST_TIMEOUT = (10.0, 60.0)
 
-_BLOB_DOMAIN = ".blob.core.windows.net"
-# Planetary Computer's public thumbnails account needs no token (planetary_computer skips it).
-_PUBLIC_BLOB_ACCOUNTS = frozenset({"ai4edatasetspublicassets.blob.core.windows.net"})
-# Query keys of an Azure SAS token (service, account and user-delegation SAS).
-_SAS_KEYS = frozenset({
-    "sv", "ss", "srt", "sp", "se", "st", "spr", "sig", "sr", "si", "sdd", "ses", "skoid",
-    "sktid", "skt", "ske", "sks", "skv", "saoid", "suoid", "scid", "sip", "rscc", "rscd",
-    "rsce", "rscl", "rsct",
-})
-_SAS_MARKERS = frozenset({"st", "se", "sp", "sig"})
 _UTC = dt.timezone.utc
 _END_OF_PERIOD = dt.timedelta(microseconds=1)
 
@@ -256,8 +251,7 @@ def resign_href(href: str, *, max_retries: int = 5) -> str:
     >>> resign_href("https://example.com/a.tif?x=1")
     'https://example.com/a.tif?x=1'
     """
-    redact_tokens_in_logs()
-    return _sign_href(href, strip=True, max_retries=max_retries, error=AssetReadError)
+    return _remote.resign(href, max_retries=max_retries)
 
 
 def cql2_filter(
@@ -356,7 +350,7 @@ class _Query:
     def describe(self) -> str:
         where = (
             f"bbox={self.bbox}" if self.intersects is None
-            else f"intersects={_short(json.dumps(self.intersects), 120)}"
+            else f"intersects={shorten(json.dumps(self.intersects), 120)}"
         )
         if self.glacier is not None:
             where += f" (glacier={self.glacier!r})"
@@ -411,7 +405,7 @@ def _geometry(value) -> dict[str, Any]:
     if value["type"] == "Feature":
         value = dict(value.get("geometry") or {})
     if "coordinates" not in value and value.get("type") != "GeometryCollection":
-        raise GridError(f"intersects has no 'coordinates': {_short(str(value), 200)}.")
+        raise GridError(f"intersects has no 'coordinates': {shorten(str(value), 200)}.")
     return value
 
 
@@ -647,7 +641,7 @@ def _read_static(text: str):
         document = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise CatalogError(
-            f"Could not read a STAC catalog from {path}: {_short(str(err), 200)}. "
+            f"Could not read a STAC catalog from {path}: {shorten(str(err), 200)}. "
             "Pass a readable STAC JSON file."
         ) from None
     kind = document.get("type") if isinstance(document, dict) else None
@@ -658,7 +652,7 @@ def _read_static(text: str):
     except Exception as err:  # pystac raises many kinds of errors on bad STAC
         raise CatalogError(
             f"Could not read a STAC catalog from {path}: {type(err).__name__}: "
-            f"{_short(str(err), 200)}. Pass a valid STAC catalog, collection or ItemCollection."
+            f"{shorten(str(err), 200)}. Pass a valid STAC catalog, collection or ItemCollection."
         ) from None
     if isinstance(stac_object, pystac.Item):
         return pystac.ItemCollection([stac_object])
@@ -693,7 +687,7 @@ def _search_static(source, query: _Query, limit: int | None):
     except Exception as err:
         raise CatalogError(
             f"Could not walk the STAC catalog {_catalog_name(query.catalog)}: "
-            f"{type(err).__name__}: {_short(_redact(str(err)), 200)}. Check that its links "
+            f"{type(err).__name__}: {shorten(redact(str(err)), 200)}. Check that its links "
             "point at files that exist."
         ) from None
     collections = declared | {i.collection_id for i in found if i.collection_id}
@@ -753,7 +747,7 @@ def _retry(max_retries: int):
 def _api_error_message(url: str, err: Exception, max_retries: int, what: str) -> str:
     status = getattr(err, "status_code", None)
     found = f"HTTP {status}: " if status else ""
-    detail = _short(_redact(str(err)), 300) or type(err).__name__
+    detail = shorten(redact(str(err)), 300) or type(err).__name__
     return (
         f"Could not {what} the STAC API at {url} (after {max_retries} retries): {found}{detail}. "
         "Check the URL and the network connection (a proxy or firewall?), try again later or "
@@ -884,133 +878,9 @@ def _catalog_name(catalog) -> str:
     return f"<{type(catalog).__name__}>"
 
 
-def _short(text: str, size: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= size else text[: size - 3] + "..."
-
-
-_SIG_RE = re.compile(r"(?i)\b(sig|se|st|sp|sv|skoid|sktid|ske|skt|sks|skv)=[^&\s\"']*")
-_BLOB_QUERY_RE = re.compile(r"(?i)(\.blob\.core\.windows\.net/[^?\s\"']*)\?[^\s\"']*")
-
-
-def _redact(text: str) -> str:
-    """Remove anything that looks like a SAS token from ``text``."""
-    text = _BLOB_QUERY_RE.sub(r"\1?<token removed>", text)
-    return _SIG_RE.sub(r"\1=<removed>", text)
-
-
-# --------------------------------------------------------------------------- logs
-
-#: Packages whose loggers see signed URLs; rasterio and stackstac log them at DEBUG level
-#: ("Dataset <open DatasetReader name='https://...?...&sig=...'> is started").
-TOKEN_LOGGER_PACKAGES = (
-    "rasterio", "stackstac", "urllib3", "requests", "pystac", "pystac_client",
-    "planetary_computer", "fsspec", "glacierxr",
-)  # fmt: skip
-
-
-class RedactTokensFilter(logging.Filter):
-    """A :class:`logging.Filter` that removes SAS tokens from log records (it never drops one)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken record is not ours to fix
-            return True
-        redacted = _redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        return True
-
-
-_TOKEN_FILTER = RedactTokensFilter()
-
-
-def redact_tokens_in_logs() -> None:
-    """Attach :class:`RedactTokensFilter` to the loggers of :data:`TOKEN_LOGGER_PACKAGES`.
-
-    Filters of a logger apply to the records logged on it, not on its children, so every
-    logger of those packages that exists when it runs is equipped. Idempotent and cheap;
-    :func:`search`, :func:`resign_href` and :func:`glacierxr.load` call it. Filters run only
-    for records at an enabled level, so this costs nothing unless DEBUG logging is on.
-
-    Examples
-    --------
-    >>> import logging
-    >>> redact_tokens_in_logs()
-    >>> any(isinstance(f, RedactTokensFilter) for f in logging.getLogger("rasterio._base").filters)
-    True
-    """
-    names = set(TOKEN_LOGGER_PACKAGES) | {"rasterio._base", "rasterio._env", "stackstac.timer"}
-    names |= {
-        name
-        for name in list(logging.root.manager.loggerDict)
-        if name.split(".", 1)[0] in TOKEN_LOGGER_PACKAGES
-    }
-    for name in names:
-        logger = logging.getLogger(name)
-        if _TOKEN_FILTER not in logger.filters:
-            logger.addFilter(_TOKEN_FILTER)
-
-
 # --------------------------------------------------------------------------- signing
 
 
 def _sign_item(item: pystac.Item, *, max_retries: int) -> None:
     for asset in item.assets.values():
-        asset.href = _sign_href(asset.href, strip=False, max_retries=max_retries,
-                                error=CatalogError)
-
-
-def _is_blob(netloc: str) -> bool:
-    host = netloc.rsplit("@", 1)[-1].split(":", 1)[0].lower()
-    return host.endswith(_BLOB_DOMAIN) and host not in _PUBLIC_BLOB_ACCOUNTS
-
-
-def _sign_href(href: str, *, strip: bool, max_retries: int, error: type[Exception]) -> str:
-    if not isinstance(href, str):
-        raise DataTypeError(f"An asset href must be a string; got {type(href).__name__}.")
-    parts = urlsplit(href)
-    if parts.scheme.lower() not in ("http", "https") or not _is_blob(parts.netloc):
-        return href
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    if not strip and _SAS_MARKERS & {k.lower() for k, _ in pairs}:
-        return href  # already signed; resign_href refreshes it when needed
-    kept_query = urlencode([(k, v) for k, v in pairs if k.lower() not in _SAS_KEYS])
-    bare = urlunsplit((parts.scheme, parts.netloc, parts.path, kept_query, ""))
-    path = parts.path.lstrip("/").split("/", 1)
-    account = parts.netloc.split(".", 1)[0]
-    container = path[0] if len(path) == 2 and path[0] else None
-    if container is None:
-        raise error(
-            f"Cannot sign {bare}: a blob URL needs a container and a blob path "
-            "(https://<account>.blob.core.windows.net/<container>/<path>)."
-        )
-    token = _get_token(account, container, bare=bare, max_retries=max_retries, error=error)
-    query = "&".join(q for q in (kept_query, token.token.lstrip("?")) if q)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
-
-
-def _get_token(account: str, container: str, *, bare: str, max_retries: int, error):
-    from planetary_computer.sas import get_token
-    from planetary_computer.settings import Settings
-
-    try:
-        return get_token(account, container, retry_total=max_retries,
-                         retry_backoff_factor=RETRY_BACKOFF_FACTOR)
-    except Exception as err:  # requests errors, a malformed token response ...
-        sas_url = Settings.get().sas_url
-        detail = (_short(_redact(str(err)), 200) if _is_requests_error(err)
-                  else type(err).__name__)  # a decoding error could quote the token: name only
-        raise error(
-            f"Could not get a Planetary Computer SAS token for {account}/{container} from "
-            f"{sas_url} (after {max_retries} retries): {detail}. It is needed to read {bare}. "
-            "Check the network connection and PC_SDK_SAS_URL / PC_SDK_SUBSCRIPTION_KEY, or pass "
-            "sign=False to keep the hrefs unsigned."
-        ) from None
-
-
-def _is_requests_error(err: Exception) -> bool:
-    import requests
-
-    return isinstance(err, requests.RequestException)
+        asset.href = _remote.sign(asset.href, strip=False, max_retries=max_retries, error=CatalogError)

@@ -26,6 +26,7 @@ import pytest
 
 import glacierxr as gx
 from glacierxr import io as gio
+from glacierxr._remote import redact
 from glacierxr import stac
 from glacierxr.errors import AssetReadError, CheckpointError, ConfigError
 from glacierxr.testing import make_scene_cube, make_series
@@ -121,7 +122,7 @@ def test_security__redaction_filter_covers_rasterio_and_stackstac_debug_records(
 def test_security__reader_and_errors_pickle_without_tokens():
     import pickle
 
-    error = AssetReadError(gio._redact(f"Could not read 'https://a.blob.core.windows.net/c/x.tif?{TOKEN}'"))
+    error = AssetReadError(redact(f"Could not read 'https://a.blob.core.windows.net/c/x.tif?{TOKEN}'"))
     assert SECRET not in pickle.dumps(error).decode("latin-1")
 
 

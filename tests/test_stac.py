@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from glacierxr import _remote
 from glacierxr import stac
 from glacierxr.errors import (
     AssetReadError,
@@ -722,5 +723,5 @@ def test_search__token_failure_is_a_catalog_error_without_tokens(l9_catalog, tok
 def test_redact__removes_sas_queries():
     text = ("GET https://acc.blob.core.windows.net/c/x.tif?sv=1&sig=abc%2Bd failed; "
             "token sp=rl&se=2030&sig=zzz")
-    redacted = stac._redact(text)
+    redacted = _remote.redact(text)
     assert "abc" not in redacted and "zzz" not in redacted and "x.tif" in redacted
