@@ -9,6 +9,10 @@ one home of that knowledge:
 * :func:`resolve_stable` turns what the user gave (a boolean ``stable`` mask and/or
   ``outlines``) into one validated stable-ground mask on the grid, with the ITS_LIVE-style flag
   that says where it came from (:data:`FLAG_NONE`, :data:`FLAG_USER`, :data:`FLAG_AUTO`);
+* :func:`temporal_variability` and :func:`stable_from_variability` find stable ground in the
+  data: pixels whose local texture (the high-pass image) stays the same through a stack of
+  co-registered scenes.  Moving ice, a snow line that moves, water and cloud all change the
+  local texture; rock does not.
 
 Nothing here reads a pixel of the cube it is given a grid from (``like``): only its
 coordinates and CRS are used.
@@ -33,7 +37,10 @@ __all__ = [
     "FLAG_NONE",
     "FLAG_USER",
     "rasterize_outlines",
+    "highpass",
     "resolve_stable",
+    "stable_from_variability",
+    "temporal_variability",
 ]
 
 #: No stable ground was used (ITS_LIVE's ``stable_shift_flag`` 0).
@@ -166,7 +173,7 @@ def rasterize_outlines(
 
     Examples
     --------
-    >>> import numpy as np, xarray as xr
+    >>> import numpy as np, xarray as xr, rioxarray
     >>> grid = xr.DataArray(np.zeros((4, 6)), dims=("y", "x"),
     ...                     coords={"y": [35.0, 25.0, 15.0, 5.0], "x": np.arange(6) * 10.0 + 5}
     ...                     ).rio.write_crs("EPSG:32607")
@@ -317,3 +324,195 @@ def resolve_stable(
         mask.attrs = {}
     mask.name = "stable"
     return mask, FLAG_USER
+
+
+def highpass(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``image`` minus its Gaussian blur of ``sigma`` pixels (float32); NaN stays NaN.
+
+    Missing pixels are filled with the mean of the valid ones before blurring, so that one
+    cloud does not spread NaN over its surroundings.
+
+    Examples
+    --------
+    >>> highpass(np.full((3, 3), 5.0), 2.0)
+    array([[0., 0., 0.],
+           [0., 0., 0.],
+           [0., 0., 0.]], dtype=float32)
+    """
+    from glacierxr._checks import require_cv2
+
+    cv2 = require_cv2("stable")
+    image = np.asarray(image, np.float32)
+    valid = np.isfinite(image)
+    filled = image if valid.all() else np.where(valid, image, image[valid].mean() if valid.any() else 0.0)
+    filled = np.ascontiguousarray(filled, np.float32)
+    out = filled - cv2.GaussianBlur(filled, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
+    return out if valid.all() else np.where(valid, out, np.float32(np.nan))
+
+
+def _highpass_block(block: np.ndarray, sigma: float) -> np.ndarray:
+    """:func:`highpass` of every ``(y, x)`` image of a ``(..., y, x)`` block."""
+    out = np.empty(block.shape, np.float32)
+    for index in np.ndindex(*block.shape[:-2]):
+        out[index] = highpass(block[index], sigma)
+    return out
+
+
+def _variability_kernel(count: np.ndarray, total: np.ndarray, squares: np.ndarray,
+                        window: float) -> np.ndarray:
+    """Local share of the high-pass energy that changes over time (NaN: seen < 2 times)."""
+    from scipy import ndimage
+
+    known = count >= 2
+    n = np.maximum(count, 1)
+    energy = squares / n
+    change = np.maximum(energy - (total / n) ** 2, 0.0) * n / np.maximum(n - 1, 1)
+    # unknown pixels count as fully changing, so that they also taint their neighbours
+    change = np.where(known, change, energy)
+    change = ndimage.gaussian_filter(change, window, mode="reflect")
+    energy = ndimage.gaussian_filter(energy, window, mode="reflect")
+    floor = 1e-12 * max(float(np.nanmax(energy, initial=0.0)), 1e-30)
+    variability = change / np.maximum(energy, floor)
+    return np.where(known, variability, np.nan).astype(np.float32)
+
+
+def temporal_variability(
+    da: xr.DataArray,
+    *,
+    highpass_sigma: float = 4.0,
+    window: float = 7.0,
+    time_dim: str = "time",
+    y_dim: str = "y",
+    x_dim: str = "x",
+) -> xr.DataArray:
+    """How much the local texture of co-registered scenes changes over time, per pixel (lazy).
+
+    Each scene is high-passed (``image - blur(image, highpass_sigma)``); per pixel, the
+    temporal variance of the high-pass values and their mean square are averaged over a
+    Gaussian window of ``window`` pixels, and the variability is their ratio: 0 where every
+    scene shows the same texture (rock), about 1 where the texture of one scene is unrelated
+    to the next (ice that moved by more than the texture's scale, water, cloud), in between
+    for a snow line that moved a little.  Only the scenes' texture counts, so a scene that is
+    brighter or darker as a whole (illumination, haze) does not make ground unstable.
+
+    Parameters
+    ----------
+    da
+        Co-registered ``(time, y, x)`` scenes (NaN missing); ``y``/``x`` one Dask chunk each.
+    highpass_sigma
+        Blur (pixels) removed to get the texture.
+    window
+        Standard deviation (pixels) of the Gaussian window the statistics are averaged over.
+    time_dim, y_dim, x_dim
+        Names of the dimensions.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(y, x)`` float32, lazy when ``da`` is; NaN where a pixel was valid in fewer than two
+        scenes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from glacierxr.testing import make_series
+    >>> rng = np.random.default_rng(0)
+    >>> rock = rng.standard_normal((32, 64))
+    >>> scenes = np.stack([rock, rock, rock])
+    >>> scenes[:, :, 32:] = rng.standard_normal((3, 32, 32))   # the right half changes
+    >>> v = temporal_variability(make_series(scenes), window=2.0)
+    >>> float(v[:, :24].max()) < 0.01, float(v[:, 40:].min()) > 0.5
+    (True, True)
+    """
+    check_single_chunk(da, (y_dim, x_dim), "temporal_variability", why="scenes are filtered whole")
+    core = [y_dim, x_dim]
+    texture = xr.apply_ufunc(
+        _highpass_block, da, input_core_dims=[core], output_core_dims=[core], dask="parallelized",
+        output_dtypes=[np.float32], kwargs={"sigma": float(highpass_sigma)},
+    )
+    texture = texture.drop_vars([c for c in texture.coords if c not in (time_dim, y_dim, x_dim)])
+    stats = [texture.count(time_dim), texture.sum(time_dim, dtype=np.float64),
+             (texture.astype(np.float64) ** 2).sum(time_dim)]
+    variability = xr.apply_ufunc(
+        _variability_kernel, *stats, input_core_dims=[core] * 3, output_core_dims=[core],
+        dask="parallelized", output_dtypes=[np.float32], kwargs={"window": float(window)},
+    )
+    variability.name = "variability"
+    variability.attrs = {"units": "1", "long_name": "share of the local texture that changes over time"}
+    return variability
+
+
+def _threshold_kernel(variability: np.ndarray, threshold: float, min_fraction: float) -> np.ndarray:
+    """Pixels at or below ``threshold``, or the ``min_fraction`` most stable when too few are."""
+    known = np.isfinite(variability)
+    if not known.any():
+        return known
+    cut = threshold
+    if (variability[known] <= threshold).mean() < min_fraction:
+        cut = float(np.quantile(variability[known], min_fraction))
+    return known & (variability <= cut)
+
+
+def stable_from_variability(
+    da: xr.DataArray,
+    *,
+    threshold: float = 0.1,
+    min_fraction: float = 0.05,
+    highpass_sigma: float = 4.0,
+    window: float = 7.0,
+    time_dim: str = "time",
+    y_dim: str = "y",
+    x_dim: str = "x",
+) -> xr.DataArray:
+    """Automatic stable ground: pixels whose texture does not change through ``da`` (lazy).
+
+    A pixel is stable when its :func:`temporal_variability` is at most ``threshold``; when
+    fewer than ``min_fraction`` of the known pixels pass, the ``min_fraction`` most stable
+    ones are taken instead (a scene full of moving ice still keeps its best ground).  Pixels
+    seen in fewer than two scenes are never stable.
+
+    Parameters
+    ----------
+    da
+        Co-registered ``(time, y, x)`` scenes (e.g. a first registration pass).
+    threshold
+        Largest variability of stable ground (0 = identical texture in every scene).
+    min_fraction
+        Smallest share of the known pixels kept.
+    highpass_sigma, window, time_dim, y_dim, x_dim
+        As in :func:`temporal_variability`.
+
+    Returns
+    -------
+    xarray.DataArray
+        Boolean ``(y, x)``, True on stable ground; lazy when ``da`` is.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from glacierxr.testing import make_series
+    >>> rng = np.random.default_rng(0)
+    >>> rock = rng.standard_normal((32, 64))
+    >>> scenes = np.stack([rock, rock, rock])
+    >>> scenes[:, :, 32:] = rng.standard_normal((3, 32, 32))
+    >>> mask = stable_from_variability(make_series(scenes), window=2.0)
+    >>> bool(mask[:, :24].all()), bool(mask[:, 40:].any())
+    (True, False)
+    """
+    for name, value, low in (("threshold", threshold, 0.0), ("min_fraction", min_fraction, 0.0)):
+        if not (isinstance(value, (int, float, np.number)) and np.isfinite(value) and value >= low):
+            raise ConfigError(f"{name} must be a number >= {low}, got {value!r}.")
+    if min_fraction > 1:
+        raise ConfigError(f"min_fraction is a share of the pixels (0-1), got {min_fraction!r}.")
+    variability = temporal_variability(
+        da, highpass_sigma=highpass_sigma, window=window, time_dim=time_dim, y_dim=y_dim, x_dim=x_dim
+    )
+    mask = xr.apply_ufunc(
+        _threshold_kernel, variability, input_core_dims=[[y_dim, x_dim]],
+        output_core_dims=[[y_dim, x_dim]], dask="parallelized", output_dtypes=[bool],
+        kwargs={"threshold": float(threshold), "min_fraction": float(min_fraction)},
+    )
+    mask.name = "stable"
+    mask.attrs = {"long_name": "stable ground (texture unchanged over time)",
+                  "stable_threshold": float(threshold)}
+    return mask
