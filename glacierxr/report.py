@@ -31,6 +31,7 @@ FORECASTER_COLORS = {
     "persistence": "#7f7f7f",
     "seasonal_naive": "#ff7f0e",
     "climatology": "#2ca02c",
+    "anomaly_persistence": "#9467bd",
 }
 _MODEL_COLOR = "#1f77b4"
 
