@@ -32,7 +32,7 @@ def _default(section: str, key: str) -> str:
     from glacierxr.config import RunConfig
 
     value = getattr(getattr(RunConfig(), section), key)
-    return f"{value} (config [{section}] {key})"
+    return f"{value}; config [{section}] {key}"
 
 
 def _config(path: str | None, **overrides):
