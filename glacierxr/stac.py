@@ -42,7 +42,7 @@ from glacierxr._remote import (  # re-exported: part of this module's documented
     redact_tokens_in_logs,
     shorten,
 )
-from glacierxr._validate import check_bbox
+from glacierxr._validate import check_bbox, require_positive
 from glacierxr.errors import CatalogError, DataTypeError, GridError, NoScenesError
 from glacierxr.landsat import COLLECTIONS, PC_STAC_API
 
@@ -154,6 +154,9 @@ def search(
     CatalogError
         The catalog cannot be reached or read, the collection is not in it (the message lists
         the collections it has), or an argument is invalid.
+    ConfigError
+        ``limit``, ``page_size`` or ``max_retries`` is not a positive (for ``max_retries``
+        non-negative) integer.
     GridError
         ``bbox`` is not ``(west, south, east, north)`` in degrees, or ``bbox``,
         ``intersects`` and ``glacier`` are combined.
@@ -187,9 +190,9 @@ def search(
         catalog=catalog,
         glacier=glacier,
     )
-    limit = _check_positive_int(limit, "limit", allow_none=True)
-    page_size = _check_positive_int(page_size, "page_size")
-    max_retries = _check_positive_int(max_retries, "max_retries", allow_zero=True)
+    limit = require_positive(limit, name="limit", integer=True, allow_none=True, example=100)
+    page_size = require_positive(page_size, name="page_size", integer=True, example=100)
+    max_retries = require_positive(max_retries, name="max_retries", integer=True, allow_zero=True, example=5)
 
     if isinstance(catalog, (pystac.Catalog, pystac.ItemCollection)):
         items, stats = _search_static(catalog, query, limit)
@@ -477,15 +480,6 @@ def _check_platforms(value):
             f"or None for any platform; got {value!r}."
         )
     return names
-
-
-def _check_positive_int(value, name, *, allow_none=False, allow_zero=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        lowest = 0 if allow_zero else 1
-        raise CatalogError(f"{name} must be an integer >= {lowest}; got {value!r}.")
-    return value
 
 
 def _datetime_message(value) -> str:

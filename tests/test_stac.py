@@ -30,6 +30,7 @@ from glacierxr import stac
 from glacierxr.errors import (
     AssetReadError,
     CatalogError,
+    ConfigError,
     GlacierXRError,
     GridError,
     NoScenesError,
@@ -334,7 +335,7 @@ def test_search__unknown_collection_lists_available(l9_catalog):
         (dict(max_cloud=120), CatalogError, "outside 0–100"),
         (dict(datetime="last summer"), CatalogError, "not a period"),
         (dict(datetime="2021-01-01/2013-01-01"), CatalogError, "starts"),
-        (dict(limit=0), CatalogError, "limit must be an integer >= 1"),
+        (dict(limit=0), ConfigError, "limit must be a positive integer"),
         (dict(platforms=[]), CatalogError, "non-empty list"),
         (dict(catalog=42), GlacierXRError, "catalog must be a STAC API URL"),
     ],
