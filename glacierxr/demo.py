@@ -313,7 +313,7 @@ def _sample(directory: Path, size: DemoSize, *, progress: bool) -> tuple[Path, b
     import glacierxr as gx
 
     catalog = directory / "catalog.json"
-    if catalog.exists():
+    if catalog.exists() and (directory / gx.sample.COMPLETE_MARKER).exists():  # not an interrupted one
         try:
             attrs = gx.sample.open_truth(catalog).attrs
         except Exception:  # noqa: BLE001 - a damaged sample is rewritten below

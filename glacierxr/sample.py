@@ -94,6 +94,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glacierxr._safety import locks_output
 from glacierxr.errors import CatalogError, ConfigError
 from glacierxr.landsat import QA_BITS, SR_NODATA, SR_OFFSET, SR_SCALE
 
@@ -106,6 +107,9 @@ SAMPLE_BANDS = ("green", "swir16", "qa_pixel")
 #: Classes of the truth's ``surface`` variable (what the ground shows in each scene).
 SURFACE_CLASSES = {"rock": 0, "ice": 1, "snow": 2, "water": 3}
 
+#: Hidden file written after everything else; a sample folder without it is incomplete
+#: (an interrupted run) and :func:`write_catalog` writes it anew instead of refusing.
+COMPLETE_MARKER = ".glacierxr-sample-complete"
 #: File name of the ground truth, next to ``catalog.json``.
 TRUTH_FILENAME = "truth.nc"
 
@@ -949,6 +953,7 @@ def _parse_date(value, name: str) -> dt.date:
         ) from None
 
 
+@locks_output("directory")  # one writer per sample folder (OutputLockedError for a second)
 def write_catalog(
     directory,
     *,
@@ -1023,7 +1028,10 @@ def write_catalog(
     ConfigError
         A parameter is out of range.
     CatalogError
-        ``directory`` already holds a catalog and ``overwrite`` is False.
+        ``directory`` already holds a complete sample and ``overwrite`` is False (a sample
+        whose writing was interrupted has no completion marker and is written anew).
+    OutputLockedError
+        Another process is writing a sample into ``directory`` right now.
 
     Examples
     --------
@@ -1080,6 +1088,8 @@ def write_catalog(
         title="glacierxr sample ground truth",
     ))
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    # written last: a sample without it was interrupted and is redone by the next call
+    (directory / COMPLETE_MARKER).write_text(f"glacierxr sample, seed {seed}, complete\n")
     return directory / "catalog.json"
 
 
@@ -1106,13 +1116,16 @@ def _clear_directory(directory: Path, overwrite: bool) -> None:
     catalog_path = directory / "catalog.json"
     collection_dir = directory / _COLLECTION_ID
     truth_path = directory / TRUTH_FILENAME
-    if catalog_path.exists() or collection_dir.exists() or truth_path.exists():
-        if not overwrite:
+    marker = directory / COMPLETE_MARKER
+    if catalog_path.exists() or collection_dir.exists() or truth_path.exists() or marker.exists():
+        if not overwrite and marker.exists():
             raise CatalogError(
                 f"A sample is already written in {directory} (found catalog.json, "
                 f"{_COLLECTION_ID}/ or {TRUTH_FILENAME}). Pass overwrite=True to replace it, or "
                 "choose an empty directory."
             )
+        # complete and overwrite=True, or an interrupted sample (no marker): written anew
+        marker.unlink(missing_ok=True)
         catalog_path.unlink(missing_ok=True)
         truth_path.unlink(missing_ok=True)
         shutil.rmtree(collection_dir, ignore_errors=True)

@@ -381,3 +381,35 @@ def test_train__a_failed_run_leaves_no_empty_folder(tmp_path, run_inputs, capsys
     assert _train(config, short, run) == 2
     assert "periods" in capsys.readouterr().err
     assert not run.exists()
+
+
+# ------------------------------------------------------------------------------------------
+# the sample writer
+# ------------------------------------------------------------------------------------------
+_SAMPLE = """
+import sys
+import glacierxr as gx
+gx.sample.write_catalog(sys.argv[1], seed=0, width=32, height=32, start="2015-01-01", end="2021-01-01",
+                        progress=True)
+"""
+
+
+def test_killed_sample__is_detected_and_written_anew(tmp_path, capsys):
+    out = tmp_path / "sample"
+    process = subprocess.Popen([sys.executable, "-c", _SAMPLE, str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while len(list(out.rglob("*.TIF"))) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(out.rglob("*.TIF")) and not (out / gx.sample.COMPLETE_MARKER).exists()
+    # the next run sees an interrupted sample (no marker), not "already written", and redoes it
+    assert main(["sample", "--out", str(out), "--width", "32", "--height", "32", "--start", "2015-01-01",
+                 "--end", "2021-01-01"]) == 0
+    assert (out / gx.sample.COMPLETE_MARKER).exists()
+    items = gx.search(datetime=None, max_cloud=None, catalog=out / "catalog.json", sign=False)
+    assert len(items) == gx.sample.open_truth(out / "catalog.json").sizes["time"]
+    # a complete sample is kept unless asked
+    assert main(["sample", "--out", str(out), "--width", "32", "--height", "32"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
