@@ -270,3 +270,8 @@ def test_evaluate__anomaly_persistence_matches_a_hand_computation_and_is_the_bes
     assert rows.loc[("hand", "all"), "skill_vs_best_baseline"] == pytest.approx(0.0, abs=1e-5)
     low, high = rows.loc[("climatology", "all"), ["skill_vs_best_baseline_low", "skill_vs_best_baseline_high"]]
     assert low <= rows.loc[("climatology", "all"), "skill_vs_best_baseline"] <= high < 0
+    # bootstrap over issue years: same point values, an interval around them
+    by_year = ev.evaluate(np.array(hand), test, n_resamples=30, name="hand", bootstrap_by="time").set_index(["model", "lead"])
+    assert by_year.loc[("climatology", "all"), "mse"] == rows.loc[("climatology", "all"), "mse"]
+    low, high = by_year.loc[("climatology", "all"), ["mse_low", "mse_high"]]
+    assert low <= by_year.loc[("climatology", "all"), "mse"] <= high and low < high
