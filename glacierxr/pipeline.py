@@ -312,6 +312,11 @@ def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, i
     from glacierxr.ml.models import get_model
     from glacierxr.ml.train import Trainer
 
+    from glacierxr._safety import clean_stale
+
+    for name in ("model.pt", "config.toml", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "checkpoints/model.pt", "checkpoints/metrics.jsonl"):
+        clean_stale(out_dir / name)  # what killed saves left; the run folder is locked
     sequences = make_sequences(composites, config)
     import torch
 

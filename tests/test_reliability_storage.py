@@ -373,6 +373,17 @@ def test_train__existing_run_is_kept_unless_resume_or_overwrite(tmp_path, run_in
     assert not list(tmp_path.glob(".run*"))  # no lock file or partial beside the run
 
 
+def test_train__resume_removes_what_a_killed_checkpoint_save_left(tmp_path, run_inputs):
+    config, store = run_inputs
+    run = tmp_path / "run"
+    assert _train(config, store, run) == 0
+    torn = run / "checkpoints" / ".last.pt.partial-0123456789ab"
+    torn.write_bytes(b"PK\x03\x04 half a zip")  # a save killed with SIGKILL
+    assert _train(config, store, run, "--resume", "--epochs", "2") == 0
+    assert not torn.exists()
+    assert len((run / "checkpoints" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_train__a_failed_run_leaves_no_empty_folder(tmp_path, run_inputs, capsys):
     config, _ = run_inputs
     short = tmp_path / "short.zarr"

@@ -18,8 +18,9 @@ Two kinds share one layout:
 
 Both load with :func:`load_model`.
 
-Every write is atomic: the file is written to a temporary file in the same folder, flushed and
-``fsync``-ed, then moved over the target with :func:`os.replace`.  A crash at any moment leaves
+Every write is atomic: the file is written to a temporary file in the same folder
+(``.<name>.partial-<random>``), flushed and ``fsync``-ed, then moved over the target with
+:func:`os.replace`.  A crash at any moment leaves
 either the previous checkpoint or the new one, never a torn file.
 """
 
@@ -31,7 +32,6 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from glacierxr._safety import storage_errors
+from glacierxr._safety import partial_path, storage_errors
 from glacierxr.errors import CheckpointError, ModelError
 
 __all__ = [
@@ -195,10 +195,10 @@ def _atomic_target(path: Path, mode: str, *, needed: int | None = None):
     """
     with storage_errors(path, needed=needed):
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(
-            mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-        )
-        temporary = Path(handle.name)
+        # ``.<name>.partial-<random>``: what a killed save leaves, removed by the next locked
+        # writer of ``path`` (:func:`glacierxr._safety.clean_stale`)
+        temporary = partial_path(path)
+        handle = open(temporary, mode.replace("w", "x"))
         try:
             with handle:
                 yield handle
