@@ -1,8 +1,10 @@
 """The ``.glacier`` accessor on :class:`xarray.Dataset` and :class:`xarray.DataArray`.
 
 The accessor is deliberately thin (like xbatcher's ``.batch``): each method forwards the wrapped
-object and its keywords to a pure function in the module of that stage, and holds no state.
-xarray rebuilds an accessor for every new object, so nothing could be kept here anyway.
+object and its arguments to a pure function in the module of that stage, and holds no state.
+xarray rebuilds an accessor for every new object, so nothing could be kept here anyway. Each
+method has the signature and docstring of its function (without the first parameter), built on
+first use so that importing glacierxr stays cheap.
 
 =====================  ==========================================  =====================
 method                 function                                    works on
@@ -22,9 +24,52 @@ method                 function                                    works on
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
+
 import xarray as xr
 
 __all__ = ["GlacierDatasetAccessor", "GlacierDataArrayAccessor"]
+
+
+class _Step:
+    """An accessor method that forwards the wrapped object to ``module.function``.
+
+    The method is built on first access (``da.glacier.align``, ``help(...)``), not when glacierxr
+    is imported, so the stage's module (and PyTorch for ``predict``) loads only when used. It is
+    then a plain function on the accessor class with the stage function's name, docstring and
+    signature without its first parameter: ``inspect.signature(da.glacier.align)`` and
+    ``help(da.glacier.align)`` show :func:`glacierxr.align.align`'s parameters.
+
+    Adding a stage is one line in the accessor class: ``name = _Step("glacierxr.module:function")``.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.module, self.function = target.split(":")
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, accessor, owner: type):
+        method = self.build(owner)
+        setattr(owner, self.name, method)  # from now on a plain method of the class
+        return method if accessor is None else method.__get__(accessor, owner)
+
+    def build(self, owner: type):
+        """The forwarding method, with the stage function's metadata."""
+        function = getattr(importlib.import_module(self.module), self.function)
+
+        @functools.wraps(function)
+        def method(accessor, *args, **kwargs):
+            return function(accessor._obj, *args, **kwargs)
+
+        signature = inspect.signature(function)
+        first = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        rest = list(signature.parameters.values())[1:]
+        method.__signature__ = signature.replace(parameters=[first, *rest])
+        method.__qualname__ = f"{owner.__qualname__}.{self.name}"
+        return method
 
 
 @xr.register_dataset_accessor("glacier")
@@ -36,17 +81,8 @@ class GlacierDatasetAccessor:
     def __init__(self, obj: xr.Dataset) -> None:
         self._obj = obj
 
-    def mask(self, **kwargs) -> xr.Dataset:
-        """QA_PIXEL masking and scene dropping; see :func:`glacierxr.qa.mask`."""
-        from glacierxr.qa import mask
-
-        return mask(self._obj, **kwargs)
-
-    def ndsi(self, **kwargs) -> xr.DataArray:
-        """Normalised Difference Snow Index; see :func:`glacierxr.indices.ndsi`."""
-        from glacierxr.indices import ndsi
-
-        return ndsi(self._obj, **kwargs)
+    mask = _Step("glacierxr.qa:mask")
+    ndsi = _Step("glacierxr.indices:ndsi")
 
 
 @xr.register_dataarray_accessor("glacier")
@@ -58,65 +94,11 @@ class GlacierDataArrayAccessor:
     def __init__(self, obj: xr.DataArray) -> None:
         self._obj = obj
 
-    def snow_mask(self, **kwargs) -> xr.DataArray:
-        """NDSI snow mask; see :func:`glacierxr.indices.snow_mask`."""
-        from glacierxr.indices import snow_mask
-
-        return snow_mask(self._obj, **kwargs)
-
-    def fill_gaps(self, **kwargs) -> xr.DataArray:
-        """Normalised-convolution gap filling; see :func:`glacierxr.gapfill.fill_gaps`."""
-        from glacierxr.gapfill import fill_gaps
-
-        return fill_gaps(self._obj, **kwargs)
-
-    def align(self, **kwargs) -> xr.DataArray:
-        """ECC co-registration to the mean image; see :func:`glacierxr.align.align`."""
-        from glacierxr.align import align
-
-        return align(self._obj, **kwargs)
-
-    def monthly(self, months: int = 1, **kwargs) -> xr.DataArray:
-        """N-month composites; see :func:`glacierxr.composite.monthly`."""
-        from glacierxr.composite import monthly
-
-        return monthly(self._obj, months=months, **kwargs)
-
-    def flow(self, **kwargs) -> xr.Dataset:
-        """Farnebäck dense optical flow; see :func:`glacierxr.flow.flow`."""
-        from glacierxr.flow import flow
-
-        return flow(self._obj, **kwargs)
-
-    def select_pairs(
-        self,
-        *,
-        min_days: float = 5.0,
-        max_days: float = 64.0,
-        min_clear: float | None = 0.5,
-        ice: xr.DataArray | None = None,
-        months=None,
-        time_dim="time",
-        y_dim="y",
-        x_dim="x",
-    ):
-        """Image pairs usable for velocity (a DataFrame); see :func:`glacierxr.velocity.select_pairs`."""
-        from glacierxr.velocity import select_pairs
-
-        return select_pairs(self._obj, min_days=min_days, max_days=max_days, min_clear=min_clear, ice=ice,
-                            months=months, time_dim=time_dim, y_dim=y_dim, x_dim=x_dim)
-
-    def velocity_cube(self, pairs=None, *, time_dim="time", y_dim="y", x_dim="x", **flow_kwargs) -> xr.Dataset:
-        """Velocity of many pairs along ``mid_date``, lazily; see :func:`glacierxr.velocity.velocity_cube`.
-
-        ``flow_kwargs`` go to :func:`glacierxr.flow.flow` for every pair.
-        """
-        from glacierxr.velocity import velocity_cube
-
-        return velocity_cube(self._obj, pairs, time_dim=time_dim, y_dim=y_dim, x_dim=x_dim, **flow_kwargs)
-
-    def predict(self, model, **kwargs) -> xr.DataArray:
-        """Full-scene forecast; see :func:`glacierxr.ml.predict.predict`."""
-        from glacierxr.ml.predict import predict
-
-        return predict(self._obj, model, **kwargs)
+    snow_mask = _Step("glacierxr.indices:snow_mask")
+    fill_gaps = _Step("glacierxr.gapfill:fill_gaps")
+    align = _Step("glacierxr.align:align")
+    monthly = _Step("glacierxr.composite:monthly")
+    flow = _Step("glacierxr.flow:flow")
+    select_pairs = _Step("glacierxr.velocity:select_pairs")
+    velocity_cube = _Step("glacierxr.velocity:velocity_cube")
+    predict = _Step("glacierxr.ml.predict:predict")
