@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from glacierxr._range import clip_to_range, range_attrs, valid_range
 from glacierxr.errors import ConfigError, DataTypeError, DimensionError, GridError
 
 __all__ = [
@@ -681,7 +682,12 @@ def evaluate(
     source period lies before the start of the series are left out for every forecaster when
     ``"seasonal_naive"`` is asked for. The climatology is the mean over the periods covered by
     training windows; with ``split="spatial"`` those are all periods (targets included), which
-    favours that baseline.
+    favours that baseline. Every forecast, the model's and the baselines', is clipped to the
+    variable's valid range (``[0, 1]`` for a snow mask; :mod:`glacierxr._range`) before it is
+    scored: the metrics are those of what is delivered. ``attrs`` record it as
+    ``valid_min``/``valid_max``. (Persistence, seasonal-naive and the climatology copy or
+    average the data, so they are inside the range whenever the data are; damped anomaly
+    persistence can overshoot and is clipped.)
     """
     from glacierxr.ml.patches import PatchSequences
 
@@ -722,6 +728,8 @@ def evaluate(
         target_valid = valid[:, history + t_in :]
         forecasts = {forecaster.name: forecaster(seen, positions)} if forecaster.active else {}
         forecasts.update(reference(raw, seen, ids))
+        # scored as delivered: every forecast within the variable's valid range (glacierxr._range)
+        forecasts = {key: clip_to_range(values, reference.bounds) for key, values in forecasts.items()}
         joint = target_valid.copy()
         for values in forecasts.values():
             joint &= np.isfinite(values)
@@ -746,7 +754,7 @@ def evaluate(
     table.attrs.update(
         split=sequences.name, threshold=threshold, n_resamples=n_resamples, confidence=confidence,
         bootstrap_by=bootstrap_by, period=period, n_sequences=int(ids.size),
-        damping=reference.damping,
+        damping=reference.damping, **range_attrs(reference.bounds),
         best_baseline=best_baseline(table, baselines) if len(baselines) else None,
     )
     return table
@@ -771,6 +779,7 @@ class _Baselines:
                                    if climatological else (None, None))
         stats = sequences.normalization
         self.fill = np.float32(stats["mean"] if stats else 0.0)
+        self.bounds = valid_range(sequences.data)  # baselines stay within it, like the forecasts
 
     def __call__(self, raw: np.ndarray, seen: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
         out = {}
@@ -788,7 +797,7 @@ class _Baselines:
                 out["climatology"] = clim[:, 1:]
             if "anomaly_persistence" in self.baselines:
                 out["anomaly_persistence"] = anomaly_persistence(seen[:, -1], clim[:, 0], clim[:, 1:], self.damping)
-        return out
+        return {name: clip_to_range(values, self.bounds) for name, values in out.items()}
 
 
 def _table(sums, names, baselines, groups, n_resamples, confidence, seed, t_out) -> pd.DataFrame:

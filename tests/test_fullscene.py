@@ -301,7 +301,9 @@ def test_predict_fullscene__lazy_labelled_and_equal_to_the_model():
     inputs = torch.from_numpy(np.nan_to_num(da.values[-4:]).astype(np.float32))[None, :, None]
     with torch.no_grad():
         expected = wrapper.eval()(inputs, 2)[0, :, 0].numpy()
-    np.testing.assert_allclose(forecast.values, expected, rtol=1e-5, atol=1e-6)
+    # delivered within a snow mask's valid range (issue 17): the model's output clipped to [0, 1]
+    assert (forecast.attrs["valid_min"], forecast.attrs["valid_max"]) == (0.0, 1.0)
+    np.testing.assert_allclose(forecast.values, np.clip(expected, 0.0, 1.0), rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from glacierxr.errors import ConfigError, DataTypeError, DimensionError  # noqa: E402
+from glacierxr.errors import ConfigError, DataTypeError, DimensionError, ModelError  # noqa: E402
 from glacierxr.ml.predict import predict, window_starts  # noqa: E402
 from glacierxr.testing import make_series, raise_if_dask_computes  # noqa: E402
 
@@ -34,8 +34,9 @@ def _series(times=5, height=60, width=70, chunks=None, seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     base = np.sin(xx / 9.0) * np.cos(yy / 7.0)
-    values = np.stack([base + 0.05 * rng.standard_normal(base.shape) for _ in range(times)])
-    series = make_series(values.astype(np.float32), freq="3MS", chunks=chunks)
+    values = np.stack([0.5 + 0.4 * base + 0.02 * rng.standard_normal(base.shape) for _ in range(times)])
+    # a snow mask lies in [0, 1], and forecasts of it are clipped there (issue 17)
+    series = make_series(np.clip(values, 0.0, 1.0).astype(np.float32), freq="3MS", chunks=chunks)
     series.attrs["months"] = 3
     return series
 
@@ -171,3 +172,103 @@ class _Bf16Persistence(torch.nn.Module):
 
     def forward(self, inputs, steps, targets=None):
         return inputs[:, -1:].repeat(1, steps, 1, 1, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# valid range (issue 17): forecasts are values a snow mask can take
+# --------------------------------------------------------------------------------------------
+def _snow_mask_series(times=12, size=24, seed=0, *, level=0.45, season=0.45, persistence=0.0):
+    """An NDSI snow mask as glacierxr.indices.snow_mask writes it: 0, or an NDSI in [0.3, 1].
+
+    A seasonal cycle, a spatial pattern, noise and (``persistence`` > 0) anomalies that persist
+    from one period to the next (AR(1)), common to the scene.
+    """
+    from glacierxr.indices import snow_mask
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    anomaly = np.zeros(times)
+    for t in range(1, times):
+        anomaly[t] = persistence * anomaly[t - 1] + (0.15 * rng.standard_normal() if persistence else 0.0)
+    seasons = (season * np.sin(np.arange(times) * np.pi / 2) + anomaly)[:, None, None]
+    noise = 0.05 * rng.standard_normal((times, size, size))
+    ndsi = np.clip(level + seasons + 0.3 * np.sin(xx / 5.0) * np.cos(yy / 4.0) + noise, -1, 1)
+    series = snow_mask(make_series(ndsi.astype(np.float32), freq="QS", name="ndsi"), threshold=0.3)
+    series.attrs["months"] = 3
+    return series
+
+
+class Overshoot(torch.nn.Module):
+    """A model whose raw output leaves [0, 1] (like the demo's, 8 % below 0): 3 x - 1."""
+
+    def forward(self, inputs, steps, targets=None, teacher_forcing=0.0):
+        return (3 * inputs[:, -1:] - 1).repeat(1, steps, 1, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["overshoot", "convlstm", "lstm", "unet", "transformer", "vit"])
+def test_predict__every_model_forecast_is_within_the_valid_range(name):
+    from glacierxr.ml.models import get_model, list_models
+
+    series = _snow_mask_series()
+    assert float(series.min()) == 0.0 and float(series.where(series > 0).min()) >= 0.3
+    if name == "overshoot":
+        model = Overshoot()
+    else:
+        assert name in list_models()
+        torch.manual_seed(0)
+        try:  # lstm and vit are built for one patch size
+            model = get_model(name, height=12, width=12)
+        except (TypeError, ConfigError, ModelError):
+            model = get_model(name)
+        with torch.no_grad():  # untrained weights, pushed so that raw outputs leave [0, 1]
+            for parameter in model.parameters():
+                parameter.mul_(3.0)
+    forecast = predict(series, model, steps=2, input_steps=4, patch=12, overlap=4)
+    values = forecast.values
+    assert (forecast.attrs["valid_min"], forecast.attrs["valid_max"]) == (0.0, 1.0)
+    assert np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0
+    if name == "overshoot":  # clipped, not rescaled: the raw values inside the range are kept
+        raw = np.clip(3 * series.values[-1] - 1, 0, 1)
+        np.testing.assert_allclose(values[0], raw, atol=1e-6)
+        assert (values == 0).mean() > 0.05  # the raw forecast was negative there
+
+
+def test_valid_range__snow_mask_ndsi_and_attrs():
+    from glacierxr._range import valid_range
+
+    series = _snow_mask_series()
+    assert valid_range(series) == (0.0, 1.0)
+    assert valid_range(series.rename("anything")) == (0.0, 1.0)  # known by its attrs
+    assert valid_range(name="ndsi") == (-1.0, 1.0)
+    assert valid_range(name="x", attrs={"valid_range": [0, 5]}) == (0.0, 5.0)
+    assert valid_range(name="x") is None
+    assert predict(make_series(np.random.default_rng(0).normal(size=(4, 10, 10)).astype("float32"), name="x"),
+                   Persistence(), steps=1, patch=5).attrs.get("valid_min") is None  # no range, no clip
+
+
+def test_evaluate__baselines_within_the_valid_range_and_metrics_of_what_is_delivered():
+    import glacierxr.evaluate as ev
+    from glacierxr.ml.patches import PatchSequences
+
+    series = _snow_mask_series(times=40, level=0.75, season=0.1, persistence=0.9)
+    sequences = PatchSequences(series, input_steps=4, target_steps=4, patch=8, stride=8)
+    test = sequences.split("test")
+    reference = ev._Baselines(test, ev.BASELINES, None)
+    overshoot = 0
+    for batch in test._stream(batch_size=64, mode="raw", history=reference.history):
+        raw, _ = batch.arrays
+        seen = np.where(np.isnan(raw[:, reference.history : reference.history + 4]), reference.fill,
+                        raw[:, reference.history : reference.history + 4])
+        for name, values in reference(raw, seen, batch.ids).items():
+            assert np.nanmin(values) >= 0.0 and np.nanmax(values) <= 1.0, name
+        bounds, reference.bounds = reference.bounds, None
+        overshoot += sum(int((np.nan_to_num(v, nan=0.5) > 1).sum() + (np.nan_to_num(v, nan=0.5) < 0).sum())
+                         for v in reference(raw, seen, batch.ids).values())
+        reference.bounds = bounds
+    assert overshoot > 0  # without the range, damped anomaly persistence leaves [0, 1] here
+    rng = np.random.default_rng(1)
+    raw_predictions = rng.uniform(-0.5, 1.5, (len(test), 4, 8, 8)).astype(np.float32)
+    scored = ev.evaluate(raw_predictions, test, n_resamples=0, name="model")
+    delivered = ev.evaluate(np.clip(raw_predictions, 0, 1), test, n_resamples=0, name="model")
+    assert (scored.attrs["valid_min"], scored.attrs["valid_max"]) == (0.0, 1.0)
+    np.testing.assert_array_equal(scored["mse"].to_numpy(), delivered["mse"].to_numpy())

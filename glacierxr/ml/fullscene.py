@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from glacierxr._range import clip_to_range, range_attrs, valid_range
 from glacierxr._validate import require_dataarray, require_dims, require_monotonic_time, require_positive
 from glacierxr.errors import CheckpointError, ConfigError, DataTypeError, DimensionError, ModelError
 
@@ -767,6 +768,9 @@ def predict_fullscene(
     }
     if months:
         attrs["months"] = int(months)
+    bounds = valid_range(da)  # within what the variable can be, like predict() (glacierxr._range)
+    forecast = clip_to_range(forecast, bounds)
+    attrs.update(range_attrs(bounds))
     name = f"{da.name or 'snow_mask'}_forecast"
     return xr.DataArray(forecast, dims=(time_dim, y_dim, x_dim), coords=coords, name=name, attrs=attrs)
 

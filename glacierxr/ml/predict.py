@@ -23,6 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from glacierxr import _cf
+from glacierxr._range import clip_to_range, range_attrs, valid_range
 from glacierxr._validate import (
     require_choice,
     require_dataarray,
@@ -255,7 +256,9 @@ def predict(
         ``(time, y, x)`` named ``<name>_forecast``: ``time`` holds the next period dates, a
         ``lead`` coordinate 1…steps, the input's ``x``/``y``/``spatial_ref``, attrs naming the
         model, the SHA-256 of its weights and the input period. Lazy: nothing runs until it is
-        computed or written.
+        computed or written. Values are clipped to the variable's valid range (``[0, 1]`` for
+        a snow mask, ``[-1, 1]`` for the NDSI, or the input's ``valid_min``/``valid_max``; see
+        :mod:`glacierxr._range`), recorded as ``valid_min``/``valid_max`` attrs.
 
     Raises
     ------
@@ -387,6 +390,9 @@ def _describe(forecast: dsa.Array, da: xr.DataArray, model, parameters: dict, *,
     if months:
         attrs["months"] = int(months)
     attrs.update({key: da.attrs[key] for key in ("source", "history", "binary") if key in da.attrs})
+    bounds = valid_range(da)  # a forecast stays a value the variable can take (glacierxr._range)
+    forecast = clip_to_range(forecast, bounds)
+    attrs.update(range_attrs(bounds))
     name = f"{da.name or 'snow_mask'}_forecast"
     out = xr.DataArray(forecast, dims=dims, coords=coords, name=name, attrs=attrs)
     call = (

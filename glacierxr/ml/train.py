@@ -779,7 +779,8 @@ class Trainer:
         """One optimizer step; returns the batch's (sse, count, loss) as tensors."""
         import torch
 
-        sse, count = self._forward(inputs, targets, valid, teacher_forcing=teacher_forcing, train=True, dense=dense)
+        dense_only = {"dense": True} if dense else {}  # subclasses may override _forward without it
+        sse, count = self._forward(inputs, targets, valid, teacher_forcing=teacher_forcing, train=True, **dense_only)
         loss = sse / count.clamp_min(1).to(sse.dtype)
         if check:
             _check_loss(loss, where)
@@ -848,7 +849,8 @@ class Trainer:
             for index, batch, _ in self._batches(loader, epoch=epoch, phase="val"):
                 inputs, targets, valid, dense = self._device_batch(loader, batch, index=index, epoch=epoch,
                                                                    phase="validation")
-                sse, count = self._forward(inputs, targets, valid, teacher_forcing=0.0, train=False, dense=dense)
+                sse, count = self._forward(inputs, targets, valid, teacher_forcing=0.0, train=False,
+                                           **({"dense": True} if dense else {}))
                 sse_total += sse.double()
                 count_total += count
         count = int(count_total)
