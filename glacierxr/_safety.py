@@ -174,7 +174,7 @@ def _release(lock, path: Path) -> None:
     lock.release()
 
 
-def locks_output(argument: str) -> Callable:
+def locks_output(argument: str, *, create_parent: bool = False) -> Callable:
     """Decorator: hold :func:`output_lock` on the path passed as ``argument`` during the call."""
 
     def decorate(function: Callable) -> Callable:
@@ -184,7 +184,7 @@ def locks_output(argument: str) -> Callable:
         def locked(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            with output_lock(bound.arguments[argument]):
+            with output_lock(bound.arguments[argument], create_parent=create_parent):
                 return function(*args, **kwargs)
 
         return locked

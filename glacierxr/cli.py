@@ -156,7 +156,9 @@ def _echo_query(data) -> None:
     """Say which scenes are asked for, defaults included (stdout: stderr is for errors)."""
     where = f"bbox {list(data.bbox)}" if data.bbox else (f"glacier {data.glacier}" if data.glacier else "any place")
     cloud = "no cloud limit" if data.max_cloud is None else f"cloud cover <= {data.max_cloud:g} %"
-    click.echo(f"searching {data.catalog}: {where}, {data.datetime or 'any date'}, {cloud}, "
+    from glacierxr._remote import redact
+
+    click.echo(f"searching {redact(str(data.catalog))}: {where}, {data.datetime or 'any date'}, {cloud}, "
                f"{data.collection} ({', '.join(data.platforms)})")
 
 
@@ -469,7 +471,10 @@ def cli_words(message: str) -> str:
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
+    """The error as one line, tokens removed from any URL in it."""
+    from glacierxr._remote import redact
+
+    text = redact(" ".join(str(error).split()))
     return cli_words(text) if isinstance(error, GlacierXRError) else f"{type(error).__name__}: {text}"
 
 

@@ -953,7 +953,7 @@ def _parse_date(value, name: str) -> dt.date:
         ) from None
 
 
-@locks_output("directory")  # one writer per sample folder (OutputLockedError for a second)
+@locks_output("directory", create_parent=True)  # one writer per sample folder (OutputLockedError for a second)
 def write_catalog(
     directory,
     *,

@@ -336,3 +336,40 @@ def test_security__cli_run_writes_only_inside_the_chosen_paths(tmp_path, monkeyp
     assert all(p == "work" or p.startswith("work/") for p in new), sorted(p for p in new if not p.startswith("work"))
     assert not any(cwd.iterdir()), sorted(os.listdir(cwd))
     assert not [p for p in new if ".partial-" in p or p.endswith(".tmp")]  # no temporary left
+
+
+@pytest.mark.parametrize("catalog", [
+    f"http://127.0.0.1:9/catalog.json?token={SECRET}&sr=b",
+    f"http://127.0.0.1:9/api?{TOKEN}",
+    f"http://user:pw@127.0.0.1:9/catalog.json?X-Amz-Signature={SECRET}",
+])
+def test_security__cli_error_lines_carry_no_token(catalog, capsys):
+    """A token in a URL the user typed never reaches the one-line CLI error (loopback only)."""
+    from glacierxr.cli import main
+
+    code = main(["search", "--catalog", catalog, "--datetime", "2020"])
+    captured = capsys.readouterr()
+    assert code != 0 and SECRET not in captured.err + captured.out
+    assert len([line for line in captured.err.splitlines() if line.strip()]) == 1, captured.err
+
+
+def test_security__locks_and_partials_stay_beside_the_output(tmp_path, monkeypatch):
+    """The lock file and the partial of a write are siblings of the output, never in the cwd."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    seen = []
+    real = gx._safety.partial_path
+
+    def spy(path):
+        seen.append(real(path))
+        return seen[-1]
+
+    monkeypatch.setattr(gx._safety, "partial_path", spy)
+    out = tmp_path / "chosen" / "out.zarr"
+    out.parent.mkdir()
+    with gx._safety.output_lock(out):
+        assert gx._safety.lock_path(out).parent == out.parent and gx._safety.lock_path(out).exists()
+        gx.io.write(make_series(np.zeros((2, 4, 4))), out)
+    assert [p.parent for p in seen] == [out.parent] and not any(cwd.iterdir())
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out.zarr"]
