@@ -1,77 +1,77 @@
-"""Benchmark: forecast skill of every model against naive baselines, and full-scene remedies.
+"""Benchmark: is a model worth more than the best naive forecast? Sample seeds with an oracle, and a real series.
 
-Data: the embedded synthetic sample (``gx.sample.write_catalog``, seed 0), twelve years of
-Landsat-like scenes (2013-04 → 2025-04; the default sample stops in 2021, the longer series gives
-the test split five forecast issue times instead of one), run through the whole chain:
-``search(max_cloud=20)`` → ``load`` → ``mask`` → ``ndsi`` → ``snow_mask(0.3)`` → ``fill_gaps`` →
-``align`` → ``monthly(3)``: 48 three-monthly snow-mask composites. Written once to
-``benchmarks/_work/skill-sample[-quick]/`` and reused while the settings are the same.
+Sample (``gx.sample.write_catalog(dynamics="memory")``: snow-line anomalies that persist for
+months, see :class:`glacierxr.sample.SnowProcess`), on several seeds, each run through the whole
+chain ``search(max_cloud=20)`` → ``load`` → ``mask`` → ``ndsi`` → ``snow_mask(0.3)`` →
+``fill_gaps`` → ``align`` → ``monthly(1)``; monthly composites, cached under
+``benchmarks/_work/skill-v2[-quick]/``. ``PatchSequences`` (4 → 4 months, temporal split: the
+last 25 % of the months ``test``, the 15 % before them ``val``).
 
-Experiment 1 (patches). ``PatchSequences`` (4 → 4 composites, ``normalize="auto"``, temporal
-split: the last 25 % of the periods are ``test``, the 15 % before them ``val``). Every registered
-model is trained on CPU with the **same budget**: the same number of optimizer steps of 16
-sequences, the same learning rate and teacher-forcing schedule, small constructor sizes (in the
-table notes). Early stopping / best-epoch restore use the validation loss only; the best model
-is the one with the lowest validation loss. Every model and the three baselines (persistence,
-seasonal-naive, climatology) are scored with :func:`glacierxr.evaluate.evaluate` on the test
-windows (MSE, MAE, IoU of NDSI ≥ 0.3 per lead, block-bootstrap 95 % intervals).
+Forecasters:
 
-Experiment 3 (full scenes), for the best model, on the held-out periods, scored over the full
-scene against the real composites (valid pixels only):
+* the four baselines of :func:`glacierxr.evaluate.evaluate` (persistence, seasonal-naive,
+  climatology, damped anomaly persistence, the damping fitted on the training months);
+* every (model, residual) pair: each model of the zoo at small sizes, trained with the
+  :class:`~glacierxr.ml.train.Trainer` on the raw masks (``none``) or on the residual of
+  climatology / damped anomaly persistence
+  (:class:`~glacierxr.ml.models.residual.ResidualForecaster`). The **best model** is the pair with
+  the lowest MSE on the ``val`` split; only it is scored on ``test``;
+* the **oracle** (sample only): :func:`glacierxr.sample.oracle_forecast` (the conditional
+  expectation of each future month's true snow cover given the true process state at the issue
+  month), mapped to the composite's NDSI scale by a per-pixel linear fit of the composites on the
+  true snow cover over the training months.
 
-* ``blended``: the patch model over the scene with overlapping windows and Hann blending
-  (:func:`glacierxr.ml.predict.predict`, overlap = patch / 2);
-* ``fullscene``: the patch model fine-tuned on whole scenes cut into non-overlapping tiles
-  (:class:`glacierxr.ml.fullscene.FullSceneModel`, masked MSE on the stitched scene; a halo of
-  context and a seam term, see the module) and predicting whole scenes;
-* ``fullscene_plain`` (full mode only): the same fine-tuning with the paper's plain setting
-  (no halo, no seam term);
-* ``blended+denoised``: the blended forecast passed through a U-Net denoiser trained on blended
-  forecasts of the *training* periods (:func:`glacierxr.ml.fullscene.train_denoiser`).
+Scores (test split, same windows and pixels for all): skill = 1 − MSE / MSE of the **best
+baseline** (lowest test MSE of the four), 95 % paired bootstrap intervals (sample: 16 × 16 px
+spatial blocks; real series: years of issue), and the fraction of achievable skill
+``(MSE_best_baseline − MSE_model) / (MSE_best_baseline − MSE_oracle)``.
 
-Outputs: one JSON object per line (``benchmark`` "skill", ``metric`` like ``mse_lead1/unet``,
-``baseline`` "persistence" with its value and ``ratio`` = model / baseline), and the Markdown
-table ``benchmarks/skill_table.md`` (``skill_table_quick.md`` with ``--quick``): every model and
-baseline, MSE/MAE/IoU per lead, the full-scene comparison and notes.
+Real series: ``../shared/data/yatsm_landsat_sr`` (447 Landsat 4/5/7 dates, 1984-2013, 5 × 5 px
+of the Colorado Park Range, Fmask) → QA mask → NDSI → snow mask → monthly composites (gaps
+interpolated) → the 25 pixels as 25 one-pixel series (``patch=1``), same protocol.
 
-    python benchmarks/skill.py --quick   # 64 x 64 px, patch 32, 40 steps per model: ~2-4 min
-    python benchmarks/skill.py           # 256 x 256 px, patch 50, 600 steps per model: ~30-45 min
-                                         # on 2 shared CPU cores (the first run also writes the
-                                         # sample: a few more minutes)
+Outputs: ``benchmarks/skill_summary.json`` (schema of issue 12), ``benchmarks/skill_table.md``
+(``*_quick.*`` with ``--quick``), and JSON lines for ``benchmarks/run.py``.
+
+    python benchmarks/skill.py --quick   # 48 x 48 px, 8 years, 2 models: a few minutes
+    python benchmarks/skill.py           # 64 x 64 px, 12 years, 5 models x 3 residual options
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RUN_TIMEOUT_S = 3600
 
 PRESETS = {
-    "quick": dict(size=64, patch=32, stride=8, steps=40, epochs=4, fine_tune_steps=8, denoise_epochs=10,
-                  denoise_issues=6, n_resamples=100, plain_fullscene=False),
-    "full": dict(size=256, patch=50, stride=10, steps=600, epochs=6, fine_tune_steps=40, denoise_epochs=40,
-                 denoise_issues=8, n_resamples=500, plain_fullscene=True),
+    "quick": dict(size=48, years=8, seeds=(0, 1, 2), patch=16, stride=8, epochs=3, batches=15,
+                  models=("convlstm", "unet"), residuals=("none", "anomaly_persistence"),
+                  real_models=("convlstm",), n_resamples=200),
+    "full": dict(size=64, years=12, seeds=(0, 1, 2), patch=16, stride=8, epochs=5, batches=40,
+                 models=("convlstm", "lstm", "transformer", "unet", "vit"),
+                 residuals=("none", "climatology", "anomaly_persistence"),
+                 real_models=("convlstm", "lstm"), n_resamples=1000),
 }
-START, END = "2013-04-01", "2025-04-01"
+START = "2013-01-01"
 VAL_FRACTION, TEST_FRACTION = 0.15, 0.25
-BATCH = 16
-LR = 3e-3
-TEACHER_FORCING = (0.5, 0.0)
-LEADS = (1, 2, 3, 4)
+STEPS_IN = STEPS_OUT = 4
+BATCH, LR = 32, 3e-3
+BASELINES = ("persistence", "seasonal_naive", "climatology", "anomaly_persistence")
 
 
 def model_sizes(patch: int) -> dict[str, dict]:
-    """Small constructor arguments, the same for both modes (dropout off: short training)."""
+    """Small constructor arguments (dropout off: short training)."""
     return {
         "convlstm": dict(hidden_channels=(8,), dropout=0.0),
-        "lstm": dict(height=patch, width=patch, hidden_size=128, embedding_size=128, dropout=0.0),
+        "lstm": dict(height=patch, width=patch, hidden_size=64, embedding_size=64, dropout=0.0),
         "transformer": dict(d_model=32, num_heads=4, encoder_layers=1, decoder_layers=1, feedforward_size=64,
                             dropout=0.0),
         "unet": dict(base_channels=8, depth=2, dropout=0.0),
@@ -80,13 +80,10 @@ def model_sizes(patch: int) -> dict[str, dict]:
 
 
 def emit(metric: str, value, unit: str, **extra) -> None:
-    record = {"benchmark": "skill", "metric": metric, "value": value, "unit": unit, **extra}
-    print(json.dumps(record), flush=True)
+    print(json.dumps({"benchmark": "skill", "metric": metric, "value": value, "unit": unit, **extra}), flush=True)
 
 
 def log(message: str) -> None:
-    import sys
-
     print(f"[skill] {message}", file=sys.stderr, flush=True)
 
 
@@ -97,394 +94,350 @@ def r(value, digits: int = 5):
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
-def composites(work: Path, size: int):
-    """3-monthly snow-mask composites of the sample (computed once, then read from NetCDF)."""
+def sample_composites(work: Path, seed: int, size: int, years: int):
+    """Monthly snow-mask composites of a memory sample, and its truth (cached as NetCDF)."""
     import xarray as xr
 
     import glacierxr as gx
 
-    settings = {"seed": 0, "width": size, "height": size, "start": START, "end": END, "max_cloud": 20,
-                "threshold": 0.3, "months": 3, "version": 1}
-    cached = work / "composites.nc"
-    if cached.exists():
+    end = f"{int(START[:4]) + years - 1}-12-31"
+    settings = dict(seed=seed, size=size, start=START, end=end, dynamics="memory", months=1, version=2)
+    folder = work / f"seed{seed}"
+    cached, catalog = folder / "composites.nc", folder / "sample" / "catalog.json"
+    if cached.exists() and catalog.exists():
         da = xr.open_dataarray(cached).load()
         if json.loads(da.attrs.get("skill_settings", "{}")) == settings:
-            log(f"reusing {cached}")
-            return da
-    catalog = work / "sample" / "catalog.json"
+            return da, gx.sample.open_truth(catalog)
     started = time.perf_counter()
-    if not catalog.exists() or json.loads((work / "settings.json").read_text() if (work / "settings.json").exists()
-                                          else "{}") != settings:
-        log(f"writing the sample ({size} x {size} px, {START} to {END}) to {catalog.parent} ...")
-        gx.sample.write_catalog(catalog.parent, seed=0, width=size, height=size, start=START, end=END,
-                                overwrite=True)
-        (work / "settings.json").write_text(json.dumps(settings))
+    gx.sample.write_catalog(catalog.parent, seed=seed, width=size, height=size, start=START, end=end,
+                            dynamics="memory", overwrite=True)
     items = gx.search(catalog=catalog, datetime=None, max_cloud=20)
     cube = gx.load(items, resolution=30)
     snow = cube.glacier.mask().glacier.ndsi().glacier.snow_mask(threshold=0.3).glacier.fill_gaps()
-    snow = snow.chunk({"y": -1, "x": -1}).glacier.align().glacier.monthly(months=3)
-    snow = snow.compute()
-    snow.attrs["months"] = 3
+    snow = snow.chunk({"y": -1, "x": -1}).glacier.align().glacier.monthly(months=1).compute()
+    snow = _tidy(snow, settings)
+    snow.to_netcdf(cached)
+    log(f"seed {seed}: {len(items)} scenes -> {snow.sizes['time']} monthly composites "
+        f"in {time.perf_counter() - started:.0f} s")
+    return snow, gx.sample.open_truth(catalog)
+
+
+def _tidy(snow, settings: dict):
+    snow.attrs["months"] = 1
     snow.attrs["skill_settings"] = json.dumps(settings)
-    keep = [c for c in ("observation_count", "spatial_ref") if c in snow.coords]
+    keep = [c for c in ("spatial_ref",) if c in snow.coords]
     snow = snow.reset_coords([c for c in snow.coords if c not in snow.dims and c not in keep], drop=True)
     snow.attrs = {k: v for k, v in snow.attrs.items() if isinstance(v, (str, int, float))}
-    snow.to_netcdf(cached)
-    log(f"{len(items)} scenes -> {snow.sizes['time']} composites in {time.perf_counter() - started:.0f} s")
-    return snow
+    return snow.astype(np.float32)
+
+
+def real_composites():
+    """Monthly NDSI snow-mask composites of the YATSM series (None when the data is absent)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from yatsm_data import load_yatsm
+
+    import glacierxr  # noqa: F401  (registers the accessor)
+
+    data = ROOT.parent / "shared" / "data" / "yatsm_landsat_sr"
+    if not data.is_dir():
+        log(f"real series skipped: {data} not found")
+        return None
+    cube = load_yatsm(data, HERE / "_work")
+    cube = cube[["green", "swir16", "qa_pixel"]].reset_coords(drop=True)
+    snow = cube.glacier.mask().glacier.ndsi().glacier.snow_mask(threshold=0.3)
+    snow = snow.glacier.monthly(months=1).compute()
+    return _tidy(snow, dict(series="yatsm_p035r032"))
 
 
 # --------------------------------------------------------------------------------------------
-# experiment 1: every model on patches
+# models: every (model, residual) pair, chosen on val
 # --------------------------------------------------------------------------------------------
-def train_models(ds, preset: dict, seed: int):
+def fit_variants(ds, preset: dict, model_names, seed: int):
+    """Train every (model, residual); return the one with the lowest val MSE and all val MSEs."""
+    from glacierxr.evaluate import window_arrays
+
+    arrays = {s: window_arrays(ds, split=s) for s in ("train", "val", "test")}
+    train = arrays["train"]
+    scale = float(np.nanstd(train["inputs"] - train["clim_inputs"])) or 1.0
+    offset = float(np.nanmean(train["inputs"]))
+    val_mse, best = {}, None
+    for name in model_names:
+        for residual in preset["residuals"]:
+            model, seconds = train_one(name, residual, arrays, scale, offset, preset, ds.patch, seed)
+            mse = masked_mse(predict(model, arrays["val"], residual, scale, offset), arrays["val"])
+            val_mse[f"{name}+{residual}"] = mse
+            log(f"  {name}+{residual}: val MSE {mse:.5f} ({seconds:.0f} s)")
+            if best is None or mse < best[0]:
+                best = (mse, f"{name}+{residual}", model, residual)
+    _, label, model, residual = best
+    test_prediction = predict(model, arrays["test"], residual, scale, offset)
+    return label, test_prediction, val_mse
+
+
+def train_one(name, residual, arrays, scale, offset, preset, patch, seed):
     import torch
 
-    from glacierxr.evaluate import evaluate
-    from glacierxr.ml.models import get_model, list_models
-    from glacierxr.ml.models.base import count_parameters
+    from glacierxr.ml.models import get_model
+    from glacierxr.ml.models.residual import ResidualForecaster, residual_dataset
     from glacierxr.ml.train import Trainer
 
-    sizes = model_sizes(ds.patch)
-    results = {}
-    per_epoch = math.ceil(preset["steps"] / preset["epochs"])
-    for name in list_models():
-        torch.manual_seed(seed)
-        model = get_model(name, **sizes.get(name, {}))
-        trainer = Trainer(model, max_epochs=preset["epochs"], batch_size=BATCH, lr=LR, weight_decay=1e-4,
-                          teacher_forcing=TEACHER_FORCING, patience=None, restore_best=True, seed=seed,
-                          device="cpu", progress=False, max_batches_per_epoch=per_epoch)
-        started = time.perf_counter()
-        history = trainer.fit(ds.split("train"), ds.split("val"))
-        seconds = time.perf_counter() - started
-        table = evaluate(model, ds, split="test", n_resamples=preset["n_resamples"], seed=seed, name=name)
-        results[name] = dict(model=model, table=table, seconds=seconds, val_loss=float(history.val_loss.min()),
-                             best_epoch=int(history.attrs["best_epoch"]), parameters=count_parameters(model),
-                             config=sizes.get(name, {}))
-        row = table[(table.model == name) & (table.lead == "all")].iloc[0]
-        log(f"{name}: {seconds:.0f} s, val {results[name]['val_loss']:.4f}, test mse {row.mse:.4f} "
-            f"(skill vs seasonal-naive {row.skill_vs_seasonal_naive:+.3f})")
-    return results
+    torch.manual_seed(seed)
+    inner = get_model(name, **model_sizes(patch)[name])
+    model = ResidualForecaster(inner, input_steps=STEPS_IN, baseline=residual, scale=scale)
+    data = {s: residual_dataset(arrays[s], residual, scale, offset=offset) for s in ("train", "val")}
+    trainer = Trainer(model, max_epochs=preset["epochs"], batch_size=BATCH, lr=LR, weight_decay=1e-4,
+                      teacher_forcing=(0.5, 0.0), patience=None, restore_best=True, seed=seed, device="cpu",
+                      progress=False, max_batches_per_epoch=preset["batches"], mixed_precision="no")
+    started = time.perf_counter()
+    trainer.fit(data["train"], data["val"])
+    return model, time.perf_counter() - started
 
 
-def emit_patch_results(results: dict, preset: dict) -> None:
-    any_table = next(iter(results.values()))["table"]
-    baselines = {(row.model, row.lead): row for row in any_table.itertuples() if row.model != any_table.model.iloc[0]}
-    for name, result in results.items():
-        table = result["table"]
-        for row in table[table.model == name].itertuples():
-            lead = f"lead{row.lead}" if row.lead != "all" else "all"
-            reference = baselines[("persistence", row.lead)]
-            for metric in ("mse", "mae", "iou"):
-                value, base = getattr(row, metric), getattr(reference, metric)
-                emit(f"{metric}_{lead}/{name}", r(value), "1" if metric == "iou" else "(NDSI)^2" if metric == "mse"
-                     else "NDSI", baseline="persistence", baseline_value=r(base), ratio=r(value / base, 3),
-                     note=f"test split, {row.n_samples} sequences; {preset['steps']} steps x {BATCH} sequences "
-                          "of training" + ("; IoU: higher is better" if metric == "iou" else ""))
-        row = table[(table.model == name) & (table.lead == "all")].iloc[0]
-        seasonal = baselines[("seasonal_naive", "all")]
-        emit(f"mse_all/{name}_vs_seasonal_naive", r(row.mse), "(NDSI)^2", baseline="seasonal_naive",
-             baseline_value=r(seasonal.mse), ratio=r(row.mse / seasonal.mse, 3),
-             note=f"skill 1 - ratio = {row.skill_vs_seasonal_naive:.3f} "
-                  f"[{row.get('skill_vs_seasonal_naive_low', np.nan):.3f}, "
-                  f"{row.get('skill_vs_seasonal_naive_high', np.nan):.3f}] (95 % block bootstrap)")
-        emit(f"train_seconds/{name}", r(result["seconds"], 1), "s",
-             note=f"{preset['steps']} steps, batch {BATCH}, {result['parameters']} parameters, CPU")
-    for baseline in ("seasonal_naive", "climatology"):
-        row, reference = baselines[(baseline, "all")], baselines[("persistence", "all")]
-        emit(f"mse_all/{baseline}", r(row.mse), "(NDSI)^2", baseline="persistence", baseline_value=r(reference.mse),
-             ratio=r(row.mse / reference.mse, 3), note="baseline on the same test windows and pixels")
-
-
-# --------------------------------------------------------------------------------------------
-# experiment 3: full scenes
-# --------------------------------------------------------------------------------------------
-def full_scene(snow, ds, best: str, model, preset: dict, seed: int) -> dict:
+def predict(model, arrays, residual, scale, offset) -> np.ndarray:
     import torch
-    import xarray as xr
 
-    from glacierxr.evaluate import metrics, steps_per_year
-    from glacierxr.ml.fullscene import (
-        FullSceneModel,
-        FullSceneSequences,
-        FullSceneTrainer,
-        denoise,
-        predict_fullscene,
-        train_denoiser,
-    )
-    from glacierxr.ml.predict import predict
+    from glacierxr.ml.models.residual import residual_dataset
 
-    patch = ds.patch
-    stats = ds.normalization
-    normalization = (stats["mean"], stats["std"])
-    scenes = FullSceneSequences(snow, patch=patch, normalize=normalization, val_fraction=VAL_FRACTION,
-                                test_fraction=TEST_FRACTION)
-    assert scenes.split_info == ds.split_info, "full-scene and patch splits must agree"
-    observed = snow.coords["observation_count"] > 0 if "observation_count" in snow.coords else snow.notnull()
-    period = steps_per_year(snow)
-
-    def issue_times(split: str) -> list[int]:
-        return [int(t) for t in scenes.split(split).windows.t0]
-
-    def truth(t0s):
-        target = np.stack([snow.isel(time=slice(t + 4, t + 8)).values for t in t0s])
-        valid = np.stack([observed.isel(time=slice(t + 4, t + 8)).values for t in t0s]) & np.isfinite(target)
-        return target, valid
-
-    def blended(t0s, net):
-        return [predict(snow.isel(time=slice(t, t + 4)), net, steps=4, patch=patch, overlap=patch // 2,
-                        normalization=normalization) for t in t0s]
-
-    test_t0 = issue_times("test")
-    target, valid = truth(test_t0)
-    forecasts: dict[str, np.ndarray] = {}
-    seconds: dict[str, float] = {}
-
-    started = time.perf_counter()
-    test_blended = blended(test_t0, model)
-    forecasts["blended"] = np.stack([f.values for f in test_blended])
-    seconds["blended"] = time.perf_counter() - started
-
-    # baselines over the same full scenes
-    forecasts["persistence"] = np.stack([np.repeat(snow.isel(time=[t + 3]).values, 4, axis=0) for t in test_t0])
-    forecasts["seasonal_naive"] = np.stack(
-        [np.stack([snow.isel(time=t + 3 + k - period * math.ceil(k / period)).values for k in LEADS]) for t in test_t0]
-    )
-
-    # full-scene fine-tuning of a copy of the best model
-    variants = [("fullscene", 0 if best == "lstm" else max(patch // 5, 1), 1.0)]
-    if preset["plain_fullscene"]:
-        variants.append(("fullscene_plain", 0, 0.0))
-    settings = {}
-    for label, halo, seam_weight in variants:
-        torch.manual_seed(seed)
-        wrapper = FullSceneModel(copy.deepcopy(model), patch=patch, halo=halo)
-        epochs = 3
-        per_epoch = math.ceil(preset["fine_tune_steps"] / epochs)
-        trainer = FullSceneTrainer(wrapper, seam_weight=seam_weight, max_epochs=epochs, batch_size=1, lr=LR / 3,
-                                   weight_decay=1e-4, teacher_forcing=0.0, patience=None, restore_best=True,
-                                   seed=seed, device="cpu", progress=False, max_batches_per_epoch=per_epoch)
-        started = time.perf_counter()
-        trainer.fit(scenes.split("train"), scenes.split("val"))
-        wrapper.normalization = normalization
-        forecasts[label] = np.stack(
-            [predict_fullscene(snow.isel(time=slice(t, t + 4)), wrapper, steps=4).values for t in test_t0]
-        )
-        seconds[label] = time.perf_counter() - started
-        settings[label] = dict(halo=halo, seam_weight=seam_weight, steps=per_epoch * epochs, batch=1)
-        log(f"{label}: fine-tuned in {seconds[label]:.0f} s")
-
-    # U-Net denoiser trained on blended forecasts of the training periods
-    started = time.perf_counter()
-    train_t0 = issue_times("train")  # at most denoise_issues of them, spread over the training periods
-    spread = np.linspace(0, len(train_t0) - 1, preset["denoise_issues"]).round().astype(int)
-    train_t0 = [train_t0[i] for i in np.unique(spread)]
-    train_forecasts = np.stack([f.values for f in blended(train_t0, model)])
-    train_target, train_valid = truth(train_t0)
-    denoiser = train_denoiser(train_forecasts, train_target, train_valid, base_channels=8, depth=2,
-                              epochs=preset["denoise_epochs"], batch_size=8, lr=2e-3, crop=64, seed=seed)
-    forecasts["blended+denoised"] = np.stack([denoise(f, denoiser).values for f in test_blended])
-    seconds["blended+denoised"] = time.perf_counter() - started + seconds["blended"]
-    log(f"denoiser trained on {train_forecasts.shape[0] * 4} frames in {time.perf_counter() - started:.0f} s")
-
-    scores = {}
-    for label, values in forecasts.items():
-        table = metrics(values, target, valid=valid)
-        scores[label] = table
-    return dict(scores=scores, seconds=seconds, settings=settings, n_issues=len(test_t0),
-                issue_times=[str(snow.time.values[t + 4])[:10] for t in test_t0],
-                denoiser_frames=int(train_forecasts.shape[0] * 4), shape=tuple(target.shape[-2:]))
+    packed = residual_dataset(arrays, residual, scale, offset=offset).tensors[0]
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(packed[i : i + 256], steps=STEPS_OUT) for i in range(0, len(packed), 256)])
+    return out[:, :, 0].numpy().astype(np.float64)
 
 
-def emit_fullscene(result: dict, best: str) -> None:
-    scores = result["scores"]
-    reference = scores["blended"]
-    for label, table in scores.items():
-        for lead in (*LEADS, "all"):
-            name = f"lead{lead}" if lead != "all" else "all"
-            for metric in ("mse", "mae", "iou"):
-                value, base = float(table.loc[lead, metric]), float(reference.loc[lead, metric])
-                if label == "blended" or (lead != "all" and metric != "mse"):
-                    continue
-                emit(f"fullscene_{metric}_{name}/{label}", r(value), "1" if metric == "iou" else "(NDSI)^2"
-                     if metric == "mse" else "NDSI", baseline=f"blended ({best})", baseline_value=r(base),
-                     ratio=r(value / base, 3),
-                     note=f"full {result['shape'][0]}x{result['shape'][1]} scene, {result['n_issues']} held-out "
-                          "issue times, valid pixels")
-    table = scores["blended"]
-    emit(f"fullscene_mse_all/blended_{best}", r(float(table.loc["all", "mse"])), "(NDSI)^2",
-         baseline="persistence", baseline_value=r(float(scores["persistence"].loc["all", "mse"])),
-         ratio=r(float(table.loc["all", "mse"]) / float(scores["persistence"].loc["all", "mse"]), 3),
-         note="Hann-blended patch forecast over the full scene")
+def masked_mse(prediction, arrays) -> float:
+    valid = arrays["valid"]
+    return float(np.mean((prediction[valid] - arrays["targets"][valid]) ** 2))
 
 
 # --------------------------------------------------------------------------------------------
-# the Markdown table
+# oracle (sample)
 # --------------------------------------------------------------------------------------------
-def markdown(results: dict, full: dict | None, best: str, preset: dict, mode: str, snow, ds, wall: float) -> str:
-    from glacierxr.evaluate import to_markdown
+def oracle_predictions(ds, snow, truth) -> np.ndarray:
+    """The oracle's forecast of every test window, on the composites' NDSI scale.
 
-    import pandas as pd
+    ``alpha + beta * E[true snow cover | true state at issue] + gamma * ice``, where ``ice`` is
+    the share of the month's scenes in which the pixel is glacier ice (from the truth's terminus
+    position: the retreat over four months is known to well under a pixel). ``alpha``, ``beta``,
+    ``gamma`` per pixel and a sub-pixel offset between the truth's frame and the aligned
+    composites (the alignment reference is itself misregistered) are fitted on the training
+    months only, by least squares of the composites on the truth of the same month.
+    """
+    import glacierxr as gx
 
-    lines = [
-        "# Forecast skill on the embedded sample",
-        "",
-        f"Written by `python benchmarks/skill.py{' --quick' if mode == 'quick' else ''}` "
-        f"({mode} mode, {wall / 60:.1f} min on this machine); do not edit by hand.",
-        "",
-        f"Data: synthetic sample (seed 0), {snow.sizes['y']} x {snow.sizes['x']} px, {START} to {END}, "
-        f"mask -> NDSI -> snow mask (0.3) -> fill gaps -> align -> 3-monthly composites: "
-        f"{snow.sizes['time']} periods. Patches {ds.patch} x {ds.patch} px, stride {ds.stride}, 4 -> 4 "
-        f"periods, normalised with the training statistics. Temporal split (period indices, end exclusive): "
-        f"{ds.split_info['time_ranges']}; {len(ds.split('train'))} training, {len(ds.split('val'))} validation, "
-        f"{len(ds.split('test'))} test sequences.",
-        "",
-        f"Training budget, the same for every model: {preset['steps']} AdamW steps of {BATCH} sequences "
-        f"({preset['epochs']} epochs of {math.ceil(preset['steps'] / preset['epochs'])} batches), lr {LR}, "
-        f"weight decay 1e-4, teacher forcing {TEACHER_FORCING[0]} -> {TEACHER_FORCING[1]}, CPU; weights of the "
-        "epoch with the lowest validation loss. The best model is chosen by validation loss "
-        f"(never by test scores): **{best}**.",
-        "",
-        "## Test split, per lead (MSE and MAE in NDSI units, IoU of NDSI >= 0.3)",
-        "",
-    ]
-    first = next(iter(results.values()))["table"]
-    rows = [results[name]["table"][lambda t, n=name: t.model == n] for name in results]
-    rows.append(first[first.model.isin(["persistence", "seasonal_naive", "climatology"])])
-    table = pd.concat(rows, ignore_index=True)
-    columns = ["model", "lead", "mse", "mae", "iou", "skill_vs_persistence", "skill_vs_seasonal_naive",
-               "skill_vs_seasonal_naive_low", "skill_vs_seasonal_naive_high", "n_samples"]
-    columns = [c for c in columns if c in table.columns]
-    lines += [to_markdown(table[columns], digits=4), ""]
-    lines += ["Skill = 1 - MSE / MSE(baseline) (> 0: better than the baseline); `_low`/`_high`: 95 % "
-              "block-bootstrap interval of the skill against seasonal-naive.", ""]
-    summary = pd.DataFrame(
-        [
-            dict(model=n, parameters=res["parameters"], train_seconds=res["seconds"], best_epoch=res["best_epoch"],
-                 val_loss=res["val_loss"], config=json.dumps(res["config"]))
-            for n, res in results.items()
-        ]
-    )
-    lines += ["## Models", "", to_markdown(summary, digits=4), "",
-              "`val_loss`: masked MSE on the validation split in normalised units.", ""]
+    times = snow.time.to_index()
+    train_t0 = np.unique(ds.split("train").windows["t0"].to_numpy())
+    covered = np.unique((train_t0[:, None] + np.arange(STEPS_IN + STEPS_OUT)).ravel())
+    cover = gx.sample.snow_cover(truth, times).values  # (time, y, x), NaN for a month without scene
+    mean_cover = np.nanmean(cover[covered], axis=0)
+    cover = np.where(np.isnan(cover), mean_cover, cover)
+    ice = ice_cover(truth, times)
+    offset, coefficients = _fit_observation(cover[covered], ice[covered], snow.values[covered])
+    windows = ds.split("test").windows[["t0", "y0", "x0"]].to_numpy()
+    out = np.empty((len(windows), STEPS_OUT, ds.patch, ds.patch))
+    cache = {}
+    for i, (t0, y0, x0) in enumerate(windows):
+        issue = t0 + STEPS_IN - 1
+        if issue not in cache:
+            target = slice(issue + 1, issue + 1 + STEPS_OUT)
+            expected = gx.sample.oracle_forecast(truth, times[issue], times[target]).values
+            expected = np.where(np.isnan(expected), mean_cover, expected)
+            cache[issue] = _observe(coefficients, _shift(expected, offset), _shift(ice[target], offset))
+        out[i] = cache[issue][:, y0 : y0 + ds.patch, x0 : x0 + ds.patch]
+    return out
 
-    best_row = results[best]["table"]
-    pooled = best_row[(best_row.model == best) & (best_row.lead == "all")].iloc[0]
-    beats_persistence = pooled.skill_vs_persistence > 0
-    beats_seasonal = pooled.skill_vs_seasonal_naive > 0
-    ci_low = pooled.get("skill_vs_seasonal_naive_low", np.nan)
-    lines += ["## Verdict", ""]
-    lines.append(
-        f"- Best model ({best}), all leads pooled: MSE {pooled.mse:.4g}; skill against persistence "
-        f"{pooled.skill_vs_persistence:+.3f} ({'beats' if beats_persistence else 'does NOT beat'} it), against "
-        f"seasonal-naive {pooled.skill_vs_seasonal_naive:+.3f} ({'beats' if beats_seasonal else 'does NOT beat'} "
-        f"it; 95 % interval from {ci_low:+.3f})."
-    )
-    per_lead = best_row[(best_row.model == best) & (best_row.lead != "all")]
-    losing = [str(row.lead) for row in per_lead.itertuples() if row.skill_vs_seasonal_naive <= 0]
-    if losing:
-        lines.append(f"- Leads where {best} does not beat seasonal-naive: {', '.join(losing)}.")
-    if "skill_vs_seasonal_naive_low" in per_lead:
-        unsure = [str(row.lead) for row in per_lead.itertuples()
-                  if row.skill_vs_seasonal_naive > 0 and row.skill_vs_seasonal_naive_low <= 0]
-        if unsure:
-            lines.append(f"- Leads where {best} is better than seasonal-naive but the 95 % interval of the skill "
-                         f"includes 0 (not a clear win): {', '.join(unsure)}.")
-    if not (beats_persistence and beats_seasonal):
-        lines.append(
-            "- Why: the synthetic glacier repeats its seasonal snow cycle almost exactly, so last year's same "
-            "season (seasonal-naive) is already a strong forecast, and the short CPU training budget does not "
-            "let the model learn much more than a smoothed copy of it. Longer training (full mode) is the "
-            "honest remedy; no test data were used for tuning."
-        )
-    lines.append(
-        "- Persistence equals seasonal-naive at lead 4 (with 4 periods per year the last input is the same "
-        "season one year earlier), so no model can be much better than both there."
-    )
-    lines.append("")
 
-    if full is not None:
-        lines += [
-            f"## Full scenes (experiment 3), best model {best}", "",
-            f"Scored over the whole {full['shape'][0]} x {full['shape'][1]} px scene against the real held-out "
-            f"composites (valid pixels), {full['n_issues']} issue times (first targets "
-            f"{', '.join(full['issue_times'])}).",
-            "",
-        ]
-        rows = []
-        for label, table in full["scores"].items():
-            for lead in table.index:
-                rows.append(dict(forecast=label, lead=lead, mse=table.loc[lead, "mse"], mae=table.loc[lead, "mae"],
-                                 iou=table.loc[lead, "iou"]))
-        lines += [to_markdown(pd.DataFrame(rows), digits=4), ""]
-        notes = [
-            "- `blended`: the patch model over overlapping windows (overlap = patch / 2), Hann-weighted average.",
-        ]
-        for label, setting in full["settings"].items():
-            notes.append(
-                f"- `{label}`: a copy of the trained patch model fine-tuned for {setting['steps']} steps of "
-                f"{setting['batch']} whole training scene(s) (non-overlapping {ds.patch} px tiles, halo "
-                f"{setting['halo']} px, seam weight {setting['seam_weight']}), then predicting whole scenes."
-            )
-        notes.append(
-            f"- `blended+denoised`: `blended` passed through a U-Net denoiser (base 8 channels, depth 2) trained on "
-            f"{full['denoiser_frames']} blended forecast frames of the training periods against their composites."
-        )
-        notes.append("- `persistence`, `seasonal_naive`: the baselines over the same scenes and pixels.")
-        notes.append(
-            "- The full-scene variants had fine-tuning steps that `blended` did not get; "
-            + ("`fullscene_plain` (the paper's setting: no halo, no seam term, so the full-scene loss equals the "
-               "mean per-tile loss) is the control for that extra training. " if "fullscene_plain" in full["settings"]
-               else "")
-            + "Only the held-out periods are scored; the denoiser and the fine-tuning saw training periods only."
-        )
-        lines += notes + [""]
+def ice_cover(truth, times) -> np.ndarray:
+    """Share of each month's scenes in which a pixel is glacier ice (formula of open_truth)."""
+    half = truth.attrs["glacier_half_width_m"]
+    across, along = truth["across_flow"].values, truth["along_flow"].values
+    months = truth["time"].values.astype("datetime64[M]")
+    out = np.zeros((len(times), *across.shape))
+    for i, start in enumerate(np.asarray(times, dtype="datetime64[M]")):
+        termini = truth["terminus_distance"].values[months == start]
+        if not termini.size:  # no scene: the nearest one
+            termini = truth["terminus_distance"].values[[np.argmin(np.abs(months - start))]]
+        for terminus in termini:
+            out[i] += (np.abs(across) < half) & (along < terminus - 0.6 * half * (across / half) ** 2)
+        out[i] /= termini.size
+    return out
+
+
+def _shift(fields: np.ndarray, offset) -> np.ndarray:
+    from scipy import ndimage
+
+    return np.stack([ndimage.shift(f, offset, order=1, mode="nearest") for f in fields])
+
+
+def _observe(coefficients, cover, ice):
+    alpha, beta, gamma = coefficients
+    return alpha + beta * cover + gamma * ice
+
+
+def _fit_observation(cover: np.ndarray, ice: np.ndarray, snow: np.ndarray):
+    """Offset ``(dy, dx)`` and per-pixel ``(alpha, beta, gamma)`` of ``snow ≈ alpha + beta cover + gamma ice``."""
+    best = None
+    ok = np.isfinite(snow)
+    y = np.where(ok, snow, 0.0)
+    for dy in np.arange(-2.0, 2.01, 0.5):
+        for dx in np.arange(-2.0, 2.01, 0.5):
+            design = np.stack([np.ones_like(cover), _shift(cover, (dy, dx)), _shift(ice, (dy, dx))], axis=-1)
+            design = np.where(ok[..., None], design, 0.0)  # (time, y, x, 3)
+            gram = np.einsum("tyxi,tyxj->yxij", design, design) + 1e-6 * np.eye(3)
+            coefficients = np.linalg.solve(gram, np.einsum("tyxi,tyx->yxi", design, y)[..., None])[..., 0]
+            residual = float(np.sum((y - np.einsum("tyxi,yxi->tyx", design, coefficients)) ** 2))
+            if best is None or residual < best[0]:
+                best = (residual, (float(dy), float(dx)), np.moveaxis(coefficients, -1, 0))
+    return best[1], best[2]
+
+
+# --------------------------------------------------------------------------------------------
+# experiments
+# --------------------------------------------------------------------------------------------
+def score(prediction, ds, name: str, n_resamples: int, seed: int, bootstrap_by: str):
+    """Evaluate a prediction of the test windows beside the four baselines (same pixels)."""
+    from glacierxr.evaluate import evaluate
+
+    table = evaluate(prediction, ds, split="test", baselines=BASELINES, n_resamples=n_resamples, seed=seed,
+                     name=name, bootstrap_by=bootstrap_by)
+    pooled = table[table["lead"].astype(str) == "all"].set_index("model")
+    return table, pooled
+
+
+def run_sample_seed(work: Path, seed: int, preset: dict) -> dict:
+    from glacierxr.ml.patches import PatchSequences
+
+    snow, truth = sample_composites(work, seed, preset["size"], preset["years"])
+    ds = PatchSequences(snow, input_steps=STEPS_IN, target_steps=STEPS_OUT, patch=preset["patch"],
+                        stride=preset["stride"], normalize="auto", val_fraction=VAL_FRACTION,
+                        test_fraction=TEST_FRACTION, seed=seed)
+    log(f"seed {seed}: {len(ds.split('train'))} train / {len(ds.split('val'))} val / "
+        f"{len(ds.split('test'))} test windows")
+    label, prediction, val_mse = fit_variants(ds, preset, preset["models"], seed)
+    table, pooled = score(prediction, ds, label, preset["n_resamples"], seed, "block")
+    best_baseline = table.attrs["best_baseline"]
+    _, oracle = score(oracle_predictions(ds, snow, truth), ds, "oracle", 0, seed, "block")
+    mse_model, mse_base = float(pooled.loc[label, "mse"]), float(pooled.loc[best_baseline, "mse"])
+    mse_oracle = float(oracle.loc["oracle", "mse"])
+    row = dict(seed=seed, best_model=label, best_baseline=best_baseline, mse_model=r(mse_model, 6),
+               mse_best_baseline=r(mse_base, 6), mse_oracle=r(mse_oracle, 6),
+               skill_vs_best_baseline=r(pooled.loc[label, "skill_vs_best_baseline"], 4),
+               ci_low=r(pooled.loc[label, "skill_vs_best_baseline_low"], 4),
+               ci_high=r(pooled.loc[label, "skill_vs_best_baseline_high"], 4),
+               fraction_of_achievable=r((mse_base - mse_model) / (mse_base - mse_oracle), 3),
+               oracle_skill_vs_best_baseline=r(1 - mse_oracle / mse_base, 4),
+               damping=r(table.attrs["damping"], 3),
+               baseline_mse={b: r(pooled.loc[b, "mse"], 6) for b in BASELINES},
+               val_mse={k: r(v, 6) for k, v in val_mse.items()}, n_test_windows=int(pooled.loc[label, "n_samples"]))
+    log(f"seed {seed}: {json.dumps({k: v for k, v in row.items() if k not in ('val_mse', 'baseline_mse')})}")
+    return row
+
+
+def run_real(preset: dict, seed: int) -> dict | None:
+    from glacierxr.ml.patches import PatchSequences
+
+    snow = real_composites()
+    if snow is None:
+        return None
+    ds = PatchSequences(snow, input_steps=STEPS_IN, target_steps=STEPS_OUT, patch=1, stride=1, normalize="auto",
+                        val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION, seed=seed)
+    log(f"real: {snow.sizes['time']} months, {len(ds.split('train'))} train / {len(ds.split('test'))} test windows")
+    label, prediction, val_mse = fit_variants(ds, preset, preset["real_models"], seed)
+    table, pooled = score(prediction, ds, label, preset["n_resamples"], seed, "time")
+    best_baseline = table.attrs["best_baseline"]
+    row = dict(series="yatsm_p035r032", best_model=label, best_baseline=best_baseline,
+               mse_model=r(pooled.loc[label, "mse"], 6), mse_best_baseline=r(pooled.loc[best_baseline, "mse"], 6),
+               skill_vs_best_baseline=r(pooled.loc[label, "skill_vs_best_baseline"], 4),
+               ci_low=r(pooled.loc[label, "skill_vs_best_baseline_low"], 4),
+               ci_high=r(pooled.loc[label, "skill_vs_best_baseline_high"], 4),
+               damping=r(table.attrs["damping"], 3),
+               baseline_mse={b: r(pooled.loc[b, "mse"], 6) for b in BASELINES},
+               val_mse={k: r(v, 6) for k, v in val_mse.items()}, months=int(snow.sizes["time"]),
+               n_test_windows=int(pooled.loc[label, "n_samples"]))
+    log(f"real: {json.dumps({k: v for k, v in row.items() if k not in ('val_mse', 'baseline_mse')})}")
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------------------------
+def verdict(row: dict, oracle: bool) -> str:
+    skill, low, high = row["skill_vs_best_baseline"], row["ci_low"], row["ci_high"]
+    base = row["best_baseline"].replace("_", " ")
+    if low is not None and low > 0:
+        words = f"beats {base} (interval above 0)"
+    elif high is not None and high < 0:
+        words = f"is worse than {base} (interval below 0)"
+    else:
+        words = f"cannot be told apart from {base} (interval includes 0)"
+    text = f"the best model ({row['best_model']}) {words}: skill {skill:+.3f} [{low:+.3f}, {high:+.3f}]"
+    if oracle:
+        text += f"; it captures {row['fraction_of_achievable']:.0%} of the skill the oracle shows is achievable"
+    return text
+
+
+def markdown(summary: dict, mode: str, preset: dict, wall: float) -> str:
+    lines = [f"# Forecast skill against the best baseline ({mode} mode)", "",
+             f"`python benchmarks/skill.py{' --quick' if mode == 'quick' else ''}` — {wall / 60:.0f} min on CPU "
+             f"(torch 1 thread). Test split; skill = 1 − MSE / MSE of the best baseline (lowest test MSE among "
+             f"{', '.join(BASELINES)}); 95 % paired bootstrap interval. Models: {', '.join(preset['models'])} × "
+             f"residual on {', '.join(preset['residuals'])}; the best pair is chosen on the val split.", "",
+             "## Sample (dynamics=\"memory\", monthly composites, 4 → 4 months)", "",
+             "| seed | best model (val) | best baseline | MSE model | MSE best baseline | MSE oracle | "
+             "skill vs best baseline [95 % CI] | fraction of achievable | damping |",
+             "|---:|---|---|---:|---:|---:|---|---:|---:|"]
+    for row in summary["sample"]:
+        lines.append(f"| {row['seed']} | {row['best_model']} | {row['best_baseline']} | {row['mse_model']} | "
+                     f"{row['mse_best_baseline']} | {row['mse_oracle']} | {row['skill_vs_best_baseline']:+.3f} "
+                     f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] | {row['fraction_of_achievable']:.2f} | "
+                     f"{row['damping']} |")
+    lines += ["", "Baseline MSEs per seed: " + "; ".join(
+        f"seed {row['seed']}: " + ", ".join(f"{k} {v}" for k, v in row["baseline_mse"].items())
+        for row in summary["sample"]), ""]
+    lines += [f"- Seed {row['seed']}: {verdict(row, True)}." for row in summary["sample"]]
+    for row in summary["real"]:
+        lines += ["", "## Real series (YATSM p035r032, Colorado, 1984-2013, 25 one-pixel series)", "",
+                  f"{row['months']} monthly composites; best model (val) {row['best_model']}, best baseline "
+                  f"{row['best_baseline']}; MSE {row['mse_model']} vs {row['mse_best_baseline']}; bootstrap over "
+                  "issue years. Baselines: " + ", ".join(f"{k} {v}" for k, v in row["baseline_mse"].items()) + ".",
+                  "", f"- Real series: {verdict(row, False)}."]
+    lines += ["", "Validation MSE of every pair (first seed): " + ", ".join(
+        f"{k} {v}" for k, v in summary["sample"][0]["val_mse"].items()), ""]
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sample and budget (a few minutes)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per model")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: fastest for these small models on a shared machine)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--table", type=Path, default=None,
-                        help="Markdown output (default benchmarks/skill_table.md; skill_table_quick.md with --quick, "
-                             "so a quick run never replaces the full-mode table)")
-    parser.add_argument("--no-fullscene", action="store_true", help="skip experiment 3")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="sample seeds (default 0 1 2)")
+    parser.add_argument("--no-real", action="store_true", help="skip the real series")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     import torch
 
+    torch.set_num_threads(max(1, args.threads))
     mode = "quick" if args.quick else "full"
-    table_path = args.table or HERE / ("skill_table_quick.md" if args.quick else "skill_table.md")
-    preset = dict(PRESETS[mode])
-    if args.steps:
-        preset["steps"] = args.steps
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    wall = time.perf_counter()
-    work = HERE / "_work" / ("skill-sample-quick" if args.quick else "skill-sample")
+    preset = dict(PRESETS[mode], seeds=tuple(args.seeds or PRESETS[mode]["seeds"]))
+    suffix = "_quick" if args.quick else ""
+    work = HERE / "_work" / f"skill-v2{suffix.replace('_', '-')}"
     work.mkdir(parents=True, exist_ok=True)
-
-    from glacierxr.ml.patches import PatchSequences
-
-    snow = composites(work, preset["size"])
-    ds = PatchSequences(snow, patch=preset["patch"], stride=preset["stride"], normalize="auto",
-                        val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION, seed=args.seed)
-    log(f"{len(ds.split('train'))} train / {len(ds.split('val'))} val / {len(ds.split('test'))} test sequences, "
-        f"split {ds.split_info['time_ranges']}")
-    results = train_models(ds, preset, args.seed)
-    emit_patch_results(results, preset)
-    best = min(results, key=lambda n: results[n]["val_loss"])
-    emit("best_model_by_val_loss", best, "name", note=json.dumps({n: r(v["val_loss"]) for n, v in results.items()}))
-    full = None
-    if not args.no_fullscene:
-        full = full_scene(snow, ds, best, results[best]["model"], preset, args.seed)
-        emit_fullscene(full, best)
+    wall = time.perf_counter()
+    summary = {"sample": [run_sample_seed(work, seed, preset) for seed in preset["seeds"]],
+               "real": [row for row in [None if args.no_real else run_real(preset, 0)] if row],
+               "baselines": list(BASELINES), "mode": mode}
     wall = time.perf_counter() - wall
-    table_path.write_text(markdown(results, full, best, preset, mode, snow, ds, wall))
-    emit("wall_seconds", r(wall, 1), "s", note=f"{mode} mode, whole script (table in {table_path.name})")
+    summary["wall_seconds"] = round(wall, 1)
+    for row in summary["sample"]:
+        emit(f"skill_vs_best_baseline/seed{row['seed']}", row["skill_vs_best_baseline"], "1",
+             baseline=row["best_baseline"], baseline_value=row["mse_best_baseline"],
+             note=f"{row['best_model']}; CI [{row['ci_low']}, {row['ci_high']}]; "
+                  f"fraction of achievable {row['fraction_of_achievable']}")
+    for row in summary["real"]:
+        emit("skill_vs_best_baseline/yatsm", row["skill_vs_best_baseline"], "1", baseline=row["best_baseline"],
+             baseline_value=row["mse_best_baseline"], note=f"{row['best_model']}; CI [{row['ci_low']}, {row['ci_high']}]")
+    (HERE / f"skill_summary{suffix}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (HERE / f"skill_table{suffix}.md").write_text(markdown(summary, mode, preset, wall))
+    emit("wall_seconds", r(wall, 1), "s", note=f"{mode} mode, whole script")
 
 
 if __name__ == "__main__":
