@@ -72,8 +72,11 @@ def test_cli__search_prepare_train_predict_evaluate_finetune(run, capsys):
     composites = xr.open_zarr(store)
     assert composites.sizes["time"] == 24 and "glacierxr_config" in composites["snow_mask"].attrs
 
+    capsys.readouterr()
     assert main(["train", "--config", str(config), "--data", str(store), "--out", str(root / "run")]) == 0
     assert (root / "run" / "model.pt").is_file()
+    shown = capsys.readouterr().err  # progress bars (issue 16): epochs, and batches with the time left
+    assert "training" in shown and "epoch" in shown and "batch" in shown and "<" in shown
 
     for suffix in (".zarr", ".nc", ".tif"):
         out = root / f"forecast{suffix}"
@@ -83,6 +86,8 @@ def test_cli__search_prepare_train_predict_evaluate_finetune(run, capsys):
     forecast = xr.open_zarr(root / "forecast.zarr")["snow_mask_forecast"]
     assert forecast.sizes["time"] == 2 and np.isfinite(forecast.values).all()
     assert forecast.lead.values.tolist() == [1, 2]
+    assert (forecast.attrs["valid_min"], forecast.attrs["valid_max"]) == (0.0, 1.0)  # issue 17
+    assert 0.0 <= float(forecast.min()) and float(forecast.max()) <= 1.0
 
     metrics = root / "metrics.md"
     assert main(["evaluate", "--config", str(config), "--data", str(store),
