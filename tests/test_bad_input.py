@@ -454,3 +454,29 @@ def test_bad_input__cli_table_covers_every_subcommand():
 
     assert set(SUBCOMMANDS) == set(cli.commands)
     assert set(SUBCOMMANDS) <= {c[0].split("/")[0] for c in CLI_CASES}
+
+
+# ------------------------------------------------------------------------------------------
+# no error, but no crash and no misleading advice either
+# ------------------------------------------------------------------------------------------
+def test_bad_input__align_of_a_one_pixel_scene_keeps_it_unshifted():
+    snow = make_series(np.random.default_rng(0).random((3, 1, 1)).astype("float32"))
+    aligned = snow.glacier.align().compute()  # was a raw cv2.error
+    np.testing.assert_array_equal(aligned.values, snow.values)
+    assert np.all(aligned["shift_x"].values == 0) and np.all(aligned["shift_y"].values == 0)
+
+
+def test_bad_input__skipped_asset_warning_does_not_ask_for_what_is_already_on(env, tmp_path):
+    import warnings
+
+    documents = [item.to_dict() for item in env.items[:2]]
+    documents[0]["assets"]["green"]["href"] = str(tmp_path / "missing_SR_B3.TIF")
+    cube = gx.load(documents, on_error="skip")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        green = cube["green"].compute()
+    messages = [str(w.message) for w in caught if issubclass(w.category, gx.io.SkippedAssetWarning)]
+    assert messages and np.isnan(green.isel(time=0).values).all()
+    for message in messages:
+        assert "missing_SR_B3.TIF" in message and "because on_error='skip' is set" in message
+        assert "pass on_error='skip'" not in message.lower()
