@@ -73,8 +73,8 @@ COMPOSITE_FIELDS: dict[str, dict[str, str]] = {
     "vx": {"long_name": "median of the pairs' velocity along x (east)"},
     "vy": {"long_name": "median of the pairs' velocity along y (north)"},
     "v": {"long_name": "speed of the median velocity, hypot(vx, vy)"},
-    "vx_spread": {"units": "m/year", "long_name": "NMAD (1.4826 x median absolute deviation) of the pairs' vx"},
-    "vy_spread": {"units": "m/year", "long_name": "NMAD (1.4826 x median absolute deviation) of the pairs' vy"},
+    "vx_spread": {"units": "m/year", "long_name": "NMAD (1.4826 x MAD) of the pairs' vx; NaN below 2 pairs"},
+    "vy_spread": {"units": "m/year", "long_name": "NMAD (1.4826 x MAD) of the pairs' vy; NaN below 2 pairs"},
     "count": {"units": "1", "long_name": "number of pairs with a valid vx and vy at the pixel"},
     "period_start": {"long_name": "first day of the period"},
     "period_end": {"long_name": "first day after the period"},
@@ -347,7 +347,9 @@ def _pair_table(scenes: xr.DataArray, pairs: Any, time_dim: Hashable) -> pd.Data
 def _position(times: pd.DatetimeIndex, when) -> int:
     found = np.flatnonzero(times == pd.Timestamp(when))
     if not found.size:
-        raise ConfigError(f"pairs names a scene at {when}, which is not a time of the scenes. Use select_pairs() on them.")
+        raise ConfigError(
+            f"pairs names a scene at {when}, which is not a time of the scenes. Use select_pairs() on them."
+        )
     return int(found[0])
 
 
@@ -616,8 +618,9 @@ def _robust_kernel(vx: np.ndarray, vy: np.ndarray, min_count: int) -> tuple[np.n
         spread_x = NMAD_SCALE * np.nanmedian(np.abs(vx - median_x[..., None]), axis=-1)
         spread_y = NMAD_SCALE * np.nanmedian(np.abs(vy - median_y[..., None]), axis=-1)
     few = count < min_count
-    out = [np.where(few, np.nan, a).astype(np.float32) for a in (median_x, median_y, spread_x, spread_y)]
-    return (*out, count.astype(np.int32))
+    medians = [np.where(few, np.nan, a).astype(np.float32) for a in (median_x, median_y)]
+    spreads = [np.where(few | (count < 2), np.nan, a).astype(np.float32) for a in (spread_x, spread_y)]
+    return (*medians, *spreads, count.astype(np.int32))
 
 
 def _reduce(cube: xr.Dataset, min_count: int) -> xr.Dataset:
@@ -679,8 +682,9 @@ def composite(
     -------
     xarray.Dataset
         ``vx``, ``vy`` (median, m/year), ``v`` (speed of the medians), ``vx_spread``,
-        ``vy_spread`` (NMAD of the pairs, m/year), ``count`` (valid pairs per pixel) on the
-        cube's grid; with ``period``, a ``time`` dimension (the period's start) and
+        ``vy_spread`` (NMAD of the pairs, m/year; NaN where fewer than 2 pairs), ``count``
+        (valid pairs per pixel) on the cube's grid; with ``period``, a ``time`` dimension (the
+        period's start) and
         ``period_start``, ``period_end`` and ``pairs`` per period (see :data:`COMPOSITE_FIELDS`).
         Lazy where the cube is.
 

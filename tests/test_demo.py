@@ -14,9 +14,10 @@ from glacierxr.demo import QUICK, run_demo
 
 pytest.importorskip("torch")
 
-FIGURES = ("alignment.png", "composites.png", "flow.png", "learning_curve.png", "forecast.png", "skill.png")
+FIGURES = ("alignment.png", "composites.png", "flow.png", "velocity.png", "learning_curve.png", "forecast.png",
+           "skill.png")
 FILES = ("scenes.csv", "metrics.md", "metrics.csv", "config.toml", "report.md", "run/model.pt")
-STORES = ("composites.zarr", "forecast.zarr")
+STORES = ("composites.zarr", "velocity.zarr", "forecast.zarr")
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,32 @@ def test_demo__forecast_store_is_labelled_and_georeferenced(demo_out):
     stored = gx.io.read(out / "composites.zarr")
     assert stored["scene_shift_x"].dims == ("scene",)
     assert np.isfinite(stored["scene_shift_x"].values).all()
+
+
+@pytest.mark.slow
+def test_demo__velocity_numbers_are_the_cube_against_the_truth(demo_out):
+    """The report's bare-ice error, recomputed with NumPy from the stored cube and the truth."""
+    out, report = demo_out
+    text = report.read_text()
+    cube = gx.io.read(out / "velocity.zarr").compute()
+    truth = gx.sample.open_truth(out / "sample" / "catalog.json")
+    assert cube.attrs["Conventions"] == "CF-1.8" and {"vx", "vy", "v_error"} <= set(cube.data_vars)
+    assert (cube["date_dt"] >= 5).all() and (cube["date_dt"] <= 33).all()
+    assert set(pd.DatetimeIndex(cube["time_start"].values).month) <= {7, 8, 9, 10}
+    on_grid = truth.sel(x=cube.x, y=cube.y, method="nearest")
+    ids = {str(i): k for k, i in enumerate(truth["id"].values.tolist())}
+    used = {str(i) for i in np.concatenate([cube["scene_id_img1"].values, cube["scene_id_img2"].values])}
+    lowest = min(float(truth["snow_line"].values[ids[i.split("+")[0]]]) for i in used)
+    bare = on_grid["glacier"].values.astype(bool) & (on_grid["elevation"].values < lowest - 150.0)
+    keep = ~cube["interpolated"].values.astype(bool) if "interpolated" in cube else True  # as composite()
+    vx = np.nanmedian(np.where(keep, cube["vx"].values, np.nan), axis=0)
+    vy = np.nanmedian(np.where(keep, cube["vy"].values, np.nan), axis=0)
+    error = np.hypot(vx - on_grid["u"].values, vy - on_grid["v"].values)[bare]
+    stated = re.search(r"median end-point error is \*\*(\d+) m/yr\*\* for a median true speed of (\d+) m/yr", text)
+    assert stated, "the report states the error against the truth"
+    assert abs(int(stated.group(1)) - np.nanmedian(error)) <= 1
+    assert abs(int(stated.group(2)) - np.median(on_grid["speed"].values[bare])) <= 1
+    assert f"chose {cube.sizes['mid_date']} pairs" in text
 
 
 @pytest.mark.slow

@@ -270,7 +270,8 @@ def _by_hand(vx: np.ndarray, vy: np.ndarray) -> dict[str, np.ndarray]:
             for name, values in (("vx", vx[use, r, c]), ("vy", vy[use, r, c])):
                 centre = np.median(values)
                 out[name][r, c] = centre
-                out[f"{name}_spread"][r, c] = 1.4826 * np.median(np.abs(values - centre))
+                if use.sum() >= 2:  # no spread from one pair
+                    out[f"{name}_spread"][r, c] = 1.4826 * np.median(np.abs(values - centre))
     out["v"] = np.hypot(out["vx"], out["vy"])
     return out
 
