@@ -959,10 +959,8 @@ def _train_climatology(sequences, period: int, damping: bool = False) -> tuple[n
 
 
 def _gather_climatology(clim: np.ndarray, phases: np.ndarray, y0: np.ndarray, x0: np.ndarray, patch: int) -> np.ndarray:
-    out = np.empty((*phases.shape, patch, patch))
-    for i, (y, x) in enumerate(zip(y0.tolist(), x0.tolist())):
-        out[i] = clim[phases[i], y : y + patch, x : x + patch]
-    return out
+    windows = np.lib.stride_tricks.sliding_window_view(clim, (patch, patch), axis=(1, 2))  # (period, Y', X', P, P)
+    return windows[phases, y0[:, None], x0[:, None]]  # one copy, no per-window Python
 
 
 # --------------------------------------------------------------------------------------------

@@ -97,14 +97,16 @@ def _run_windows(model, slab: np.ndarray, starts_y, starts_x, *, patch, steps, b
     t_in, height, width = slab.shape
     accumulated = np.zeros((steps, height, width), dtype=np.float64)
     weight_sum = np.zeros((height, width), dtype=np.float64)
-    corners = [(y, x) for y in starts_y for x in starts_x]
+    grid_y, grid_x = np.meshgrid(np.asarray(starts_y), np.asarray(starts_x), indexing="ij")
+    ys, xs = grid_y.ravel(), grid_x.ravel()
+    # every window of the slab as a view; a batch is one fancy-indexing copy (no per-window Python)
+    windows = np.lib.stride_tricks.sliding_window_view(slab.astype(np.float32, copy=False), (t_in, patch, patch))[0]
     with torch.inference_mode():
-        for first in range(0, len(corners), batch_size):
-            batch_corners = corners[first : first + batch_size]
-            batch = np.stack([slab[:, y : y + patch, x : x + patch] for y, x in batch_corners])
-            inputs = torch.from_numpy(batch[:, :, None].astype(np.float32)).to(device)
+        for first in range(0, ys.size, batch_size):
+            y, x = ys[first : first + batch_size], xs[first : first + batch_size]
+            inputs = torch.from_numpy(windows[y, x][:, :, None]).to(device)
             output = model(inputs, steps=steps).detach().float().cpu().numpy()[:, :, 0]
-            _accumulate(accumulated, weight_sum, output, batch_corners, weights)
+            _accumulate(accumulated, weight_sum, output, list(zip(y.tolist(), x.tolist())), weights)
     return (accumulated / weight_sum).astype(np.float32)
 
 
