@@ -15,7 +15,8 @@ from pathlib import Path
 
 from glacierxr.demo import run_demo
 
-FIGURES = ("composites.png", "alignment.png", "flow.png", "learning_curve.png", "forecast.png", "skill.png")
+FIGURES = ("composites.png", "alignment.png", "flow.png", "velocity.png", "learning_curve.png", "forecast.png",
+           "skill.png")
 
 
 def main() -> None:
