@@ -294,7 +294,8 @@ def run_demo(out: str | os.PathLike, *, quick: bool = False, progress: bool = Tr
 
 _METRIC_COLUMNS = (
     "model", "lead", "mse", "mae", "iou", "f1", "skill_vs_persistence",
-    "skill_vs_seasonal_naive", "skill_vs_climatology", "n_samples",
+    "skill_vs_seasonal_naive", "skill_vs_climatology", "skill_vs_anomaly_persistence",
+    "skill_vs_best_baseline", "n_samples",
 )
 
 
@@ -666,6 +667,11 @@ def _verdict(metrics: pd.DataFrame) -> str:
             claim = f"is **not clearly better** than **{name}** (the interval includes zero)"
         leads = f"; better at lead(s) {', '.join(better)}" if better else "; worse at every lead"
         lines.append(f"- The model {claim}: MSE skill {skill:+.2f}{interval}{leads}.")
+    best = metrics.attrs.get("best_baseline")
+    if best:
+        lines.insert(0, f"- The strongest naive forecast of these periods is "
+                        f"**{best.replace('_', '-')}** (lowest MSE of the baselines): the model is "
+                        "worth running only where it beats that one.")
     return "\n".join(lines)
 
 
@@ -780,9 +786,11 @@ def _report(config: RunConfig, facts: dict, out: Path) -> str:
         "![skill](skill.png)",
         "",
         f"Scores on the {sequences['test']} test sequences (the held-out periods, all patches), "
-        "for the model and three baselines: persistence (last input repeated), seasonal-naive "
-        "(the same season one year before) and climatology (mean of each season over the training "
-        "periods). MSE and MAE are on the snow-mask values, IoU and F1 on the snow/ice area "
+        "for the model and the baselines: persistence (last input repeated), seasonal-naive "
+        "(the same season one year before), climatology (mean of each season over the training "
+        "periods) and damped anomaly persistence (climatology plus the last departure from it, "
+        "shrinking each period by a factor fitted on the training periods). MSE and MAE are on "
+        "the snow-mask values, IoU and F1 on the snow/ice area "
         f"(value ≥ {metrics.attrs.get('threshold', 0.3)}); skill is 1 − MSE / MSE of the baseline "
         "([metrics.csv](metrics.csv) has the bootstrap intervals).",
         "",
