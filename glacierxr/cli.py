@@ -313,12 +313,13 @@ def train(config_path, data, model_name, epochs, batch_size, out, resume, overwr
 @click.option("--epochs", type=int, default=None, show_default=_default("train", "max_epochs"))
 @click.option("--lr", type=float, default=None, show_default=_default("train", "lr"))
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder.")
+@click.option("--resume", is_flag=True, help="Continue the fine-tuning run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run in --out (only once the new run has written its first checkpoint).")
-def finetune(config_path, checkpoint, data, freeze, epochs, lr, out, overwrite):
+def finetune(config_path, checkpoint, data, freeze, epochs, lr, out, resume, overwrite):
     """Fine-tune a trained model on another glacier's composites."""
     config = _config(config_path, train__max_epochs=epochs, train__lr=lr)
-    _train_command(data, out, config, overwrite=overwrite, init=_checkpoint_input(checkpoint),
+    _train_command(data, out, config, resume=resume, overwrite=overwrite, init=_checkpoint_input(checkpoint),
                    freeze=tuple(freeze))
 
 

@@ -424,3 +424,19 @@ def test_killed_sample__is_detected_and_written_anew(tmp_path, capsys):
     # a complete sample is kept unless asked
     assert main(["sample", "--out", str(out), "--width", "32", "--height", "32"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_lock__a_file_system_without_flock_is_said_so(tmp_path, monkeypatch):
+    """Where flock is missing (some network disks) the lock warns and falls back to a lock file."""
+    import filelock._native._unix as unix
+
+    def no_flock(descriptor):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(unix, "lock_fd_nonblocking", no_flock)
+    out = tmp_path / "nfs" / "out.zarr"
+    out.parent.mkdir()
+    with pytest.warns(_safety.LockUnavailableWarning, match="cannot lock files"):
+        gx.io.write(_series(), out)
+    assert gx.io.read(out)["snow_mask"].shape == (2, 8, 8)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out.zarr"]
