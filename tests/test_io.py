@@ -54,7 +54,7 @@ QA_VALUES = np.array([21824, 21952, 30048, 22280, 23826], dtype="uint16")
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch):
     """Keep retry back-off tiny in tests (the behaviour is the same)."""
-    monkeypatch.setattr(gio, "RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr(gio.reader, "RETRY_BACKOFF_S", 0.01)
 
 
 def _features(shared_data: Path, name: str) -> dict[str, dict]:
@@ -509,7 +509,7 @@ def test_redact__never_leaves_a_query_string(query, quote):
 def test_snap__covers_the_bounds_on_the_anchored_grid(minx, miny, width, height, resolution, anchor):
     anchor = (anchor % resolution, anchor % resolution)
     bounds = (minx, miny, minx + width, miny + height)
-    snapped = gio._snap(bounds, resolution, anchor)
+    snapped = gio.grid._snap(bounds, resolution, anchor)
     tolerance = 1e-5 * resolution
     assert snapped[0] <= bounds[0] + tolerance and snapped[1] <= bounds[1] + tolerance
     assert snapped[2] >= bounds[2] - tolerance and snapped[3] >= bounds[3] - tolerance

@@ -56,8 +56,8 @@ SECRET = "SECRETtoken"  # a stand-in SAS signature that must never show up in me
 @pytest.fixture(autouse=True)
 def _fast_failures(monkeypatch):
     """Tiny back-off and time-outs (the behaviour is the same, only faster)."""
-    monkeypatch.setattr(gio, "RETRY_BACKOFF_S", 0.01)
-    monkeypatch.setattr(gio, "READ_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(gio.reader, "RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr(gio.reader, "READ_TIMEOUT_S", 1.0)
     monkeypatch.setattr(stac, "RETRY_BACKOFF_FACTOR", 0.01)
     monkeypatch.setattr(stac, "REQUEST_TIMEOUT", (1.0, 1.0))
 

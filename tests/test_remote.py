@@ -58,7 +58,7 @@ def test_redact__keeps_the_path_and_plain_text():
 
 
 def test_redact__search_and_load_use_the_same_function():
-    assert stac.redact is io.redact is _remote.redact
+    assert stac.redact is io.reader.redact is io.items.redact is _remote.redact
     assert stac.redact_tokens_in_logs is _remote.redact_tokens_in_logs
 
 

@@ -41,8 +41,8 @@ TOKEN = f"st=2025-01-01&se=2099-01-01&sp=rl&sv=2024-05-04&sr=c&sig={SECRET}"
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch):
-    monkeypatch.setattr(gio, "RETRY_BACKOFF_S", 0.01)
-    monkeypatch.setattr(gio, "READ_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(gio.reader, "RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr(gio.reader, "READ_TIMEOUT_S", 1.0)
 
 
 @pytest.fixture(scope="module")
