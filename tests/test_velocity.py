@@ -413,3 +413,21 @@ def test_accessor_and_top_level_names():
     cube = scenes.glacier.velocity_cube([(0, 2)], stable=_stable(scenes))
     assert cube.sizes["mid_date"] == 1 and cube["date_dt"].item() == 32.0
     assert gx.velocity_cube is velocity_cube and gx.velocity.composite is composite
+
+
+def test_velocity_cube__on_loaded_cogs_builds_without_reading(velocity_sample):
+    import glacierxr as gx
+
+    _, catalog, _ = velocity_sample
+    scenes = gx.load(gx.search(catalog=str(catalog), datetime="2019-06-01/2019-10-31"), bands=("green",))
+    with raise_if_dask_computes():  # stackstac reads COGs only in a compute
+        cube = velocity_cube(scenes["green"], [(0, 1), (1, 2)])
+    assert cube.sizes["mid_date"] == 2 and dask.is_dask_collection(cube["vx"].data)
+
+
+def test_velocity_cube__same_result_on_a_distributed_cluster(local_cluster):
+    scenes = _scenes(_moving_frames(3)).chunk({"time": 1})
+    cube = velocity_cube(scenes, [(0, 1), (0, 2)], stable=_stable(scenes).chunk())
+    here = cube.compute()
+    there = local_cluster.compute(cube).result()
+    xr.testing.assert_identical(here, there)
