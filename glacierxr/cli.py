@@ -397,6 +397,8 @@ def evaluate(config_path, data, checkpoint, split, out, overwrite):
 @click.option("--data", type=click.Path(), default=None,
               help="A cube of scenes (Zarr or NetCDF, e.g. written by glacierxr.io.write) instead of a catalog.")
 @click.option("--band", default=None, help="Band to track [default: pan where the scenes have it, else green].")
+@click.option("--resolution", type=float, default=None, show_default=_default("load", "resolution"),
+              help="Pixel size in metres of the loaded scenes (15 for Landsat's panchromatic band).")
 @click.option("--min-days", type=float, default=None, show_default=_default("velocity", "min_days"),
               help="Shortest time between the two scenes of a pair.")
 @click.option("--max-days", type=float, default=None, show_default=_default("velocity", "max_days"),
@@ -409,15 +411,15 @@ def evaluate(config_path, data, checkpoint, split, out, overwrite):
               help="Also write the robust composite per period (YS, QS-DEC, 6MS ...) beside --out.")
 @click.option("--out", type=click.Path(), required=True, help="Output velocity cube: .zarr or .nc.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (once the new one is complete).")
-def velocity(config_path, catalog, glacier, bbox, datetime_, data, band, min_days, max_days, min_clear,
-             method, spacing, period, out, overwrite):
+def velocity(config_path, catalog, glacier, bbox, datetime_, data, band, resolution, min_days, max_days,
+             min_clear, method, spacing, period, out, overwrite):
     """Surface velocity of every usable pair of scenes → an ITS_LIVE-like velocity cube."""
     from glacierxr._safety import output_lock
     from glacierxr.pipeline import velocity as run_velocity
 
     config = _config(
         config_path, data__catalog=_catalog_input(catalog), data__glacier=glacier, data__bbox=_bbox(bbox),
-        data__datetime=datetime_, velocity__band=band, velocity__min_days=min_days,
+        data__datetime=datetime_, load__resolution=resolution, velocity__band=band, velocity__min_days=min_days,
         velocity__max_days=max_days, velocity__min_clear=min_clear, velocity__method=method,
         velocity__spacing=spacing, velocity__composite=period,
     )

@@ -403,6 +403,10 @@ def test_cli_velocity__prepared_cube_to_netcdf(velocity_sample, capsys):
     assert (cube["clear_img1"] >= 0.6).all() and cube.rio.crs.to_epsg() == 32643
     assert main(["velocity", "--data", str(prepared), "--band", "pan", "--out", str(root / "x.nc")]) == 2
     assert "no band 'pan'" in capsys.readouterr().err
+    # a panchromatic band, where the scenes have one, is tracked by default
+    with_pan = gx.io.write(scenes.rename(green="pan"), root / "pan.zarr", overwrite=True)
+    assert main(["velocity", "--data", str(with_pan), "--max-days", "40", "--out", str(root / "pan.nc")]) == 0
+    assert xr.open_dataset(root / "pan.nc").attrs["source_variable"] == "pan"
 
 
 def test_accessor_and_top_level_names():
