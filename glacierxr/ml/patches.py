@@ -676,7 +676,9 @@ class PatchSequences(IterableDataset):
         """
         region, _ = self._resident_region()
         values, valid = _prepare_tile(self._layout, region, "train", self._stats()).arrays
-        return _Tile(region, (values, valid, values * valid, valid.astype(np.float32)))
+        with np.errstate(invalid="ignore"):  # inf × 0 (refused later by the trainer)
+            targets = values * valid
+        return _Tile(region, (values, valid, targets, valid.astype(np.float32)))
 
 
 class _BatchedSequences(IterableDataset):
