@@ -14,11 +14,9 @@ import pandas as pd
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
-__all__ = ["make_scene_cube", "make_series", "count_computes", "raise_if_dask_computes"]
+from glacierxr.landsat import QA_BITS, SR_OFFSET, SR_SCALE  # noqa: F401  (SR_* re-exported)
 
-#: Landsat Collection-2 surface-reflectance scale and offset.
-SR_SCALE = 2.75e-05
-SR_OFFSET = -0.2
+__all__ = ["make_scene_cube", "make_series", "count_computes", "raise_if_dask_computes"]
 
 
 class _CountingScheduler:
@@ -61,11 +59,12 @@ def count_computes() -> Iterator[_CountingScheduler]:
 
 
 def _encode_qa(cloud: np.ndarray, shadow: np.ndarray, snow: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    qa = np.full(cloud.shape, 1 << 6, dtype=np.uint16)  # clear
-    qa[snow] = (1 << 5) | (1 << 6)
-    qa[shadow] = 1 << 4
-    qa[cloud] = (1 << 3) | (1 << 1)
-    qa[fill] = 1
+    bit = {name: np.uint16(1 << offset) for name, offset in QA_BITS.items()}
+    qa = np.full(cloud.shape, bit["clear"], dtype=np.uint16)
+    qa[snow] = bit["snow"] | bit["clear"]
+    qa[shadow] = bit["cloud_shadow"]
+    qa[cloud] = bit["cloud"] | bit["dilated_cloud"]
+    qa[fill] = bit["fill"]
     return qa
 
 

@@ -409,7 +409,7 @@ def test_texture__moves_with_the_true_velocity(items, qa_stack, truth):
 def fast_sample(tmp_path_factory):
     catalog = gx.sample.write_catalog(tmp_path_factory.mktemp("fast"), seed=0, width=96,
                                       height=96, start="2018-07-01", end="2018-09-30",
-                                      flow="fast")
+                                      flow="fast", dynamics="cycle")  # summer bare ice
     return _items(catalog), gx.sample.open_truth(catalog)
 
 
