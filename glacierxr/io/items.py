@@ -178,57 +178,11 @@ def _scenes(items, bands: Sequence[str]) -> tuple[list[_Scene], list[dict]]:
     """Validate items; return scene records and the plain dicts handed to stackstac."""
     scenes, plain = [], []
     for index, (item, origin) in enumerate(_as_dicts(items)):
-        item_id = str(item.get("id", f"<item {index}>"))
+        scene = _scene(item, index)
         properties = item.get("properties") or {}
-        collection = item.get("collection")
-        if collection is not None and collection not in COLLECTIONS:
-            raise CatalogError(
-                f"Item {item_id!r} belongs to collection {collection!r}; load() reads Landsat "
-                f"Collection-2 Level-2 items of {list(COLLECTIONS)}. Search one of those (for "
-                "example glacierxr.search(..., collection='landsat-c2-l2'))."
-            )
-        if "datetime" not in properties or properties["datetime"] is None:
-            raise CatalogError(
-                f"Item {item_id!r} has no properties.datetime; load() needs one time per scene."
-            )
-        assets = item.get("assets") or {}
-        scene = _Scene()
-        scene.index = index
-        scene.id = item_id
-        scene.time = pd.Timestamp(properties["datetime"])
-        if scene.time.tzinfo is not None:
-            scene.time = scene.time.tz_convert("UTC").tz_localize(None)
-        scene.collection = collection
-        cloud_cover = properties.get("eo:cloud_cover")
-        scene.cloud_cover = math.nan if cloud_cover is None else float(cloud_cover)  # 0.0 is a value
-        scene.platform = str(properties.get("platform", ""))
-        scene.wrs_path = str(properties.get("landsat:wrs_path", ""))
-        scene.wrs_row = str(properties.get("landsat:wrs_row", ""))
-        scene.root = next(
-            (link.get("href") for link in item.get("links", ()) if link.get("rel") == "root"),
-            None,
-        )
-        new_assets, scene.bands = {}, {}
+        new_assets, scene.bands = _band_assets(item, bands, origin, scene)
+        first_asset = next(iter(new_assets.values()))
         item_epsg = _epsg_of(properties)
-        first_asset = None
-        for band in bands:
-            key = resolve_asset_key(assets, band)
-            if key is None:
-                raise MissingBandError(
-                    f"Band {band!r} not found in item {item_id!r} (collection {collection!r}). "
-                    f"Available asset keys: {sorted(assets)}. Known keys for {band!r}: "
-                    f"{list(ASSET_ALIASES.get(band, (band,)))}; pass bands=... without it or "
-                    "search items that have it."
-                )
-            asset = dict(assets[key])
-            asset["href"] = _absolute_href(asset.get("href", ""), origin)
-            asset_epsg = _epsg_of(asset)
-            if asset_epsg is not None:
-                asset["proj:epsg"] = asset_epsg
-            asset.pop("proj:code", None)
-            new_assets[band] = asset
-            scene.bands[band] = _band_metadata(band, asset, asset["href"], item_id)
-            first_asset = first_asset or asset
         fields = {**properties, **{k: v for k, v in first_asset.items() if k.startswith("proj:")}}
         scene.epsg = _epsg_of(fields) if _epsg_of(first_asset) is None else _epsg_of(first_asset)
         scene.epsg = scene.epsg if scene.epsg is not None else item_epsg
@@ -236,7 +190,7 @@ def _scenes(items, bands: Sequence[str]) -> tuple[list[_Scene], list[dict]]:
         scene.lonlat = _lonlat_box(item, scene.epsg, scene.proj)
         if scene.lonlat is None and scene.proj is None:
             raise CatalogError(
-                f"Item {item_id!r} has neither a bbox nor proj:transform/proj:shape; load() "
+                f"Item {scene.id!r} has neither a bbox nor proj:transform/proj:shape; load() "
                 "cannot place it on a grid."
             )
         new_properties = {"datetime": properties["datetime"]}
@@ -258,6 +212,64 @@ def _scenes(items, bands: Sequence[str]) -> tuple[list[_Scene], list[dict]]:
         )
         scenes.append(scene)
     return scenes, plain
+
+
+def _scene(item: Mapping[str, Any], index: int) -> _Scene:
+    """The item's identity, time and metadata as a scene record (its bands come later)."""
+    item_id = str(item.get("id", f"<item {index}>"))
+    properties = item.get("properties") or {}
+    collection = item.get("collection")
+    if collection is not None and collection not in COLLECTIONS:
+        raise CatalogError(
+            f"Item {item_id!r} belongs to collection {collection!r}; load() reads Landsat "
+            f"Collection-2 Level-2 items of {list(COLLECTIONS)}. Search one of those (for "
+            "example glacierxr.search(..., collection='landsat-c2-l2'))."
+        )
+    if "datetime" not in properties or properties["datetime"] is None:
+        raise CatalogError(
+            f"Item {item_id!r} has no properties.datetime; load() needs one time per scene."
+        )
+    scene = _Scene()
+    scene.index = index
+    scene.id = item_id
+    scene.time = pd.Timestamp(properties["datetime"])
+    if scene.time.tzinfo is not None:
+        scene.time = scene.time.tz_convert("UTC").tz_localize(None)
+    scene.collection = collection
+    cloud_cover = properties.get("eo:cloud_cover")
+    scene.cloud_cover = math.nan if cloud_cover is None else float(cloud_cover)  # 0.0 is a value
+    scene.platform = str(properties.get("platform", ""))
+    scene.wrs_path = str(properties.get("landsat:wrs_path", ""))
+    scene.wrs_row = str(properties.get("landsat:wrs_row", ""))
+    scene.root = next(
+        (link.get("href") for link in item.get("links", ()) if link.get("rel") == "root"),
+        None,
+    )
+    return scene
+
+
+def _band_assets(item, bands: Sequence[str], origin, scene: _Scene) -> tuple[dict, dict]:
+    """The item's asset of every band (absolute href, ``proj:epsg``) and its band metadata."""
+    assets = item.get("assets") or {}
+    new_assets, band_info = {}, {}
+    for band in bands:
+        key = resolve_asset_key(assets, band)
+        if key is None:
+            raise MissingBandError(
+                f"Band {band!r} not found in item {scene.id!r} (collection {scene.collection!r}). "
+                f"Available asset keys: {sorted(assets)}. Known keys for {band!r}: "
+                f"{list(ASSET_ALIASES.get(band, (band,)))}; pass bands=... without it or "
+                "search items that have it."
+            )
+        asset = dict(assets[key])
+        asset["href"] = _absolute_href(asset.get("href", ""), origin)
+        asset_epsg = _epsg_of(asset)
+        if asset_epsg is not None:
+            asset["proj:epsg"] = asset_epsg
+        asset.pop("proj:code", None)
+        new_assets[band] = asset
+        band_info[band] = _band_metadata(band, asset, asset["href"], scene.id)
+    return new_assets, band_info
 
 
 def _check_bands(bands) -> tuple[str, ...]:
