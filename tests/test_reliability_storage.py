@@ -373,6 +373,34 @@ def test_train__existing_run_is_kept_unless_resume_or_overwrite(tmp_path, run_in
     assert not list(tmp_path.glob(".run*"))  # no lock file or partial beside the run
 
 
+_KILLED_TRAIN = """
+import sys, time
+from glacierxr.cli import main
+from glacierxr.ml.train import Trainer
+def stalled(self, epoch, *args, **kwargs):
+    print("in epoch", epoch, flush=True)
+    time.sleep(120)  # killed here, before the first checkpoint of the new run
+Trainer._run_epoch = stalled
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_train__overwrite_killed_before_its_first_checkpoint_leaves_the_old_run(tmp_path, run_inputs):
+    config, store = run_inputs
+    run = tmp_path / "run"
+    assert _train(config, store, run) == 0
+    old = _files(run)
+    argv = ["train", "--config", str(config), "--data", str(store), "--out", str(run), "--overwrite"]
+    process = subprocess.Popen([sys.executable, "-c", _KILLED_TRAIN, *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert process.stdout.readline().strip() == b"in epoch 1"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert _files(run) == old  # every checkpoint, the model and the log of the old run
+    assert _train(config, store, run, "--resume", "--epochs", "2") == 0  # and it still resumes
+
+
 def test_train__resume_removes_what_a_killed_checkpoint_save_left(tmp_path, run_inputs):
     config, store = run_inputs
     run = tmp_path / "run"
