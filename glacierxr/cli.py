@@ -82,7 +82,8 @@ def _kind_of_file(path: Path) -> str:
         if (path / "model.pt").is_file():
             return "a training run folder"
         return "a folder"
-    head = path.open("rb").read(8)
+    with path.open("rb") as handle:
+        head = handle.read(8)
     if head.startswith(b"PK"):
         return "checkpoint"  # torch.save writes a zip archive
     if head.startswith((b"CDF\x01", b"CDF\x02", b"\x89HDF")):
