@@ -649,7 +649,7 @@ def align(
         every usable pixel (or the given ``stable``/``outlines``) drives every pass.
     stable_threshold
         Largest temporal texture variability of automatic stable ground (0: identical texture
-        in every scene, ~1: unrelated); at least the 5 % most stable pixels are kept.
+        in every scene, ~1: unrelated); at least the 20 % most stable pixels are kept.
     stable
         Optional boolean ``(y, x)`` DataArray on the same grid, True on ground that does not
         move.  Only those pixels drive the estimate; every pixel is warped.

@@ -50,6 +50,9 @@ FLAG_USER = 1
 #: Stable ground found automatically from the data (ITS_LIVE: low-velocity surface).
 FLAG_AUTO = 2
 
+#: Pixels whose local texture energy is below this share of the median are "no texture".
+_MIN_TEXTURE = 0.3
+
 #: CRS of GeoJSON without a ``crs`` member (RFC 7946: WGS 84 longitude/latitude).
 _GEOJSON_CRS = "EPSG:4326"
 
@@ -373,7 +376,11 @@ def _variability_kernel(count: np.ndarray, total: np.ndarray, squares: np.ndarra
     energy = ndimage.gaussian_filter(energy, window, mode="reflect")
     floor = 1e-12 * max(float(np.nanmax(energy, initial=0.0)), 1e-30)
     variability = change / np.maximum(energy, floor)
-    return np.where(known, variability, np.nan).astype(np.float32)
+    # too little texture to tell (flat snow, a constant mask value): unknown, never stable
+    textured = energy > floor
+    if textured.any():
+        textured &= energy >= _MIN_TEXTURE * float(np.median(energy[textured]))
+    return np.where(known & textured, variability, np.nan).astype(np.float32)
 
 
 def temporal_variability(
@@ -457,7 +464,7 @@ def stable_from_variability(
     da: xr.DataArray,
     *,
     threshold: float = 0.1,
-    min_fraction: float = 0.05,
+    min_fraction: float = 0.2,
     highpass_sigma: float = 4.0,
     window: float = 7.0,
     time_dim: str = "time",
@@ -516,3 +523,4 @@ def stable_from_variability(
     mask.attrs = {"long_name": "stable ground (texture unchanged over time)",
                   "stable_threshold": float(threshold)}
     return mask
+
