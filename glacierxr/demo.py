@@ -676,18 +676,21 @@ def _verdict(metrics: pd.DataFrame) -> str:
 
 
 def _report(config: RunConfig, facts: dict, out: Path) -> str:
-    from glacierxr.evaluate import to_markdown
-    from glacierxr.pipeline import versions
+    """The demo's README: one section per stage, each written by its own function below."""
+    lines = _intro_lines(config, facts, out)
+    lines += _alignment_lines(facts["alignment"])
+    lines += _composite_lines(config, facts)
+    lines += ["## 4. Surface velocity", ""] + _velocity_lines(facts["flow"])
+    lines += _training_lines(config, facts)
+    lines += _forecast_lines(facts["forecast"])
+    lines += _skill_lines(config, facts)
+    return "\n".join(lines)
 
+
+def _intro_lines(config: RunConfig, facts: dict, out: Path) -> list[str]:
     size: DemoSize = facts["size"]
-    a = facts["alignment"]
-    fl = facts["flow"]
-    tr = facts["train"]
-    fc = facts["forecast"]
-    metrics = facts["metrics"]
-    model_name = metrics["model"].iloc[0]
     command = f"glacierxr demo --out {out}" + (" --quick" if facts["quick"] else "")
-    lines = [
+    return [
         "# glacierxr demo: a synthetic glacier from search to forecast",
         "",
         f"Run on {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} with `{command}` "
@@ -712,6 +715,11 @@ def _report(config: RunConfig, facts: dict, out: Path) -> str:
         f"([scenes.csv](scenes.csv)). After QA masking, {facts['used']} of the {facts['loaded']} loaded "
         f"time steps have at most {config.preprocess.max_missing:.0%} missing pixels and were used.",
         "",
+    ]
+
+
+def _alignment_lines(a: dict) -> list[str]:
+    return [
         "## 2. Co-registration",
         "",
         "![alignment](alignment.png)",
@@ -724,6 +732,11 @@ def _report(config: RunConfig, facts: dict, out: Path) -> str:
         + (" — no better than leaving the scenes unaligned on this small sample."
            if a["rmse"] >= a["true_rms"] else "."),
         "",
+    ]
+
+
+def _composite_lines(config: RunConfig, facts: dict) -> list[str]:
+    return [
         "## 3. Snow-mask composites",
         "",
         "![composites](composites.png)",
@@ -737,13 +750,15 @@ def _report(config: RunConfig, facts: dict, out: Path) -> str:
         "near 0.8) in a snow-free valley. Written to [composites.zarr](composites.zarr) and read "
         "back lazily for the steps below.",
         "",
-        "## 4. Surface velocity",
-        "",
     ]
-    lines += _velocity_lines(fl)
+
+
+def _training_lines(config: RunConfig, facts: dict) -> list[str]:
+    size: DemoSize = facts["size"]
+    tr = facts["train"]
     sequences = tr["sequences"]
     ranges = tr.get("time_ranges") or {}
-    lines += [
+    return [
         "",
         "## 5. Training",
         "",
@@ -768,6 +783,11 @@ def _report(config: RunConfig, facts: dict, out: Path) -> str:
            "the validation loss. " if sequences["val"] else "")
         + "The model is in [run/model.pt](run/model.pt).",
         "",
+    ]
+
+
+def _forecast_lines(fc: dict) -> list[str]:
+    return [
         "## 6. Forecast of the last periods",
         "",
         "![forecast](forecast.png)",
@@ -781,6 +801,16 @@ def _report(config: RunConfig, facts: dict, out: Path) -> str:
         + ", ".join(_fmt(v, 3) for v in fc["persistence_mse"])
         + ".",
         "",
+    ]
+
+
+def _skill_lines(config: RunConfig, facts: dict) -> list[str]:
+    from glacierxr.evaluate import to_markdown
+    from glacierxr.pipeline import versions
+
+    metrics = facts["metrics"]
+    sequences = facts["train"]["sequences"]
+    lines = [
         "## 7. Skill against baselines",
         "",
         "![skill](skill.png)",
@@ -819,7 +849,7 @@ def _report(config: RunConfig, facts: dict, out: Path) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _methods(methods: dict[str, int]) -> str:
