@@ -142,31 +142,49 @@ def _per_scene(scenes, name: str, time_dim: Hashable) -> list[str] | None:
     return [str(value) for value in scenes[name].values.tolist()]
 
 
-def _pairs_table(times, clear, satellites, ids, *, min_days, max_days, min_clear, months) -> pd.DataFrame:
-    """Every pair (i < j) of the scenes that passes the rules, sorted by centre date."""
-    times = pd.DatetimeIndex(times)
-    in_months = np.ones(len(times), bool) if months is None else np.isin(times.month, list(months))
-    rows = []
-    for i in range(len(times)):
-        for j in range(i + 1, len(times)):
-            days = (times[j] - times[i]) / pd.Timedelta(days=1)
-            if days < min_days or days > max_days or not (in_months[i] and in_months[j]):
-                continue
-            if clear is not None and min_clear is not None and min(clear[i], clear[j]) < min_clear:
-                continue
-            row = {
-                "index_img1": i, "index_img2": j, "time_start": times[i], "time_end": times[j],
-                "mid_date": times[i] + (times[j] - times[i]) / 2, "date_dt": days,
-                "clear_img1": np.nan if clear is None else float(clear[i]),
-                "clear_img2": np.nan if clear is None else float(clear[j]),
-            }
-            for key, values in (("satellite", satellites), ("scene_id", ids)):
-                if values is not None:
-                    row[f"{key}_img1"], row[f"{key}_img2"] = values[i], values[j]
-            rows.append(row)
+def _scene_info(scenes, time_dim: Hashable, clear: np.ndarray | None = None) -> dict[str, Any]:
+    """Per-scene facts the pair table is made of (nothing is computed)."""
+    return {
+        "times": pd.DatetimeIndex(scenes[time_dim].values),
+        "clear": _known_clear(scenes, time_dim) if clear is None else clear,
+        "satellite": _per_scene(scenes, "platform", time_dim),
+        "scene_id": _per_scene(scenes, "id", time_dim),
+    }
+
+
+def _pair_row(i: int, j: int, info: dict[str, Any]) -> dict[str, Any]:
+    """One row of the pair table."""
+    times, clear = info["times"], info["clear"]
+    row = {
+        "index_img1": i, "index_img2": j, "time_start": times[i], "time_end": times[j],
+        "mid_date": times[i] + (times[j] - times[i]) / 2,
+        "date_dt": (times[j] - times[i]) / pd.Timedelta(days=1),
+        "clear_img1": np.nan if clear is None else float(clear[i]),
+        "clear_img2": np.nan if clear is None else float(clear[j]),
+    }
+    for key in ("satellite", "scene_id"):
+        if info[key] is not None:
+            row[f"{key}_img1"], row[f"{key}_img2"] = info[key][i], info[key][j]
+    return row
+
+
+def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The rows as the pair table, sorted by centre date then separation."""
     columns = [c for c in PAIR_FIELDS if any(c in row for row in rows)] or list(PAIR_FIELDS)[:8]
     table = pd.DataFrame(rows, columns=columns)
     return table.sort_values(["mid_date", "date_dt"], kind="stable").reset_index(drop=True)
+
+
+def _pairs_table(info: dict[str, Any], *, min_days, max_days, min_clear, months) -> pd.DataFrame:
+    """Every pair (i < j) of the scenes that passes the rules, sorted by centre date."""
+    times, clear = info["times"], info["clear"]
+    in_months = np.ones(len(times), bool) if months is None else np.isin(times.month, list(months))
+    days = (times.values[None, :] - times.values[:, None]) / np.timedelta64(1, "D")
+    keep = (days >= min_days) & (days <= max_days) & in_months[:, None] & in_months[None, :]
+    if clear is not None and min_clear is not None:
+        ok = np.asarray(clear) >= min_clear
+        keep &= ok[:, None] & ok[None, :]
+    return _table([_pair_row(int(i), int(j), info) for i, j in zip(*np.nonzero(np.triu(keep, 1)))])
 
 
 def _check_rules(min_days, max_days, min_clear, months) -> None:
@@ -269,13 +287,8 @@ def select_pairs(
         like = scenes if isinstance(scenes, xr.DataArray) else _valid(scenes)
         ice = check_on_grid(ice, like, name="ice", what="select_pairs", y_dim=y_dim, x_dim=x_dim, boolean=True)
     clear = None if min_clear is None and ice is None else _clear_fractions(scenes, ice, time_dim, y_dim, x_dim)
-    if clear is None:
-        clear = _known_clear(scenes, time_dim)
-    table = _pairs_table(
-        scenes[time_dim].values, clear, _per_scene(scenes, "platform", time_dim),
-        _per_scene(scenes, "id", time_dim), min_days=min_days, max_days=max_days,
-        min_clear=min_clear, months=months,
-    )
+    info = _scene_info(scenes, time_dim, clear)
+    table = _pairs_table(info, min_days=min_days, max_days=max_days, min_clear=min_clear, months=months)
     if table.empty:
         raise NoPairsError(_no_pairs_message(scenes[time_dim].values, clear, min_days, max_days, min_clear, months))
     return table
@@ -304,44 +317,46 @@ def _no_pairs_message(times, clear, min_days, max_days, min_clear, months) -> st
 # the cube
 # --------------------------------------------------------------------------------------------
 def _pair_table(scenes: xr.DataArray, pairs: Any, time_dim: Hashable) -> pd.DataFrame:
-    """The pairs asked for, as a table like :func:`select_pairs`'s (positions checked)."""
-    times = pd.DatetimeIndex(scenes[time_dim].values)
+    """The pairs asked for, as a table like :func:`select_pairs`'s (positions checked).
+
+    Columns of a given table (e.g. clear fractions over the ice) are kept as given.
+    """
+    info = _scene_info(scenes, time_dim)
     if pairs is None:
-        return _pairs_table(
-            times, _known_clear(scenes, time_dim), _per_scene(scenes, "platform", time_dim),
-            _per_scene(scenes, "id", time_dim), min_days=5.0, max_days=64.0, min_clear=0.5, months=None,
-        )
+        return _pairs_table(info, min_days=5.0, max_days=64.0, min_clear=0.5, months=None)
+    index = _positions(pairs, info["times"])
+    for a, b in index:
+        if not (0 <= a < b < len(info["times"])):
+            raise ConfigError(
+                f"pair ({a}, {b}) is not two positions 0 <= i < j < {len(info['times'])} along "
+                f"{time_dim!r}. Take the pairs from select_pairs() on the same scenes."
+            )
+    rows = [_pair_row(a, b, info) for a, b in index]
+    if isinstance(pairs, pd.DataFrame):
+        for row, (_, given) in zip(rows, pairs.iterrows()):
+            row.update({c: float(given[c]) for c in ("clear_img1", "clear_img2")
+                        if c in given.index and pd.notna(given[c])})
+    return _table(rows)
+
+
+def _positions(pairs: Any, times: pd.DatetimeIndex) -> list[tuple[int, int]]:
+    """``(i, j)`` positions from a pair table (positions or times) or a list of pairs."""
     if isinstance(pairs, pd.DataFrame):
         if {"index_img1", "index_img2"} <= set(pairs.columns):
-            index = list(zip(pairs["index_img1"], pairs["index_img2"]))
-        elif {"time_start", "time_end"} <= set(pairs.columns):
-            index = [(_position(times, a), _position(times, b)) for a, b in zip(pairs["time_start"], pairs["time_end"])]
-        else:
-            raise ConfigError(
-                f"pairs has columns {list(pairs.columns)}; it needs index_img1/index_img2 or "
-                "time_start/time_end. Pass the table of select_pairs()."
-            )
-    else:
-        try:
-            index = [(int(a), int(b)) for a, b in pairs]
-        except (TypeError, ValueError) as error:
-            raise DataTypeError(
-                "pairs must be the DataFrame of select_pairs() or a list of (i, j) positions along "
-                f"time, got {type(pairs).__name__}."
-            ) from error
-    for a, b in index:
-        if not (0 <= a < b < len(times)):
-            raise ConfigError(
-                f"pair ({a}, {b}) is not two positions 0 <= i < j < {len(times)} along {time_dim!r}. "
-                "Take the pairs from select_pairs() on the same scenes."
-            )
-    rows = pd.DataFrame({"index_img1": [int(a) for a, _ in index], "index_img2": [int(b) for _, b in index]})
-    full = _pairs_table(
-        times, _known_clear(scenes, time_dim), _per_scene(scenes, "platform", time_dim),
-        _per_scene(scenes, "id", time_dim), min_days=0.0, max_days=np.inf, min_clear=None, months=None,
-    )
-    return rows.merge(full, on=["index_img1", "index_img2"], how="left").sort_values(
-        ["mid_date", "date_dt"], kind="stable").reset_index(drop=True)
+            return [(int(a), int(b)) for a, b in zip(pairs["index_img1"], pairs["index_img2"])]
+        if {"time_start", "time_end"} <= set(pairs.columns):
+            return [(_position(times, a), _position(times, b)) for a, b in zip(pairs["time_start"], pairs["time_end"])]
+        raise ConfigError(
+            f"pairs has columns {list(pairs.columns)}; it needs index_img1/index_img2 or "
+            "time_start/time_end. Pass the table of select_pairs()."
+        )
+    try:
+        return [(int(a), int(b)) for a, b in pairs]
+    except (TypeError, ValueError) as error:
+        raise DataTypeError(
+            "pairs must be the DataFrame of select_pairs() or a list of (i, j) positions along "
+            f"time, got {type(pairs).__name__}."
+        ) from error
 
 
 def _position(times: pd.DatetimeIndex, when) -> int:

@@ -195,7 +195,7 @@ def test_velocity_cube__pairs_coords_and_velocities_against_the_true_shift():
     table = select_pairs(scenes, min_days=10, max_days=40)
     cube = velocity_cube(scenes, table, stable=_stable(scenes)).compute()
     assert cube["date_dt"].values.tolist() == [16.0, 32.0, 16.0]
-    assert cube["time_start"].values.tolist() == list(scenes["time"].values[[0, 0, 1]].astype("datetime64[ns]").astype(int))
+    np.testing.assert_array_equal(cube["time_start"].values, scenes["time"].values[[0, 0, 1]])
     assert cube["satellite_img1"].values.tolist() == ["landsat-8", "landsat-8", "landsat-9"]
     assert cube["scene_id_img2"].values.tolist() == ["scene-1", "scene-2", "scene-2"]
     # inside the band, away from its edges and from the wrapped scene edges
@@ -435,3 +435,14 @@ def test_velocity_cube__same_result_on_a_distributed_cluster(local_cluster):
     here = cube.compute()
     there = local_cluster.compute(cube).result()
     xr.testing.assert_identical(here, there)
+
+
+def test_velocity_cube__keeps_the_clear_fractions_of_the_given_table():
+    # e.g. fractions over the ice from select_pairs(ice=...); the rest is filled in from the scenes
+    scenes = _scenes(_moving_frames(3))
+    given = pd.DataFrame({"index_img1": [1, 0], "index_img2": [2, 2], "clear_img1": [0.9, 0.8],
+                          "clear_img2": [0.7, 0.7]})
+    cube = velocity_cube(scenes, given, stable=_stable(scenes))
+    assert cube["clear_img1"].values.tolist() == [0.8, 0.9]  # sorted by mid_date
+    assert cube["date_dt"].values.tolist() == [32.0, 16.0]
+    assert cube["scene_id_img1"].values.tolist() == ["scene-0", "scene-1"]
