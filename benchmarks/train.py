@@ -120,7 +120,7 @@ def fit_rate(model, data, *, batch: int, batches: int, **options) -> tuple[float
     from glacierxr.ml.train import Trainer
 
     trainer = Trainer(model, max_epochs=1, batch_size=batch, max_batches_per_epoch=batches, device="cpu",
-                      progress=False, patience=None, **options)
+                      progress=False, patience=None, teacher_forcing=0.5, **options)  # as in step_rate
     history = trainer.fit(data)
     return float(history.samples_per_s.iloc[0]), history.attrs["data_path"]
 
