@@ -108,6 +108,19 @@ def _composites_input(path: str, option: str = "--data") -> str:
     return path
 
 
+def _scenes_input(path: str | None) -> str | None:
+    """``velocity --data``: a cube of scenes (Zarr or NetCDF); None means "use the catalog"."""
+    from glacierxr.errors import ConfigError
+
+    kind = "zarr" if path is None else _kind_of_file(Path(path))
+    if kind == "missing":
+        raise ConfigError(f"No scenes at {path!r}. Fix the path, or pass --catalog instead of --data.")
+    if kind not in ("zarr", "netcdf"):
+        raise _input_error(Path(path), "--data", kind, "a cube of scenes (a Zarr store or NetCDF file)",
+                           "glacierxr.io.write(glacierxr.load(items), 'scenes.zarr'), or pass --catalog")
+    return path
+
+
 def _checkpoint_input(path: str, option: str = "--checkpoint") -> str:
     from glacierxr.errors import CheckpointError
 
@@ -428,7 +441,7 @@ def velocity(config_path, catalog, glacier, bbox, datetime_, data, band, resolut
         _refuse_existing(out, overwrite)
         if data is None:
             _echo_query(config.data)
-        path = run_velocity(config, out, data=data, overwrite=overwrite)
+        path = run_velocity(config, out, data=_scenes_input(data), overwrite=overwrite)
     click.echo(str(path))
 
 

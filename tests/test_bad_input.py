@@ -425,6 +425,7 @@ CLI_CASES = [
     ("evaluate/unknown-split", ["evaluate", "--config", "{config_small}", "--data", "{composites}", "--checkpoint", "{checkpoint}", "--split", "holdout"], "holdout"),
     ("evaluate/config-unknown-key", ["evaluate", "--config", "{config_unknown_key}", "--data", "{composites}", "--checkpoint", "{checkpoint}"], "unknown key"),
     ("velocity/existing-out", ["velocity", "--catalog", "{catalog}", "--out", "{composites}"], "--overwrite"),
+    ("velocity/data-is-a-checkpoint", ["velocity", "--data", "{checkpoint}", "--out", "{root}/v2.zarr"], "cube of scenes"),
     ("velocity/catalog-is-a-checkpoint", ["velocity", "--catalog", "{checkpoint}", "--out", "{root}/v1.zarr"], "glacierxr sample"),
     ("demo/out-is-a-file", ["demo", "--quick", "--out", "{checkpoint}"], "is a file"),
     ("unknown-subcommand", ["forecast"], "no such command"),
