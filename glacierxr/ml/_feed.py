@@ -195,7 +195,12 @@ class SequenceFeed:
             yield inputs[:, :, None], targets[:, :, None], mask[:, :, None]
 
     def _uploaded(self, host: Iterator) -> Iterator[tuple]:
-        """Pinned host buffers → device on a copy stream, one batch ahead of the model (CUDA)."""
+        """Pinned host buffers → device on a copy stream, one batch ahead of the model (CUDA).
+
+        The copy of batch ``i + 1`` is queued on the copy stream before batch ``i`` is handed to
+        the model, so it runs while the model computes; the compute stream waits only for the
+        event of the batch it is about to use.
+        """
         import torch
 
         if self._copy_stream is None:
@@ -204,34 +209,36 @@ class SequenceFeed:
         compute = torch.cuda.current_stream(self.device)
         pending = None
         for arrays in host:
-            uploaded = self._upload(arrays, compute)
+            uploaded = self._upload(arrays)
             if pending is not None:
                 yield self._ready(pending, compute)
             pending = uploaded
         if pending is not None:
             yield self._ready(pending, compute)
 
-    def _upload(self, arrays, compute) -> tuple:
+    def _upload(self, arrays) -> tuple[tuple, object]:
+        """Copy one host batch into a pinned buffer and queue its transfer; ``(tensors, event)``."""
         import torch
 
         slot = self._slots[self._slot % len(self._slots)]
         self._slot += 1
         if slot["event"] is not None:
-            slot["event"].synchronize()  # the copies out of this buffer have finished
+            slot["event"].synchronize()  # the transfer out of this buffer has finished
         shapes = [a.shape for a in arrays]
         if slot["buffers"] is None or [tuple(b.shape) for b in slot["buffers"]] != shapes:
             slot["buffers"] = [torch.empty(a.shape, dtype=torch.from_numpy(a[:0]).dtype, pin_memory=True) for a in arrays]
         for buffer, array in zip(slot["buffers"], arrays):
             np.copyto(buffer.numpy(), array)
         with torch.cuda.stream(self._copy_stream):
-            self._copy_stream.wait_stream(compute)  # never overtake work queued before
             tensors = tuple(buffer.to(self.device, non_blocking=True) for buffer in slot["buffers"])
-            slot["event"] = torch.cuda.Event()
-            slot["event"].record(self._copy_stream)
-        return tensors
+            event = torch.cuda.Event()
+            event.record(self._copy_stream)
+        slot["event"] = event
+        return tensors, event
 
-    def _ready(self, tensors: tuple, compute) -> tuple:
-        compute.wait_stream(self._copy_stream)
+    def _ready(self, pending: tuple, compute) -> tuple:
+        tensors, event = pending
+        compute.wait_event(event)  # only this batch's transfer, not the one queued after it
         for tensor in tensors:
             tensor.record_stream(compute)  # allocated on the copy stream, used on the compute one
         return tensors
