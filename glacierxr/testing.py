@@ -16,7 +16,7 @@ import xarray as xr
 
 from glacierxr.landsat import QA_BITS, SR_OFFSET, SR_SCALE  # noqa: F401  (SR_* re-exported)
 
-__all__ = ["make_scene_cube", "make_series", "count_computes", "raise_if_dask_computes"]
+__all__ = ["make_scene_cube", "make_series", "smooth_texture", "count_computes", "raise_if_dask_computes"]
 
 
 class _CountingScheduler:
@@ -185,3 +185,22 @@ def make_series(
     if chunks is not None:
         da = da.chunk(chunks)
     return da
+
+
+def smooth_texture(seed: int, size: int = 96, wavelength: float = 6.0) -> np.ndarray:
+    """A periodic, band-limited random ``(size, size)`` texture with std 1.
+
+    Smooth enough for sub-pixel registration and tracking (features of about ``wavelength``
+    pixels), and periodic, so :func:`numpy.fft` shifts of it are exact.
+
+    Examples
+    --------
+    >>> texture = smooth_texture(0, 32)
+    >>> texture.shape, round(float(texture.std()), 6)
+    ((32, 32), 1.0)
+    """
+    rng = np.random.default_rng(seed)
+    k = np.hypot(np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :])
+    spectrum = np.exp(-((k * wavelength) ** 2)) * (k > 0)
+    texture = np.fft.ifft2(np.fft.fft2(rng.standard_normal((size, size))) * spectrum).real
+    return texture / texture.std()

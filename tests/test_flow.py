@@ -15,6 +15,7 @@ from scipy import ndimage
 import glacierxr as gx
 from glacierxr.errors import ChunkingError, DataTypeError, DimensionError, GridError
 from glacierxr.flow import flow
+from glacierxr import testing
 from glacierxr.testing import make_series, raise_if_dask_computes
 
 SIZE = 128
@@ -22,11 +23,7 @@ RESOLUTION = 30.0
 
 
 def smooth_texture(seed: int, size: int = SIZE, wavelength: float = 5.0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    k = np.hypot(np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :])
-    spectrum = np.exp(-((k * wavelength) ** 2)) * (k > 0)
-    texture = np.fft.ifft2(np.fft.fft2(rng.standard_normal((size, size))) * spectrum).real
-    return texture / texture.std()
+    return testing.smooth_texture(seed, size, wavelength)  # this file's defaults
 
 
 def glacier_field(size: int = SIZE, peak: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
