@@ -472,6 +472,32 @@ _CLI_WORDS = (
 )
 
 
+def _config_keys() -> dict[str, str]:
+    """``key`` -> ``[section] key`` for the config keys that have no flag."""
+    import dataclasses
+
+    from glacierxr.config import _SECTIONS
+
+    keys = {}
+    for section, klass in _SECTIONS.items():
+        for field in dataclasses.fields(klass):
+            if field.name not in _FLAGS and field.name not in ("name", "params"):
+                keys.setdefault(field.name, f"[{section}] {field.name}")
+    return keys
+
+
+def _config_words(message: str) -> str:
+    """``patch=8`` -> ``[patches] patch = 8 (in the --config file)``."""
+    keys = _config_keys()
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, keys)) + r")=([\w.'\"-]*)")
+
+    def word(match: re.Match) -> str:
+        value = f" = {match.group(2)}" if match.group(2) else ""
+        return f"{keys[match.group(1)]}{value} (in the --config file)"
+
+    return pattern.sub(word, message)
+
+
 def cli_words(message: str) -> str:
     """Rewrite the Python advice in a library message as command-line flags.
 
@@ -481,10 +507,12 @@ def cli_words(message: str) -> str:
     "'x.zarr' already exists. Pass --overwrite, or choose another path."
     >>> cli_words("Widen the search, e.g. max_cloud=50.")
     'Widen the search, e.g. --max-cloud 50.'
+    >>> cli_words("Pass a coarser resolution, or raise max_pixels= if you mean it.")
+    'Pass a coarser resolution, or raise [load] max_pixels (in the --config file) if you mean it.'
     """
     for pattern, replacement in _CLI_WORDS:
         message = pattern.sub(replacement, message)
-    return message
+    return _config_words(message)
 
 
 def _one_line(error: BaseException) -> str:

@@ -79,6 +79,7 @@ class LoadConfig:
     resolution: float = 30.0
     epsg: int | None = None
     chunk_size: int = 1024
+    max_pixels: int = 500_000_000
 
 
 @dataclass

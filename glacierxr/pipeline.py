@@ -81,7 +81,8 @@ def load_scenes(items, data: DataConfig, load: LoadConfig, *, bands=None) -> xr.
     bbox = tuple(data.bbox) if data.bbox else (get_region(data.glacier).bbox if data.glacier else None)
     chunks = {"time": 1, "y": load.chunk_size, "x": load.chunk_size}
     extra = {} if bands is None else {"bands": tuple(bands)}
-    return load_items(items, bbox=bbox, epsg=load.epsg, resolution=load.resolution, chunks=chunks, **extra)
+    return load_items(items, bbox=bbox, epsg=load.epsg, resolution=load.resolution, chunks=chunks,
+                      max_pixels=load.max_pixels, **extra)
 
 
 def masked_scenes(cube: xr.Dataset, pre: PreprocessConfig) -> xr.Dataset:

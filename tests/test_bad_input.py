@@ -91,6 +91,7 @@ def env(tmp_path_factory) -> SimpleNamespace:
         "big_patch": "[patches]\npatch = 100\ninput_steps = 2\ntarget_steps = 2\n",
         "bbox_string": '[data]\nbbox = "76,35,77,36"\n',
         "epsg_utm": '[load]\nepsg = "utm"\n',
+        "tiny_grid": "[load]\nmax_pixels = 100\n",
         "small": "[patches]\npatch = 8\nstride = 8\ninput_steps = 2\ntarget_steps = 2\n"
         "val_fraction = 0.2\ntest_fraction = 0.2\n[train]\nmax_epochs = 1\nbatch_size = 4\n",
     }.items():
@@ -393,6 +394,7 @@ CLI_CASES = [
     ("prepare/bbox-outside-data", ["prepare", "--catalog", "{catalog}", "--bbox", "10,10,11,11", "--out", "{root}/p3.zarr"], "no scenes"),
     ("prepare/months-5", ["prepare", "--catalog", "{catalog}", "--months", "5", "--datetime", "2020", "--out", "{root}/p4.zarr"], "months"),
     ("prepare/config-epsg-utm", ["prepare", "--config", "{config_epsg_utm}", "--catalog", "{catalog}", "--out", "{root}/p5.zarr"], "an integer"),
+    ("prepare/grid-above-max-pixels", ["prepare", "--config", "{config_tiny_grid}", "--catalog", "{catalog}", "--datetime", "2020", "--max-cloud", "100", "--out", "{root}/p6.zarr"], "raise [load] max_pixels (in the --config file)"),
     ("prepare/existing-out", ["prepare", "--catalog", "{catalog}", "--out", "{composites}"], "--overwrite"),
     ("prepare/missing-out", ["prepare", "--catalog", "{catalog}"], "--out"),
     ("train/missing-data", ["train", "--config", "{config_small}", "--data", "{root}/none.zarr", "--out", "{root}/t1"], "no composites"),
