@@ -17,6 +17,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from glacierxr import _cf
 from glacierxr.config import DataConfig, LoadConfig, PreprocessConfig, RunConfig
 from glacierxr.errors import ConfigError, DimensionError, GlacierXRError
 
@@ -151,7 +152,7 @@ def composites_dataset(composites: xr.DataArray, scenes: xr.DataArray | None = N
     the composites and the diagnostics. Nothing is computed here.
     """
     name = composites.name or "snow_mask"
-    dataset = composites.to_dataset(name=name)
+    dataset = _cf.to_dataset(composites, name=name)  # CF's Conventions/source/history as global attrs
     if not _consistent_chunks(dataset):
         # monthly() gives the composite one time chunk and its counts one chunk per period;
         # a Dataset (and Zarr) wants one chunking per dimension
