@@ -640,6 +640,7 @@ class Trainer:
                 data, batch_size=self.batch_size, device=self.device, resident=self.cube_on_device,
                 prefetch=self.prefetch, check_tile=_refuse_infinite,
             )
+            self._feeds[key]._prepare()  # read once here, outside the timing of the epoch's batches
             logger.info("batched data path for %r: %s", data.name, self._feeds[key].mode)
         return self._feeds[key]
 
