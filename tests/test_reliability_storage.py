@@ -468,3 +468,24 @@ def test_lock__a_file_system_without_flock_is_said_so(tmp_path, monkeypatch):
         gx.io.write(_series(), out)
     assert gx.io.read(out)["snow_mask"].shape == (2, 8, 8)
     assert sorted(p.name for p in out.parent.iterdir()) == ["out.zarr"]
+
+
+@pytest.mark.slow
+def test_lock__two_cli_runs_into_one_folder_the_second_fails_the_first_completes(tmp_path):
+    """Two real `glacierxr sample` processes at once: one writes, the other stops with a clear line."""
+    out = tmp_path / "sample"
+    # 48 x 48 px over 8 years: seconds of writing, several times the start-up of the second run
+    argv = [sys.executable, "-m", "glacierxr.cli", "sample", "--out", str(out), "--width", "48", "--height", "48"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not _safety.lock_path(out).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f"Error: {str(out)!r} is being written by another glacierxr run right now (its lock "
+        "'.sample.lock' is held). Wait until that run ends, or choose another output."
+    ]
+    assert (out / gx.sample.COMPLETE_MARKER).exists() and not _safety.lock_path(out).exists()
