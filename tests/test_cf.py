@@ -120,3 +120,16 @@ def test_forecasts_are_cf(tmp_path):
     assert len(lines) == 2 and "monthly(months=3)" in lines[0] and "predict(model=" in lines[1]
     io.write(forecast, tmp_path / "f.zarr")
     _check_product(xr.open_zarr(tmp_path / "f.zarr"), "snow_mask_forecast", "surface_snow_binary_mask")
+
+
+def test_prepared_composites_store_is_cf(tmp_path):
+    """What `glacierxr prepare` and the demo write: pipeline.composites_dataset through io.write."""
+    from glacierxr import io, pipeline
+    from glacierxr.testing import make_scene_cube
+
+    cube = make_scene_cube(times=6, height=16, width=16)
+    composites = cube.glacier.mask(max_missing=1.0).glacier.ndsi().glacier.snow_mask().glacier.monthly(months=1)
+    io.write(pipeline.composites_dataset(composites), tmp_path / "composites.zarr")
+    stored = xr.open_zarr(tmp_path / "composites.zarr")
+    _check_product(stored, "snow_mask", None)
+    assert "monthly(months=1" in stored.attrs["history"]
