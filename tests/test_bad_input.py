@@ -169,6 +169,12 @@ def _times(da, order):
     return da.assign_coords(time=da.time.values[order])
 
 
+def _lonlat(da):
+    """``da`` on lon/lat coordinates (degrees) without any CRS."""
+    plain = da.drop_vars("spatial_ref", errors="ignore").rename(y="lat", x="lon")
+    return plain.assign_coords(lat=np.linspace(32.01, 32.0, da.sizes["y"]), lon=np.linspace(77.0, 77.01, da.sizes["x"]))
+
+
 def _shifted(da, pixels=3):
     return da.assign_coords(x=da.x + pixels * 30.0)
 
@@ -255,6 +261,8 @@ LIBRARY_CASES = [
     Case("flow/one-time-step", lambda e: e.snow.isel(time=[0]).glacier.flow(), DimensionError, "two time steps", "longer series"),
     Case("flow/empty-time-axis", lambda e: e.snow.isel(time=[]).glacier.flow(), DimensionError, "found 0", "longer series"),
     Case("flow/strings", lambda e: e.snow.astype(str).glacier.flow(), DataTypeError, "dtype", "astype"),
+    Case("flow/geographic-crs", lambda e: e.snow.rio.write_crs(4326).glacier.flow(), GridError, "geographic", "rio.reproject"),
+    Case("flow/lon-lat-without-crs", lambda e: __import__("glacierxr.flow").flow.flow(_lonlat(e.snow), y_dim="lat", x_dim="lon"), GridError, "degrees", "projected crs in metres"),
     Case("flow/x-in-chunks", lambda e: e.snow.chunk({"x": 8}).glacier.flow(), ChunkingError, "chunk", ".chunk("),
     # --- PatchSequences -------------------------------------------------------------------
     Case("patches/patch-larger-than-scene", lambda e: _sequences(e.snow, patch=50), DimensionError, "larger than the scene", "patch <="),
