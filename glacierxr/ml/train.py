@@ -1369,14 +1369,14 @@ def _dense_sse_function():
     class DenseSSE(torch.autograd.Function):
         @staticmethod
         def forward(ctx, prediction, target, valid):
-            difference = (prediction - target) * valid
+            difference = (prediction - target).mul_(valid)  # in place: one 10 MB buffer less per batch
             ctx.save_for_backward(difference)
             return (difference * difference).sum()
 
         @staticmethod
         def backward(ctx, grad):
             (difference,) = ctx.saved_tensors
-            return difference * (2 * grad), None, None
+            return difference.mul(2 * grad), None, None
 
     return DenseSSE
 
