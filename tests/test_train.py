@@ -642,3 +642,18 @@ def test_fit__progress_true_shows_epochs_and_batches_with_time_left(capsys):
     err = capsys.readouterr().err
     assert "training" in err and "2/2" in err and "epoch" in err  # the epoch bar
     assert "epoch 1/2 train" in err and "batch" in err and "<" in err  # batches with the time left
+
+
+def test_batched_path__lazy_cube_streams_on_cpu_and_nothing_is_read_before_fit():
+    from glacierxr.ml._feed import SequenceFeed
+    from glacierxr.ml.patches import PatchSequences
+    from glacierxr.testing import raise_if_dask_computes
+
+    cube = _sequence_cube().chunk({"time": 1})
+    sequences = PatchSequences(cube, input_steps=2, target_steps=2, patch=8, stride=3, tile_mb=0.02)
+    train = sequences.split("train")
+    with raise_if_dask_computes():
+        feed = SequenceFeed(train, batch_size=13, device=torch.device("cpu"))
+    assert feed.mode == "streaming (host)"  # bounded memory: tiles are read one group at a time
+    train.set_epoch(1)
+    _assert_same_batches(list(torch.utils.data.DataLoader(train, batch_size=13)), list(feed.batches(1)))
