@@ -14,8 +14,9 @@ Forecasters:
 * every (model, residual) pair: each model of the zoo at small sizes, trained with the
   :class:`~glacierxr.ml.train.Trainer` on the raw masks (``none``) or on the residual of
   climatology / damped anomaly persistence
-  (:class:`~glacierxr.ml.models.residual.ResidualForecaster`). The **best model** is the pair with
-  the lowest MSE on the ``val`` split; only it is scored on ``test``;
+  (:class:`~glacierxr.ml.models.residual.ResidualForecaster`), its correction to the baseline
+  optionally shrunk (× 0.25, 0.5, 0.75 or 1). The **best model** is the (model, residual,
+  shrinkage) with the lowest MSE on the ``val`` split; only it is scored on ``test``;
 * the **oracle** (sample only): :func:`glacierxr.sample.oracle_forecast` (the conditional
   expectation of each future month's true snow cover given the true process state at the issue
   month), mapped to the composite's NDSI scale by a per-pixel linear fit of the composites on the
@@ -65,6 +66,7 @@ VAL_FRACTION, TEST_FRACTION = 0.15, 0.25
 STEPS_IN = STEPS_OUT = 4
 BATCH, LR = 32, 3e-3
 BASELINES = ("persistence", "seasonal_naive", "climatology", "anomaly_persistence")
+SHRINKAGE = (0.25, 0.5, 0.75, 1.0)
 
 
 def model_sizes(patch: int) -> dict[str, dict]:
@@ -153,7 +155,11 @@ def real_composites():
 # models: every (model, residual) pair, chosen on val
 # --------------------------------------------------------------------------------------------
 def fit_variants(ds, preset: dict, model_names, seed: int):
-    """Train every (model, residual); return the one with the lowest val MSE and all val MSEs."""
+    """Train every (model, residual); keep the (model, residual, shrinkage) of lowest val MSE.
+
+    The shrinkage ``lam`` scales the model's correction to its baseline (``baseline + lam *
+    (forecast - baseline)``, ``lam`` in SHRINKAGE): a setting chosen, like the pair, on val only.
+    """
     from glacierxr.evaluate import window_arrays
 
     arrays = {s: window_arrays(ds, split=s) for s in ("train", "val", "test")}
@@ -164,14 +170,25 @@ def fit_variants(ds, preset: dict, model_names, seed: int):
     for name in model_names:
         for residual in preset["residuals"]:
             model, seconds = train_one(name, residual, arrays, scale, offset, preset, ds.patch, seed)
-            mse = masked_mse(predict(model, arrays["val"], residual, scale, offset), arrays["val"])
-            val_mse[f"{name}+{residual}"] = mse
-            log(f"  {name}+{residual}: val MSE {mse:.5f} ({seconds:.0f} s)")
-            if best is None or mse < best[0]:
-                best = (mse, f"{name}+{residual}", model, residual)
-    _, label, model, residual = best
-    test_prediction = predict(model, arrays["test"], residual, scale, offset)
+            forecast = predict(model, arrays["val"], residual, scale, offset)
+            base = _base(arrays["val"], residual, offset)
+            scores = {lam: masked_mse(base + lam * (forecast - base), arrays["val"]) for lam in SHRINKAGE}
+            lam = min(scores, key=scores.get)
+            label = f"{name}+{residual}" + ("" if lam == 1.0 else f"@{lam:g}")
+            val_mse[label] = scores[lam]
+            log(f"  {label}: val MSE {scores[lam]:.5f} (unshrunk {scores[1.0]:.5f}; {seconds:.0f} s)")
+            if best is None or scores[lam] < best[0]:
+                best = (scores[lam], label, model, residual, lam)
+    _, label, model, residual, lam = best
+    base = _base(arrays["test"], residual, offset)
+    test_prediction = base + lam * (predict(model, arrays["test"], residual, scale, offset) - base)
     return label, test_prediction, val_mse
+
+
+def _base(arrays, residual: str, offset: float) -> np.ndarray:
+    if residual == "none":
+        return np.full(arrays["targets"].shape, offset)
+    return np.where(np.isfinite(arrays[residual]), arrays[residual], offset).astype(np.float64)
 
 
 def train_one(name, residual, arrays, scale, offset, preset, patch, seed):
@@ -381,7 +398,8 @@ def markdown(summary: dict, mode: str, preset: dict, wall: float) -> str:
              f"`python benchmarks/skill.py{' --quick' if mode == 'quick' else ''}` — {wall / 60:.0f} min on CPU "
              f"(torch 1 thread). Test split; skill = 1 − MSE / MSE of the best baseline (lowest test MSE among "
              f"{', '.join(BASELINES)}); 95 % paired bootstrap interval. Models: {', '.join(preset['models'])} × "
-             f"residual on {', '.join(preset['residuals'])}; the best pair is chosen on the val split.", "",
+             f"residual on {', '.join(preset['residuals'])} × shrinkage of the correction {SHRINKAGE}; the best "
+             "(model, residual, shrinkage) is chosen on the val split (suffix @shrinkage when not 1).", "",
              "## Sample (dynamics=\"memory\", monthly composites, 4 → 4 months)", "",
              "| seed | best model (val) | best baseline | MSE model | MSE best baseline | MSE oracle | "
              "skill vs best baseline [95 % CI] | fraction of achievable | damping |",
