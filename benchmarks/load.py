@@ -38,11 +38,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from glacierxr.landsat import SR_OFFSET as OFFSET
+from glacierxr.landsat import SR_SCALE as SCALE
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "stac"
 WORK = ROOT / "benchmarks" / "_work" / "load"
 NAME = "load"
-SCALE, OFFSET = 2.75e-05, -0.2
 BANDS = {"green": "SR_B3", "swir16": "SR_B6", "qa_pixel": "QA_PIXEL"}
 
 
