@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from glacierxr import _cf
 from glacierxr._range import clip_to_range, range_attrs, valid_range
 from glacierxr.errors import ConfigError, DataTypeError, DimensionError, GridError
 
@@ -488,7 +489,7 @@ def seasonal_naive(
     out = xr.concat(leads, dim=pd.Index(np.arange(1, steps + 1), name=lead_dim), coords="minimal", compat="override")
     out.name = f"{series.name}_seasonal_naive" if series.name else "seasonal_naive"
     out.attrs = {**series.attrs, "long_name": "seasonal-naive forecast", "baseline": "seasonal_naive", "period": period}
-    return out
+    return _cf.finalize(out, f"seasonal_naive(steps={steps}, period={period})", time_dim=time_dim)
 
 
 def climatology(
@@ -532,7 +533,7 @@ def climatology(
     out.name = f"{train_series.name}_climatology" if train_series.name else "climatology"
     out.attrs = {**train_series.attrs, "long_name": "climatology (mean of each period of the year)",
                  "baseline": "climatology", "period": period}
-    return out
+    return _cf.finalize(out, f"climatology(period={period})", time_dim=time_dim)
 
 
 def fit_damping(anomalies, *, time_dim: str = "time") -> float:

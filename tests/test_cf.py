@@ -133,3 +133,16 @@ def test_prepared_composites_store_is_cf(tmp_path):
     stored = xr.open_zarr(tmp_path / "composites.zarr")
     _check_product(stored, "snow_mask", None)
     assert "monthly(months=1" in stored.attrs["history"]
+
+
+def test_gridded_baseline_forecasts_are_cf():
+    from glacierxr.evaluate import climatology, seasonal_naive
+    from glacierxr.testing import make_series
+
+    series = make_series(np.random.default_rng(1).random((8, 6, 5), dtype=np.float32), freq="QS")
+    for baseline in (seasonal_naive(series, steps=2), climatology(series)):
+        ds = _cf.to_dataset(baseline)
+        assert ds.attrs["Conventions"] == "CF-1.8"
+        assert ds.cf.grid_mapping_names == {"transverse_mercator": ["spatial_ref"]}
+        assert ds.cf.axes["X"] == ["x"] and ds.cf.axes["Y"] == ["y"]
+        assert baseline.attrs["grid_mapping"] == "spatial_ref"
