@@ -74,7 +74,11 @@ class _Step:
 
 @xr.register_dataset_accessor("glacier")
 class GlacierDatasetAccessor:
-    """Glacier processing steps that need several bands (``ds.glacier``)."""
+    """Glacier processing steps that need several bands (``ds.glacier``).
+
+    Methods: ``mask`` (:func:`glacierxr.qa.mask`) and ``ndsi`` (:func:`glacierxr.indices.ndsi`),
+    each with the signature of its function without the Dataset.
+    """
 
     __slots__ = ("_obj",)
 
@@ -87,7 +91,16 @@ class GlacierDatasetAccessor:
 
 @xr.register_dataarray_accessor("glacier")
 class GlacierDataArrayAccessor:
-    """Glacier processing steps on one variable (``da.glacier``)."""
+    """Glacier processing steps on one variable (``da.glacier``).
+
+    Methods, each with the signature of its function without the DataArray: ``snow_mask``
+    (:func:`glacierxr.indices.snow_mask`), ``fill_gaps`` (:func:`glacierxr.gapfill.fill_gaps`),
+    ``align`` (:func:`glacierxr.align.align`), ``monthly`` (:func:`glacierxr.composite.monthly`),
+    ``flow`` (:func:`glacierxr.flow.flow`), ``select_pairs``
+    (:func:`glacierxr.velocity.select_pairs`), ``velocity_cube``
+    (:func:`glacierxr.velocity.velocity_cube`) and ``predict``
+    (:func:`glacierxr.ml.predict.predict`).
+    """
 
     __slots__ = ("_obj",)
 
