@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -53,6 +54,7 @@ __all__ = [
     "clean_stale",
     "replace",
     "remove",
+    "discard",
     "storage_errors",
     "storage_error",
 ]
@@ -235,6 +237,27 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def discard(tmp: Path, *, settle_s: float = 2.0) -> None:
+    """Remove the partial output ``tmp`` of a failed write, and again if it comes back.
+
+    When one Dask task fails, the threaded scheduler raises at once while other tasks may still
+    be writing their chunks into ``tmp`` (re-creating folders); removal is repeated until
+    ``tmp`` has stayed gone for a moment (at most ``settle_s`` seconds). What still appears
+    later is a stale partial that the next writer of the output removes.
+    """
+    deadline = time.monotonic() + settle_s
+    gone_since = None
+    while time.monotonic() < deadline:
+        remove(tmp)
+        if tmp.exists() or tmp.is_symlink():
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since > 0.2:
+            return
+        time.sleep(0.02)
 
 
 def replace(tmp: Path, path: Path) -> None:

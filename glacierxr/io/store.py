@@ -249,7 +249,7 @@ def write(
                 _write_to(obj, tmp, fmt)
                 _safety.replace(tmp, path)
         except BaseException:
-            _safety.remove(tmp)
+            _safety.discard(tmp)  # also what Dask tasks still running write after the failure
             raise
     return path
 
