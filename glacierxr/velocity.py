@@ -81,6 +81,10 @@ COMPOSITE_FIELDS: dict[str, dict[str, str]] = {
     "pairs": {"units": "1", "long_name": "number of pairs whose centre date falls in the period"},
 }
 
+#: How the per-pair dates are written: float seconds, as NetCDF-3 has no 64-bit integers and a
+#: centre date can fall on a half second.
+_TIME_ENCODING = {"units": "seconds since 1970-01-01T00:00:00", "dtype": "float64"}
+
 #: Pair-table columns that become coordinates of the cube.
 _CUBE_COORDS = tuple(name for name in PAIR_FIELDS if not name.startswith("index_") and name != "mid_date")
 #: Coordinates of flow's output that the cube replaces by its own per-pair ones.
@@ -458,20 +462,22 @@ def _bare(scenes: xr.DataArray, time_dim: Hashable, y_dim: Hashable, x_dim: Hash
     return scenes.drop_vars(lazy).transpose(time_dim, y_dim, x_dim)
 
 
-def _pair_coords(table: pd.DataFrame) -> dict[str, tuple]:
+def _pair_coords(table: pd.DataFrame) -> dict[str, xr.Variable]:
     """Per-pair coordinates of the cube from the pair table (attrs from :data:`PAIR_FIELDS`)."""
-    coords = {"mid_date": ("mid_date", pd.DatetimeIndex(table["mid_date"]).values, PAIR_FIELDS["mid_date"])}
+    coords = {"mid_date": xr.Variable("mid_date", pd.DatetimeIndex(table["mid_date"]).values,
+                                      PAIR_FIELDS["mid_date"], encoding=dict(_TIME_ENCODING))}
     for name in _CUBE_COORDS:
         if name not in table.columns:
             continue
         values = table[name].to_numpy()
+        encoding = {}
         if name in ("time_start", "time_end"):
-            values = pd.DatetimeIndex(table[name]).values
+            values, encoding = pd.DatetimeIndex(table[name]).values, dict(_TIME_ENCODING)
         elif values.dtype == object:
             values = values.astype(str).astype(object)
         else:
             values = values.astype(float)
-        coords[name] = ("mid_date", values, PAIR_FIELDS[name])
+        coords[name] = xr.Variable("mid_date", values, PAIR_FIELDS[name], encoding=encoding)
     return coords
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import cf_xarray  # noqa: F401  (registers .cf)
 import dask
 import dask.array
 import numpy as np
@@ -211,7 +212,6 @@ def test_velocity_cube__pairs_coords_and_velocities_against_the_true_shift():
 
 
 def test_velocity_cube__cf_conventions_found_by_cf_xarray():
-    cf_xarray = pytest.importorskip("cf_xarray")  # noqa: F841 - registers .cf
     cube = velocity_cube(_scenes(_moving_frames(3)), [(0, 1), (1, 2)])
     assert cube.attrs["Conventions"] == "CF-1.8"
     axes = cube.cf.axes
@@ -367,8 +367,10 @@ def test_cli_velocity__catalog_to_zarr_against_the_truth(velocity_sample, capsys
 
     root, catalog, truth = velocity_sample
     out = root / "velocity.zarr"
-    args = ["velocity", "--catalog", str(catalog), "--datetime", "2019-06-01/2019-10-31", "--max-days", "48",
-            "--composite", "YS", "--out", str(out)]
+    config = root / "velocity.toml"  # a [velocity] table; the command line overrides max_days
+    config.write_text('[data]\ndatetime = "2019-06-01/2019-10-31"\n\n'
+                      '[velocity]\nmax_days = 20.0\nmonths = [6, 7, 8, 9, 10]\ncomposite = "YS"\n')
+    args = ["velocity", "--config", str(config), "--catalog", str(catalog), "--max-days", "48", "--out", str(out)]
     assert main(args) == 0
     assert capsys.readouterr().out.strip().endswith("velocity.zarr")
     cube = xr.open_zarr(out, decode_coords="all")
@@ -376,7 +378,8 @@ def test_cli_velocity__catalog_to_zarr_against_the_truth(velocity_sample, capsys
         assert name in cube, name
     assert cube.attrs["Conventions"] == "CF-1.8" and "[velocity]" in cube.attrs["glacierxr_config"]
     assert cube.cf.axes["T"] == ["mid_date"] and cube.cf.standard_names["land_ice_surface_y_velocity"] == ["vy"]
-    assert float(cube["date_dt"].max()) <= 48 and cube.attrs["source_variable"] == "green"
+    assert 20 < float(cube["date_dt"].max()) <= 48 and cube.attrs["source_variable"] == "green"
+    assert 'months = [6, 7, 8, 9, 10]' in cube.attrs["glacierxr_config"]
 
     merged = composite(cube.compute())  # the written composite is the same computation
     written = xr.open_zarr(root / "velocity-composite.zarr").isel(time=0)
@@ -401,6 +404,8 @@ def test_cli_velocity__prepared_cube_to_netcdf(velocity_sample, capsys):
     assert {"vx", "vy", "v", "v_error"} <= set(cube.data_vars)
     assert cube["vx"].encoding["grid_mapping"] == "spatial_ref"  # decoded by xarray
     assert (cube["clear_img1"] >= 0.6).all() and cube.rio.crs.to_epsg() == 32643
+    middle = cube["time_start"] + (cube["time_end"] - cube["time_start"]) / 2  # read back exactly
+    np.testing.assert_array_equal(cube["mid_date"].values, middle.values)
     assert main(["velocity", "--data", str(prepared), "--band", "pan", "--out", str(root / "x.nc")]) == 2
     assert "no band 'pan'" in capsys.readouterr().err
     # a panchromatic band, where the scenes have one, is tracked by default
