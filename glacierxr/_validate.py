@@ -17,6 +17,7 @@ check_on_grid             DataTypeError, Dimension  a (y, x) mask/reference on t
 check_bbox                GridError                 (west, south, east, north) in degrees
 check_single_chunk        ChunkingError             core dimensions in one Dask chunk
 require_cv2               ImportError               OpenCV importable
+require_torch             GlacierXRError            PyTorch importable (the ``ml`` extra)
 ========================  ========================  ==============================================
 
 Every error is a :class:`glacierxr.errors.GlacierXRError` subclass (``require_cv2`` excepted: a
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from glacierxr.errors import ChunkingError, ConfigError, DataTypeError, DimensionError, GridError
+from glacierxr.errors import ChunkingError, ConfigError, DataTypeError, DimensionError, GlacierXRError, GridError
 
 __all__ = [
     "require_dataarray",
@@ -48,6 +49,7 @@ __all__ = [
     "check_bbox",
     "check_single_chunk",
     "require_cv2",
+    "require_torch",
 ]
 
 
@@ -426,3 +428,15 @@ def require_cv2(stage: str):
             f"glacierxr.{stage} needs OpenCV; install it with `pip install opencv-python-headless`."
         ) from error
     return cv2
+
+
+def require_torch(what: str):
+    """Import PyTorch, or raise :class:`GlacierXRError` naming the extra that provides it."""
+    try:
+        import torch
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise GlacierXRError(
+            f"{what} needs PyTorch, which is not installed. Install the extra: "
+            "pip install 'glacierxr[ml]'"
+        ) from error
+    return torch

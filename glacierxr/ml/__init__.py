@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 
+from glacierxr._validate import require_torch
+
 __all__ = [
     "PatchSequences",
     "get_model",
@@ -24,22 +26,10 @@ _LAZY = {
 }
 
 
-def _require_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        from glacierxr.errors import GlacierXRError
-
-        raise GlacierXRError(
-            "glacierxr.ml needs PyTorch, which is not installed. "
-            "Install the extra: pip install 'glacierxr[ml]'"
-        ) from error
-
-
 def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module 'glacierxr.ml' has no attribute {name!r}")
-    _require_torch()
+    require_torch("glacierxr.ml")
     module, attr = _LAZY[name]
     value = getattr(importlib.import_module(module), attr)
     globals()[name] = value

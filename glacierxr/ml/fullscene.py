@@ -57,20 +57,12 @@ import pandas as pd
 import xarray as xr
 
 from glacierxr._range import clip_to_range, range_attrs, valid_range
-from glacierxr._validate import require_dataarray, require_dims, require_monotonic_time, require_positive
+from glacierxr._validate import require_dataarray, require_dims, require_monotonic_time, require_positive, require_torch
 from glacierxr.errors import CheckpointError, ConfigError, DataTypeError, DimensionError, ModelError
 
-try:
-    import torch
-    from torch import nn
-    from torch.utils.data import Dataset
-except ImportError as error:  # pragma: no cover - depends on the environment
-    from glacierxr.errors import GlacierXRError
-
-    raise GlacierXRError(
-        "glacierxr.ml.fullscene needs PyTorch, which is not installed. "
-        "Install the extra: pip install 'glacierxr[ml]'"
-    ) from error
+torch = require_torch("glacierxr.ml.fullscene")
+from torch import nn  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
 
 from glacierxr.ml.train import Trainer, _masked_sse
 
@@ -702,7 +694,7 @@ def predict_fullscene(
     import dask.array as dsa
 
     from glacierxr.ml.checkpoint import weights_sha256
-    from glacierxr.ml.predict import future_times
+    from glacierxr.ml.predict import forecast_coords
 
     if not isinstance(model, FullSceneModel):
         raise DataTypeError(f"model must be a FullSceneModel, got {type(model).__name__}. Wrap it first.")
@@ -746,14 +738,7 @@ def predict_fullscene(
     forecast = dsa.from_delayed(task, shape=(int(steps), height, width), dtype=np.float32)
     times = pd.DatetimeIndex(da[time_dim].values)
     months = da.attrs.get("months") or da.attrs.get("composite_months")
-    coords = {
-        time_dim: future_times(times, int(steps), months=int(months) if months else None),
-        "lead": (time_dim, np.arange(1, int(steps) + 1)),
-        y_dim: da[y_dim],
-        x_dim: da[x_dim],
-    }
-    if "spatial_ref" in da.coords:
-        coords["spatial_ref"] = da.coords["spatial_ref"]
+    coords = forecast_coords(da, int(steps), (time_dim, y_dim, x_dim), months=months)
     attrs = {
         "units": da.attrs.get("units", "1"),
         "long_name": f"full-scene forecast of {da.attrs.get('long_name', da.name or 'the input')}",

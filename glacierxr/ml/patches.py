@@ -67,19 +67,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from glacierxr._validate import require_dims, require_monotonic_time, require_numeric
+from glacierxr._validate import require_dims, require_monotonic_time, require_numeric, require_torch
 from glacierxr.errors import ConfigError, DataTypeError, DimensionError, MissingBandError
 
-try:
-    import torch
-    from torch.utils.data import IterableDataset
-except ImportError as error:  # pragma: no cover - depends on the environment
-    from glacierxr.errors import GlacierXRError
-
-    raise GlacierXRError(
-        "glacierxr.ml.patches needs PyTorch, which is not installed. "
-        "Install the extra: pip install 'glacierxr[ml]'"
-    ) from error
+torch = require_torch("glacierxr.ml.patches")
+from torch.utils.data import IterableDataset  # noqa: E402
 
 __all__ = ["PatchSequences", "window_starts", "count_sequences"]
 

@@ -83,6 +83,23 @@ def future_times(time: pd.DatetimeIndex, steps: int, *, months: int | None = Non
     return pd.DatetimeIndex([last + step * k for k in range(1, steps + 1)])
 
 
+def forecast_coords(da: xr.DataArray, steps: int, dims, *, months: int | None = None) -> dict:
+    """Coordinates of a forecast of ``da``: the next ``steps`` period dates, ``lead`` 1…steps,
+    and the input's ``y``/``x`` and ``spatial_ref`` (shared by :func:`predict` and
+    :func:`glacierxr.ml.fullscene.predict_fullscene`)."""
+    time_dim, y_dim, x_dim = dims
+    times = pd.DatetimeIndex(da[time_dim].values)
+    coords = {
+        time_dim: future_times(times, int(steps), months=int(months) if months else None),
+        "lead": (time_dim, np.arange(1, int(steps) + 1)),
+        y_dim: da[y_dim],
+        x_dim: da[x_dim],
+    }
+    if "spatial_ref" in da.coords:
+        coords["spatial_ref"] = da.coords["spatial_ref"]
+    return coords
+
+
 def _model_name(model) -> str:
     config = getattr(model, "get_config", None)
     if callable(config):
@@ -373,14 +390,7 @@ def _describe(forecast: dsa.Array, da: xr.DataArray, model, parameters: dict, *,
     steps, input_steps = parameters["steps"], parameters["input_steps"]
     times = pd.DatetimeIndex(da[time_dim].values)
     months = da.attrs.get("months")
-    coords = {
-        time_dim: future_times(times, steps, months=int(months) if months else None),
-        "lead": (time_dim, np.arange(1, steps + 1)),
-        y_dim: da[y_dim],
-        x_dim: da[x_dim],
-    }
-    if "spatial_ref" in da.coords:
-        coords["spatial_ref"] = da.coords["spatial_ref"]
+    coords = forecast_coords(da, steps, dims, months=months)
     attrs = {
         "units": da.attrs.get("units", "1"),
         "long_name": f"forecast of {da.attrs.get('long_name', da.name or 'the input')}",
