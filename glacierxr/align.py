@@ -40,7 +40,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import xarray as xr
 
-from glacierxr._checks import check_single_chunk, require_cv2
+from glacierxr._validate import check_single_chunk, require_cv2
 from glacierxr.errors import (
     ConfigError,
     DataTypeError,

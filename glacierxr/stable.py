@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from glacierxr._checks import check_single_chunk
+from glacierxr._validate import check_single_chunk
 from glacierxr.errors import ConfigError, DataTypeError, DimensionError, GridError
 
 __all__ = [
@@ -342,7 +342,7 @@ def highpass(image: np.ndarray, sigma: float) -> np.ndarray:
            [0., 0., 0.],
            [0., 0., 0.]], dtype=float32)
     """
-    from glacierxr._checks import require_cv2
+    from glacierxr._validate import require_cv2
 
     cv2 = require_cv2("stable")
     image = np.asarray(image, np.float32)
