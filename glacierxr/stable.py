@@ -353,11 +353,18 @@ def highpass(image: np.ndarray, sigma: float) -> np.ndarray:
     return out if valid.all() else np.where(valid, out, np.float32(np.nan))
 
 
-def _highpass_block(block: np.ndarray, sigma: float) -> np.ndarray:
-    """:func:`highpass` of every ``(y, x)`` image of a ``(..., y, x)`` block."""
-    out = np.empty(block.shape, np.float32)
+def _texture_statistics_block(block: np.ndarray, sigma: float) -> np.ndarray:
+    """Per image of a ``(..., y, x)`` block: seen (0/1), high-pass, squared high-pass (0 unseen).
+
+    Returned as ``(..., 3, y, x)`` float32 without NaN, so that sums over time need no
+    NaN handling.
+    """
+    out = np.zeros(block.shape[:-2] + (3,) + block.shape[-2:], np.float32)
     for index in np.ndindex(*block.shape[:-2]):
-        out[index] = highpass(block[index], sigma)
+        texture = highpass(block[index], sigma)
+        seen = np.isfinite(texture)
+        texture = np.where(seen, texture, np.float32(0.0))
+        out[index] = (seen, texture, texture * texture)
     return out
 
 
@@ -433,13 +440,15 @@ def temporal_variability(
     """
     check_single_chunk(da, (y_dim, x_dim), "temporal_variability", why="scenes are filtered whole")
     core = [y_dim, x_dim]
-    texture = xr.apply_ufunc(
-        _highpass_block, da, input_core_dims=[core], output_core_dims=[core], dask="parallelized",
+    per_scene = xr.apply_ufunc(
+        _texture_statistics_block, da, input_core_dims=[core],
+        output_core_dims=[["texture_statistic", *core]], dask="parallelized",
         output_dtypes=[np.float32], kwargs={"sigma": float(highpass_sigma)},
+        dask_gufunc_kwargs={"output_sizes": {"texture_statistic": 3}},
     )
-    texture = texture.drop_vars([c for c in texture.coords if c not in (time_dim, y_dim, x_dim)])
-    stats = [texture.count(time_dim), texture.sum(time_dim, dtype=np.float64),
-             (texture.astype(np.float64) ** 2).sum(time_dim)]
+    per_scene = per_scene.drop_vars([c for c in per_scene.coords if c not in (time_dim, y_dim, x_dim)])
+    totals = per_scene.sum(time_dim, skipna=False, dtype=np.float64)
+    stats = [totals.isel(texture_statistic=i, drop=True) for i in range(3)]
     variability = xr.apply_ufunc(
         _variability_kernel, *stats, input_core_dims=[core] * 3, output_core_dims=[core],
         dask="parallelized", output_dtypes=[np.float32], kwargs={"window": float(window)},
