@@ -227,7 +227,8 @@ def flow_arrows(
     Parameters
     ----------
     flow_ds
-        Output of :func:`glacierxr.flow.flow` (needs ``u``, ``v``, ``speed``).
+        Output of :func:`glacierxr.flow.flow` (``vx``, ``vy``, ``v``), or any Dataset with
+        ``u`` (east), ``v`` (north) and ``speed``.
     time
         Which pair to draw: a position (``int``) or a time label (nearest ``time``, i.e. the
         later frame); default the first pair.  Ignored when ``flow_ds`` has no time dimension.
@@ -268,14 +269,16 @@ def flow_arrows(
     >>> from glacierxr.flow import flow
     >>> texture = ndi.gaussian_filter(np.random.default_rng(0).standard_normal((64, 64)), 2)
     >>> cube = make_series(np.stack([texture, ndi.shift(texture, (1, 0), mode="nearest")]))
-    >>> fig = flow_arrows(flow(cube), background=cube, step=16)
+    >>> fig = flow_arrows(flow(cube), background=cube, step=4)  # 120 m posting: 16 x 16 points
     >>> fig.axes[0].collections[0].N   # 4 x 4 arrows
     16
     """
+    if {"vx", "vy", "v"} <= set(flow_ds.data_vars):  # glacierxr.flow.flow's ITS_LIVE names
+        flow_ds = flow_ds[["vx", "vy", "v"]].rename({"v": "speed"}).rename({"vx": "u", "vy": "v"})
     missing = [name for name in ("u", "v", "speed") if name not in flow_ds]
     if missing:
         raise MissingBandError(
-            f"flow_arrows needs variables u, v, speed; missing {missing}. "
+            f"flow_arrows needs variables vx, vy, v (or u, v, speed); missing {missing}. "
             f"Available: {sorted(flow_ds.data_vars)}. Pass the output of glacierxr.flow.flow()."
         )
     selected = flow_ds

@@ -106,11 +106,11 @@ def _check_valid(cube: xr.Dataset, composites: xr.DataArray, motion: xr.Dataset 
     starts = pd.DatetimeIndex(composites["time"].values)
     assert starts.is_monotonic_increasing and starts.is_unique
     if motion is not None:
-        assert set(motion.data_vars) >= {"u", "v", "speed"}
+        assert set(motion.data_vars) >= {"vx", "vy", "v"}
         assert motion.sizes["time"] == composites.sizes["time"] - 1
-        for name in ("u", "v", "speed"):
+        for name in ("vx", "vy", "v"):
             assert not np.isinf(motion[name].values).any()
-        speed = motion["speed"].values
+        speed = motion["v"].values
         assert (speed[np.isfinite(speed)] >= 0).all()
 
 
