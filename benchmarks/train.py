@@ -78,17 +78,35 @@ class NearFree:
     def build():
         import torch
 
+        class Conv1x1(torch.autograd.Function):
+            """``w * x + b`` (a one-channel 1 x 1 convolution) with the fewest passes over ``x``.
+
+            oneDNN's convolution kernel for a single channel is ~50x slower on this CPU, and
+            autograd's backward of the broadcast product allocates a full-size temporary; here
+            the weight's gradient is one dot product and the bias's one sum.
+            """
+
+            @staticmethod
+            def forward(ctx, inputs, weight, bias):
+                ctx.save_for_backward(inputs)
+                return torch.addcmul(bias, inputs, weight)
+
+            @staticmethod
+            def backward(ctx, grad):
+                (inputs,) = ctx.saved_tensors
+                flat = grad.reshape(-1)
+                return None, torch.dot(flat, inputs.reshape(-1)).view(()), flat.sum().view(())
+
         class NearFreeModel(torch.nn.Module):
-            """A single 1 x 1 convolution (one channel in and out: ``w * x + b``) on the last frames."""
+            """A single 1 x 1 convolution (one channel in and out) applied to the last input frames."""
 
             def __init__(self) -> None:
                 super().__init__()
                 self.conv = torch.nn.Conv2d(1, 1, 1)
 
             def forward(self, inputs, steps, targets=None, teacher_forcing=0.0):
-                # the 1 x 1 one-channel convolution written out as one fused op (b + w x): oneDNN's conv
-                # kernel for a single channel is ~50x slower on this CPU
-                return torch.addcmul(self.conv.bias.view(()), inputs[:, -steps:], self.conv.weight.view(()))
+                weight, bias = self.conv.weight.view(()), self.conv.bias.view(())
+                return Conv1x1.apply(inputs[:, -steps:].contiguous(), weight, bias)
 
             def get_config(self) -> dict:
                 return {"name": "near_free_1x1_conv"}
