@@ -107,12 +107,12 @@ def require_numeric(da: xr.DataArray, *, what: str) -> None:
     >>> require_numeric(xr.DataArray(["a", "b"], name="names"), what="flow")
     Traceback (most recent call last):
     ...
-    glacierxr.errors.DataTypeError: flow needs numeric data, but 'names' has dtype <U1. Convert it, e.g. .astype('float32').
+    glacierxr.errors.DataTypeError: flow needs numeric data (real numbers or booleans), but 'names' has dtype <U1. Convert it, e.g. .astype('float32').
     """
     if not is_numeric(da.dtype):
         raise DataTypeError(
-            f"{what} needs numeric data, but {da.name!r} has dtype {da.dtype}. Convert it, e.g. "
-            ".astype('float32')."
+            f"{what} needs numeric data (real numbers or booleans), but {da.name!r} has dtype "
+            f"{da.dtype}. Convert it, e.g. .astype('float32')."
         )
 
 

@@ -31,6 +31,7 @@ import dask.array
 import numpy as np
 import xarray as xr
 
+from glacierxr._validate import require_dataarray, require_dims, require_positive
 from glacierxr.errors import ConfigError, DataTypeError, DimensionError, NoScenesError
 
 __all__ = ["fill_gaps", "filled_fraction", "make_kernel"]
@@ -251,21 +252,14 @@ def fill_gaps(
     >>> float(filled[0, 2, 2]), bool(filled.observed[0, 2, 2]), bool(filled.observed[0, 0, 0])
     (1.0, False, True)
     """
-    if not isinstance(da, xr.DataArray):
-        raise DataTypeError(f"fill_gaps expects an xarray.DataArray, got {type(da).__name__}.")
-    absent = [d for d in (y_dim, x_dim) if d not in da.dims]
-    if absent:
-        raise DimensionError(
-            f"fill_gaps needs spatial dimensions {y_dim!r} and {x_dim!r}, but {absent} are not "
-            f"dimensions of {da.name!r} (it has {list(da.dims)}). Pass y_dim=/x_dim=."
-        )
+    require_dataarray(da, "fill_gaps")
+    require_dims(da, (y_dim, x_dim), what="fill_gaps")
     if not np.issubdtype(da.dtype, np.floating):
         raise DataTypeError(
             f"fill_gaps needs a floating-point array with NaN gaps; {da.name!r} has dtype "
             f"{da.dtype}. Convert it with .astype('float32') and mark gaps as NaN."
         )
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ConfigError(f"max_iter must be an integer >= 1 (e.g. 10); got {max_iter!r}.")
+    require_positive(max_iter, name="max_iter", integer=True, example=10)
     empty = [str(d) for d, n in da.sizes.items() if n == 0]
     if empty:
         raise NoScenesError(

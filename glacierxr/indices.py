@@ -11,6 +11,7 @@ from collections.abc import Hashable
 import numpy as np
 import xarray as xr
 
+from glacierxr._validate import require_numeric
 from glacierxr.errors import (
     ConfigError,
     DataTypeError,
@@ -109,8 +110,7 @@ def ndsi(ds: xr.Dataset, *, green: Hashable = "green", swir: Hashable = "swir16"
             "dimensions; NDSI needs two bands on the same grid."
         )
     for band in (g, s):
-        if not (np.issubdtype(band.dtype, np.number) and not np.issubdtype(band.dtype, np.complexfloating)):
-            raise DataTypeError(f"Band {band.name!r} has dtype {band.dtype}; NDSI needs real numbers.")
+        require_numeric(band, what="ndsi")
     _check_not_empty(g, what="ndsi")
     s = s.transpose(*g.dims)
     index = xr.apply_ufunc(

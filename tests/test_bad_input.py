@@ -241,7 +241,7 @@ LIBRARY_CASES = [
     Case("fill_gaps/wrong-dims", lambda e: gapfill.fill_gaps(e.snow.rename(x="col")), DimensionError, "'x'", "x_dim="),
     Case("fill_gaps/size-0", lambda e: gapfill.fill_gaps(e.snow, size=0), ConfigError, "size", "odd integer"),
     Case("fill_gaps/size-even", lambda e: gapfill.fill_gaps(e.snow, size=4), ConfigError, "size", "odd integer"),
-    Case("fill_gaps/max-iter-0", lambda e: gapfill.fill_gaps(e.snow, max_iter=0), ConfigError, "max_iter", ">= 1"),
+    Case("fill_gaps/max-iter-0", lambda e: gapfill.fill_gaps(e.snow, max_iter=0), ConfigError, "max_iter", "positive integer"),
     Case("fill_gaps/strings", lambda e: gapfill.fill_gaps(e.snow.astype(str)), DataTypeError, "dtype", "astype"),
     Case("fill_gaps/empty-time-axis", lambda e: gapfill.fill_gaps(e.snow.isel(time=[])), NoScenesError, "no scene", ""),
     # --- align ----------------------------------------------------------------------------
