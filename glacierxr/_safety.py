@@ -301,7 +301,9 @@ _KIND_BY_TEXT = (
 )
 # generic write failures whose cause is told by the free space left
 _WRITE_FAILED = re.compile(
-    r"write error|write failed|unexpected pos|PytorchStreamWriter|TIFFAppendToStrip|HDF error", re.I
+    r"write error|write failed|error writing|I/?O error|unexpected pos|PytorchStreamWriter|TIFF\w*Write"
+    r"|TIFFAppendToStrip|HDF error",
+    re.I,
 )
 _LOW_SPACE_BYTES = 1 << 20
 

@@ -209,10 +209,10 @@ catalog_option = click.option(
 @click.option("--overwrite", is_flag=True, help="Replace a sample already in --out.")
 def sample(out, seed, width, height, start, end, overwrite):
     """Write the embedded synthetic sample (COGs + STAC catalog + truth)."""
-    from glacierxr._safety import output_lock
+    from glacierxr._safety import output_lock, storage_errors
     from glacierxr.sample import write_catalog
 
-    with output_lock(out, create_parent=True):
+    with output_lock(out, create_parent=True), storage_errors(out):  # GDAL's disk-full errors too
         path = write_catalog(
             out, seed=seed, width=width, height=height, start=start, end=end, overwrite=overwrite, progress=True
         )

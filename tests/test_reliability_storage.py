@@ -489,3 +489,10 @@ def test_lock__two_cli_runs_into_one_folder_the_second_fails_the_first_completes
         "'.sample.lock' is held). Wait until that run ends, or choose another output."
     ]
     assert (out / gx.sample.COMPLETE_MARKER).exists() and not _safety.lock_path(out).exists()
+
+
+def test_full_disk__cli_sample_is_one_line_too(small_disk, capsys):
+    """GDAL loses the errno of a full disk (CPLE_AppDefinedError); the CLI still says it in one line."""
+    code = main(["sample", "--out", str(small_disk / "s"), "--width", "64", "--height", "64"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Error")]
+    assert code == 2 and len(lines) == 1 and "the disk is full" in lines[0], lines
