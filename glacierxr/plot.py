@@ -281,82 +281,25 @@ def flow_arrows(
             f"flow_arrows needs variables vx, vy, v (or u, v, speed); missing {missing}. "
             f"Available: {sorted(flow_ds.data_vars)}. Pass the output of glacierxr.flow.flow()."
         )
-    selected = flow_ds
-    when = None
-    if time_dim in flow_ds.dims:
-        if time is None:
-            selected = flow_ds.isel({time_dim: 0})
-        elif isinstance(time, (int, np.integer)):
-            selected = flow_ds.isel({time_dim: int(time)})
-        else:
-            selected = flow_ds.sel({time_dim: time}, method="nearest")
-        when = selected[time_dim].values
+    selected, when = _select_pair(flow_ds, time, time_dim)
     selected = selected[["u", "v", "speed"]].transpose(y_dim, x_dim).compute()
-
     if ax is None:
         fig = _new_figure((8.0, 8.0 * selected.sizes[y_dim] / max(selected.sizes[x_dim], 1) + 0.6))
         ax = fig.add_subplot()
     else:
         fig = ax.figure
     extent = _extent(selected, y_dim, x_dim)
-
-    if background is None:
-        image = selected["speed"]
-        background_label = None
-    else:
-        image = background
-        if time_dim in background.dims:
-            image = (
-                background.isel({time_dim: 0})
-                if when is None
-                else background.sel({time_dim: when}, method="nearest")
-            )
-        background_label = image.attrs.get("long_name", image.name)
-    image = image.transpose(y_dim, x_dim).compute()
-    pixels = np.asarray(image.values, dtype=float)
-    finite = pixels[np.isfinite(pixels)]
-    low, high = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
-    ax.imshow(
-        pixels,
-        cmap=background_cmap if background is not None else "Greys",
-        vmin=low,
-        vmax=high,
-        extent=extent,
-        interpolation="nearest",
-        alpha=1.0 if background is not None else 0.6,
+    background_label = _draw_background(
+        ax, selected["speed"] if background is None else background, extent, when=when,
+        given=background is not None, cmap=background_cmap, dims=(time_dim, y_dim, x_dim),
     )
-
-    rows = np.arange(step // 2, selected.sizes[y_dim], step)
-    cols = np.arange(step // 2, selected.sizes[x_dim], step)
-    sub = selected.isel({y_dim: rows, x_dim: cols})
-    u = np.asarray(sub["u"].values, dtype=float)
-    v = np.asarray(sub["v"].values, dtype=float)
-    speed = np.asarray(sub["speed"].values, dtype=float)
-    if extent is not None:
-        # map coordinates: u east / v north point in map directions whatever way y runs
-        xx, yy = np.meshgrid(sub[x_dim].values, sub[y_dim].values)
-        pixel = abs(float(selected[x_dim].values[1] - selected[x_dim].values[0]))
-        arrow_u, arrow_v = u, v
-    else:
-        # pixel coordinates, rows growing downwards: north (+v) points to smaller rows
-        xx, yy = np.meshgrid(cols, rows)
-        pixel = 1.0
-        arrow_u, arrow_v = u, -v
+    xx, yy, arrow_u, arrow_v, speed, pixel = _arrow_grid(selected, extent, step, y_dim, x_dim)
     if scale is None:
         drawn = speed[np.isfinite(speed)]
         reference = float(np.percentile(drawn, 95)) if drawn.size else 0.0
         scale = reference / (0.9 * step * pixel) if reference > 0 else 1.0
     arrows = ax.quiver(
-        xx,
-        yy,
-        arrow_u,
-        arrow_v,
-        speed,
-        cmap=cmap,
-        angles="xy",
-        scale_units="xy",
-        scale=scale,
-        width=0.004,
+        xx, yy, arrow_u, arrow_v, speed, cmap=cmap, angles="xy", scale_units="xy", scale=scale, width=0.004
     )
     units = speed_units or flow_ds["speed"].attrs.get("units", "")
     bar = fig.colorbar(arrows, ax=ax, shrink=0.8)
@@ -377,6 +320,58 @@ def flow_arrows(
         heading += f" over {background_label}"
     ax.set_title(heading, fontsize=10, pad=16)  # room for the scale key between title and map
     return fig
+
+
+def _select_pair(flow_ds: xr.Dataset, time, time_dim: str):
+    """The pair to draw (by position or nearest label; the first by default) and its time."""
+    if time_dim not in flow_ds.dims:
+        return flow_ds, None
+    if time is None:
+        selected = flow_ds.isel({time_dim: 0})
+    elif isinstance(time, (int, np.integer)):
+        selected = flow_ds.isel({time_dim: int(time)})
+    else:
+        selected = flow_ds.sel({time_dim: time}, method="nearest")
+    return selected, selected[time_dim].values
+
+
+def _draw_background(ax, image: xr.DataArray, extent, *, when, given: bool, cmap: str, dims):
+    """Draw the image under the arrows (2-98 % stretch); return its label when one was given."""
+    time_dim, y_dim, x_dim = dims
+    if time_dim in image.dims:
+        image = image.isel({time_dim: 0}) if when is None else image.sel({time_dim: when}, method="nearest")
+    label = image.attrs.get("long_name", image.name) if given else None
+    pixels = np.asarray(image.transpose(y_dim, x_dim).compute().values, dtype=float)
+    finite = pixels[np.isfinite(pixels)]
+    low, high = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+    ax.imshow(
+        pixels,
+        cmap=cmap if given else "Greys",
+        vmin=low,
+        vmax=high,
+        extent=extent,
+        interpolation="nearest",
+        alpha=1.0 if given else 0.6,
+    )
+    return label
+
+
+def _arrow_grid(selected: xr.Dataset, extent, step: int, y_dim: str, x_dim: str):
+    """Arrow positions and components every ``step`` pixels, in map or pixel coordinates."""
+    rows = np.arange(step // 2, selected.sizes[y_dim], step)
+    cols = np.arange(step // 2, selected.sizes[x_dim], step)
+    sub = selected.isel({y_dim: rows, x_dim: cols})
+    u = np.asarray(sub["u"].values, dtype=float)
+    v = np.asarray(sub["v"].values, dtype=float)
+    speed = np.asarray(sub["speed"].values, dtype=float)
+    if extent is not None:
+        # map coordinates: u east / v north point in map directions whatever way y runs
+        xx, yy = np.meshgrid(sub[x_dim].values, sub[y_dim].values)
+        pixel = abs(float(selected[x_dim].values[1] - selected[x_dim].values[0]))
+        return xx, yy, u, v, speed, pixel
+    # pixel coordinates, rows growing downwards: north (+v) points to smaller rows
+    xx, yy = np.meshgrid(cols, rows)
+    return xx, yy, u, -v, speed, 1.0
 
 
 def save(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
