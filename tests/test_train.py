@@ -657,3 +657,19 @@ def test_batched_path__lazy_cube_streams_on_cpu_and_nothing_is_read_before_fit()
     assert feed.mode == "streaming (host)"  # bounded memory: tiles are read one group at a time
     train.set_epoch(1)
     _assert_same_batches(list(torch.utils.data.DataLoader(train, batch_size=13)), list(feed.batches(1)))
+
+
+def test_cuda_settings__tf32_and_cudnn_autotuning_inside_fit_only_and_restored():
+    from types import SimpleNamespace
+
+    from glacierxr.ml.train import _tf32
+
+    backends = torch.backends
+    before = (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark)
+    with _tf32(True, SimpleNamespace(type="cuda")):  # the flags are plain settings, also on a CPU build
+        assert backends.cuda.matmul.allow_tf32 and backends.cudnn.allow_tf32 and backends.cudnn.benchmark
+    assert (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark) == before
+    with _tf32(False, SimpleNamespace(type="cuda")):
+        assert (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32) == before[:2] and backends.cudnn.benchmark
+    with _tf32(True, SimpleNamespace(type="cpu")):
+        assert (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark) == before

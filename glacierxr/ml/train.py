@@ -392,8 +392,9 @@ class Trainer:
         batches also go through pinned buffers and a separate copy stream.  ``"auto"``: on CUDA.
     tf32 : bool
         On CUDA allow TensorFloat-32 matrix multiplications and convolutions during :meth:`fit`
-        (``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``;
-        the previous settings are restored afterwards).
+        (``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``).
+        cuDNN autotuning (``torch.backends.cudnn.benchmark``) is on during :meth:`fit` too;
+        the previous settings are restored afterwards.
     compile : bool
         Run the model through :func:`torch.compile` for training and validation (the weights
         are shared with :attr:`model`; checkpoints hold the plain model).  Compilation takes
@@ -1418,19 +1419,26 @@ def _refuse_infinite(tile) -> None:
 
 @contextlib.contextmanager
 def _tf32(enabled: bool, device):
-    """Allow TensorFloat-32 matmuls and convolutions on CUDA inside the block; restore after."""
+    """CUDA settings for the block, restored after: TF32 (when ``enabled``) and cuDNN autotuning.
+
+    ``torch.backends.cudnn.benchmark`` picks the fastest convolution algorithm for each input
+    shape once; the batches of a fit all have the same shape but the last.
+    """
     import torch
 
-    if not enabled or device.type != "cuda":
+    if device.type != "cuda":
         yield
         return
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    backends = torch.backends
+    before = (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark)
+    backends.cudnn.benchmark = True
+    if enabled:
+        backends.cuda.matmul.allow_tf32 = True
+        backends.cudnn.allow_tf32 = True
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+        backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark = before
 
 
 def _resolve_precision(value, device) -> str:
