@@ -40,12 +40,17 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import xarray as xr
 
-from glacierxr._validate import check_single_chunk, require_cv2
+from glacierxr._validate import (
+    check_on_grid,
+    check_single_chunk,
+    require_cv2,
+    require_numeric,
+    require_positive,
+)
 from glacierxr.errors import (
     ConfigError,
     DataTypeError,
     DimensionError,
-    GridError,
     NoScenesError,
 )
 from glacierxr.stable import FLAG_AUTO, FLAG_NONE, highpass, resolve_stable, stable_from_variability
@@ -424,18 +429,6 @@ def _register_block(
     return (warped, *per_scene) + ((warped_observed,) if has_observed else ())
 
 
-def _check_number(name: str, value: Any, *, low: float, integer: bool = False, strict: bool = True,
-                  hint: str = "") -> None:
-    """ConfigError unless ``value`` is a finite number (an integer if asked) above ``low``."""
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    ok = isinstance(value, kinds) and not isinstance(value, bool) and np.isfinite(value)
-    if not (ok and (value > low if strict else value >= low)):
-        what = "an integer" if integer else "a number"
-        bound = "a positive number" if (strict and low == 0 and not integer) else \
-            f"{what} {'>' if strict else '>='} {low}"
-        raise ConfigError(f"{name} must be {bound}, got {value!r}.{hint}")
-
-
 def _check_options(da: xr.DataArray, options: dict, dims: tuple[str, str, str]) -> _Settings:
     """Validate the array's metadata and the keyword options; return the kernel's settings."""
     require_cv2("align")
@@ -445,10 +438,7 @@ def _check_options(da: xr.DataArray, options: dict, dims: tuple[str, str, str]) 
                 f"align needs dimensions {dims}, but the array has {da.dims}. "
                 f"Name the dimensions with time_dim=, y_dim=, x_dim=, or rename them."
             )
-    if not (np.issubdtype(da.dtype, np.number) or np.issubdtype(da.dtype, np.bool_)):
-        raise DataTypeError(
-            f"align needs a numeric array, but found dtype {da.dtype}. Convert it, e.g. .astype('float32')."
-        )
+    require_numeric(da, what="align")
     for name, allowed in (("motion", sorted(_MOTION_MODELS)), ("feature", list(_FEATURES)),
                           ("interpolation", ["linear", "cubic"]), ("unreliable", list(_UNRELIABLE))):
         if options[name] not in allowed:
@@ -456,15 +446,13 @@ def _check_options(da: xr.DataArray, options: dict, dims: tuple[str, str, str]) 
     size = options["gauss_filter_size"]
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
         raise DataTypeError(f"gauss_filter_size must be a positive odd number, got {size}.")
-    _check_number("highpass_sigma", options["highpass_sigma"], low=0, hint=" E.g. 4.0 pixels.")
-    _check_number("passes", options["passes"], low=1, integer=True, strict=False, hint=" E.g. 2.")
-    _check_number("max_shift", options["max_shift"], low=0,
-                  hint=" E.g. 5.0 pixels. To keep the scenes where they are, skip align().")
-    _check_number("iterations", options["iterations"], low=1, integer=True, strict=False, hint=" E.g. 100.")
-    _check_number("margin", options["margin"], low=0, integer=True, strict=False, hint=" E.g. 3 pixels.")
-    _check_number("stable_threshold", options["stable_threshold"], low=0, hint=" E.g. 0.1.")
-    fraction = options["min_stable_fraction"]
-    _check_number("min_stable_fraction", fraction, low=0, strict=False, hint=" E.g. 0.01.")
+    require_positive(options["highpass_sigma"], name="highpass_sigma", example=4.0)
+    require_positive(options["passes"], name="passes", integer=True, example=2)
+    require_positive(options["max_shift"], name="max_shift", example=5.0)
+    require_positive(options["iterations"], name="iterations", integer=True, example=100)
+    require_positive(options["margin"], name="margin", integer=True, allow_zero=True, example=3)
+    require_positive(options["stable_threshold"], name="stable_threshold", allow_zero=True, example=0.1)
+    fraction = require_positive(options["min_stable_fraction"], name="min_stable_fraction", allow_zero=True)
     if fraction >= 1:
         raise ConfigError(f"min_stable_fraction is a share of the scene (0-1), got {fraction!r}.")
     if da.sizes[dims[0]] == 0:
@@ -479,32 +467,11 @@ def _check_options(da: xr.DataArray, options: dict, dims: tuple[str, str, str]) 
 
 def _given_reference(reference: xr.DataArray, da: xr.DataArray, dims: tuple[str, str, str]) -> xr.DataArray:
     """A ``(y, x)`` reference DataArray checked to be on ``da``'s grid, on its labels."""
-    time_dim, y_dim, x_dim = dims
-    if set(reference.dims) != {y_dim, x_dim}:
-        raise DimensionError(
-            f"a reference DataArray must have dims ({y_dim!r}, {x_dim!r}), found {reference.dims}. "
-            "Select one scene, e.g. da.isel(time=0)."
-        )
-    if reference.sizes[y_dim] != da.sizes[y_dim] or reference.sizes[x_dim] != da.sizes[x_dim]:
-        raise GridError(
-            f"the reference is {dict(reference.sizes)} but the scenes are "
-            f"{ {y_dim: da.sizes[y_dim], x_dim: da.sizes[x_dim]} }. Pass a reference on the same grid."
-        )
-    for dim in (y_dim, x_dim):
-        if dim in reference.coords and dim in da.coords and not np.allclose(
-            reference[dim].values, da[dim].values, rtol=1e-9, atol=0
-        ):
-            raise GridError(
-                f"the reference's {dim!r} coordinates differ from the scenes' (reference "
-                f"{float(reference[dim][0])} … {float(reference[dim][-1])}, scenes "
-                f"{float(da[dim][0])} … {float(da[dim][-1])}). Pass a reference on the same "
-                f"grid, e.g. reference.interp_like(da) or da.isel({time_dim}=0)."
-            )
-    check_single_chunk(reference, (y_dim, x_dim), "align (reference)", why=_WHOLE_SCENE)
-    ref = reference.drop_vars([c for c in reference.coords if c not in (y_dim, x_dim)])
-    if y_dim in da.coords and x_dim in da.coords:
-        ref = ref.assign_coords({y_dim: da[y_dim].values, x_dim: da[x_dim].values})
-    return ref.transpose(y_dim, x_dim)
+    ref = check_on_grid(reference, da, name="reference", what="align", y_dim=dims[1], x_dim=dims[2],
+                        why=_WHOLE_SCENE)
+    if dims[1] in da.coords and dims[2] in da.coords:
+        ref = ref.assign_coords({dims[1]: da[dims[1]].values, dims[2]: da[dims[2]].values})
+    return ref
 
 
 def _resolve_reference(reference, data: xr.DataArray, dims) -> tuple[xr.DataArray | None, str]:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from glacierxr._validate import check_single_chunk
+from glacierxr._validate import check_on_grid, check_single_chunk
 from glacierxr.errors import ConfigError, DataTypeError, DimensionError, GridError
 
 __all__ = [
@@ -228,37 +228,6 @@ def rasterize_outlines(
     return mask.rio.write_crs(grid_crs)
 
 
-def _check_on_grid(
-    mask: Any, like: xr.DataArray | xr.Dataset, name: str, what: str, y_dim: str, x_dim: str
-) -> xr.DataArray:
-    """Validate a boolean ``(y, x)`` mask from its metadata; return it on ``like``'s labels."""
-    if not isinstance(mask, xr.DataArray):
-        raise DataTypeError(
-            f"{name} must be a boolean (y, x) DataArray, got {type(mask).__name__}. "
-            "Wrap it with xr.DataArray(mask, dims=('y', 'x'), coords=...)."
-        )
-    if set(mask.dims) != {y_dim, x_dim}:
-        raise DimensionError(f"{name} must have dims ({y_dim!r}, {x_dim!r}), found {mask.dims}.")
-    if mask.dtype != bool:
-        raise DataTypeError(
-            f"{name} must be boolean (True on stable ground), found dtype {mask.dtype}. "
-            "Build it with a comparison, e.g. `~glacier_outline` or `(landcover == ROCK)`."
-        )
-    for dim in (y_dim, x_dim):
-        if mask.sizes[dim] != like.sizes[dim] or (
-            dim in mask.coords and dim in like.coords
-            and not np.allclose(mask[dim].values, like[dim].values)
-        ):
-            raise GridError(
-                f"{name} is not on the grid of the scenes along {dim!r} ({mask.sizes[dim]} vs "
-                f"{like.sizes[dim]} values or other coordinates). Build it on the same grid, "
-                "e.g. with `.rio.reproject_match(da)`, or pass glacier outlines instead."
-            )
-    check_single_chunk(mask, (y_dim, x_dim), f"{what} ({name})", why="the mask covers whole scenes")
-    mask = mask.transpose(y_dim, x_dim)
-    return mask.drop_vars([c for c in mask.coords if c not in (y_dim, x_dim)])
-
-
 def resolve_stable(
     like: xr.DataArray | xr.Dataset,
     *,
@@ -316,7 +285,9 @@ def resolve_stable(
     """
     if stable is None and outlines is None:
         return None, FLAG_NONE
-    mask = None if stable is None else _check_on_grid(stable, like, "stable", what, y_dim, x_dim)
+    mask = None if stable is None else check_on_grid(
+        stable, like, name="stable", what=what, y_dim=y_dim, x_dim=x_dim, boolean=True,
+        why="the mask covers whole scenes")
     if outlines is not None:
         off_ice = ~rasterize_outlines(outlines, like, buffer=buffer, crs=crs, y_dim=y_dim, x_dim=x_dim)
         off_ice = off_ice.drop_vars([c for c in off_ice.coords if c not in (y_dim, x_dim)])

@@ -469,10 +469,10 @@ def test_align__bad_reference_raises():
     [
         (dict(feature="edges"), DataTypeError, "feature must be one of"),
         (dict(highpass_sigma=0.0), ConfigError, "highpass_sigma must be a positive"),
-        (dict(passes=0), ConfigError, "passes must be an integer >= 1"),
-        (dict(passes=1.5), ConfigError, "passes must be an integer"),
+        (dict(passes=0), ConfigError, "passes must be a positive integer"),
+        (dict(passes=1.5), ConfigError, "passes must be a positive integer"),
         (dict(unreliable="skip"), DataTypeError, "unreliable must be one of"),
-        (dict(margin=-1), ConfigError, "margin must be an integer >= 0"),
+        (dict(margin=-1), ConfigError, "margin must be a non-negative integer"),
         (dict(min_stable_fraction=1.0), ConfigError, "share of the scene"),
         (dict(stable_threshold=float("nan")), ConfigError, "stable_threshold must be"),
         (dict(auto_stable="yes"), DataTypeError, "auto_stable must be True or False"),
