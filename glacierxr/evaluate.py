@@ -48,6 +48,7 @@ import xarray as xr
 
 from glacierxr import _cf
 from glacierxr._range import clip_to_range, range_attrs, valid_range
+from glacierxr._validate import require_monotonic_time
 from glacierxr.errors import ConfigError, DataTypeError, DimensionError, GridError
 
 __all__ = [
@@ -484,6 +485,7 @@ def seasonal_naive(
     _check_steps(steps)
     if time_dim not in series.dims:
         raise DimensionError(f"series has dims {series.dims}, no {time_dim!r}; pass time_dim=.")
+    require_monotonic_time(series, time_dim, what="seasonal_naive")  # "a year earlier" needs order
     period = period or steps_per_year(series, time_dim=time_dim)
     leads = [series.shift({time_dim: period * math.ceil(k / period)}) for k in range(1, steps + 1)]
     out = xr.concat(leads, dim=pd.Index(np.arange(1, steps + 1), name=lead_dim), coords="minimal", compat="override")
@@ -525,6 +527,7 @@ def climatology(
     """
     if time_dim not in train_series.dims:
         raise DimensionError(f"train_series has dims {train_series.dims}, no {time_dim!r}; pass time_dim=.")
+    require_monotonic_time(train_series, time_dim, what="climatology")  # duplicates would weigh twice
     period = period or steps_per_year(train_series, time_dim=time_dim)
     values = train_series if valid is None else train_series.where(valid)
     phase = xr.DataArray(period_of_year(train_series[time_dim].to_index(), period), dims=time_dim, name="period_of_year")

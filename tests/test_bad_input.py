@@ -311,6 +311,8 @@ LIBRARY_CASES = [
     Case("metrics/grids-differ", lambda e: evaluate.metrics(e.snow.rename(time="lead"), _shifted(e.snow).rename(time="lead")), GridError, "grid", ""),
     Case("metrics/1d", lambda e: evaluate.metrics(np.zeros(3), np.zeros(3)), DimensionError, "(sample, lead", ""),
     Case("evaluate/not-sequences", lambda e: evaluate.evaluate(None, e.snow), DataTypeError, "patchsequences", ""),
+    Case("seasonal_naive/descending-times", lambda e: evaluate.seasonal_naive(_times(e.snow, slice(None, None, -1)), steps=2), DimensionError, "strictly increasing", ".sortby('time')"),
+    Case("climatology/duplicate-times", lambda e: evaluate.climatology(_times(e.snow, [0, 1, 2, 3, 4, 5, 6, 7, 8, 8])), DimensionError, "step of 0.0 days", "drop duplicate"),
     Case("persistence/steps-0", lambda e: evaluate.persistence(np.zeros((2, 3, 1, 4, 4)), 0), ConfigError, "steps", "positive integer"),
     # --- config, regions, sample, io ---------------------------------------------------------
     Case("config/unknown-key", lambda e: _config(e, "unknown_key"), ConfigError, "unknown key 'max_epoch'", "did you mean 'max_epochs'"),
