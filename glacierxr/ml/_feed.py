@@ -226,7 +226,8 @@ class SequenceFeed:
             slot["event"].synchronize()  # the transfer out of this buffer has finished
         shapes = [a.shape for a in arrays]
         if slot["buffers"] is None or [tuple(b.shape) for b in slot["buffers"]] != shapes:
-            slot["buffers"] = [torch.empty(a.shape, dtype=torch.from_numpy(a[:0]).dtype, pin_memory=True) for a in arrays]
+            dtypes = [torch.from_numpy(a[:0]).dtype for a in arrays]
+            slot["buffers"] = [torch.empty(a.shape, dtype=d, pin_memory=True) for a, d in zip(arrays, dtypes)]
         for buffer, array in zip(slot["buffers"], arrays):
             np.copyto(buffer.numpy(), array)
         with torch.cuda.stream(self._copy_stream):

@@ -757,7 +757,9 @@ class Trainer:
         steps = self.steps or targets.shape[1]
         with self._autocast():
             if train:
-                fed_targets = targets if dense else torch.where(valid.expand_as(targets), targets, torch.zeros_like(targets))
+                fed_targets = targets  # dense batches: already 0 where not observed
+                if not dense:
+                    fed_targets = torch.where(valid.expand_as(targets), targets, torch.zeros_like(targets))
                 prediction = self._model_call(inputs, steps, targets=fed_targets, teacher_forcing=teacher_forcing)
             else:
                 prediction = self._model_call(inputs, steps)
@@ -815,7 +817,8 @@ class Trainer:
         samples, check_each = 0, device.type != "cuda"
         started = time.perf_counter()
         for index, batch, bar in self._batches(loader, epoch=epoch, phase="train"):
-            inputs, targets, valid, dense = self._device_batch(loader, batch, index=index, epoch=epoch, phase="training")
+            inputs, targets, valid, dense = self._device_batch(loader, batch, index=index, epoch=epoch,
+                                                               phase="training")
             where = f"batch {index} of epoch {epoch}"
             sse, count, loss = self._step(inputs, targets, valid, teacher_forcing=teacher_forcing, dense=dense,
                                           check=check_each, where=where)
