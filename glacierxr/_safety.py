@@ -103,7 +103,7 @@ def _acquire(path: Path):
         except filelock.Timeout:
             raise _busy(path) from None
         except OSError as error:
-            raise storage_error(error, lock_path(path), action="create the lock file") from error
+            raise storage_error(error, path) from error  # the output is what the user named
     lock.glacierxr_soft = any("flock not supported" in str(w.message) for w in caught)
     if lock.glacierxr_soft:
         warnings.warn(
