@@ -12,6 +12,7 @@ require_numeric           DataTypeError             real numeric or boolean dtyp
 require_choice            ConfigError               an option is one of a fixed set
 require_positive          ConfigError               a positive (or non-negative) number / integer
 require_monotonic_time    DataTypeError, Dimension  datetime64 time, strictly increasing
+require_series            DataTypeError, Dimension  a DataArray with exactly (time, y, x), in order
 check_on_grid             DataTypeError, Dimension  a (y, x) mask/reference on the cube's grid
                           Error, GridError
 check_bbox                GridError                 (west, south, east, north) in degrees
@@ -45,6 +46,7 @@ __all__ = [
     "require_choice",
     "require_positive",
     "require_monotonic_time",
+    "require_series",
     "check_on_grid",
     "check_bbox",
     "check_single_chunk",
@@ -223,6 +225,45 @@ def require_monotonic_time(da: xr.DataArray, time_dim: Hashable, *, what: str) -
             f"{float(np.nanmin(steps))} days. Sort with .sortby({time_dim!r}) and drop duplicate "
             "dates first."
         )
+
+
+def require_series(da: Any, dims: Sequence[Hashable], *, what: str, numeric: bool = True) -> xr.DataArray:
+    """A DataArray with exactly ``dims`` (time first), numeric, its time strictly increasing.
+
+    The input check of the forecasting stages (patches, predict, full-scene predict): extra
+    dimensions are refused (select or reduce them first); a datetime64 time axis is checked by
+    :func:`require_monotonic_time`, any other one must strictly increase too.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from glacierxr.testing import make_series
+    >>> series = make_series(np.zeros((3, 4, 4)))
+    >>> require_series(series.expand_dims(band=2), ("time", "y", "x"), what="predict")
+    Traceback (most recent call last):
+    ...
+    glacierxr.errors.DimensionError: predict needs dims ('time', 'y', 'x'); found ('band', 'time', 'y', 'x'). Select or reduce the extra dims ['band'] (e.g. .isel(band=0)).
+    """
+    require_dataarray(da, what)
+    require_dims(da, dims, what=what)
+    extra = [d for d in da.dims if d not in dims]
+    if extra:
+        raise DimensionError(
+            f"{what} needs dims {tuple(dims)}; found {da.dims}. Select or reduce the extra dims "
+            f"{extra} (e.g. .isel({extra[0]}=0))."
+        )
+    if numeric:
+        require_numeric(da, what=what)
+    time_dim = dims[0]
+    index = da.indexes.get(time_dim)
+    if index is not None and len(index) > 1 and np.issubdtype(index.dtype, np.datetime64):
+        require_monotonic_time(da, time_dim, what=what)  # also refuses duplicates
+    elif index is not None and len(index) > 1 and not (index.is_monotonic_increasing and index.is_unique):
+        raise DimensionError(
+            f"{what} needs strictly increasing {time_dim!r} (no duplicates); sort first with "
+            f".sortby({time_dim!r}) and drop repeated steps."
+        )
+    return da
 
 
 def check_on_grid(

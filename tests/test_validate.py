@@ -164,3 +164,15 @@ def test_load__antimeridian_box_spans_180_degrees_east(shared_data):
     assert 166.0 < west < 167.0 and -170.5 < east < -169.5
     # one degree of longitude is ~111 km at the equator: 23.5 degrees at 3 km per pixel
     assert 23.5 * 111.3 / 3 * 0.95 < cube.sizes["x"] < 23.5 * 111.3 / 3 * 1.1
+
+
+def test_require_series__exact_dims_numeric_and_increasing_time():
+    cube = _cube()
+    assert v.require_series(cube, ("time", "y", "x"), what="predict") is cube
+    with pytest.raises(DimensionError, match=r"extra dims \['band'\]"):
+        v.require_series(cube.expand_dims(band=2), ("time", "y", "x"), what="predict")
+    with pytest.raises(DataTypeError, match="numeric"):
+        v.require_series(cube.astype(str), ("time", "y", "x"), what="predict")
+    with pytest.raises(DimensionError, match="strictly increasing"):  # integer steps, repeated
+        v.require_series(cube.assign_coords(time=[0, 1, 1]), ("time", "y", "x"), what="predict")
+    v.require_series(cube.assign_coords(time=[0, 1, 2]), ("time", "y", "x"), what="predict")

@@ -57,7 +57,7 @@ import pandas as pd
 import xarray as xr
 
 from glacierxr._range import clip_to_range, range_attrs, valid_range
-from glacierxr._validate import require_dataarray, require_dims, require_monotonic_time, require_positive, require_torch
+from glacierxr._validate import require_positive, require_series, require_torch
 from glacierxr.errors import CheckpointError, ConfigError, DataTypeError, DimensionError, ModelError
 
 torch = require_torch("glacierxr.ml.fullscene")
@@ -698,15 +698,7 @@ def predict_fullscene(
 
     if not isinstance(model, FullSceneModel):
         raise DataTypeError(f"model must be a FullSceneModel, got {type(model).__name__}. Wrap it first.")
-    require_dataarray(da, "predict_fullscene")
-    require_dims(da, (time_dim, y_dim, x_dim), what="predict_fullscene")
-    if da.sizes[time_dim] > 1:  # the forecast dates follow the last input; order matters
-        require_monotonic_time(da, time_dim, what="predict_fullscene")
-    if da.ndim != 3:
-        raise DimensionError(
-            f"predict_fullscene needs a (time, y, x) DataArray; got {da.dims}. Select or reduce the "
-            "other dimensions first."
-        )
+    require_series(da, (time_dim, y_dim, x_dim), what="predict_fullscene")
     require_positive(steps, name="steps", integer=True, example=4)
     input_steps = model.input_steps
     if da.sizes[time_dim] < input_steps:

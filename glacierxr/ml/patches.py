@@ -67,7 +67,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from glacierxr._validate import require_dims, require_monotonic_time, require_numeric, require_torch
+from glacierxr._validate import require_series, require_torch
 from glacierxr.errors import ConfigError, DataTypeError, DimensionError, MissingBandError
 
 torch = require_torch("glacierxr.ml.patches")
@@ -700,22 +700,7 @@ def _check_cube(da, time_dim, y_dim, x_dim, valid_coord):
             f"PatchSequences needs an xarray.DataArray (time, y, x), got {type(da).__name__}. "
             "Select one variable, e.g. ds['snow_mask']."
         )
-    require_dims(da, (time_dim, y_dim, x_dim), what="PatchSequences")
-    if da.ndim != 3:
-        extra = [d for d in da.dims if d not in (time_dim, y_dim, x_dim)]
-        raise DimensionError(
-            f"PatchSequences needs dims ({time_dim!r}, {y_dim!r}, {x_dim!r}); found {da.dims}. "
-            f"Select or reduce the extra dims {extra} (e.g. .isel({extra[0]}=0))."
-        )
-    require_numeric(da, what="PatchSequences")
-    index = da.indexes.get(time_dim)
-    if index is not None and len(index) > 1 and np.issubdtype(index.dtype, np.datetime64):
-        require_monotonic_time(da, time_dim, what="PatchSequences")  # also refuses duplicates
-    elif index is not None and len(index) > 1 and not (index.is_monotonic_increasing and index.is_unique):
-        raise DimensionError(
-            f"{time_dim!r} must strictly increase (no duplicates); sort first with "
-            f".sortby({time_dim!r}) and drop repeated steps."
-        )
+    require_series(da, (time_dim, y_dim, x_dim), what="PatchSequences")
     data = da.transpose(time_dim, y_dim, x_dim)
     valid = None
     name = None

@@ -24,14 +24,7 @@ import xarray as xr
 
 from glacierxr import _cf
 from glacierxr._range import clip_to_range, range_attrs, valid_range
-from glacierxr._validate import (
-    require_choice,
-    require_dataarray,
-    require_dims,
-    require_monotonic_time,
-    require_numeric,
-    require_positive,
-)
+from glacierxr._validate import require_choice, require_positive, require_series
 from glacierxr.errors import DataTypeError, DimensionError, ModelError
 from glacierxr.ml.checkpoint import weights_sha256
 from glacierxr.ml.patches import window_starts  # one window grid for training and prediction
@@ -332,16 +325,7 @@ def _check_predict(da, model, *, steps, input_steps, patch, overlap, dims) -> tu
             "Load one with glacierxr.ml.checkpoint.load_model(path) or gx.ml.get_model(name)."
         )
     time_dim, y_dim, x_dim = dims
-    require_dataarray(da, "predict")
-    require_dims(da, dims, what="predict")
-    if da.sizes[time_dim] > 1:  # the forecast dates follow the last input; order matters
-        require_monotonic_time(da, time_dim, what="predict")
-    if da.ndim != 3:
-        raise DimensionError(
-            f"predict needs a (time, y, x) DataArray; got dims {da.dims}. Select or reduce the other "
-            "dimensions first."
-        )
-    require_numeric(da, what="predict")
+    require_series(da, dims, what="predict")  # the forecast dates follow the last input: order matters
     require_positive(steps, name="steps", integer=True, example=4)
     if input_steps is None:
         config = model.get_config() if callable(getattr(model, "get_config", None)) else {}
