@@ -489,7 +489,8 @@ def _config_keys() -> dict[str, str]:
 def _config_words(message: str) -> str:
     """``patch=8`` -> ``[patches] patch = 8 (in the --config file)``."""
     keys = _config_keys()
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, keys)) + r")=([\w.'\"-]*)")
+    value = r"(\[[^\]]*\]|\([^)]*\)|[\w.'\"-]*)"  # a list, a tuple, or a plain value
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, keys)) + r")=" + value)
 
     def word(match: re.Match) -> str:
         value = f" = {match.group(2)}" if match.group(2) else ""
@@ -507,6 +508,8 @@ def cli_words(message: str) -> str:
     "'x.zarr' already exists. Pass --overwrite, or choose another path."
     >>> cli_words("Widen the search, e.g. max_cloud=50.")
     'Widen the search, e.g. --max-cloud 50.'
+    >>> cli_words("Or pass platforms=('landsat-8',).")
+    "Or pass [data] platforms = ('landsat-8',) (in the --config file)."
     >>> cli_words("Pass a coarser resolution, or raise max_pixels= if you mean it.")
     'Pass a coarser resolution, or raise [load] max_pixels (in the --config file) if you mean it.'
     """

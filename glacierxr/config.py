@@ -188,7 +188,7 @@ _OPTIONAL = {  # what a key whose default is None must hold when given
     "list[float] | None": (list, "a list of numbers"),
     "list[str] | None": (list, "a list of strings"),
 }
-_EXAMPLES = {"bbox": "bbox = [76.4, 32.0, 77.6, 32.4]", "epsg": "epsg = 32643 (or leave it out)"}
+_EXAMPLES = {"bbox": "bbox = [76.4, 32.0, 77.6, 32.4]", "epsg": "epsg = 32643"}
 
 
 def _check_optional(section: str, key: str, value: Any, annotation: str) -> Any:
