@@ -447,16 +447,19 @@ def flow(
     the method paper uses; it is smooth and fine for motions of a few pixels, but it
     under-estimates fast ice.
 
-    Why NCC is the default, measured (commands in ``benchmarks/velocity.py``): on the real
+    Why NCC is the default, measured (``python benchmarks/velocity.py --quick``): on the real
     Yahtse Glacier pair (Landsat-8 pan, 15 m, 16 days; ``tests/test_flow.py``), on the terminus
-    tongue (rows 680-960, columns 880-1060) the default gives a median speed 0.95 times that of
-    an independent plain matchTemplate reference (48 px chips, +-24 px search) and a direction
-    2 degrees from it; Farnebäck with its defaults gives 0.12-0.14 times the speed, pointing
-    about 110 degrees away.  The sub-pixel peak was measured on textures shifted by known
-    fractional amounts (6 random shifts within +-3 px, 5 % noise): median end-point error
-    0.021 px for a parabola through the peak, 0.020 px for a Gaussian (parabola of the log) and
-    0.082 px for a 16x Lanczos oversampling of the 5 x 5 correlation (it rings); on the fast
-    sample glacier 0.18 vs 0.16 px for parabola vs Gaussian, so ``"gaussian"`` is the default.
+    tongue (rows 680-960, columns 880-1060, ~12 px per pair) the default gives 0.95 times the
+    median speed of an independent plain matchTemplate reference (48 px chips, +-24 px search)
+    and a direction 2 degrees from it; Farnebäck with its defaults gives 0.10 times the speed,
+    pointing 168 degrees away.  On the sample's fast glacier (12 px per pair) the median
+    end-point error is 0.16 px (Farnebäck: 13.5 px); on its slow valley glacier (1.4 px per
+    pair) 0.15 px, where Farnebäck, smooth and dense, does better (0.11 px).  The sub-pixel
+    peak was measured on textures shifted by known fractional amounts (20 random shifts within
+    +-3 px, 5 % noise): median end-point error 0.022 px for a parabola through the peak,
+    0.021 px for a Gaussian (parabola of the log) and 0.080 px for a 16x Lanczos oversampling
+    of the 5 x 5 correlation (it rings), so ``"gaussian"`` is the default.  One pair costs
+    0.8-0.9 times a bare matchTemplate loop over the same chips and search radius.
 
     Stable surface (ITS_LIVE's ``stable_shift`` and ``stable_shift_flag``): with ``stable`` or
     ``outlines`` the points whose chip is at least 90 % stable ground are used (flag 1);
