@@ -31,14 +31,14 @@ Everything is analytic, so the truth is exact:
   ``flow="fast"`` makes it a tidewater-like tongue: 90 % basal sliding, 12 px per 16 days on the
   centre line (the texture renews itself faster so that the shear never folds it).
   ``glacier_fraction`` widens the glacier to cover a given share of the scene.
-* **Retreat.** The terminus (a rounded tongue) retreats up-valley at a constant rate (with
-  ``dynamics="memory"``, a rate drawn per year); a small proglacial lake lies in front of it
-  (flagged water in QA_PIXEL unless snow-covered).
+* **Retreat.** The terminus (a rounded tongue) retreats up-valley at a rate drawn per year
+  (constant with ``dynamics="cycle"``); a small proglacial lake lies in front of it (flagged
+  water in QA_PIXEL unless snow-covered).
 * **Seasonal snow.** Ground above a snow line elevation is snow-covered; the snow line follows a
-  smooth annual cycle (highest in early August) plus per-scene noise, and a static spatial noise
-  field makes its edge irregular. With ``dynamics="memory"`` the snow line also carries monthly
-  anomalies that persist (:class:`SnowProcess`), and :func:`oracle_forecast` gives the best
-  forecast of the snow cover possible from the true state of that process.
+  smooth annual cycle (highest in early August) plus monthly anomalies that persist for months
+  (:class:`SnowProcess`; none with ``dynamics="cycle"``) plus per-scene noise, and a static
+  spatial noise field makes its edge irregular. :func:`oracle_forecast` gives the best forecast
+  of the snow cover possible from the true state of that process.
 * **Steep rock.** Faces steeper than about 50 degrees shed their snow (sloughs, avalanches, wind
   scour) and stay bare rock all year, as in real mountains, where these faces and ridges are what
   registers winter scenes. The threshold varies by a static random field (std 6 degrees), so
@@ -975,7 +975,7 @@ def write_catalog(
     flow: str = "valley",
     max_speed: float | None = None,
     glacier_fraction: float | None = None,
-    dynamics: str = "cycle",
+    dynamics: str = "memory",
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
@@ -1013,12 +1013,13 @@ def write_catalog(
         widened or narrowed to match (within a pixel row). Default: the seed's width, about a
         tenth of the scene. Read the value reached from the truth's ``glacier`` mean.
     dynamics
-        ``"cycle"`` (default): the snow line is a fixed annual cycle plus white noise per
-        scene and the terminus retreats at a constant rate, so beyond the seasons there is
-        little to forecast. ``"memory"``: snow-line anomalies that persist for months, melt
-        seasons that differ from year to year and a retreat rate that varies by year (see
+        ``"memory"`` (default): snow-line anomalies that persist for months, melt seasons
+        that differ from year to year and a retreat rate that varies by year (see
         :class:`SnowProcess`); the truth keeps the monthly process states and
-        :func:`oracle_forecast` gives the best forecast possible from them.
+        :func:`oracle_forecast` gives the best forecast possible from them. ``"cycle"``
+        (the default before issue 12): the snow line is a fixed annual cycle plus white
+        noise per scene and the terminus retreats at a constant rate, so beyond the seasons
+        there is little to forecast.
     overwrite
         Replace a sample already written in ``directory``.
     progress
