@@ -341,7 +341,8 @@ def run_sample_seed(work: Path, seed: int, preset: dict) -> dict:
                skill_vs_best_baseline=r(pooled.loc[label, "skill_vs_best_baseline"], 4),
                ci_low=r(pooled.loc[label, "skill_vs_best_baseline_low"], 4),
                ci_high=r(pooled.loc[label, "skill_vs_best_baseline_high"], 4),
-               fraction_of_achievable=r((mse_base - mse_model) / (mse_base - mse_oracle), 3),
+               fraction_of_achievable=r((mse_base - mse_model) / (mse_base - mse_oracle), 3)
+               if mse_oracle < mse_base else None,  # undefined when the oracle does not beat the baseline
                oracle_skill_vs_best_baseline=r(1 - mse_oracle / mse_base, 4),
                damping=r(table.attrs["damping"], 3),
                baseline_mse={b: r(pooled.loc[b, "mse"], 6) for b in BASELINES},
@@ -388,8 +389,10 @@ def verdict(row: dict, oracle: bool) -> str:
     else:
         words = f"cannot be told apart from {base} (interval includes 0)"
     text = f"the best model ({row['best_model']}) {words}: skill {skill:+.3f} [{low:+.3f}, {high:+.3f}]"
-    if oracle:
+    if oracle and row["fraction_of_achievable"] is not None:
         text += f"; it captures {row['fraction_of_achievable']:.0%} of the skill the oracle shows is achievable"
+    elif oracle:
+        text += "; the oracle does not beat that baseline here, so no share of achievable skill is defined"
     return text
 
 
@@ -407,7 +410,7 @@ def markdown(summary: dict, mode: str, preset: dict, wall: float) -> str:
     for row in summary["sample"]:
         lines.append(f"| {row['seed']} | {row['best_model']} | {row['best_baseline']} | {row['mse_model']} | "
                      f"{row['mse_best_baseline']} | {row['mse_oracle']} | {row['skill_vs_best_baseline']:+.3f} "
-                     f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] | {row['fraction_of_achievable']:.2f} | "
+                     f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] | {row['fraction_of_achievable']} | "
                      f"{row['damping']} |")
     lines += ["", "Baseline MSEs per seed: " + "; ".join(
         f"seed {row['seed']}: " + ", ".join(f"{k} {v}" for k, v in row["baseline_mse"].items())
