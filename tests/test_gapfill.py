@@ -333,3 +333,30 @@ def test_fill_gaps__large_cloud_on_a_sample_scene_against_what_was_there(sample_
     reference = np.abs(_linear_reference(np.where(np.isnan(scene), 0, scene), hole) - scene)[filled].mean()
     assert error <= 1.2 * reference and error < 0.35
     assert float(filled_fraction(result)[0]) == pytest.approx(filled.sum() / scene.size)
+
+
+def test_fill_gaps__composite_takes_deep_hole_pixels_from_the_other_scenes():
+    """A big cloud in one of three scenes of a month: with the default bound, the composite deep
+    inside the hole is exactly the mean of the two scenes that saw it; the unbounded fill mixes
+    its smear into the composite instead."""
+    from scipy import ndimage
+
+    from glacierxr.composite import monthly
+
+    rng = np.random.default_rng(4)
+    scenes = np.stack([ndimage.gaussian_filter(rng.standard_normal((48, 48)), 3) for _ in range(3)])
+    yy, xx = np.mgrid[:48, :48]
+    hole = (yy - 24) ** 2 + (xx - 24) ** 2 < 15**2
+    holed = scenes.copy()
+    holed[1][hole] = np.nan
+    deep = hole & (ndimage.distance_transform_edt(hole) > 4)
+    series = make_series(holed.astype(np.float32), freq="7D")  # three scenes in January
+    expected = scenes[[0, 2]].mean(axis=0)
+
+    bounded = monthly(fill_gaps(series), months=1).isel(time=0).values
+    np.testing.assert_allclose(bounded[deep], expected[deep], rtol=1e-5, atol=1e-6)
+    unbounded = monthly(fill_gaps(series, max_distance=None), months=1).isel(time=0).values
+    assert np.abs(unbounded[deep] - expected[deep]).mean() > 0.2 * np.abs(expected[deep]).mean()
+    # and against the truth (the month's mean had the cloud not been there) the bound is closer
+    truth = scenes.mean(axis=0)
+    assert np.abs(bounded - truth)[deep].mean() < np.abs(unbounded - truth)[deep].mean()
