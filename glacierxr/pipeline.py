@@ -138,6 +138,7 @@ def _with_months(composites: xr.DataArray) -> xr.DataArray:
 
 _SCENE_COORDS = (
     "id", "shift_x", "shift_y", "ecc_correlation", "converged", "align_method", "missing_fraction",
+    "stable_fraction", "align_residual", "align_reliable",
 )
 _ALIGN_METHODS = ("none", "phase", "ecc")
 
@@ -146,7 +147,8 @@ def composites_dataset(composites: xr.DataArray, scenes: xr.DataArray | None = N
     """The composites as a Dataset to write, with the per-scene diagnostics beside them.
 
     The scenes' ``id``, alignment shifts (``shift_x``, ``shift_y``, pixels), ``ecc_correlation``,
-    ``converged``, ``align_method`` (as an int8 code: 0 none, 1 phase, 2 ecc) and
+    ``converged``, ``align_method`` (as an int8 code: 0 none, 1 phase, 2 ecc), the alignment's
+    quality (``stable_fraction``, ``align_residual``, ``align_reliable``) and
     ``missing_fraction`` become variables ``scene_<name>`` along a ``scene`` dimension
     (coordinate ``scene_time``), so that writing the Dataset computes the scenes once for both
     the composites and the diagnostics. Nothing is computed here.
