@@ -739,8 +739,8 @@ def align(
       Every usable pixel in both passes (``auto_stable=False``, the previous default): 0.059 /
       0.070 px; one pass: 0.162 px.  Against the applied shifts alone every method is off by
       about half the pair's offset (default 0.092 px, previous default 0.153 px).
-    * **Sample** (the DESIGN chain to ``align``, 96 x 96 px, 2 years): 0.035 px (0.038 without
-      the automatic ground); glacier on half of a 192 x 192 px scene: 0.066 px (0.074).
+    * **Sample** (the DESIGN chain to ``align``, 96 x 96 px, 2 years): 0.034 px (0.035 without
+      the automatic ground); glacier on half of a 192 x 192 px scene: 0.044 px (0.064).
     * **Cost.**  The first pass runs at half resolution (2 x 2 block means; as accurate here,
       since it only has to find the stable ground and a sharper mean): 1.5 x the seconds per
       scene of one plain full-resolution pass, 0.66 x the previous two-pass default.
@@ -757,9 +757,10 @@ def align(
       estimates per scene where one masked ECC over all stable pixels does.
     * **Limits.**  The automatic ground needs the moving or changing part to be a minority of
       the scene's texture: with half a scene moving, nothing in the data says which half is
-      rock -- give ``outlines`` (or ``stable``) there.  On the 96 x 96 px half-glacier sample
-      no mask reaches 0.1 px (the truth's own stable ground gives 0.24 px: too little rock
-      texture).
+      rock -- give ``outlines`` (or ``stable``) there.  Small scenes with little rock suffer
+      most: on the half-glacier sample at 128 x 128 px the automatic ground gives 0.18 px
+      against 0.097 px with every pixel, at 96 x 96 px 0.157 / 0.154 px (there the truth's own
+      stable ground gives 0.24 px: too little rock texture for any mask).
 
     Examples
     --------
