@@ -302,6 +302,11 @@ def test_align__glacier_outlines_keep_the_moving_ice_out(tmp_path):
         stable = out.align_stable.values
         assert not stable[:, :67].any() and stable[:, 68:].all()
         assert int(out.stable_pixels[1]) <= int(stable.sum())
+    # the outlines are burnt from the grid's coordinates: no pixel is read building the graph
+    with raise_if_dask_computes():
+        lazy = align(cube.chunk({"time": 1}), reference=0, outlines=outline, outlines_crs="EPSG:32643")
+    assert isinstance(lazy.data, dask.array.Array) and isinstance(lazy.align_stable.data, dask.array.Array)
+    assert lazy.shift_y.values[1] == pytest.approx(-0.4, abs=0.1)
 
 
 def test_align__automatic_stable_ground_finds_the_moving_glacier_itself():
