@@ -372,20 +372,6 @@ def _position(times: pd.DatetimeIndex, when) -> int:
     return int(found[0])
 
 
-def _its_live_names(motion: xr.Dataset) -> xr.Dataset:
-    """ITS_LIVE names for the output of flow() versions that still say u / v / speed."""
-    if "vx" in motion or "u" not in motion:
-        return motion
-    names = {"u": "vx", "v": "vy", "speed": "v", "u_error": "vx_error", "v_error": "vy_error",
-             "u_pixels": "dx", "v_pixels": "dy"}
-    motion = motion.rename({k: f"_{k}" for k in names if k in motion})
-    motion = motion.rename({f"_{k}": v for k, v in names.items() if f"_{k}" in motion})
-    for name in ("vx", "vy", "v", "vx_error", "vy_error"):
-        if name in motion:
-            motion = _cf.describe(motion, name, variable=name)
-    return motion
-
-
 def _pair_dim(motion: xr.Dataset) -> Hashable:
     """The dimension along which flow() put its (single) pair."""
     if "time_start" in motion.coords and motion["time_start"].ndim == 1:
@@ -428,7 +414,7 @@ def _pair_block(first: np.ndarray, second: np.ndarray, *lazy: np.ndarray, spec: 
 
 def _run_pair(pair: xr.DataArray, kwargs: dict, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """flow() of one in-memory pair; its per-pair fields without the pair dimension."""
-    motion = _its_live_names(flow(pair, **kwargs))
+    motion = flow(pair, **kwargs)
     if any(dask.is_dask_collection(motion[name].data) for name in names):
         motion = motion.compute()
     motion = motion.isel({_pair_dim(motion): 0})
@@ -614,7 +600,7 @@ def velocity_cube(
     sample_pair = scenes.isel({time_dim: [first.index_img1, first.index_img2]})
     data = sample_pair.data  # lazy for flow, coordinates left in memory (.chunk() would chunk them)
     data = data.rechunk((1, -1, -1)) if dask.is_dask_collection(data) else dask.array.from_array(data, (1, -1, -1))
-    template = _its_live_names(flow(sample_pair.copy(data=data), **flow_kwargs))
+    template = flow(sample_pair.copy(data=data), **flow_kwargs)
     spec, lazy_arrays = _spec(scenes, table, tuple(_layout(template)[1]), flow_kwargs)
     cube = _stack(template, _pair_tasks(scenes, table, spec, lazy_arrays), table)
     cube.attrs.update(pairs=len(table), source_variable=str(scenes.name or ""))
