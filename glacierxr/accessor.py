@@ -30,6 +30,8 @@ import inspect
 
 import xarray as xr
 
+from glacierxr.errors import GlacierXRError
+
 __all__ = ["GlacierDatasetAccessor", "GlacierDataArrayAccessor"]
 
 
@@ -52,9 +54,24 @@ class _Step:
         self.name = name
 
     def __get__(self, accessor, owner: type):
-        method = self.build(owner)
-        setattr(owner, self.name, method)  # from now on a plain method of the class
+        try:
+            method = self.build(owner)
+        except (ImportError, GlacierXRError):  # an optional dependency (PyTorch) is missing:
+            method = self.deferred(owner)  # the error is raised by the call, not by looking
+        else:
+            setattr(owner, self.name, method)  # from now on a plain method of the class
         return method if accessor is None else method.__get__(accessor, owner)
+
+    def deferred(self, owner: type):
+        """A method that builds the real one when called (and raises its import error then)."""
+
+        def method(accessor, *args, **kwargs):
+            return self.build(owner)(accessor, *args, **kwargs)
+
+        method.__name__ = self.name
+        method.__qualname__ = f"{owner.__qualname__}.{self.name}"
+        method.__doc__ = f"See :func:`{self.module}.{self.function}` (not importable here)."
+        return method
 
     def build(self, owner: type):
         """The forwarding method, with the stage function's metadata."""

@@ -94,3 +94,21 @@ def test_accessor__import_stays_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["[]", "True"]
+
+
+def test_accessor__a_stage_that_cannot_be_imported_fails_when_called_not_when_looked_at():
+    from glacierxr.accessor import _Step
+
+    class Accessor:
+        __slots__ = ("_obj",)
+
+        def __init__(self, obj):
+            self._obj = obj
+
+        missing = _Step("glacierxr.not_a_module:stage")
+
+    accessor = Accessor(1)
+    method = accessor.missing  # looking (tab completion, help) does not raise
+    assert method.__name__ == "missing" and "not importable" in method.__doc__
+    with pytest.raises(ModuleNotFoundError, match="glacierxr.not_a_module"):
+        method()
