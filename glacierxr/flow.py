@@ -311,7 +311,8 @@ def _check_projected(da: xr.DataArray, y_dim: str, x_dim: str) -> None:
         raise GridError(
             f"flow turns pixels into metres, but the grid is geographic ({found}): velocities "
             "would be in degrees per year. Reproject to a projected CRS in metres first, e.g. "
-            "`da.rio.write_crs('EPSG:4326').rio.reproject(da.rio.estimate_utm_crs())`."
+            f"`ll = da.rio.set_spatial_dims(x_dim={x_dim!r}, y_dim={y_dim!r}).rio.write_crs('EPSG:4326')` "
+            "then `flow(ll.rio.reproject(ll.rio.estimate_utm_crs()))`."
         )
 
 

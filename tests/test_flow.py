@@ -338,8 +338,14 @@ def test_flow__lon_lat_degrees_are_refused_with_the_reprojection_fix():
         np.zeros((2, 32, 32), np.float32), dims=("time", "lat", "lon"),
         coords={"time": cube.time, "lat": np.linspace(60, 59.7, 32), "lon": np.linspace(-141, -140.5, 32)},
     )
-    with pytest.raises(GridError, match="degrees"):
+    with pytest.raises(GridError, match="degrees") as error:
         flow(degrees, y_dim="lat", x_dim="lon")
+    # the fix in the message works as written
+    fix = str(error.value).split("`")
+    ll = eval(fix[1].removeprefix("ll = "), {"da": degrees})
+    projected = eval(fix[3].removeprefix("flow(").removesuffix(")"), {"ll": ll})
+    assert projected.rio.crs.is_projected
+    assert flow(projected, stable_shift=False).attrs["pixel_size_x"] > 1  # metres
 
 
 def test_flow__chip_larger_than_the_scene_is_refused():
