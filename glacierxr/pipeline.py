@@ -235,16 +235,14 @@ def make_sequences(composites: xr.DataArray, config: RunConfig):
             f"The composites have {composites.sizes.get('time', 0)} periods but a sequence needs "
             f"{needed} ({p.input_steps} in + {p.target_steps} out). Use a longer period or fewer steps."
         )
-    return PatchSequences(
-        composites,
-        input_steps=p.input_steps,
-        target_steps=p.target_steps,
-        patch=p.patch,
-        stride=p.stride,
-        split=p.split,
-        val_fraction=p.val_fraction,
-        test_fraction=p.test_fraction,
-    )
+    return PatchSequences(composites, **_options(
+        p, "input_steps", "target_steps", "patch", "stride", "split", "val_fraction", "test_fraction"
+    ))
+
+
+def _options(section, *names: str) -> dict:
+    """``{name: section.<name>}``: a config section's fields as a stage's keyword arguments."""
+    return {name: getattr(section, name) for name in names}
 
 
 def train(
@@ -336,18 +334,12 @@ def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, i
     t = config.train
     trainer = Trainer(
         model,
-        max_epochs=t.max_epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        patience=t.patience,
-        grad_clip=t.grad_clip,
-        seed=t.seed,
+        **_options(t, "max_epochs", "batch_size", "lr", "weight_decay", "patience", "grad_clip", "seed",
+                   "max_batches_per_epoch"),
         checkpoint_dir=out_dir / "checkpoints",
         resume=resume,
         freeze=freeze,
         progress=progress,
-        max_batches_per_epoch=t.max_batches_per_epoch,
     )
     if replace and not resume:  # the earlier run's files go after the first new checkpoint
         trainer.replaces_after_first_checkpoint += [out_dir / "model.pt", out_dir / "config.toml"]
