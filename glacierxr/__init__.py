@@ -10,9 +10,8 @@ Heavy optional parts (``gx.ml`` needs PyTorch) are imported on first use.
 
 from __future__ import annotations
 
-import importlib
-
 from glacierxr import accessor as _accessor  # noqa: F401  (registers .glacier)
+from glacierxr._lazy import lazy_attributes
 from glacierxr.errors import GlacierXRError
 
 __version__ = "0.1.0"
@@ -34,26 +33,12 @@ __all__ = [
     "__version__",
 ]
 
-_LAZY_FUNCTIONS = {
+_LAZY = {
     "search": ("glacierxr.stac", "search"),
     "load": ("glacierxr.io", "load"),
     "select_pairs": ("glacierxr.velocity", "select_pairs"),
     "velocity_cube": ("glacierxr.velocity", "velocity_cube"),
+    **{name: (f"glacierxr.{name}", None)
+       for name in ("errors", "evaluate", "ml", "plot", "regions", "sample", "testing", "io", "stac", "velocity")},
 }
-_LAZY_MODULES = {"errors", "evaluate", "ml", "plot", "regions", "sample", "testing", "io", "stac", "velocity"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY_FUNCTIONS:
-        module, attr = _LAZY_FUNCTIONS[name]
-        value = getattr(importlib.import_module(module), attr)
-    elif name in _LAZY_MODULES:
-        value = importlib.import_module(f"glacierxr.{name}")
-    else:
-        raise AttributeError(f"module 'glacierxr' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes("glacierxr", _LAZY, globals())

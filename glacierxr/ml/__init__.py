@@ -5,8 +5,7 @@ Install with ``pip install 'glacierxr[ml]'``.
 
 from __future__ import annotations
 
-import importlib
-
+from glacierxr._lazy import lazy_attributes
 from glacierxr._validate import require_torch
 
 __all__ = [
@@ -24,17 +23,4 @@ _LAZY = {
     "Trainer": ("glacierxr.ml.train", "Trainer"),
     "predict": ("glacierxr.ml.predict", "predict"),
 }
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'glacierxr.ml' has no attribute {name!r}")
-    require_torch("glacierxr.ml")
-    module, attr = _LAZY[name]
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes("glacierxr.ml", _LAZY, globals(), before=lambda: require_torch("glacierxr.ml"))
