@@ -81,12 +81,24 @@ def _nice_round(value: float) -> float:
 
 
 def _scale_key(ax, arrows, speeds: np.ndarray, units: str) -> float:
-    """A quiver key above the map: an arrow of a round speed near the 95th percentile drawn."""
+    """A quiver key in the map's upper-right corner, on a white box (legible over any image and
+    clear of any title): an arrow of a round speed near the 95th percentile drawn."""
+    from matplotlib.patches import Rectangle
+
     drawn = speeds[np.isfinite(speeds)]
     length = _nice_round(float(np.percentile(drawn, 95))) if drawn.size else 0.0
-    if length > 0:
-        label = f"{length:g} {units}".strip()
-        ax.quiverkey(arrows, X=0.82, Y=1.025, U=length, label=label, labelpos="E", coordinates="axes")
+    if length <= 0:
+        return length
+    label = f"{length:g} {units}".strip()
+    span = abs(np.diff(ax.get_xlim())[0]) or 1.0
+    arrow = min(length / float(arrows.scale) / span, 0.6) if arrows.scale else 0.1  # axes fraction
+    width_pt = ax.figure.get_figwidth() * 72 * ax.get_position().width
+    text = (len(label) * 6.0 + 14) / max(width_pt, 1.0)  # ~6 pt per character at 10 pt, margins
+    left = max(0.0, 0.99 - arrow - text - 0.02)
+    ax.add_patch(Rectangle((left, 0.91), 0.99 - left, 0.08, transform=ax.transAxes, facecolor="white",
+                           edgecolor="0.4", linewidth=0.5, alpha=0.9, zorder=4))
+    ax.quiverkey(arrows, X=left + 0.01 + arrow / 2, Y=0.95, U=length, label=label, labelpos="E",
+                 coordinates="axes", color="black", zorder=5, fontproperties={"size": 9})
     return length
 
 
@@ -318,7 +330,7 @@ def flow_arrows(
         heading += f" {_date_label(selected['time_start'].values)} → {_date_label(selected['time_end'].values)}"
     if background_label:
         heading += f" over {background_label}"
-    ax.set_title(heading, fontsize=10, pad=16)  # room for the scale key between title and map
+    ax.set_title(heading, fontsize=10)
     return fig
 
 
