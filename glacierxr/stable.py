@@ -429,13 +429,19 @@ def temporal_variability(
     return variability
 
 
-def _threshold_kernel(variability: np.ndarray, threshold: float, min_fraction: float) -> np.ndarray:
-    """Pixels at or below ``threshold``, or the ``min_fraction`` most stable when too few are."""
+def _threshold_kernel(variability: np.ndarray, threshold: float, min_fraction: float,
+                      min_clear: float) -> np.ndarray:
+    """Pixels at or below ``threshold``, or the ``min_fraction`` most stable when too few are.
+
+    When less than ``min_clear`` of the known pixels are at or below ``threshold`` nothing is
+    clearly stable, and every pixel is returned (no restriction).
+    """
     known = np.isfinite(variability)
-    if not known.any():
-        return known
+    clear = (variability[known] <= threshold).mean() if known.any() else 0.0
+    if clear < min_clear or clear == 0.0:
+        return np.ones(variability.shape, bool)
     cut = threshold
-    if (variability[known] <= threshold).mean() < min_fraction:
+    if clear < min_fraction:
         cut = float(np.quantile(variability[known], min_fraction))
     return known & (variability <= cut)
 
@@ -445,6 +451,7 @@ def stable_from_variability(
     *,
     threshold: float = 0.1,
     min_fraction: float = 0.2,
+    min_clear: float = 0.005,
     highpass_sigma: float = 4.0,
     window: float = 7.0,
     time_dim: str = "time",
@@ -456,7 +463,10 @@ def stable_from_variability(
     A pixel is stable when its :func:`temporal_variability` is at most ``threshold``; when
     fewer than ``min_fraction`` of the known pixels pass, the ``min_fraction`` most stable
     ones are taken instead (a scene full of moving ice still keeps its best ground).  Pixels
-    seen in fewer than two scenes are never stable.
+    seen in fewer than two scenes, or without texture, are never stable.  When fewer than
+    ``min_clear`` of the known pixels pass, nothing is clearly stable and every pixel is
+    returned: the least changing pixels of a scene where everything changes (snow all over a
+    small scene) measured worse than all of them.
 
     Parameters
     ----------
@@ -466,6 +476,8 @@ def stable_from_variability(
         Largest variability of stable ground (0 = identical texture in every scene).
     min_fraction
         Smallest share of the known pixels kept.
+    min_clear
+        Smallest share of the known pixels at or below ``threshold`` for any restriction.
     highpass_sigma, window, time_dim, y_dim, x_dim
         As in :func:`temporal_variability`.
 
@@ -486,7 +498,8 @@ def stable_from_variability(
     >>> bool(mask[:, :24].all()), bool(mask[:, 40:].any())
     (True, False)
     """
-    for name, value, low in (("threshold", threshold, 0.0), ("min_fraction", min_fraction, 0.0)):
+    for name, value, low in (("threshold", threshold, 0.0), ("min_fraction", min_fraction, 0.0),
+                             ("min_clear", min_clear, 0.0)):
         if not (isinstance(value, (int, float, np.number)) and np.isfinite(value) and value >= low):
             raise ConfigError(f"{name} must be a number >= {low}, got {value!r}.")
     if min_fraction > 1:
@@ -497,7 +510,8 @@ def stable_from_variability(
     mask = xr.apply_ufunc(
         _threshold_kernel, variability, input_core_dims=[[y_dim, x_dim]],
         output_core_dims=[[y_dim, x_dim]], dask="parallelized", output_dtypes=[bool],
-        kwargs={"threshold": float(threshold), "min_fraction": float(min_fraction)},
+        kwargs={"threshold": float(threshold), "min_fraction": float(min_fraction),
+                "min_clear": float(min_clear)},
     )
     mask.name = "stable"
     mask.attrs = {"long_name": "stable ground (texture unchanged over time)",

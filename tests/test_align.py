@@ -769,7 +769,7 @@ def test_align__sample_where_the_glacier_covers_half_the_scene(tmp_path):
 
     Measured (seed 0, 2018-2019, 192 x 192 px): 0.044 px; every usable pixel
     (``auto_stable=False``) 0.064 px.  Smaller scenes hold too little rock texture: at 128 px
-    0.18 px (0.097 with every pixel), at 96 px 0.157 px, where even the true stable ground of
+    0.10 px (0.097 with every pixel), at 96 px 0.154 px, where even the true stable ground of
     the sample's truth gives 0.24 px.
     """
     catalog = gx.sample.write_catalog(tmp_path, seed=0, glacier_fraction=0.5, width=192, height=192,

@@ -9,7 +9,15 @@ import pytest
 import xarray as xr
 
 from glacierxr.errors import ChunkingError, ConfigError, DataTypeError, DimensionError, GridError
-from glacierxr.stable import FLAG_NONE, FLAG_USER, rasterize_outlines, resolve_stable
+from glacierxr.stable import (
+    FLAG_NONE,
+    FLAG_USER,
+    rasterize_outlines,
+    resolve_stable,
+    stable_from_variability,
+    temporal_variability,
+)
+from glacierxr.testing import raise_if_dask_computes
 from glacierxr.testing import make_series
 
 RES = 30.0
@@ -157,3 +165,37 @@ def test_resolve__outlines_remove_buffered_ice_from_the_mask():
 def test_resolve__bad_masks_raise(stable, error, fragment):
     with pytest.raises(error, match=fragment):
         resolve_stable(grid(), stable=stable, what="flow")
+
+
+def _changing_cube(stable_columns: int, seed: int = 0) -> xr.DataArray:
+    """Five scenes of noise texture; the first ``stable_columns`` columns are the same in all."""
+    rng = np.random.default_rng(seed)
+    rock = rng.standard_normal((48, 64))
+    scenes = rng.standard_normal((5, 48, 64))
+    scenes[:, :, :stable_columns] = rock[:, :stable_columns]
+    return make_series(scenes.astype(np.float32))
+
+
+def test_variability__zero_on_unchanged_texture_and_high_where_it_changes():
+    cube = _changing_cube(24)
+    with raise_if_dask_computes():
+        lazy = temporal_variability(cube.chunk({"time": 2}), window=2.0)
+    v = lazy.compute().values
+    # independent: the share of the local high-pass energy that is temporal variance, ~0 / ~1
+    assert v[:, :16].max() < 0.01 and v[:, 32:].min() > 0.5
+    np.testing.assert_allclose(v, temporal_variability(cube, window=2.0).values, atol=1e-5)
+    # a NaN pixel in every scene but one is unknown
+    holed = cube.copy(data=np.where(np.arange(5)[:, None, None] > 0, np.nan, 0) + cube.values)
+    assert np.isnan(temporal_variability(holed, window=2.0).values).all()
+
+
+def test_stable_from_variability__threshold_minimum_share_and_nothing_clear():
+    mask = stable_from_variability(_changing_cube(24), window=2.0)
+    assert mask[:, :16].all() and not mask[:, 32:].any()
+    # 4 of 64 columns unchanged: under 20 % pass, the 20 % least changing are kept
+    few = stable_from_variability(_changing_cube(4), window=1.0).values
+    assert few.mean() == pytest.approx(0.2, abs=0.02) and few[:, :3].mean() > 0.9
+    # nothing unchanged at all: no restriction rather than the least changing noise
+    assert stable_from_variability(_changing_cube(0), window=1.0).values.all()
+    with pytest.raises(ConfigError, match="min_fraction"):
+        stable_from_variability(_changing_cube(4), min_fraction=2.0)
