@@ -189,7 +189,8 @@ def velocity_comparison_figure(
                 mask, levels=[0.5], colors="#d62728", linewidths=1.0, extent=_extent(evaluation),
                 origin="upper",
             )
-        ax.set_title(title, fontsize=10)
+        ax.set_title("")  # flow_arrows' own heading; the arrow key sits on the right
+        ax.set_title(title, fontsize=10, loc="left")
         ax.ticklabel_format(useOffset=False, style="plain")
         ax.tick_params(labelsize=8)
     # flow_arrows adds one colour bar per axes; keep only the last one
@@ -279,8 +280,15 @@ def velocity_figure(
     height, width = velocity.sizes["y"], velocity.sizes["x"]
     fig = _figure((16.0, 4.6 * height / width + 0.9))
     axes = fig.subplots(1, 3, sharex=True, sharey=True)
-    flow_arrows(arrows, background=background, step=step, ax=axes[0], speed_units="m/year")
-    axes[0].set_title("velocity over the image", fontsize=10)
+    # arrow length from the 75th percentile of the drawn speeds: a few wild vectors (snow edges,
+    # clouds) must not shrink the ice's arrows to dots
+    drawn = np.asarray(arrows["speed"].values[::step, ::step], dtype=float)
+    drawn = drawn[np.isfinite(drawn) & (drawn > 0)]
+    pixel = abs(float(velocity["x"].values[1] - velocity["x"].values[0])) if width > 1 else 1.0
+    scale = float(np.percentile(drawn, 75)) / (0.9 * step * pixel) if drawn.size else None
+    flow_arrows(arrows, background=background, step=step, scale=scale, ax=axes[0], speed_units="m/year")
+    axes[0].set_title("")  # flow_arrows' own heading; the arrow key sits on the right
+    axes[0].set_title("velocity over the image", fontsize=10, loc="left")
     axes[0].ticklabel_format(useOffset=False, style="plain")
     axes[0].tick_params(labelsize=8)
     _map_panel(fig, axes[1], velocity["v"], "speed v", "viridis", "m/year")
