@@ -329,43 +329,51 @@ def _shifted(field: np.ndarray, dr: int, dc: int) -> np.ndarray:
 
 
 def propagate(first, second, valid_fraction, rows, cols, match, *, half: int, subpixel: str,
-              min_valid: float) -> int:
-    """Try the displacements of the 4 neighbours where they differ; keep what correlates better.
+              params: TrackingParams) -> int:
+    """Try the displacements of good neighbours at suspect points; keep what correlates better.
 
     A coarse guess can be wrong over a patch (a coarse chip that straddles rock and fast ice
     follows the rock), and a small refinement search cannot leave it.  Like PatchMatch, each
-    round matches every point again around the displacement of each neighbour that correlates
-    better and differs by more than 1.5 px (search +-2 px), and keeps the displacement with the
-    highest peak correlation, so the right field grows into the wrong patch by one point per
-    round.
+    round matches the suspect points (weak, or failing the median test against their
+    neighbours) again around the displacement of each good 4-neighbour that correlates better
+    and differs by more than 1.5 px (search +-2 px), and keeps the displacement with the highest
+    peak correlation, so the right field grows into the wrong patch by one point per round.
+    Later rounds only look next to the points that changed.
 
     ``match`` is the ``(5, len(rows), len(cols))`` output of :func:`match_points` reshaped to the
     grid; it is updated in place.  Returns the number of points that changed.
     """
+    from scipy import ndimage
+
     grid_rows, grid_cols = np.meshgrid(rows, cols, indexing="ij")
+    active = np.ones(match.shape[1:], bool)
     changed = 0
     for _ in range(_PROPAGATE_ROUNDS):
-        changed_now = 0
+        weak = _weak(match, params)
+        suspect = active & (weak | median_test(match[0], match[1]))
+        good = np.vstack([match[:3], (~weak)[None].astype(match.dtype)])
+        changed_now = np.zeros(match.shape[1:], bool)
         for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-            neighbour = _shifted(match[:3], dr, dc)
+            neighbour = _shifted(good, dr, dc)
             with np.errstate(invalid="ignore"):
                 differs = np.abs(neighbour[:2] - match[:2]).max(axis=0) > _PROPAGATE_DIFFERENCE
                 stronger = ~(neighbour[2] <= match[2])
-            todo = np.isfinite(neighbour[0]) & differs & stronger
+            todo = suspect & (neighbour[3] == 1) & differs & stronger
             if not todo.any():
                 continue
             trial = match_points(
-                first, second, valid_fraction, grid_rows[todo], grid_cols[todo], neighbour[:, todo],
-                half=half, search=_PROPAGATE_SEARCH, subpixel=subpixel, min_valid=min_valid,
+                first, second, valid_fraction, grid_rows[todo], grid_cols[todo], neighbour[:2, todo],
+                half=half, search=_PROPAGATE_SEARCH, subpixel=subpixel, min_valid=params.min_valid,
             )
             with np.errstate(invalid="ignore"):
                 better = np.isfinite(trial[2]) & (trial[4] == 0) & ~(trial[2] <= match[2][todo])
             where = tuple(index[better] for index in np.nonzero(todo))
             match[(slice(None),) + where] = trial[:, better]
-            changed_now += int(better.sum())
-        changed += changed_now
-        if not changed_now:
+            changed_now[where] = True
+        changed += int(changed_now.sum())
+        if not changed_now.any():
             break
+        active = ndimage.binary_dilation(changed_now)
     return changed
 
 
@@ -386,7 +394,7 @@ def _match_grid(first, second, valid, rows, cols, guess, *, half, search, subpix
         half=half, search=search, subpixel=subpixel, min_valid=params.min_valid,
     ).reshape(5, rows.size, cols.size)
     propagate(first, second, valid_fraction, rows, cols, match, half=half, subpixel=subpixel,
-              min_valid=params.min_valid)
+              params=params)
     return match
 
 
