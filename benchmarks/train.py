@@ -23,7 +23,7 @@ NaN → 0, mask) — three fancy-indexing copies per batch and nothing else; rat
 gather. Beside it: the bare optimisation-step rate of the near-free model on one fixed batch
 (what the loss and backward cost alone) and the per-sample ``DataLoader`` path of earlier
 versions. Per model, ``trainer_vs_step/<model>/cpu`` is ``Trainer.fit``'s rate over the ratio of
-the bare model-step rate at the same batch (256; 16 with ``--quick``). ``trainer_streaming_peak_
+the bare model-step rate at the same batch (256; 16 with ``--quick``; teacher forcing 0 in both). ``trainer_streaming_peak_
 memory`` is the tracemalloc peak while ``Trainer.fit`` streams from a lazy 96 × 800 × 800 cube
 (as in ``benchmarks/patches.py``, whose per-sample ``DataLoader`` figure is measured beside it as
 the baseline; tracemalloc sees NumPy buffers, not torch's own allocations).
@@ -50,6 +50,9 @@ import pandas as pd
 import xarray as xr
 
 BATCH = 16
+#: Teacher forcing of the Trainer.fit-vs-step comparison, in both: 0 makes every step cost the
+#: same (a ratio drawn at random per step would make a few steps cheap or dear by chance).
+FIT_TEACHER_FORCING = 0.0
 PATCH = 50
 T_IN = T_OUT = 4
 
@@ -143,7 +146,7 @@ def fit_rate(model, data, *, batch: int, batches: int, device: str = "cpu", **op
     from glacierxr.ml.train import Trainer
 
     trainer = Trainer(model, max_epochs=1, batch_size=batch, max_batches_per_epoch=batches, device=device,
-                      progress=False, patience=None, teacher_forcing=0.5, **options)  # as in step_rate
+                      progress=False, patience=None, teacher_forcing=FIT_TEACHER_FORCING, **options)
     cpu = time.process_time()
     history = trainer.fit(data)
     cpu = time.process_time() - cpu
@@ -168,7 +171,8 @@ def step_rate(model, data, *, batch: int, steps: int, device: str = "cpu") -> fl
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
 
     def step() -> None:
-        sse, count = _dense_sse(model(inputs, T_OUT, targets=targets, teacher_forcing=0.5), targets, valid)
+        prediction = model(inputs, T_OUT, targets=targets, teacher_forcing=FIT_TEACHER_FORCING)
+        sse, count = _dense_sse(prediction, targets, valid)
         loss = sse / count.clamp_min(1).to(sse.dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
