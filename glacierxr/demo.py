@@ -89,7 +89,7 @@ _FLOW_MAX_GAP_DAYS = 33
 _FLOW_MAX_MISSING = 0.05
 _FLOW_MIN_DAYS = 5
 #: flow's method in the demo, chosen by measurement on its slow valley glacier (about 1 px per 16
-#: days): Farnebäck's composite is off by 55 m/yr on bare ice, NCC's by 94 (true speed 855 m/yr;
+#: days): Farnebäck's composite is off by 47 m/yr on bare ice, NCC's by 72 (true speed 854 m/yr;
 #: `python examples/velocity_methods.py`). `glacierxr velocity` keeps flow's default, NCC.
 _FLOW_METHOD = "farneback"
 _BARE_ICE_MARGIN_M = 150.0  # evaluate flow this far below the snow line of both scenes
