@@ -742,8 +742,9 @@ def align(
     * **Sample** (the DESIGN chain to ``align``, 96 x 96 px, 2 years): 0.034 px (0.035 without
       the automatic ground); glacier on half of a 192 x 192 px scene: 0.044 px (0.064).
     * **Cost.**  The first pass runs at half resolution (2 x 2 block means; as accurate here,
-      since it only has to find the stable ground and a sharper mean): 1.5 x the seconds per
-      scene of one plain full-resolution pass, 0.66 x the previous two-pass default.
+      since it only has to find the stable ground and a sharper mean): 1.5-1.6 x the seconds
+      per scene of one plain full-resolution pass, 0.7-1.0 x the previous two-pass default
+      (two runs on a shared machine).
     * **Alternatives measured** (on the previous full-resolution first pass).  A stable mask
       from the temporal standard deviation of the values removes the static edges that carry
       the registration; the texture variability used here is normalised by the local texture
@@ -802,6 +803,7 @@ def align(
                          dims, out_dtype, settings)
     flag = FLAG_AUTO if auto and flag == FLAG_NONE else flag
     attrs = dict(settings._asdict(), reference=reference_attr, passes=n_passes, stable_flag=flag,
+                 first_pass="half resolution" if auto else "full resolution",
                  stable_mask=stable is not None, outlines=outlines is not None,
                  auto_stable=auto, stable_threshold=float(stable_threshold),
                  observed_mask=observed_mask is not None)
@@ -829,7 +831,7 @@ def _describe(da: xr.DataArray, result: _Passes, observed: Hashable | None, attr
     out = result.warped.transpose(*da.dims).assign_coords({**original, **coords})
     out.name = da.name
     out.attrs = dict(da.attrs)
-    out.attrs.update({f"align_{key}": value for key, value in attrs.items()})
+    out.attrs.update({f"align_{key}": value for key, value in attrs.items() if key != "coarse"})
     return out
 
 
