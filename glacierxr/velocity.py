@@ -312,8 +312,10 @@ def _no_pairs_message(times, clear, min_days, max_days, min_clear, months) -> st
     if months is not None:
         rules += f", both in months {list(months)}"
     return (
-        f"No pair of scenes is {rules} ({found}). Widen the range (max_days=), lower min_clear=, "
-        "drop months=, or load a longer period."
+        f"No pair of scenes is {rules} ({found}). Widen the range (e.g. max_days={2 * max_days:g}), "
+        + (f"lower min_clear (e.g. min_clear={max(min_clear - 0.2, 0.0):.1f}), " if min_clear else "")
+        + ("allow more months, " if months is not None else "")
+        + "or load a longer period."
     )
 
 

@@ -117,7 +117,7 @@ def test_select_pairs__months_keep_late_summer_pairs():
 
 def test_select_pairs__no_pair_says_what_was_found():
     scenes = _cloudy_series()
-    with pytest.raises(NoPairsError, match=r"6 scenes, consecutive separations 16-16 days.*max_days="):
+    with pytest.raises(NoPairsError, match=r"6 scenes, consecutive separations 16-16 days.*max_days=20"):
         select_pairs(scenes, min_days=5, max_days=10)
     with pytest.raises(NoPairsError, match="clear fractions 0.40-1.00"):
         select_pairs(scenes, min_clear=1.0, months=(2, 3), max_days=16)
@@ -420,6 +420,8 @@ def test_cli_velocity__prepared_cube_to_netcdf(velocity_sample, capsys):
     assert (cube["clear_img1"] >= 0.55).all() and cube.rio.crs.to_epsg() == 32643
     middle = cube["time_start"] + (cube["time_end"] - cube["time_start"]) / 2  # read back exactly
     np.testing.assert_array_equal(cube["mid_date"].values, middle.values)
+    assert main(["velocity", "--data", str(prepared), "--max-days", "8", "--out", str(root / "x.nc")]) == 2
+    assert "--max-days 16" in capsys.readouterr().err  # the library's advice in the command's words
     assert main(["velocity", "--data", str(prepared), "--band", "pan", "--out", str(root / "x.nc")]) == 2
     assert "no band 'pan'" in capsys.readouterr().err
     # a panchromatic band, where the scenes have one, is tracked by default
