@@ -446,47 +446,6 @@ def velocity(config_path, catalog, glacier, bbox, datetime_, data, band, resolut
 
 
 @cli.command(context_settings=CONTEXT)
-@config_option
-@catalog_option
-@click.option("--glacier", default=None, help="A named region (see `glacierxr regions`).")
-@click.option("--bbox", default=None, help="west,south,east,north in degrees.")
-@click.option("--datetime", "datetime_", default=None, show_default=_default("data", "datetime"))
-@click.option("--data", type=click.Path(), default=None,
-              help="A cube of scenes (Zarr or NetCDF, e.g. written by glacierxr.io.write) instead of a catalog.")
-@click.option("--band", default=None, help="Band to track [default: pan where the scenes have it, else green].")
-@click.option("--min-days", type=float, default=None, show_default=_default("velocity", "min_days"),
-              help="Shortest time between the two scenes of a pair.")
-@click.option("--max-days", type=float, default=None, show_default=_default("velocity", "max_days"),
-              help="Longest time between the two scenes of a pair.")
-@click.option("--min-clear", type=float, default=None, show_default=_default("velocity", "min_clear"),
-              help="Least fraction of valid pixels of both scenes.")
-@click.option("--method", default=None, help="Tracking method of glacierxr.flow.flow [default: flow's].")
-@click.option("--spacing", type=float, default=None, help="Output posting in metres [default: flow's].")
-@click.option("--composite", "period", default=None,
-              help="Also write the robust composite per period (YS, QS-DEC, 6MS ...) beside --out.")
-@click.option("--out", type=click.Path(), required=True, help="Output velocity cube: .zarr or .nc.")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (once the new one is complete).")
-def velocity(config_path, catalog, glacier, bbox, datetime_, data, band, min_days, max_days, min_clear,
-             method, spacing, period, out, overwrite):
-    """Surface velocity of every usable pair of scenes → an ITS_LIVE-like velocity cube."""
-    from glacierxr._safety import output_lock
-    from glacierxr.pipeline import velocity as run_velocity
-
-    config = _config(
-        config_path, data__catalog=_catalog_input(catalog), data__glacier=glacier, data__bbox=_bbox(bbox),
-        data__datetime=datetime_, velocity__band=band, velocity__min_days=min_days,
-        velocity__max_days=max_days, velocity__min_clear=min_clear, velocity__method=method,
-        velocity__spacing=spacing, velocity__composite=period,
-    )
-    with output_lock(out):
-        _refuse_existing(out, overwrite)
-        if data is None:
-            _echo_query(config.data)
-        path = run_velocity(config, out, data=data, overwrite=overwrite)
-    click.echo(str(path))
-
-
-@cli.command(context_settings=CONTEXT)
 @click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True)
 @click.option("--quick", is_flag=True, help="Smaller sample and shorter training (for tests).")
 def demo(out, quick):
