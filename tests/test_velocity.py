@@ -467,3 +467,19 @@ def test_velocity_cube__keeps_the_clear_fractions_of_the_given_table():
     assert cube["clear_img1"].values.tolist() == [0.8, 0.9]  # sorted by mid_date
     assert cube["date_dt"].values.tolist() == [32.0, 16.0]
     assert cube["scene_id_img1"].values.tolist() == ["scene-0", "scene-1"]
+
+
+def test_pipeline_velocity_stage__one_small_compute_before_the_write(velocity_sample):
+    """Catalog → scenes → pairs → cube: only the QA mask's per-scene missing fractions are computed."""
+    from glacierxr import pipeline
+    from glacierxr.config import RunConfig
+    from glacierxr.testing import count_computes
+
+    _, catalog, _ = velocity_sample
+    config = RunConfig.from_dict({"data": {"catalog": str(catalog), "datetime": VELOCITY_PERIOD}})
+    with count_computes() as counter:
+        scenes = pipeline.velocity_scenes(config)
+        pairs = select_pairs(scenes, max_days=48)  # from the in-memory missing fractions
+        cube = velocity_cube(scenes, pairs)
+    assert counter.total_computes == 1
+    assert scenes.name == "green" and dask.is_dask_collection(cube["vx"].data)
