@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from glacierxr.errors import ModelError
-from glacierxr.ml.models.base import ForecastModel
+from glacierxr.ml.models.base import ForecastModel, compose_doc
 
 __all__ = [
     "ForecastModel",
@@ -58,6 +58,8 @@ M = TypeVar("M", bound=type[ForecastModel])
 def register_model(name: str) -> Callable[[M], M]:
     """Class decorator adding a :class:`ForecastModel` subclass to the registry as ``name``.
 
+    It also fills the class docstring's shared fragments (:func:`~.base.compose_doc`).
+
     Raises
     ------
     ModelError
@@ -72,6 +74,7 @@ def register_model(name: str) -> Callable[[M], M]:
                 f"choose another name for {cls.__qualname__}."
             )
         cls.model_name = name
+        cls.__doc__ = compose_doc(cls.__doc__)
         _REGISTRY[name] = cls
         return cls
 

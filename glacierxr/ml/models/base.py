@@ -29,22 +29,52 @@ from torch import nn
 
 from glacierxr.errors import DimensionError, ModelError
 
-__all__ = ["ForecastModel", "count_parameters"]
+__all__ = ["ForecastModel", "count_parameters", "DOC_FRAGMENTS", "compose_doc"]
+
+#: Docstring text shared by the models of the zoo.  A class docstring names a fragment as
+#: ``{key}`` alone on a line; :func:`compose_doc` (run by ``register_model``) puts the text in,
+#: indented like that line, so each shared sentence is written once.
+DOC_FRAGMENTS: dict[str, str] = {
+    "output_steps": (
+        "output_steps : int\n"
+        "    Frames predicted when ``forward`` gets neither ``steps`` nor ``targets``."
+    ),
+    "shapes": (
+        "Shapes\n"
+        "------\n"
+        "``inputs (batch, input_steps, 1, height, width)`` → ``(batch, steps, 1, height, width)``;"
+    ),
+    "padded_tiles": (
+        "Frames of any ``height × width`` work: they are padded by edge replication to a multiple\n"
+        "of ``patch_size`` and predictions are cropped back."
+    ),
+    "example_imports": ">>> import torch\n>>> from glacierxr.ml import get_model",
+}
 
 
 class ForecastModel(nn.Module):
     """Base class of the model zoo: argument checks, ``config`` and teacher-forcing draws.
 
-    Subclasses call ``self._save_config(locals())`` first thing in ``__init__`` (after
-    ``super().__init__()``) and implement :meth:`_forecast`.
+    Subclasses call ``super().__init__(locals())`` first thing in ``__init__`` and implement
+    :meth:`_forecast`.  That records the constructor arguments as :attr:`config` and checks the
+    arguments every model of the zoo has: ``dropout`` (a float in [0, 1)) and ``output_steps``
+    (an int >= 1, kept as ``self.output_steps``).  ``super().__init__()`` without arguments
+    followed by ``self._save_config(locals())`` records the config without those checks.
     """
 
     #: Registry name, set by :func:`glacierxr.ml.models.register_model`.
     model_name: ClassVar[str] = ""
 
-    def __init__(self) -> None:
+    def __init__(self, arguments: dict[str, Any] | None = None) -> None:
         super().__init__()
         self._config: dict[str, Any] = {}
+        if arguments is not None:
+            self._save_config(arguments)
+            if "dropout" in arguments:
+                check_probability(self.model_name, "dropout", arguments["dropout"])
+            if "output_steps" in arguments:
+                steps = arguments["output_steps"]
+                self.output_steps = check_int(self.model_name, "output_steps", steps)
 
     # ------------------------------------------------------------------ config
     def _save_config(self, arguments: dict[str, Any]) -> None:
@@ -154,6 +184,24 @@ class ForecastModel(nn.Module):
 
 
 # ---------------------------------------------------------------------------- helpers
+def compose_doc(doc: str | None) -> str | None:
+    """``doc`` with every line ``{key}`` (``key`` in :data:`DOC_FRAGMENTS`) replaced by its text.
+
+    The fragment takes the placeholder line's indentation; other braces are left alone.
+    """
+    if not doc:
+        return doc
+    lines = []
+    for line in doc.split("\n"):
+        key = line.strip()
+        if key.startswith("{") and key.endswith("}") and key[1:-1] in DOC_FRAGMENTS:
+            indent = line[: len(line) - len(line.lstrip())]
+            lines.extend(indent + part for part in DOC_FRAGMENTS[key[1:-1]].split("\n"))
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def _copy(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
 

@@ -8,10 +8,8 @@ from torch import nn
 from glacierxr.ml.models import register_model
 from glacierxr.ml.models.base import (
     ForecastModel,
-    check_int,
     check_ints,
     check_odd,
-    check_probability,
 )
 
 __all__ = ["ConvLSTMCell", "ConvLSTMForecaster"]
@@ -98,12 +96,9 @@ class ConvLSTMForecaster(ForecastModel):
         Odd convolution kernel size of the cells.
     dropout : float
         Dropout between stacked layers and before the 1 × 1 head.
-    output_steps : int
-        Frames predicted when ``forward`` gets neither ``steps`` nor ``targets``.
+    {output_steps}
 
-    Shapes
-    ------
-    ``inputs (batch, input_steps, 1, height, width)`` → ``(batch, steps, 1, height, width)``;
+    {shapes}
     any ``input_steps``, ``steps``, ``height`` and ``width``.
 
     References
@@ -118,8 +113,7 @@ class ConvLSTMForecaster(ForecastModel):
 
     Examples
     --------
-    >>> import torch
-    >>> from glacierxr.ml import get_model
+    {example_imports}
     >>> model = get_model("convlstm", hidden_channels=(8, 8))
     >>> model(torch.rand(2, 4, 1, 20, 24), steps=3).shape
     torch.Size([2, 3, 1, 20, 24])
@@ -133,13 +127,10 @@ class ConvLSTMForecaster(ForecastModel):
         dropout: float = 0.1,
         output_steps: int = 4,
     ) -> None:
-        super().__init__()
-        self._save_config(locals())
-        name = "convlstm"
+        super().__init__(locals())
+        name = self.model_name
         hidden = check_ints(name, "hidden_channels", hidden_channels)
         kernel_size = check_odd(name, "kernel_size", kernel_size)
-        dropout = check_probability(name, "dropout", dropout)
-        check_int(name, "output_steps", output_steps)
         self.encoder = _ConvLSTMStack(1, hidden, kernel_size, dropout)
         self.forecaster = _ConvLSTMStack(1, hidden, kernel_size, dropout)
         self.dropout = nn.Dropout(dropout)

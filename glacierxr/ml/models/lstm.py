@@ -11,7 +11,6 @@ from glacierxr.ml.models.base import (
     ForecastModel,
     check_bool,
     check_int,
-    check_probability,
 )
 
 __all__ = ["LSTMEncoderDecoder", "PeepholeLSTMCell"]
@@ -129,12 +128,9 @@ class LSTMEncoderDecoder(ForecastModel):
         instead of :class:`torch.nn.LSTM`.
     dropout : float
         Dropout on the embeddings, between stacked layers and before the read-out.
-    output_steps : int
-        Frames predicted when ``forward`` gets neither ``steps`` nor ``targets``.
+    {output_steps}
 
-    Shapes
-    ------
-    ``inputs (batch, input_steps, 1, height, width)`` → ``(batch, steps, 1, height, width)``;
+    {shapes}
     any ``input_steps`` and ``steps``.
 
     References
@@ -151,8 +147,7 @@ class LSTMEncoderDecoder(ForecastModel):
 
     Examples
     --------
-    >>> import torch
-    >>> from glacierxr.ml import get_model
+    {example_imports}
     >>> model = get_model("lstm", height=16, width=16, hidden_size=32, embedding_size=None)
     >>> model(torch.rand(2, 4, 1, 16, 16), steps=2).shape
     torch.Size([2, 2, 1, 16, 16])
@@ -170,9 +165,8 @@ class LSTMEncoderDecoder(ForecastModel):
         dropout: float = 0.1,
         output_steps: int = 4,
     ) -> None:
-        super().__init__()
-        self._save_config(locals())
-        name = "lstm"
+        super().__init__(locals())
+        name = self.model_name
         self.height = check_int(name, "height", height)
         self.width = check_int(name, "width", width)
         hidden_size = check_int(name, "hidden_size", hidden_size)
@@ -180,8 +174,6 @@ class LSTMEncoderDecoder(ForecastModel):
         if embedding_size is not None:
             embedding_size = check_int(name, "embedding_size", embedding_size)
         peephole = check_bool(name, "peephole", peephole)
-        dropout = check_probability(name, "dropout", dropout)
-        check_int(name, "output_steps", output_steps)
 
         pixels = self.height * self.width
         if embedding_size is None:

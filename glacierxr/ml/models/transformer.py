@@ -10,13 +10,12 @@ from glacierxr.ml.models.base import (
     ForecastModel,
     check_divisible,
     check_int,
-    check_probability,
     pad_to_multiple,
     sinusoidal,
     spatial_encoding,
 )
 
-__all__ = ["TransformerLSTM", "PatchEmbedding", "block_causal_mask"]
+__all__ = ["TransformerLSTM", "PatchEmbedding", "PatchTokenModel", "block_causal_mask"]
 
 
 class PatchEmbedding(nn.Module):
@@ -46,6 +45,36 @@ class PatchEmbedding(nn.Module):
         return frames.reshape(batch, time, 1, height, width)
 
 
+class PatchTokenModel(ForecastModel):
+    """What the two attention models share: frames cut into tile tokens with 2-D space codes.
+
+    :meth:`_init_tokens` checks ``patch_size``, ``d_model`` and ``num_heads`` (``d_model``
+    divisible by 4 for the 2-D sinusoidal encodings and by ``num_heads``) and builds the tile
+    embedding and the embedding dropout; :meth:`_token_grid` pads frames to whole tiles and
+    gives the space encodings of that grid.
+    """
+
+    def _init_tokens(self, patch_size: int, d_model: int, num_heads: int, dropout: float) -> int:
+        """Check and build the token pieces; returns the checked ``num_heads``."""
+        name = self.model_name
+        self.patch_size = check_int(name, "patch_size", patch_size)
+        self.d_model = check_int(name, "d_model", d_model)
+        num_heads = check_int(name, "num_heads", num_heads)
+        check_divisible(name, "d_model", d_model, 4, "2-D sinusoidal position encodings")
+        check_divisible(name, "d_model", d_model, num_heads, f"num_heads={num_heads}")
+        self.patches = PatchEmbedding(self.patch_size, d_model)
+        self.embedding_dropout = nn.Dropout(dropout)
+        return num_heads
+
+    def _token_grid(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``frames (..., H, W)`` padded to whole tiles, and the ``(tokens, d_model)`` space codes."""
+        p = self.patch_size
+        padded, _, _ = pad_to_multiple(frames, p)
+        padded_h, padded_w = padded.shape[-2:]
+        space = spatial_encoding(padded_h // p, padded_w // p, self.d_model, frames.device)
+        return padded, space.to(frames.dtype)
+
+
 def block_causal_mask(frames: int, tokens: int, device=None) -> torch.Tensor:
     """Boolean attention mask over ``frames * tokens`` tokens, True where attention is blocked.
 
@@ -56,7 +85,7 @@ def block_causal_mask(frames: int, tokens: int, device=None) -> torch.Tensor:
 
 
 @register_model("transformer")
-class TransformerLSTM(ForecastModel):
+class TransformerLSTM(PatchTokenModel):
     """Self-attention Transformer–LSTM hybrid forecaster (registry name ``"transformer"``).
 
     Following the encoder–decoder Transformer of Vaswani et al. (2017) as adapted in the seed
@@ -81,9 +110,9 @@ class TransformerLSTM(ForecastModel):
     each prediction (or, with probability ``teacher_forcing``, the true frame) back as the next
     decoder input.  Both paths give the same result for the same decoder inputs.
 
-    Frames of any ``height × width`` work: they are padded by edge replication to a multiple of
-    ``patch_size`` and predictions are cropped back.  The default configuration has
-    **214,116 trainable parameters**.
+    {padded_tiles}
+
+    The default configuration has **214,116 trainable parameters**.
 
     Parameters
     ----------
@@ -99,12 +128,9 @@ class TransformerLSTM(ForecastModel):
         Hidden size of the position-wise feed-forward blocks.
     dropout : float
         Dropout in attention, feed-forward blocks and on the embeddings.
-    output_steps : int
-        Frames predicted when ``forward`` gets neither ``steps`` nor ``targets``.
+    {output_steps}
 
-    Shapes
-    ------
-    ``inputs (batch, input_steps, 1, height, width)`` → ``(batch, steps, 1, height, width)``;
+    {shapes}
     any ``input_steps``, ``steps``, ``height`` and ``width``.
 
     References
@@ -118,8 +144,7 @@ class TransformerLSTM(ForecastModel):
 
     Examples
     --------
-    >>> import torch
-    >>> from glacierxr.ml import get_model
+    {example_imports}
     >>> model = get_model("transformer", patch_size=4, d_model=16, num_heads=2)
     >>> model(torch.rand(2, 4, 1, 20, 24), steps=3).shape
     torch.Size([2, 3, 1, 20, 24])
@@ -137,23 +162,14 @@ class TransformerLSTM(ForecastModel):
         dropout: float = 0.1,
         output_steps: int = 4,
     ) -> None:
-        super().__init__()
-        self._save_config(locals())
-        name = "transformer"
-        self.patch_size = check_int(name, "patch_size", patch_size)
-        self.d_model = check_int(name, "d_model", d_model)
-        num_heads = check_int(name, "num_heads", num_heads)
-        check_divisible(name, "d_model", d_model, 4, "2-D sinusoidal position encodings")
-        check_divisible(name, "d_model", d_model, num_heads, f"num_heads={num_heads}")
+        super().__init__(locals())
+        num_heads = self._init_tokens(patch_size, d_model, num_heads, dropout)
+        name = self.model_name
         encoder_layers = check_int(name, "encoder_layers", encoder_layers)
         decoder_layers = check_int(name, "decoder_layers", decoder_layers)
         feedforward_size = check_int(name, "feedforward_size", feedforward_size)
-        dropout = check_probability(name, "dropout", dropout)
-        check_int(name, "output_steps", output_steps)
 
-        self.patches = PatchEmbedding(self.patch_size, d_model)
         self.start_token = nn.Parameter(torch.randn(d_model) * 0.02)
-        self.embedding_dropout = nn.Dropout(dropout)
         layer = dict(
             d_model=d_model,
             nhead=num_heads,
@@ -211,10 +227,8 @@ class TransformerLSTM(ForecastModel):
     def _forecast(self, inputs, steps, targets, teacher_forcing):
         batch, time, _, height, width = inputs.shape
         p = self.patch_size
-        padded, _, _ = pad_to_multiple(inputs, p)
+        padded, space = self._token_grid(inputs)
         padded_h, padded_w = padded.shape[-2:]
-        space = spatial_encoding(padded_h // p, padded_w // p, self.d_model, inputs.device)
-        space = space.to(inputs.dtype)
         tokens = space.shape[0]
 
         encoded = self._tokens(padded, 0, space)

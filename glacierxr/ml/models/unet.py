@@ -10,7 +10,6 @@ from glacierxr.ml.models import register_model
 from glacierxr.ml.models.base import (
     ForecastModel,
     check_int,
-    check_probability,
     pad_to_multiple,
 )
 
@@ -90,12 +89,9 @@ class RecurrentUNet(ForecastModel):
         Number of 2 × 2 poolings (levels below the first).
     dropout : float
         Dropout at the bottom of the contracting path.
-    output_steps : int
-        Frames predicted when ``forward`` gets neither ``steps`` nor ``targets``.
+    {output_steps}
 
-    Shapes
-    ------
-    ``inputs (batch, input_steps, 1, height, width)`` → ``(batch, steps, 1, height, width)``;
+    {shapes}
     any ``steps``, ``height`` and ``width``.
 
     References
@@ -106,8 +102,7 @@ class RecurrentUNet(ForecastModel):
 
     Examples
     --------
-    >>> import torch
-    >>> from glacierxr.ml import get_model
+    {example_imports}
     >>> model = get_model("unet", input_steps=2, base_channels=4, depth=2)
     >>> model(torch.rand(3, 2, 1, 50, 50), steps=4).shape
     torch.Size([3, 4, 1, 50, 50])
@@ -122,14 +117,11 @@ class RecurrentUNet(ForecastModel):
         dropout: float = 0.1,
         output_steps: int = 4,
     ) -> None:
-        super().__init__()
-        self._save_config(locals())
-        name = "unet"
+        super().__init__(locals())
+        name = self.model_name
         self.input_steps = check_int(name, "input_steps", input_steps)
         base_channels = check_int(name, "base_channels", base_channels)
         self.depth = check_int(name, "depth", depth, minimum=0)
-        dropout = check_probability(name, "dropout", dropout)
-        check_int(name, "output_steps", output_steps)
         self.unet = UNet(self.input_steps, 1, base_channels, self.depth, dropout)
 
     def _forecast(self, inputs, steps, targets, teacher_forcing):

@@ -6,22 +6,14 @@ import torch
 from torch import nn
 
 from glacierxr.ml.models import register_model
-from glacierxr.ml.models.base import (
-    ForecastModel,
-    check_divisible,
-    check_int,
-    check_probability,
-    pad_to_multiple,
-    sinusoidal,
-    spatial_encoding,
-)
-from glacierxr.ml.models.transformer import PatchEmbedding
+from glacierxr.ml.models.base import check_int, sinusoidal
+from glacierxr.ml.models.transformer import PatchTokenModel
 
 __all__ = ["VisionTransformerForecaster"]
 
 
 @register_model("vit")
-class VisionTransformerForecaster(ForecastModel):
+class VisionTransformerForecaster(PatchTokenModel):
     """Vision Transformer predicting all future frames at once (registry name ``"vit"``).
 
     Every input frame is cut into ``patch_size × patch_size`` tiles, each projected linearly to
@@ -41,9 +33,9 @@ class VisionTransformerForecaster(ForecastModel):
     the input window sliding over the predicted frames (or, with probability
     ``teacher_forcing`` per frame, the true ones).
 
-    Frames of any ``height × width`` work: they are padded by edge replication to a multiple of
-    ``patch_size`` and predictions are cropped back.  The default configuration has
-    **147,236 trainable parameters**.
+    {padded_tiles}
+
+    The default configuration has **147,236 trainable parameters**.
 
     Parameters
     ----------
@@ -63,9 +55,7 @@ class VisionTransformerForecaster(ForecastModel):
         Future frames predicted per pass (number of learned query frames); also the default
         ``steps``.
 
-    Shapes
-    ------
-    ``inputs (batch, input_steps, 1, height, width)`` → ``(batch, steps, 1, height, width)``;
+    {shapes}
     any ``input_steps``, ``steps``, ``height`` and ``width``.
 
     References
@@ -77,8 +67,7 @@ class VisionTransformerForecaster(ForecastModel):
 
     Examples
     --------
-    >>> import torch
-    >>> from glacierxr.ml import get_model
+    {example_imports}
     >>> model = get_model("vit", patch_size=4, d_model=16, depth=1, num_heads=2)
     >>> model(torch.rand(2, 4, 1, 20, 24), steps=6).shape
     torch.Size([2, 6, 1, 20, 24])
@@ -95,22 +84,12 @@ class VisionTransformerForecaster(ForecastModel):
         dropout: float = 0.1,
         output_steps: int = 4,
     ) -> None:
-        super().__init__()
-        self._save_config(locals())
-        name = "vit"
-        self.patch_size = check_int(name, "patch_size", patch_size)
-        self.d_model = check_int(name, "d_model", d_model)
-        depth = check_int(name, "depth", depth)
-        num_heads = check_int(name, "num_heads", num_heads)
-        check_divisible(name, "d_model", d_model, 4, "2-D sinusoidal position encodings")
-        check_divisible(name, "d_model", d_model, num_heads, f"num_heads={num_heads}")
-        mlp_size = check_int(name, "mlp_size", mlp_size)
-        dropout = check_probability(name, "dropout", dropout)
-        self.output_steps = check_int(name, "output_steps", output_steps)
+        super().__init__(locals())
+        num_heads = self._init_tokens(patch_size, d_model, num_heads, dropout)
+        depth = check_int(self.model_name, "depth", depth)
+        mlp_size = check_int(self.model_name, "mlp_size", mlp_size)
 
-        self.patches = PatchEmbedding(self.patch_size, d_model)
         self.queries = nn.Parameter(torch.randn(self.output_steps, d_model) * 0.02)
-        self.embedding_dropout = nn.Dropout(dropout)
         self.encoder = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(
                 d_model,
@@ -131,10 +110,8 @@ class VisionTransformerForecaster(ForecastModel):
         """Predict ``output_steps`` frames after ``window (B, T, 1, H, W)`` in one pass."""
         batch, time, _, height, width = window.shape
         p, d, future = self.patch_size, self.d_model, self.output_steps
-        padded, _, _ = pad_to_multiple(window, p)
+        padded, space = self._token_grid(window)  # space: (N, d)
         padded_h, padded_w = padded.shape[-2:]
-        space = spatial_encoding(padded_h // p, padded_w // p, d, window.device)  # (N, d)
-        space = space.to(window.dtype)
         tokens = space.shape[0]
         past = torch.arange(-time, 0, device=window.device)
         coming = torch.arange(0, future, device=window.device)
