@@ -32,8 +32,9 @@ Everything is analytic, so the truth is exact:
   centre line (the texture renews itself faster so that the shear never folds it).
   ``glacier_fraction`` widens the glacier to cover a given share of the scene.
 * **Retreat.** The terminus (a rounded tongue) retreats up-valley at a rate drawn per year
-  (constant with ``dynamics="cycle"``); a small proglacial lake lies in front of it (flagged
-  water in QA_PIXEL unless snow-covered).
+  (constant with ``dynamics="cycle"``), and with ``calving=True`` steps back 300 m at random
+  calving events; a small proglacial lake lies in front of it (flagged water in QA_PIXEL
+  unless snow-covered).
 * **Seasonal snow.** Ground above a snow line elevation is snow-covered; the snow line follows a
   smooth annual cycle (highest in early August) plus monthly anomalies that persist for months
   (:class:`SnowProcess`; none with ``dynamics="cycle"``) plus per-scene noise, and a static
@@ -292,7 +293,8 @@ class _Valley:
 
     def __init__(self, seed: int, width: int, height: int, resolution: float,
                  t0: dt.datetime, *, flow: str = "valley", max_speed: float | None = None,
-                 glacier_fraction: float | None = None, dynamics: str = "cycle") -> None:
+                 glacier_fraction: float | None = None, dynamics: str = "cycle",
+                 calving: bool = False) -> None:
         from scipy import fft
 
         rng = np.random.default_rng([seed, 0])
@@ -344,7 +346,7 @@ class _Valley:
         self.snow_hold_slope = _SNOW_HOLD_SLOPE_DEG
         self.snow_hold_noise = _SNOW_HOLD_NOISE_DEG
         self.flow = flow
-        self.weather = _Weather(seed, t0, dynamics)
+        self.weather = _Weather(seed, t0, dynamics, calving=calving)
         self.snow_line_noise = self.weather.process.std_scene
         self._set_flow(flow, max_speed)
         if glacier_fraction is not None:
@@ -465,9 +467,11 @@ class _Valley:
         return np.clip(total / norm, -1.0, 1.0)
 
     def terminus(self, years):
+        calved = self.weather.calved(years) / self.resolution
         if self.weather.dynamics != "memory":
-            return self.terminus0 - self.retreat_rate * years / self.resolution
-        return self.terminus0 - self.weather.retreat(self.retreat_rate, years) / self.resolution
+            return self.terminus0 - self.retreat_rate * years / self.resolution - calved
+        return (self.terminus0 - self.weather.retreat(self.retreat_rate, years) / self.resolution
+                - calved)
 
     def glacier(self, s, n, years):
         rel = n / self.half_width
@@ -640,6 +644,8 @@ class SnowProcess:
     retreat_log_std: float = 0.5
 
 
+_CALVING_EVERY_YEARS = 3.0  # mean time between calving events (calving=True)
+_CALVING_STEP_M = 300.0  # terminus retreat at each event
 _MAX_MONTHS = 2400  # months of the process drawn (200 years): later months never change earlier
 
 
@@ -647,8 +653,11 @@ class _Weather:
     """The snow-line anomaly and retreat processes of a sample (``dynamics``)."""
 
     def __init__(self, seed: int, t0: dt.datetime, dynamics: str,
-                 process: SnowProcess = SnowProcess()) -> None:
+                 process: SnowProcess = SnowProcess(), calving: bool = False) -> None:
         self.dynamics, self.process, self.t0 = dynamics, process, t0
+        # calving events: a Poisson process (one every CALVING_EVERY years on average)
+        gaps = np.random.default_rng([seed, 6]).exponential(_CALVING_EVERY_YEARS, 100)
+        self.calving_years = np.cumsum(gaps) if calving else np.empty(0)
         p = process
         shocks = np.random.default_rng([seed, 4]).standard_normal((_MAX_MONTHS, 2))
         self.fast = _ar1(shocks[:, 0], p.phi_fast, p.std_fast)
@@ -667,6 +676,10 @@ class _Weather:
     def anomaly(self, date) -> float:
         m = self.month(date)
         return float(self.fast[m] + _summer_weight(date) * self.melt[m])
+
+    def calved(self, years) -> float:
+        """Metres lost to calving events up to ``years``."""
+        return _CALVING_STEP_M * float(np.searchsorted(self.calving_years, years, side="right"))
 
     def retreat(self, rate: float, years):
         """Distance (m) the terminus has retreated after ``years`` at a mean ``rate`` (m/yr)."""
@@ -976,6 +989,7 @@ def write_catalog(
     max_speed: float | None = None,
     glacier_fraction: float | None = None,
     dynamics: str = "memory",
+    calving: bool = False,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
@@ -1020,6 +1034,10 @@ def write_catalog(
         (the default before issue 12): the snow line is a fixed annual cycle plus white
         noise per scene and the terminus retreats at a constant rate, so beyond the seasons
         there is little to forecast.
+    calving
+        Add calving events (a tidewater-like front): the terminus steps back 300 m at random
+        times, one every 3 years on average; their times are in the truth's attrs
+        (``calving_years``, years after ``start``) and show in ``terminus_distance``.
     overwrite
         Replace a sample already written in ``directory``.
     progress
@@ -1063,7 +1081,7 @@ def write_catalog(
 
     t0 = dt.datetime(first.year, first.month, first.day, tzinfo=dt.timezone.utc)
     valley = _Valley(seed, width, height, resolution, t0, flow=flow, max_speed=max_speed,
-                     glacier_fraction=glacier_fraction, dynamics=dynamics)
+                     glacier_fraction=glacier_fraction, dynamics=dynamics, calving=bool(calving))
     scenes = _schedule(seed, first, last, revisit_days, valley, grid.lat, grid.lon)
     if not scenes:
         raise ConfigError(
@@ -1426,6 +1444,8 @@ def _truth_attrs(valley: _Valley, params: dict) -> dict:
         glacier_fraction=valley.glacier_fraction(),
         retreat_rate=valley.retreat_rate,
         dynamics=valley.weather.dynamics,
+        calving_years=[float(y) for y in valley.weather.calving_years if y < 200.0],
+        calving_step_m=_CALVING_STEP_M,
         **{f"process_{k}": v for k, v in dataclasses.asdict(valley.weather.process).items()},
         snow_line_summer=valley.snow_line_summer,
         snow_line_winter=valley.snow_line_winter,

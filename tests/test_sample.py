@@ -740,3 +740,18 @@ def test_oracle__rejects_periods_before_the_issue_month(memory_truth):
     months = memory_truth["month"].values
     with pytest.raises(ConfigError, match="not after issue_time"):
         gx.sample.oracle_forecast(memory_truth, months[10], months[10:12])
+
+
+def test_calving__the_terminus_steps_back_at_the_event_times(tmp_path):
+    catalog = gx.sample.write_catalog(tmp_path, seed=4, width=40, height=40, start="2013-01-01",
+                                      end="2020-12-31", calving=True)
+    truth = gx.sample.open_truth(catalog)
+    years = (truth.time.values - np.datetime64("2013-01-01")) / np.timedelta64(1, "D") / 365.25
+    events = [y for y in np.atleast_1d(truth.attrs["calving_years"]) if years[0] < y <= years[-1]]
+    assert events, "seed 4 calves at least once in eight years"
+    steps = -np.diff(truth["terminus_distance"].values)
+    big = np.flatnonzero(steps > 0.8 * truth.attrs["calving_step_m"])
+    assert len(big) == len(events)  # one step per event, between the scenes around it
+    for i, event in zip(big, events):
+        assert years[i] < event <= years[i + 1] + 1e-9
+    assert np.median(steps) < 10.0  # otherwise the ordinary, slow retreat
