@@ -197,6 +197,59 @@ catalog_option = click.option(
     "--catalog", default=None, show_default=_default("data", "catalog"),
     help="STAC API URL, or a static catalog.json (e.g. from `glacierxr sample`).",
 )
+max_cloud_option = click.option(
+    "--max-cloud", type=float, default=None, show_default=_default("data", "max_cloud"),
+    help="Largest scene cloud cover, in percent.",
+)
+composites_option = click.option(
+    "--data", type=click.Path(), required=True, help="Composites from `glacierxr prepare`."
+)
+trained_option = click.option(
+    "--checkpoint", type=click.Path(), required=True, help="model.pt from `glacierxr train`."
+)
+
+
+def where_options(command):
+    """The options saying which scenes to search: --config, --catalog, --glacier, --bbox, --datetime.
+
+    The command receives ``config_path, catalog, glacier, bbox, datetime_``; pass the last four
+    to :func:`_where` for the ``[data]`` config overrides.
+    """
+    for option in reversed((
+        config_option,
+        catalog_option,
+        click.option("--glacier", default=None, help="A named region, e.g. parvati (see `glacierxr regions`)."),
+        click.option("--bbox", default=None, help="west,south,east,north in degrees."),
+        click.option("--datetime", "datetime_", default=None, show_default=_default("data", "datetime"),
+                     help="A period start/end, e.g. 2013-01-01/2021-01-01 (a day, month or year works too)."),
+    )):
+        command = option(command)
+    return command
+
+
+def run_options(what: str):
+    """--out, --resume and --overwrite of a training run folder; ``what`` names the run in --help."""
+
+    def decorate(command):
+        command = click.option(
+            "--overwrite", is_flag=True,
+            help="Replace the run in --out (only once the new run has written its first checkpoint).",
+        )(command)
+        command = click.option(
+            "--resume", is_flag=True, help=f"Continue the {what} in --out from its last checkpoint."
+        )(command)
+        return click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder.")(command)
+
+    return decorate
+
+
+epochs_option = click.option("--epochs", type=int, default=None, show_default=_default("train", "max_epochs"))
+
+
+def _where(catalog, glacier, bbox, datetime_) -> dict:
+    """The ``[data]`` config overrides of :func:`where_options` (checked and parsed)."""
+    return {"data__catalog": _catalog_input(catalog), "data__glacier": glacier, "data__bbox": _bbox(bbox),
+            "data__datetime": datetime_}
 
 
 @cli.command(context_settings=CONTEXT)
@@ -220,22 +273,15 @@ def sample(out, seed, width, height, start, end, overwrite):
 
 
 @cli.command(context_settings=CONTEXT)
-@config_option
-@catalog_option
-@click.option("--glacier", default=None, help="A named region, e.g. parvati (see `glacierxr regions`).")
-@click.option("--bbox", default=None, help="west,south,east,north in degrees.")
-@click.option("--datetime", "datetime_", default=None, show_default=_default("data", "datetime"),
-              help="A period start/end, e.g. 2013-01-01/2021-01-01 (a day, month or year works too).")
-@click.option("--max-cloud", type=float, default=None, show_default=_default("data", "max_cloud"),
-              help="Largest scene cloud cover, in percent.")
+@where_options
+@max_cloud_option
 @click.option("--limit", type=int, default=None, help="At most this many scenes.")
 def search(config_path, catalog, glacier, bbox, datetime_, max_cloud, limit):
     """Search scenes and print them as a table."""
     from glacierxr.pipeline import find_scenes
 
     config = _config(
-        config_path, data__catalog=_catalog_input(catalog), data__glacier=glacier, data__bbox=_bbox(bbox),
-        data__datetime=datetime_, data__max_cloud=max_cloud, data__limit=limit,
+        config_path, **_where(catalog, glacier, bbox, datetime_), data__max_cloud=max_cloud, data__limit=limit
     )
     _echo_query(config.data)
     items = find_scenes(config.data)
@@ -260,13 +306,8 @@ def regions():
 
 
 @cli.command(context_settings=CONTEXT)
-@config_option
-@catalog_option
-@click.option("--glacier", default=None, help="A named region (see `glacierxr regions`).")
-@click.option("--bbox", default=None, help="west,south,east,north in degrees.")
-@click.option("--datetime", "datetime_", default=None, show_default=_default("data", "datetime"))
-@click.option("--max-cloud", type=float, default=None, show_default=_default("data", "max_cloud"),
-              help="Largest scene cloud cover, in percent.")
+@where_options
+@max_cloud_option
 @click.option("--resolution", type=float, default=None, show_default=_default("load", "resolution"),
               help="Pixel size in metres.")
 @click.option("--months", type=int, default=None, show_default=_default("preprocess", "months"),
@@ -279,9 +320,8 @@ def prepare(config_path, catalog, glacier, bbox, datetime_, max_cloud, resolutio
     from glacierxr.pipeline import prepare as run_prepare
 
     config = _config(
-        config_path, data__catalog=_catalog_input(catalog), data__glacier=glacier, data__bbox=_bbox(bbox),
-        data__datetime=datetime_, data__max_cloud=max_cloud, load__resolution=resolution,
-        preprocess__months=months,
+        config_path, **_where(catalog, glacier, bbox, datetime_), data__max_cloud=max_cloud,
+        load__resolution=resolution, preprocess__months=months,
     )
     with output_lock(out):
         _refuse_existing(out, overwrite)
@@ -304,15 +344,12 @@ def _train_command(data, out, config, *, resume=False, overwrite=False, init=Non
 
 @cli.command(context_settings=CONTEXT)
 @config_option
-@click.option("--data", type=click.Path(), required=True, help="Composites from `glacierxr prepare`.")
+@composites_option
 @click.option("--model", "model_name", default=None, metavar="[" + "|".join(MODELS) + "]",
               show_default=_default("model", "name"), help="The forecasting model.")
-@click.option("--epochs", type=int, default=None, show_default=_default("train", "max_epochs"))
+@epochs_option
 @click.option("--batch-size", type=int, default=None, show_default=_default("train", "batch_size"))
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--overwrite", is_flag=True,
-              help="Replace the run in --out (only once the new run has written its first checkpoint).")
+@run_options("run")
 def train(config_path, data, model_name, epochs, batch_size, out, resume, overwrite):
     """Train a forecasting model on patch sequences of the composites."""
     config = _config(config_path, model__name=model_name, train__max_epochs=epochs, train__batch_size=batch_size)
@@ -324,12 +361,9 @@ def train(config_path, data, model_name, epochs, batch_size, out, resume, overwr
 @click.option("--checkpoint", type=click.Path(), required=True, help="model.pt trained on another glacier.")
 @click.option("--data", type=click.Path(), required=True, help="Composites of the new glacier.")
 @click.option("--freeze", multiple=True, help="Parameter-name prefix to keep fixed (repeatable).")
-@click.option("--epochs", type=int, default=None, show_default=_default("train", "max_epochs"))
+@epochs_option
 @click.option("--lr", type=float, default=None, show_default=_default("train", "lr"))
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder.")
-@click.option("--resume", is_flag=True, help="Continue the fine-tuning run in --out from its last checkpoint.")
-@click.option("--overwrite", is_flag=True,
-              help="Replace the run in --out (only once the new run has written its first checkpoint).")
+@run_options("fine-tuning run")
 def finetune(config_path, checkpoint, data, freeze, epochs, lr, out, resume, overwrite):
     """Fine-tune a trained model on another glacier's composites."""
     config = _config(config_path, train__max_epochs=epochs, train__lr=lr)
@@ -339,8 +373,8 @@ def finetune(config_path, checkpoint, data, freeze, epochs, lr, out, resume, ove
 
 @cli.command(context_settings=CONTEXT)
 @config_option
-@click.option("--data", type=click.Path(), required=True, help="Composites from `glacierxr prepare`.")
-@click.option("--checkpoint", type=click.Path(), required=True, help="model.pt from `glacierxr train`.")
+@composites_option
+@trained_option
 @click.option("--steps", type=int, default=None, show_default=_default("predict", "steps"), help="Periods to forecast.")
 @click.option("--out", type=click.Path(), required=True,
               help="Output: .zarr, .nc, or .tif (one GeoTIFF, one band per lead time).")
@@ -372,8 +406,8 @@ def _compact(table):
 
 @cli.command(context_settings=CONTEXT)
 @config_option
-@click.option("--data", type=click.Path(), required=True, help="Composites from `glacierxr prepare`.")
-@click.option("--checkpoint", type=click.Path(), required=True, help="model.pt from `glacierxr train`.")
+@composites_option
+@trained_option
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write the full table (confidence bounds included): Markdown, or CSV for a .csv name.")
@@ -403,11 +437,7 @@ def evaluate(config_path, data, checkpoint, split, out, overwrite):
 
 
 @cli.command(context_settings=CONTEXT)
-@config_option
-@catalog_option
-@click.option("--glacier", default=None, help="A named region (see `glacierxr regions`).")
-@click.option("--bbox", default=None, help="west,south,east,north in degrees.")
-@click.option("--datetime", "datetime_", default=None, show_default=_default("data", "datetime"))
+@where_options
 @click.option("--data", type=click.Path(), default=None,
               help="A cube of scenes (Zarr or NetCDF, e.g. written by glacierxr.io.write) instead of a catalog.")
 @click.option("--band", default=None, help="Band to track [default: pan where the scenes have it, else green].")
@@ -432,8 +462,8 @@ def velocity(config_path, catalog, glacier, bbox, datetime_, data, band, resolut
     from glacierxr.pipeline import velocity as run_velocity
 
     config = _config(
-        config_path, data__catalog=_catalog_input(catalog), data__glacier=glacier, data__bbox=_bbox(bbox),
-        data__datetime=datetime_, load__resolution=resolution, velocity__band=band, velocity__min_days=min_days,
+        config_path, **_where(catalog, glacier, bbox, datetime_), load__resolution=resolution,
+        velocity__band=band, velocity__min_days=min_days,
         velocity__max_days=max_days, velocity__min_clear=min_clear, velocity__method=method,
         velocity__spacing=spacing, velocity__composite=period,
     )
