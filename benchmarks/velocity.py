@@ -13,6 +13,8 @@ Measured in one run, on the same pairs:
   NCC reference (48 px chips, +-24 px, parabolic peak, correlation >= 0.5, neighbour-consistent;
   the reference of ``tests/test_flow.py``) on the terminus tongue (rows 680-960, columns
   880-1060), and the angle between the median vectors; baseline = Farnebäck's.
+* ``yahtse_speed_ratio_prefilter_*`` (full mode): the same speed ratio without prefilter and
+  with a plain high-pass, against the default Wallis filter.
 * ``yahtse_stable_px``: median displacement magnitude on the reference's slowest 30 % of points.
 * ``sample_epe_valley`` / ``sample_epe_fast``: median end-point error (px) on bare, clear ice of
   the sample's slow valley glacier (~1.4 px per 16 days) and fast tongue (12 px per 16 days)
@@ -106,7 +108,8 @@ def speed_rows(name: str, cube) -> object:
     return ours, farneback
 
 
-def yahtse_rows() -> None:
+def yahtse_rows(*, prefilters: bool) -> None:
+    from glacierxr.flow import flow
     from test_align import read_yahtse
     from test_flow import neighbour_consistent, reference_ncc
 
@@ -134,6 +137,11 @@ def yahtse_rows() -> None:
     emit("velocity", "yahtse_speed_ratio", ratio, "1", baseline="farneback", baseline_value=fb_ratio,
          reference_points=int(good.sum()), reference_median_px=round(float(np.median(np.hypot(ref_dx, ref_dy))), 2))
     emit("velocity", "yahtse_direction_deg", angle, "deg", baseline="farneback", baseline_value=fb_angle)
+    for kind in ("none", "highpass") if prefilters else ():  # the default is "wallis"
+        other = flow(cube, prefilter=kind).isel(time=0, y=pick_r, x=pick_c).compute()
+        kind_ratio, kind_angle = agreement(other.dx.values[good], other.dy.values[good])
+        emit("velocity", f"yahtse_speed_ratio_prefilter_{kind}", kind_ratio, "1", baseline="wallis (default)",
+             baseline_value=ratio, direction_deg=kind_angle)
     sparse = reference_ncc(first, second, rows[::4], cols[::4])
     ok = sparse[..., 2] >= 0.5
     speed = np.hypot(sparse[..., 0], sparse[..., 1])
@@ -209,7 +217,7 @@ def main() -> None:
         sample_truth_rows(Path(tmp))
         speed_rows("sample", sample_pair(Path(tmp) / "speed", 400 if args.quick else 800))
     if SHARED.joinpath("yahtse_l8_pan").is_dir():
-        yahtse_rows()
+        yahtse_rows(prefilters=not args.quick)
     else:
         print(f"skipping the Yahtse rows: {SHARED / 'yahtse_l8_pan'} not found", file=sys.stderr)
 

@@ -448,19 +448,22 @@ def flow(
     the method paper uses; it is smooth and fine for motions of a few pixels, but it
     under-estimates fast ice.
 
-    Why NCC is the default, measured (``python benchmarks/velocity.py --quick``): on the real
-    Yahtse Glacier pair (Landsat-8 pan, 15 m, 16 days; ``tests/test_flow.py``), on the terminus
-    tongue (rows 680-960, columns 880-1060, ~12 px per pair) the default gives 0.95 times the
-    median speed of an independent plain matchTemplate reference (48 px chips, +-24 px search)
-    and a direction 2 degrees from it; Farnebäck with its defaults gives 0.10 times the speed,
+    Why NCC is the default, measured (``python benchmarks/velocity.py``): on the real Yahtse
+    Glacier pair (Landsat-8 pan, 15 m, 16 days; ``tests/test_flow.py``), on the terminus tongue
+    (rows 680-960, columns 880-1060, ~12 px per pair) the default gives 0.98 times the median
+    speed of an independent plain matchTemplate reference (48 px chips, +-24 px search) and a
+    direction 1 degree from it; Farnebäck with its defaults gives 0.10 times the speed,
     pointing 168 degrees away.  On the sample's fast glacier (12 px per pair) the median
-    end-point error is 0.16 px (Farnebäck: 13.5 px); on its slow valley glacier (1.4 px per
-    pair) 0.15 px, where Farnebäck, smooth and dense, does better (0.11 px).  The sub-pixel
-    peak was measured on textures shifted by known fractional amounts (20 random shifts within
-    +-3 px, 5 % noise): median end-point error 0.022 px for a parabola through the peak,
-    0.021 px for a Gaussian (parabola of the log) and 0.080 px for a 16x Lanczos oversampling
-    of the 5 x 5 correlation (it rings), so ``"gaussian"`` is the default.  One pair costs
-    0.8-0.9 times a bare matchTemplate loop over the same chips and search radius.
+    end-point error is 0.17 px (Farnebäck: 14 px); on its slow valley glacier (1.4 px per pair)
+    0.15 px, where Farnebäck, smooth and dense, does better (0.09 px).  The sub-pixel peak was
+    measured on textures shifted by known fractional amounts (20 random shifts within +-3 px,
+    5 % noise): median end-point error 0.022 px for a parabola through the peak, 0.021 px for
+    a Gaussian (parabola of the log) and 0.080 px for a 16x Lanczos oversampling of the 5 x 5
+    correlation (it rings), so ``"gaussian"`` is the default.  Prefilters on the Yahtse tongue:
+    none 1.11 times the reference speed, high-pass 1.00, Wallis 0.98, and within 0.01 px of
+    each other on the sample; Wallis is kept because it also evens out the contrast of a hazy
+    and a clear scene.  One pair costs 0.5-0.8 times a bare matchTemplate loop over the same
+    chips and search radius.
 
     Stable surface (ITS_LIVE's ``stable_shift`` and ``stable_shift_flag``): with ``stable`` or
     ``outlines`` the points whose chip is at least 90 % stable ground are used (flag 1);
