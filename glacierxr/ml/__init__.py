@@ -8,14 +8,7 @@ from __future__ import annotations
 from glacierxr._lazy import lazy_attributes
 from glacierxr._validate import require_torch
 
-__all__ = [
-    "PatchSequences",
-    "get_model",
-    "list_models",
-    "Trainer",
-    "predict",
-]
-
+#: The public names, each imported on first use (with a clear error when PyTorch is missing).
 _LAZY = {
     "PatchSequences": ("glacierxr.ml.patches", "PatchSequences"),
     "get_model": ("glacierxr.ml.models", "get_model"),
@@ -23,4 +16,5 @@ _LAZY = {
     "Trainer": ("glacierxr.ml.train", "Trainer"),
     "predict": ("glacierxr.ml.predict", "predict"),
 }
+__all__ = list(_LAZY)
 __getattr__, __dir__ = lazy_attributes("glacierxr.ml", _LAZY, globals(), before=lambda: require_torch("glacierxr.ml"))
