@@ -134,6 +134,11 @@ def count_sequences(
 # --------------------------------------------------------------------------------------------
 # shared state
 # --------------------------------------------------------------------------------------------
+def _layout_field(name: str, doc: str) -> property:
+    """A read-only attribute of :class:`PatchSequences` read from the layout its views share."""
+    return property(lambda self: getattr(self._layout, name), doc=doc)
+
+
 @dataclass
 class _Layout:
     """Everything the views of one :class:`PatchSequences` share (cube, windows, splits, statistics)."""
@@ -373,31 +378,12 @@ class PatchSequences(IterableDataset):
         return view
 
     # ------------------------------------------------------------------------------ metadata
-    @property
-    def data(self) -> xr.DataArray:
-        """The ``(time, y, x)`` cube the windows are cut from (lazy, as given)."""
-        return self._layout.data
-
-    @property
-    def input_steps(self) -> int:
-        return self._layout.input_steps
-
-    @property
-    def target_steps(self) -> int:
-        return self._layout.target_steps
-
-    @property
-    def patch(self) -> int:
-        return self._layout.patch
-
-    @property
-    def stride(self) -> int:
-        return self._layout.stride
-
-    @property
-    def split_mode(self) -> str:
-        """``"temporal"``, ``"spatial"`` or ``"random"``."""
-        return self._layout.split_mode
+    data = _layout_field("data", "The ``(time, y, x)`` cube the windows are cut from (lazy, as given).")
+    input_steps = _layout_field("input_steps", "Periods of the inputs of a sequence.")
+    target_steps = _layout_field("target_steps", "Periods of the targets of a sequence.")
+    patch = _layout_field("patch", "Side of the square patches, in pixels.")
+    stride = _layout_field("stride", "Pixels between the corners of neighbouring patches.")
+    split_mode = _layout_field("split_mode", '``"temporal"``, ``"spatial"`` or ``"random"``.')
 
     @property
     def split_info(self) -> dict[str, Any]:
