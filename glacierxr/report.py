@@ -317,6 +317,8 @@ def learning_curve_figure(
     Returns
     -------
     matplotlib.figure.Figure
+        One axes: the losses per epoch, the reference lines and the best epoch (when the
+        history's ``attrs`` name one).
 
     Raises
     ------
@@ -382,6 +384,8 @@ def forecast_figure(
     Returns
     -------
     matplotlib.figure.Figure
+        One row of map axes per lead time, each error panel labelled with its MSE, and two
+        colour bars (values, errors).
 
     Raises
     ------
@@ -415,7 +419,6 @@ def forecast_figure(
     value_image = error_image = None
     for i in range(rows):
         date = pd.Timestamp(forecast["time"].values[i]).strftime("%Y-%m")
-        mse = float(np.nanmean(error[i] ** 2))
         panels = [(f[i], cmap, 0.0, 1.0), (a[i], cmap, 0.0, 1.0), (error[i], error_cmap, -limit, limit)]
         if p_error is not None:
             panels.append((p_error[i], error_cmap, -limit, limit))
@@ -430,12 +433,11 @@ def forecast_figure(
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(columns[j], fontsize=10)
-        axes[i, 2].text(0.02, 0.02, f"MSE {mse:.4f}", transform=axes[i, 2].transAxes, fontsize=8,
-                        color="k", bbox={"facecolor": "white", "alpha": 0.7, "pad": 1.5, "lw": 0})
-        if p_error is not None:
-            p_mse = float(np.nanmean(p_error[i] ** 2))
-            axes[i, 3].text(0.02, 0.02, f"MSE {p_mse:.4f}", transform=axes[i, 3].transAxes, fontsize=8,
-                            color="k", bbox={"facecolor": "white", "alpha": 0.7, "pad": 1.5, "lw": 0})
+        for column, errors in enumerate((error, p_error), start=2):  # each error panel's MSE
+            if errors is not None:
+                ax = axes[i, column]
+                ax.text(0.02, 0.02, f"MSE {float(np.nanmean(errors[i] ** 2)):.4f}", transform=ax.transAxes,
+                        fontsize=8, color="k", bbox={"facecolor": "white", "alpha": 0.7, "pad": 1.5, "lw": 0})
         axes[i, 0].set_ylabel(f"lead {int(leads[i])}\n{date}", fontsize=10)
     bar = fig.colorbar(value_image, ax=axes[:, :2].ravel().tolist(), shrink=0.6, location="bottom", aspect=30)
     bar.set_label(actual.attrs.get("long_name", actual.name or "value"))
