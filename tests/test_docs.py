@@ -83,9 +83,12 @@ def test_every_marker_is_known_and_every_page_is_collected():
 class _StandInCluster:
     """What a remote cluster gives the user, played by a LocalCluster in the test's folder."""
 
+    started: list[_StandInCluster] = []  # closed by the stand_ins fixture, whatever the page did
+
     def __init__(self, spill: Path):
         from dask.distributed import LocalCluster
 
+        _StandInCluster.started.append(self)
         self.cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                     dashboard_address=None, local_directory=str(spill))
 
@@ -162,6 +165,8 @@ def stand_ins(tmp_path, monkeypatch):
     memory = fsspec.filesystem("memory")
     record["memory"] = memory
     yield record
+    while _StandInCluster.started:
+        _StandInCluster.started.pop().close()
     scheduler.close()
     memory.store.clear()
 
@@ -201,12 +206,19 @@ def in_tmp(tmp_path, monkeypatch):
                          ids=lambda page: page.name)
 def test_python_blocks_of_the_page_run(page, in_tmp, stand_ins):
     pytest.importorskip("torch")
+    from dask.distributed import Client
+
     namespace: dict = {"__name__": "__docs__"}
+    before = {id(client) for client in Client._instances}
     start = time.perf_counter()
     try:
         ran, skipped = run_page(page, namespace, stand_ins)
     finally:
-        _close_clients(namespace)
+        _close_clients(namespace, before)
+    from distributed import default_client
+
+    with pytest.raises(ValueError):  # no client of the page is left as the default scheduler
+        default_client()
     elapsed = time.perf_counter() - start
     print(f"\n{page.name}: {ran} block(s) ran, {skipped} network block(s) skipped, {elapsed:.1f} s")
     if ran == 0:
@@ -252,12 +264,14 @@ def test_index_headline_measures_velocity_within_15_percent_on_bare_ice(in_tmp, 
     assert abs(ratio - 1) <= 0.15
 
 
-def _close_clients(namespace: dict) -> None:
+def _close_clients(namespace: dict, before: set) -> None:
+    """Close every Client the page opened (recipes replace `client` without closing the last),
+    so that none stays the default scheduler of later tests, and the page's local clusters."""
     from dask.distributed import Client
 
-    for value in list(namespace.values()):
-        if isinstance(value, Client):
-            value.close()
+    for client in list(Client._instances):
+        if id(client) not in before:
+            client.close()
     for value in list(namespace.values()):
         close = getattr(value, "close", None)
         if isinstance(value, _StandInCluster) or type(value).__name__ == "LocalCluster":
