@@ -64,6 +64,7 @@ torch = require_torch("glacierxr.ml.fullscene")
 from torch import nn  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
+from glacierxr.ml.models.base import ForecastModel  # noqa: E402
 from glacierxr.ml.train import Trainer, _masked_sse
 
 __all__ = [
@@ -475,12 +476,12 @@ class FullSceneSequences(Dataset):
 # --------------------------------------------------------------------------------------------
 # the wrapper model
 # --------------------------------------------------------------------------------------------
-class FullSceneModel(nn.Module):
+class FullSceneModel(ForecastModel):
     """Run a patch model over whole scenes: tile, forecast every tile, stitch back.
 
-    Same call convention as every glacierxr model (``forward(inputs, steps, targets=None,
-    teacher_forcing=0.0)``, ``(B, T_in, 1, H, W)`` → ``(B, steps, 1, H, W)``) for scenes of any
-    size, so :class:`glacierxr.ml.Trainer` trains it on :class:`FullSceneSequences` as it is:
+    A :class:`~glacierxr.ml.models.ForecastModel`: the call convention and input checks of every
+    glacierxr model (``forward(inputs, steps, targets=None, teacher_forcing=0.0)``,
+    ``(B, T_in, 1, H, W)`` → ``(B, steps, 1, H, W)``) for scenes of any size, so :class:`glacierxr.ml.Trainer` trains it on :class:`FullSceneSequences` as it is:
     the masked MSE is then taken on the stitched full scenes (seed paper § 5.1).
 
     Parameters
@@ -525,11 +526,17 @@ class FullSceneModel(nn.Module):
         self.halo = int(halo)
         self.tile_batch = None if tile_batch is None else int(tile_batch)
 
+    def _inner_config(self) -> dict[str, Any]:
+        return self.model.get_config() if callable(getattr(self.model, "get_config", None)) else {}
+
     @property
     def input_steps(self) -> int:
         """The inner model's ``input_steps`` (4 where it does not say)."""
-        config = self.model.get_config() if callable(getattr(self.model, "get_config", None)) else {}
-        return int(getattr(self.model, "input_steps", config.get("input_steps", 4)))
+        return int(getattr(self.model, "input_steps", self._inner_config().get("input_steps", 4)))
+
+    def _default_steps(self) -> int:
+        """The inner model's ``output_steps`` (1 where it does not say)."""
+        return int(self._inner_config().get("output_steps", 1))
 
     def get_config(self) -> dict[str, Any]:
         """``{"name": "fullscene", "patch", "halo", "model": <inner model's config>}``."""
@@ -541,34 +548,12 @@ class FullSceneModel(nn.Module):
             )
         return {"name": self.model_name, "patch": self.patch, "halo": self.halo, "model": dict(inner())}
 
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.get_config()
-
     def extra_repr(self) -> str:
         return f"patch={self.patch}, halo={self.halo}"
 
-    def forward(
-        self,
-        inputs: torch.Tensor,
-        steps: int | None = None,
-        targets: torch.Tensor | None = None,
-        teacher_forcing: float = 0.0,
-    ) -> torch.Tensor:
-        """Forecast whole scenes: ``(B, T_in, 1, H, W)`` → ``(B, steps, 1, H, W)``."""
-        _check_frames(inputs, "inputs")
+    def _forecast(self, inputs, steps, targets, teacher_forcing):
+        """Whole scenes ``(B, T_in, 1, H, W)`` → ``(B, steps, 1, H, W)``, checked by ``forward``."""
         height, width = inputs.shape[-2:]
-        if steps is None:
-            if targets is not None:
-                steps = int(targets.shape[1])
-            else:
-                config = self.model.get_config() if callable(getattr(self.model, "get_config", None)) else {}
-                steps = int(config.get("output_steps", 1))
-        if targets is not None:
-            expected = (inputs.shape[0], steps, 1, height, width)
-            if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != expected:
-                found = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
-                raise DimensionError(f"FullSceneModel: targets must have shape {expected}; found {found}.")
         tiles = tile_scene(inputs, self.patch, halo=self.halo)
         tile_targets = None if targets is None else tile_scene(targets, self.patch, halo=self.halo)
         chunk = self.tile_batch or tiles.shape[0]

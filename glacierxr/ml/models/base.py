@@ -92,11 +92,11 @@ class ForecastModel(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """Constructor arguments and ``name``: ``get_model(**config)`` rebuilds the model."""
-        return {"name": self.model_name, **{k: _copy(v) for k, v in self._config.items()}}
+        return self.get_config()
 
     def get_config(self) -> dict[str, Any]:
-        """Same as :attr:`config` (Keras-style spelling)."""
-        return self.config
+        """Same as :attr:`config` (Keras-style spelling; a wrapper overrides this one)."""
+        return {"name": self.model_name, **{k: _copy(v) for k, v in self._config.items()}}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={value!r}" for key, value in self._config.items())
@@ -144,6 +144,10 @@ class ForecastModel(nn.Module):
     ) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _default_steps(self) -> int:
+        """``steps`` when ``forward`` gets neither ``steps`` nor ``targets``."""
+        return self._config.get("output_steps", 1)
+
     def _check_call(self, inputs, steps, targets, teacher_forcing) -> int:
         name = self.model_name or type(self).__name__
         if not isinstance(inputs, torch.Tensor) or inputs.ndim != 5 or inputs.shape[2] != 1:
@@ -155,7 +159,7 @@ class ForecastModel(nn.Module):
         if inputs.shape[1] < 1:
             raise DimensionError(f"{name}: inputs have no time step (shape {tuple(inputs.shape)}).")
         if steps is None:
-            steps = targets.shape[1] if targets is not None else self._config.get("output_steps", 1)
+            steps = targets.shape[1] if targets is not None else self._default_steps()
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ModelError(f"{name}: steps must be a positive int; found {steps!r}.")
         if targets is not None:
