@@ -16,8 +16,14 @@ __all__ = [
     "SR_OFFSET",
     "SR_NODATA",
     "QA_BITS",
+    "QA_CONFIDENCE_BITS",
+    "QA_CONFIDENCE_LEVELS",
+    "QA_FILL",
     "DEFAULT_MASKED_FLAGS",
+    "EO_BANDS",
     "resolve_asset_key",
+    "asset_file_suffix",
+    "qa_word",
 ]
 
 #: Planetary Computer's STAC API, the default catalog of :func:`glacierxr.search`.
@@ -55,6 +61,23 @@ QA_BITS: Mapping[str, int] = {
     "water": 7,
 }
 
+#: QA_PIXEL two-bit confidence fields (Collection 2): flag -> offset of the field's low bit.
+QA_CONFIDENCE_BITS: Mapping[str, int] = {"cloud": 8, "cloud_shadow": 10, "snow": 12, "cirrus": 14}
+
+#: Values of a confidence field (2 is "medium" for cloud, reserved for the others).
+QA_CONFIDENCE_LEVELS: Mapping[str, int] = {"not_set": 0, "low": 1, "medium": 2, "high": 3}
+
+#: QA_PIXEL of a pixel without data (the fill bit alone); the nodata value of the QA asset.
+QA_FILL = 1 << QA_BITS["fill"]
+
+#: ``eo:bands`` entries of the surface-reflectance assets (OLI band, wavelengths in micrometres).
+EO_BANDS: Mapping[str, Mapping[str, object]] = {
+    "green": {"name": "OLI_B3", "common_name": "green", "description": "Visible green",
+              "center_wavelength": 0.56, "full_width_half_max": 0.06},
+    "swir16": {"name": "OLI_B6", "common_name": "swir16", "description": "Short-wave infrared",
+               "center_wavelength": 1.61, "full_width_half_max": 0.09},
+}
+
 #: Flags masked by :func:`glacierxr.qa.mask` unless told otherwise (snow and water are kept).
 DEFAULT_MASKED_FLAGS = ("fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow")
 
@@ -75,3 +98,40 @@ def resolve_asset_key(assets: Mapping[str, object], band: str) -> str | None:
         if key in assets:
             return key
     return None
+
+
+def asset_file_suffix(band: str) -> str:
+    """The USGS file-name suffix of a band's GeoTIFF (the last, Collection-2 asset key).
+
+    Examples
+    --------
+    >>> asset_file_suffix("green"), asset_file_suffix("qa_pixel")
+    ('SR_B3', 'QA_PIXEL')
+    """
+    return ASSET_ALIASES[band][-1]
+
+
+def qa_word(*flags: str, confidence: Mapping[str, str] | None = None) -> int:
+    """Compose one QA_PIXEL value from single-bit flag names and confidence levels.
+
+    Parameters
+    ----------
+    *flags
+        Names of :data:`QA_BITS` to set.
+    confidence
+        Confidence field (a key of :data:`QA_CONFIDENCE_BITS`) -> level (a key of
+        :data:`QA_CONFIDENCE_LEVELS`).
+
+    Examples
+    --------
+    >>> qa_word("fill")
+    1
+    >>> qa_word("cloud", "dilated_cloud", confidence={"cloud": "high"}) == (1 << 3) | (1 << 1) | (3 << 8)
+    True
+    """
+    word = 0
+    for flag in flags:
+        word |= 1 << QA_BITS[flag]
+    for field, level in (confidence or {}).items():
+        word |= QA_CONFIDENCE_LEVELS[level] << QA_CONFIDENCE_BITS[field]
+    return word

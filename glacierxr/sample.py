@@ -103,7 +103,7 @@ import numpy as np
 
 from glacierxr._safety import locks_output
 from glacierxr.errors import CatalogError, ConfigError
-from glacierxr.landsat import QA_BITS, SR_NODATA, SR_OFFSET, SR_SCALE
+from glacierxr._synthetic import SAMPLE_QA, asset_fields, to_dn, write_band_asset
 
 __all__ = ["write_catalog", "open_truth", "oracle_forecast", "snow_cover", "SnowProcess",
            "SAMPLE_BANDS", "SURFACE_CLASSES", "TRUTH_FILENAME"]
@@ -123,7 +123,6 @@ TRUTH_FILENAME = "truth.nc"
 _COLLECTION_ID = "landsat-c2-l2"
 _TRUTH_REL = "describedby"
 _TRUTH_MEDIA_TYPE = "application/x-netcdf"
-_COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 _LANDSAT9_FIRST = dt.date(2021, 11, 1)  # first Landsat-9 acquisitions in the sample
 _KARAKORAM_ORIGIN = (600_000.0, 3_960_000.0)  # EPSG:32643, ~76.1 E 35.8 N
 _MAX_SHIFT_PX = 1.5
@@ -154,32 +153,6 @@ _COLLECTION_EXTENSIONS = [
     "https://stac-extensions.github.io/eo/v1.0.0/schema.json",
 ]
 _DOI = "10.5066/P9OGBGM6"
-
-_SR_BANDS = {
-    # key: (file suffix, title, description, eo:bands entry)
-    "green": (
-        "SR_B3",
-        "Green Band",
-        "Collection 2 Level-2 Green Band (SR_B3) Surface Reflectance",
-        {"name": "OLI_B3", "common_name": "green", "description": "Visible green",
-         "center_wavelength": 0.56, "full_width_half_max": 0.06},
-    ),
-    "swir16": (
-        "SR_B6",
-        "Short-wave Infrared Band 1.6",
-        "Collection 2 Level-2 Short-wave Infrared Band 1.6 (SR_B6) Surface Reflectance",
-        {"name": "OLI_B6", "common_name": "swir16", "description": "Short-wave infrared",
-         "center_wavelength": 1.61, "full_width_half_max": 0.09},
-    ),
-}
-
-# QA_PIXEL words (Collection 2).
-# Confidence pairs: cloud 8-9, shadow 10-11, snow 12-13, cirrus 14-15.
-_CONF_LOW = (1 << 8) | (1 << 10) | (1 << 12) | (1 << 14)
-_QA_CLEAR = _CONF_LOW | (1 << QA_BITS["clear"])
-_QA_SNOW = _QA_CLEAR | (1 << QA_BITS["snow"]) | (1 << 13)
-_QA_WATER = _QA_CLEAR | (1 << QA_BITS["water"])
-_QA_FILL = 1 << QA_BITS["fill"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -828,22 +801,8 @@ def _render(valley: _Valley, scene: _Scene, seed: int):
         period, width_px = rng.uniform(14, 26), rng.uniform(1.5, 2.5)
         fill = np.mod(col + 0.2 * row + rng.uniform(0, period), period) < width_px
 
-    # QA_PIXEL
-    qa = np.full((h, w), _QA_CLEAR, np.uint16)
-    qa[water] = _QA_WATER
-    qa[snow_ice] = _QA_SNOW
-    shadow_word = _QA_CLEAR | (1 << QA_BITS["cloud_shadow"]) | (1 << 11)
-    qa[shadow] = shadow_word
-    qa[cirrus] = _QA_CLEAR | (1 << QA_BITS["cirrus"]) | (1 << 15)
-    qa[dilated] = (_CONF_LOW | (1 << QA_BITS["dilated_cloud"])
-                   | np.where(shadow[dilated], (1 << QA_BITS["cloud_shadow"]) | (1 << 11), 0))
-    qa[cloud] = _CONF_LOW | (1 << QA_BITS["cloud"]) | (1 << 9)
-    qa[fill] = _QA_FILL
-
-    def to_dn(refl):
-        dn = np.clip(np.rint((refl - SR_OFFSET) / SR_SCALE), 1, 65535).astype(np.uint16)
-        dn[fill] = SR_NODATA
-        return dn
+    qa = SAMPLE_QA.encode((h, w), water=water, snow=snow_ice, cloud_shadow=shadow, cirrus=cirrus,
+                          dilated_cloud=dilated, cloud=cloud, fill=fill)
 
     valid = ~fill
     n_valid = int(valid.sum())
@@ -854,7 +813,7 @@ def _render(valley: _Valley, scene: _Scene, seed: int):
         "surface": surface,
         "glacier_area": float(glacier.sum()) * valley.resolution**2 / 1e6,
     }
-    return to_dn(green), to_dn(swir), qa, info
+    return to_dn(green, fill), to_dn(swir, fill), qa, info
 
 
 # --------------------------------------------------------------------------------------------
@@ -868,83 +827,6 @@ def _item_id(scene: _Scene, seed: int = 0) -> str:
     sat = "08" if scene.platform == "landsat-8" else "09"
     path, row = _wrs(seed)
     return f"LC{sat}_L2SP_{path}{row}_{scene.date:%Y%m%d}_02_T1"
-
-
-def _bitfields() -> list[dict]:
-    single = [
-        ("fill", "Image or fill data", ("not_fill", "Image data"), ("fill", "Fill data")),
-        ("dilated_cloud", "Dilated cloud", ("not_dilated", "Cloud is not dilated or no cloud"),
-         ("dilated", "Cloud dilation")),
-        ("cirrus", "Cirrus mask", ("not_cirrus", "Cirrus confidence is not high"),
-         ("cirrus", "High confidence cirrus")),
-        ("cloud", "Cloud mask", ("not_cloud", "Cloud confidence is not high"),
-         ("cloud", "High confidence cloud")),
-        ("cloud_shadow", "Cloud shadow mask", ("not_shadow", "Cloud shadow confidence is not high"),
-         ("shadow", "High confidence cloud shadow")),
-        ("snow", "Snow/Ice mask", ("not_snow", "Snow/Ice confidence is not high"),
-         ("snow", "High confidence snow cover")),
-        ("clear", "Clear mask", ("not_clear", "Cloud or dilated cloud bits are set"),
-         ("clear", "Cloud and dilated cloud bits are not set")),
-        ("water", "Water mask", ("not_water", "Land or cloud"), ("water", "Water")),
-    ]
-    fields = []
-    for name, description, zero, one in single:
-        fields.append({
-            "name": name, "length": 1, "offset": QA_BITS[name], "description": description,
-            "classes": [{"name": zero[0], "value": 0, "description": zero[1]},
-                        {"name": one[0], "value": 1, "description": one[1]}],
-        })
-    pairs = [("cloud_confidence", 8, "cloud", "medium"),
-             ("cloud_shadow_confidence", 10, "cloud shadow", "reserved"),
-             ("snow_confidence", 12, "snow/ice", "reserved"),
-             ("cirrus_confidence", 14, "cirrus", "reserved")]
-    for name, offset, what, two in pairs:
-        two_desc = f"Medium confidence {what}" if two == "medium" else "Reserved - value not used"
-        fields.append({
-            "name": name, "length": 2, "offset": offset,
-            "description": f"{what.capitalize()} confidence levels",
-            "classes": [{"name": "not_set", "value": 0, "description": "No confidence level set"},
-                        {"name": "low", "value": 1, "description": f"Low confidence {what}"},
-                        {"name": two, "value": 2, "description": two_desc},
-                        {"name": "high", "value": 3, "description": f"High confidence {what}"}],
-        })
-    return fields
-
-
-def _asset_fields(key: str, resolution: float) -> dict:
-    if key == "qa_pixel":
-        return {
-            "type": _COG_MEDIA_TYPE,
-            "roles": ["cloud", "cloud-shadow", "snow-ice", "water-mask"],
-            "title": "Pixel Quality Assessment Band",
-            "description": "Collection 2 Level-1 Pixel Quality Assessment Band (QA_PIXEL)",
-            "classification:bitfields": _bitfields(),
-            "raster:bands": [{"unit": "bit index", "nodata": 1, "data_type": "uint16",
-                              "spatial_resolution": resolution}],
-        }
-    _, title, description, eo_band = _SR_BANDS[key]
-    return {
-        "type": _COG_MEDIA_TYPE,
-        "roles": ["data", "reflectance"],
-        "title": title,
-        "description": description,
-        "eo:bands": [dict(eo_band)],
-        "raster:bands": [{"scale": SR_SCALE, "nodata": SR_NODATA, "offset": SR_OFFSET,
-                          "data_type": "uint16", "spatial_resolution": resolution}],
-    }
-
-
-def _write_cog(path: Path, data: np.ndarray, transform, crs, nodata: int) -> None:
-    import rasterio
-
-    h, w = data.shape
-    blocksize = 256  # images up to 256 px are one tile (no overviews, fast to write)
-    with rasterio.open(
-        path, "w", driver="COG", width=w, height=h, count=1, dtype="uint16", crs=crs,
-        transform=transform, nodata=nodata, compress="DEFLATE", predictor=2,
-        blocksize=blocksize, overview_resampling="nearest", num_threads=1,
-    ) as dst:
-        dst.write(data, 1)
 
 
 def _default_origin(epsg: int, seed: int, width: int, height: int,
@@ -1217,7 +1099,7 @@ def _collection(grid: _Grid, scenes: list[_Scene]):
         keywords=["Landsat", "USGS", "NASA", "Satellite", "Reflectance", "Synthetic"],
         providers=[pystac.Provider(name="glacierxr", roles=["producer", "processor"])],
         stac_extensions=list(_COLLECTION_EXTENSIONS),
-        extra_fields={"item_assets": {k: _asset_fields(k, grid.resolution)
+        extra_fields={"item_assets": {k: asset_fields(k, grid.resolution)
                                       for k in SAMPLE_BANDS}},
         summaries=pystac.Summaries({
             "gsd": [grid.resolution],
@@ -1232,7 +1114,6 @@ def _collection(grid: _Grid, scenes: list[_Scene]):
 def _render_items(collection, collection_dir: Path, valley: _Valley, scenes, grid: _Grid,
                   seed: int, progress: bool):
     """Render every scene to COGs, add its item; return ids, per-scene records, surfaces."""
-    import pystac
     import rasterio
 
     n = len(scenes)
@@ -1258,17 +1139,9 @@ def _render_items(collection, collection_dir: Path, valley: _Valley, scenes, gri
             item_dir = collection_dir / item_id
             item_dir.mkdir(parents=True, exist_ok=True)
             item = _item(item_id, scene, seed, grid, info["cloud_fraction"])
-            for key, data, suffix in (("green", green, "SR_B3"), ("swir16", swir, "SR_B6"),
-                                      ("qa_pixel", qa, "QA_PIXEL")):
-                file = item_dir / f"{item_id}_{suffix}.TIF"
-                nodata = 1 if key == "qa_pixel" else SR_NODATA
-                _write_cog(file, data, grid.transform, grid.crs, nodata)
-                fields = _asset_fields(key, grid.resolution)
-                item.add_asset(key, pystac.Asset(
-                    href=str(file.resolve()), title=fields.pop("title"),
-                    description=fields.pop("description"), media_type=fields.pop("type"),
-                    roles=fields.pop("roles"), extra_fields=fields,
-                ))
+            for key, data in (("green", green), ("swir16", swir), ("qa_pixel", qa)):
+                write_band_asset(item, key, data, item_dir, grid.transform, grid.crs,
+                                 grid.resolution)
             collection.add_item(item)
     return ids, records, surface
 
