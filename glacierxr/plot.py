@@ -97,7 +97,8 @@ def _scale_key(ax, arrows, speeds: np.ndarray, units: str) -> float:
     left = max(0.0, 0.99 - arrow - text - 0.02)
     ax.add_patch(Rectangle((left, 0.91), 0.99 - left, 0.08, transform=ax.transAxes, facecolor="white",
                            edgecolor="0.4", linewidth=0.5, alpha=0.9, zorder=4))
-    ax.quiverkey(arrows, X=left + 0.01 + arrow / 2, Y=0.95, U=length, label=label, labelpos="E",
+    # with the label to the east, matplotlib puts the key arrow's tip (not its middle) at X
+    ax.quiverkey(arrows, X=left + 0.01 + arrow, Y=0.95, U=length, label=label, labelpos="E",
                  coordinates="axes", color="black", zorder=5, fontproperties={"size": 9})
     return length
 

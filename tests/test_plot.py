@@ -106,6 +106,24 @@ def test_flow_arrows__scale_key_is_a_round_speed_drawn_to_the_arrows_scale():
     assert keys[0].text.get_text() == f"{keys[0].U:g} m/year"
 
 
+def test_flow_arrows__scale_key_arrow_and_label_sit_inside_the_white_box():
+    from matplotlib.patches import Rectangle
+
+    cube, result = motion()
+    fig = plot.flow_arrows(result, background=cube, step=20)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (key,) = [artist for artist in ax.get_children() if type(artist).__name__ == "QuiverKey"]
+    (box,) = [patch.get_window_extent(renderer) for patch in ax.patches if isinstance(patch, Rectangle)]
+    # the key arrow in display pixels: its vertices (scaled) moved to its offset in the axes
+    vertices = key.vector.get_transform().transform(key.vector.get_paths()[0].vertices)
+    arrow = vertices + key.vector.get_offset_transform().transform(key.vector.get_offsets())
+    label = key.text.get_window_extent(renderer)
+    assert box.x0 <= arrow[:, 0].min() and arrow[:, 0].max() <= label.x0 <= label.x1 <= box.x1
+    assert box.y0 <= arrow[:, 1].min() and arrow[:, 1].max() <= box.y1
+
+
 def test_frames__captions_and_the_grid_crs():
     cube = frames_cube(3)
     fig = plot.frames(cube, captions=["filled 0 %", "filled 12 %", "filled 3 %"])
