@@ -65,6 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
+from glacierxr._synthetic import BLOCK_QA, blank
+
 #: Wall-clock this script needs on 2 busy cores, for a runner that honours it (seconds).
 RUN_TIMEOUT_S = {"quick": 600, "full": 3 * 3600}
 
@@ -72,10 +74,6 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "large_region"
 RECORDS: list[dict] = []
 BENCHMARK = "large_region"
-
-#: Landsat Collection-2 QA_PIXEL bits used by the generator.
-_FILL, _DILATED, _CLOUD, _SHADOW, _SNOW, _CLEAR = 1, 1 << 1, 1 << 3, 1 << 4, 1 << 5, 1 << 6
-_CLOUD_CONF_LOW, _CLOUD_CONF_HIGH, _SHADOW_CONF_HIGH = 1 << 8, 3 << 8, 3 << 10
 
 
 def emit(metric: str, value, unit: str, **extra) -> dict:
@@ -198,13 +196,12 @@ _SURFACE = (np.array([0.11, 0.42, 0.78]), np.array([0.21, 0.12, 0.05]))
 #: Cloud reflectance (base, + per unit of thickness) and the rim's added haze, green and swir16.
 _CLOUD_REFLECTANCE = ((0.55, 0.25), (0.38, 0.15))
 _RIM_OFFSET = (0.3, 0.2)
-#: QA_PIXEL of each code: rock, ice, snow × clear, shadow, rim, cloud (Collection-2 bits).
-_QA = np.array(
-    [_CLEAR | _CLOUD_CONF_LOW, _CLEAR | _SNOW | _CLOUD_CONF_LOW, _CLEAR | _SNOW | _CLOUD_CONF_LOW]
-    + [_CLEAR | _SHADOW | _SHADOW_CONF_HIGH] * 3
-    + [_DILATED | _CLOUD_CONF_LOW] * 3
-    + [_CLOUD | _DILATED | _CLOUD_CONF_HIGH] * 3,
-    dtype=np.uint16,
+#: QA_PIXEL of each code (surface + 3 × sky), painted by the shared writer: rock, ice, snow
+#: (ice and snow flagged snow) × clear, shadow, rim (dilated cloud), cloud.
+_CODES = np.arange(12)
+_QA = BLOCK_QA.encode(
+    _CODES.shape, snow=_CODES % 3 > 0, cloud_shadow=_CODES // 3 == 1,
+    dilated_cloud=_CODES // 3 == 2, cloud=_CODES // 3 == 3,
 )
 
 
@@ -270,9 +267,8 @@ def render_block(
     edge = params["wedge"][scene]
     if np.isfinite(edge):
         fill = (cols[None, :] + 0.3 * rows[:, None]) > edge * 1.3 * size[1]
-        qa[fill] = _FILL
-        green = np.where(fill, np.nan, green)
-        swir = np.where(fill, np.nan, swir)
+        qa[fill] = BLOCK_QA.fill
+        green, swir = blank(fill, green, swir)
     out = np.empty((3, 1, height, width), dtype=np.float32)
     out[0, 0], out[1, 0], out[2, 0] = green, swir, qa
     return out

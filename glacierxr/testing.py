@@ -14,7 +14,7 @@ import pandas as pd
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
-from glacierxr.landsat import QA_BITS, SR_OFFSET, SR_SCALE  # noqa: F401  (SR_* re-exported)
+from glacierxr._synthetic import PLAIN_QA, blank
 
 __all__ = ["make_scene_cube", "make_series", "smooth_texture", "count_computes", "raise_if_dask_computes"]
 
@@ -58,16 +58,6 @@ def count_computes() -> Iterator[_CountingScheduler]:
         yield scheduler
 
 
-def _encode_qa(cloud: np.ndarray, shadow: np.ndarray, snow: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    bit = {name: np.uint16(1 << offset) for name, offset in QA_BITS.items()}
-    qa = np.full(cloud.shape, bit["clear"], dtype=np.uint16)
-    qa[snow] = bit["snow"] | bit["clear"]
-    qa[shadow] = bit["cloud_shadow"]
-    qa[cloud] = bit["cloud"] | bit["dilated_cloud"]
-    qa[fill] = bit["fill"]
-    return qa
-
-
 def make_scene_cube(
     *,
     times: int = 6,
@@ -99,8 +89,9 @@ def make_scene_cube(
     Returns
     -------
     xarray.Dataset
-        ``green`` and ``swir16`` (float32 reflectance, NaN at fill), ``qa_pixel`` (uint16), with
-        per-scene coordinates ``id``, ``cloud_cover`` and ``platform``.
+        ``green`` and ``swir16`` (float32 reflectance, NaN at fill), ``qa_pixel`` (uint16, the
+        single-bit words of ``glacierxr._synthetic.PLAIN_QA``), with per-scene coordinates
+        ``id``, ``cloud_cover`` and ``platform``.
 
     Examples
     --------
@@ -119,9 +110,8 @@ def make_scene_cube(
     swir = np.where(snow, rng.uniform(0.01, 0.1, shape), rng.uniform(0.1, 0.3, shape))
     green = np.where(cloud, rng.uniform(0.5, 0.8, shape), green)
     swir = np.where(cloud, rng.uniform(0.3, 0.5, shape), swir)
-    green[fill] = np.nan
-    swir[fill] = np.nan
-    qa = _encode_qa(cloud, shadow, snow & ~cloud, fill)
+    green, swir = blank(fill, green, swir)
+    qa = PLAIN_QA.encode(shape, snow=snow & ~cloud, cloud_shadow=shadow, cloud=cloud, fill=fill)
 
     time = pd.date_range(start, periods=times, freq=freq)
     x = 500_000.0 + resolution * (np.arange(width) + 0.5)
