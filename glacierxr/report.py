@@ -204,7 +204,7 @@ def _error_field(velocity: xr.Dataset) -> tuple[xr.DataArray, str]:
     if "v_error" in velocity:
         return velocity["v_error"], "speed error v_error"
     if "vx_spread" in velocity and "vy_spread" in velocity:
-        return np.hypot(velocity["vx_spread"], velocity["vy_spread"]), "spread of the pairs hypot(vx_spread, vy_spread)"
+        return np.hypot(velocity["vx_spread"], velocity["vy_spread"]), "spread of the pairs (NMAD of vx and vy, combined)"
     raise MissingBandError(
         f"velocity_figure needs v_error (a pair) or vx_spread and vy_spread (a composite); found "
         f"{sorted(velocity.data_vars)}."
@@ -446,7 +446,17 @@ def forecast_figure(
     model = forecast.attrs.get("model", "model")
     period = forecast.attrs.get("input_period", "")
     fig.suptitle(f"{model} forecast from the composites of {period}" if period else f"{model} forecast")
+    _grid_note(fig, forecast)
     return fig
+
+
+def _grid_note(fig, da: xr.DataArray) -> None:
+    """Name the grid under panels drawn without map axes (as :func:`glacierxr.plot.frames` does)."""
+    from glacierxr.plot import _crs_name
+
+    crs = _crs_name(da)
+    if crs:
+        fig.supxlabel(f"north up; grid {crs}", fontsize=8)
 
 
 def skill_figure(table: pd.DataFrame, *, title: str | None = None):

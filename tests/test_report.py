@@ -52,6 +52,7 @@ def test_forecast_figure__one_row_per_lead_with_its_mse():
     assert texts.count("MSE 0.0100") == 2  # forecast error 0.1 everywhere
     assert {f"MSE {m:.4f}" for m in p_mse} <= set(texts)
     assert fig.axes[0].get_ylabel().startswith("lead 1\n")
+    assert "EPSG:32643" in fig._supxlabel.get_text()  # the panels have no map axes: the grid is named
     with pytest.raises(DimensionError, match="differ in shape"):
         report.forecast_figure(forecast, actual.isel(x=slice(0, 4)))
 
