@@ -181,28 +181,25 @@ def write_cog(path: Path, data: np.ndarray, transform, crs, nodata: int) -> None
 
 def _bitfields() -> list[dict]:
     """``classification:bitfields`` of the QA_PIXEL asset (Collection-2 layout)."""
-    single = [
-        ("fill", "Image or fill data", ("not_fill", "Image data"), ("fill", "Fill data")),
-        ("dilated_cloud", "Dilated cloud", ("not_dilated", "Cloud is not dilated or no cloud"),
-         ("dilated", "Cloud dilation")),
-        ("cirrus", "Cirrus mask", ("not_cirrus", "Cirrus confidence is not high"),
-         ("cirrus", "High confidence cirrus")),
-        ("cloud", "Cloud mask", ("not_cloud", "Cloud confidence is not high"),
-         ("cloud", "High confidence cloud")),
-        ("cloud_shadow", "Cloud shadow mask", ("not_shadow", "Cloud shadow confidence is not high"),
-         ("shadow", "High confidence cloud shadow")),
-        ("snow", "Snow/Ice mask", ("not_snow", "Snow/Ice confidence is not high"),
-         ("snow", "High confidence snow cover")),
-        ("clear", "Clear mask", ("not_clear", "Cloud or dilated cloud bits are set"),
-         ("clear", "Cloud and dilated cloud bits are not set")),
-        ("water", "Water mask", ("not_water", "Land or cloud"), ("water", "Water")),
-    ]
+    # flag: (class name when set, description, meaning of 0, meaning of 1)
+    single = {
+        "fill": ("fill", "Image or fill data", "Image data", "Fill data"),
+        "dilated_cloud": ("dilated", "Dilated cloud", "Cloud is not dilated or no cloud", "Cloud dilation"),
+        "cirrus": ("cirrus", "Cirrus mask", "Cirrus confidence is not high", "High confidence cirrus"),
+        "cloud": ("cloud", "Cloud mask", "Cloud confidence is not high", "High confidence cloud"),
+        "cloud_shadow": ("shadow", "Cloud shadow mask", "Cloud shadow confidence is not high",
+                         "High confidence cloud shadow"),
+        "snow": ("snow", "Snow/Ice mask", "Snow/Ice confidence is not high", "High confidence snow cover"),
+        "clear": ("clear", "Clear mask", "Cloud or dilated cloud bits are set",
+                  "Cloud and dilated cloud bits are not set"),
+        "water": ("water", "Water mask", "Land or cloud", "Water"),
+    }
     fields = []
-    for name, description, zero, one in single:
+    for name, (short, description, zero, one) in single.items():
         fields.append({
             "name": name, "length": 1, "offset": QA_BITS[name], "description": description,
-            "classes": [{"name": zero[0], "value": 0, "description": zero[1]},
-                        {"name": one[0], "value": 1, "description": one[1]}],
+            "classes": [{"name": f"not_{short}", "value": 0, "description": zero},
+                        {"name": short, "value": 1, "description": one}],
         })
     pairs = [("cloud_confidence", "cloud", "cloud", "medium"),
              ("cloud_shadow_confidence", "cloud_shadow", "cloud shadow", "reserved"),
