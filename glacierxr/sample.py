@@ -1488,7 +1488,8 @@ def oracle_forecast(truth, issue_time, periods, *, months: int = 1) -> "xr.DataA
     Returns
     -------
     xarray.DataArray
-        ``(time, y, x)`` in [0, 1]; NaN for a period without a scene.
+        ``(time, y, x)``: the probability of snow at each pixel, averaged over the period's
+        scenes, in [0, 1]; NaN for a period without a scene.
 
     Raises
     ------
