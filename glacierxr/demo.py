@@ -497,8 +497,8 @@ def _velocity_lines(fl: dict) -> list[str]:
         f"{fl['bare_points']} points) the composite's median end-point error is "
         f"**{fl['epe_bare']:.0f} m/yr** for a median true speed of {fl['true_speed_bare']:.0f} m/yr "
         f"(measured {fl['measured_speed_bare']:.0f} m/yr); one pair alone is off by a median "
-        f"{fl['epe_pair_bare']:.0f} m/yr, where its own error estimate "
-        f"(hypot(`vx_error`, `vy_error`)) says {fl['error_estimate_bare']:.0f} m/yr, and the true "
+        f"{fl['epe_pair_bare']:.0f} m/yr, where its own error estimate (the length of its error "
+        f"vector `vx_error`, `vy_error`) says {fl['error_estimate_bare']:.0f} m/yr, and the true "
         f"error is within that estimate at {fl['within_error']:.0%} of the bare-ice points (63 % "
         "if the errors were calibrated Gaussian ones). Over the whole glacier, snow-covered parts "
         f"included, the composite is off by {fl['epe_glacier']:.0f} m/yr: snow has no texture "
@@ -684,7 +684,7 @@ def _report(config: RunConfig, facts: dict, out: Path) -> str:
     lines += ["## 4. Surface velocity", ""] + _velocity_lines(facts["flow"])
     lines += _training_lines(config, facts)
     lines += _forecast_lines(facts["forecast"])
-    lines += _skill_lines(config, facts)
+    lines += _skill_lines(_portable(config, out), facts)  # the configuration as config.toml holds it
     return "\n".join(lines)
 
 

@@ -59,6 +59,8 @@ def test_demo__report_shows_every_figure_in_pipeline_order(demo_out):
     # the verdict on the baselines is stated plainly, and the configuration is there as TOML
     assert re.search(r"The model (beats|does \*\*not\*\* beat|is \*\*not clearly better\*\*)", text)
     assert "```toml\n[data]" in text
+    assert (out / "config.toml").read_text().strip() in text  # the file the report links, as it is
+    assert "hypot(" not in text  # words for the reader, not code
 
 
 @pytest.mark.slow
