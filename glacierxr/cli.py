@@ -449,8 +449,10 @@ def evaluate(config_path, data, checkpoint, split, out, overwrite):
               help="Longest time between the two scenes of a pair.")
 @click.option("--min-clear", type=float, default=None, show_default=_default("velocity", "min_clear"),
               help="Least fraction of valid pixels of both scenes.")
-@click.option("--method", default=None, help="Tracking method of glacierxr.flow.flow [default: flow's].")
-@click.option("--spacing", type=float, default=None, help="Output posting in metres [default: flow's].")
+@click.option("--method", default=None,
+              help="ncc (feature tracking of image chips) or farneback (dense optical flow) [default: ncc].")
+@click.option("--spacing", type=float, default=None,
+              help="Output posting in metres of ncc [default: 120, as ITS_LIVE].")
 @click.option("--composite", "period", default=None,
               help="Also write the robust composite per period (YS, QS-DEC, 6MS ...) beside --out.")
 @click.option("--out", type=click.Path(), required=True, help="Output velocity cube: .zarr or .nc.")
