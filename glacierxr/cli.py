@@ -191,7 +191,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-    help="TOML file with the run configuration (see `glacierxr.config`); options given here override it.",
+    help="TOML file with the run configuration (its tables: docs/cli.md, or the demo's config.toml); "
+         "options given here override it.",
 )
 catalog_option = click.option(
     "--catalog", default=None, show_default=_default("data", "catalog"),
