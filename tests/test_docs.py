@@ -195,9 +195,18 @@ def run_page(page: Path, namespace: dict, stand_ins: dict) -> tuple[int, int]:
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
+    """A fresh folder; afterwards Dask's configuration is as before (a Client sets the
+    scheduler to distributed and restores it on close only when clients close in order)."""
+    import dask
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # spill folders of the recipes land here
-    return tmp_path
+    keys = ("scheduler", "shuffle")
+    saved = {key: dask.config.config[key] for key in keys if key in dask.config.config}
+    yield tmp_path
+    for key in keys:
+        dask.config.config.pop(key, None)
+    dask.config.config.update(saved)
 
 
 # docs/index.md runs in test_index_headline_measures_velocity_within_15_percent_on_bare_ice
