@@ -422,17 +422,18 @@ def _velocity(masked: xr.Dataset, truth: xr.Dataset, size: DemoSize, out: Path) 
     later = masked["green"].isel(time=int(pairs["index_img2"].iloc[-1])).compute()
     step = max(1, round(size.arrow_step * abs(float(grid["x"][1] - grid["x"][0]))
                         / abs(float(summary.x[1] - summary.x[0]))))
+    counted = f"{len(pairs)} pair" + ("" if len(pairs) == 1 else "s")
     plot.save(
         report.velocity_comparison_figure(
             measured, reference.assign_coords(x=summary.x, y=summary.y), background=later, step=step,
             evaluation=masks["bare"], where=masks["outline"],
-            titles=(f"measured: median of {len(pairs)} pair(s), {_FLOW_METHOD}",
+            titles=(f"measured: median of {counted}, {_FLOW_METHOD}",
                     "true velocity of the sample"),
         ),
         out / "flow.png",
     )
     plot.save(report.velocity_figure(summary, background=later, step=2 * step, where=masks["outline"],
-                                     title=f"velocity composite of {len(pairs)} late-summer pair(s)"),
+                                     title=f"velocity composite of {counted} (late summer)"),
               out / "velocity.png")
     return facts
 
