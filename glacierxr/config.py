@@ -91,6 +91,7 @@ class PreprocessConfig:
     binary: bool = False
     fill_size: int = 5
     fill_max_iter: int = 10
+    fill_max_distance: float = 4.0  # px; deeper holes are left to the composites (fill_gaps)
     align: bool = True
     max_shift: float = 5.0
     months: int = 3

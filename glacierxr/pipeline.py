@@ -102,7 +102,7 @@ def snow_scenes(cube: xr.Dataset, pre: PreprocessConfig, *, masked: xr.Dataset |
     snow = (
         masked.glacier.ndsi()
         .glacier.snow_mask(threshold=pre.threshold, binary=pre.binary)
-        .glacier.fill_gaps(size=pre.fill_size, max_iter=pre.fill_max_iter)
+        .glacier.fill_gaps(size=pre.fill_size, max_iter=pre.fill_max_iter, max_distance=pre.fill_max_distance)
     )
     if pre.align:
         snow = snow.chunk({"y": -1, "x": -1}).glacier.align(max_shift=pre.max_shift)
