@@ -113,14 +113,14 @@ def bench_flow(stack: np.ndarray, repeats: int) -> None:
 
     cube = make_series(stack, name="ndsi")
     params = (0.5, 6, 15, 10, 5, 1.1, 0)
-    scaled = [_scale_pair(stack[i], stack[i + 1]) for i in range(len(stack) - 1)]
+    scaled = [_scale_pair(stack[i], stack[i + 1], "none", 5.0) for i in range(len(stack) - 1)]
 
     def bare():
         for first, second, _ in scaled:
             cv2.calcOpticalFlowFarneback(first, second, None, *params)
 
-    def ours():
-        flow(cube).compute()
+    def ours():  # the Farnebäck method of flow() (its default is NCC: benchmarks/velocity.py)
+        flow(cube, method="farneback", prefilter="none").compute()
 
     pairs = len(stack) - 1
     base = best_of(bare, repeats) / pairs
