@@ -673,7 +673,7 @@ def _describe(fields, statistics, grid, days, pixel, method, time_dim, y_dim, x_
     for name, value in values.items():
         spec = VARIABLES[name]
         extra = {k: v for k, v in spec.items() if k not in ("entry", "long_name")}
-        described = _cf.describe(value.rename(name).assign_attrs({}), spec["entry"], **extra)
+        described = _cf.describe(value.rename(name).drop_attrs(deep=False), spec["entry"], **extra)
         if "long_name" in spec:
             described.attrs["long_name"] = spec["long_name"]
         out[name] = described

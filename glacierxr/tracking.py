@@ -38,8 +38,6 @@ over the last 7 years. The Cryosphere 12 (autoRIFT / ITS_LIVE).
 from __future__ import annotations
 
 import math
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -250,20 +248,26 @@ def median_test(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     for field in (dx, dy):
         around = _neighbours(field)
         count = np.isfinite(around).sum(axis=0)
-        with np.errstate(all="ignore"), _quiet_nan():
-            median = np.nanmedian(around, axis=0)
-            spread = np.nanmedian(np.abs(around - median), axis=0)
+        with np.errstate(all="ignore"):
+            median = _nan_reduce(np.nanmedian, around)
+            spread = _nan_reduce(np.nanmedian, np.abs(around - median))
             residual = np.abs(field - median) / (spread + _MEDIAN_EPSILON)
         fails |= (residual > _MEDIAN_THRESHOLD) & (count >= 2)
     return fails
 
 
-@contextmanager
-def _quiet_nan():
-    """Silence NumPy's warnings about all-NaN slices (they are expected at holes)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
+def _nan_reduce(reduce, stack: np.ndarray) -> np.ndarray:
+    """``reduce(stack, axis=0)`` (``np.nanmedian`` / ``np.nanmean``), NaN where every value is NaN.
+
+    Reducing only the columns with a value avoids NumPy's all-NaN-slice warning at holes, which
+    ``warnings.catch_warnings`` cannot silence reliably: it is not thread-safe, and Dask runs
+    pairs on several threads.
+    """
+    out = np.full(stack.shape[1:], np.nan, dtype=np.result_type(stack.dtype, np.float32))
+    some = ~np.isnan(stack).all(axis=0)
+    if some.any():
+        out[some] = reduce(stack[:, some], axis=0)
+    return out
 
 
 def fill_holes(fields: np.ndarray, fillable: np.ndarray, *, min_neighbours: int, passes: int) -> np.ndarray:
@@ -283,9 +287,8 @@ def fill_holes(fields: np.ndarray, fillable: np.ndarray, *, min_neighbours: int,
         take = holes & (count >= min_neighbours)
         if not take.any():
             break
-        with _quiet_nan():
-            for field, near in zip(fields, around):
-                field[take] = np.nanmean(near, axis=0)[take]
+        for field, near in zip(fields, around):
+            field[take] = _nan_reduce(np.nanmean, near[:, take])
         filled |= take
     return filled
 

@@ -322,6 +322,16 @@ def test_flow__cf_conventions_checked_with_cf_xarray():
     assert list(result.stable_shift_flag.attrs["flag_values"]) == [0, 1, 2]
 
 
+@pytest.mark.parametrize("method", ["ncc", "farneback"])
+def test_flow__outputs_do_not_inherit_the_input_band_s_attributes(method):
+    band = {"long_name": "green surface reflectance", "units": "1", "scale_offset": "2.75e-05, -0.2"}
+    result = flow(pair(1.0, 0.0).assign_attrs(band), method=method)
+    for name in ("vx", "vy", "v", "v_error"):
+        attrs = result[name].attrs
+        assert "scale_offset" not in attrs and "reflectance" not in attrs["long_name"], attrs
+        assert attrs["units"] == "m/year" and attrs["grid_mapping"] == "spatial_ref"
+
+
 def test_flow__accessor_forwards():
     cube = pair(1.0, 0.0)
     xr.testing.assert_identical(cube.glacier.flow(spacing=90.0), flow(cube, spacing=90.0))
