@@ -430,3 +430,21 @@ def test_docstring__states_the_true_default_parameter_count(name):
 def test_docstring__examples_run(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_get_model__seed_gives_repeatable_weights_and_leaves_the_global_state():
+    import torch
+
+    from glacierxr.ml import get_model
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = get_model("unet", base_channels=4, depth=2, seed=7)
+    assert torch.equal(torch.rand(3), expected_next)  # the global generator did not move
+    second = get_model("unet", base_channels=4, depth=2, seed=7)
+    other = get_model("unet", base_channels=4, depth=2, seed=8)
+    for a, b, c in zip(first.state_dict().values(), second.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, c) for a, c in zip(first.state_dict().values(), other.state_dict().values()))
+    assert "seed" not in first.config  # the config rebuilds the architecture, not the draw

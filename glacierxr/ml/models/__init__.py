@@ -97,13 +97,16 @@ def _model_class(name: str) -> type[ForecastModel]:
     return _REGISTRY[name]
 
 
-def get_model(name: str, **kwargs: Any) -> ForecastModel:
+def get_model(name: str, *, seed: int | None = None, **kwargs: Any) -> ForecastModel:
     """Build the model registered as ``name`` with constructor arguments ``kwargs``.
 
     Parameters
     ----------
     name : str
         One of :func:`list_models`.
+    seed : int, optional
+        Seed for the initial weights, so that a run can be repeated exactly (the global torch
+        random state is left as it was). ``None`` draws from torch's global generator.
     **kwargs
         The model's typed constructor arguments (see each class).
 
@@ -136,7 +139,13 @@ def get_model(name: str, **kwargs: Any) -> ForecastModel:
             f"Model {name!r} got an unexpected argument {bad!r}.{hint} "
             f"Valid arguments: {parameters}."
         )
-    return cls(**kwargs)
+    if seed is None:
+        return cls(**kwargs)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(**kwargs)
 
 
 def model_from_config(config: Mapping[str, Any]) -> ForecastModel:
