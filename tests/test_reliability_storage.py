@@ -132,7 +132,8 @@ def test_read_only_file_system__write_and_save_model(read_only_disk):
         save_model(toy_model(), read_only_disk / "model.pt")
 
 
-def test_full_disk__cli_prints_one_line_and_exits_2(small_disk, tmp_path, capsys):
+@pytest.mark.parametrize("out", ["f.zarr", "f.tif"])
+def test_full_disk__cli_prints_one_line_and_exits_2(small_disk, tmp_path, capsys, out):
     from glacierxr.ml.checkpoint import save_model
     from glacierxr.ml.models import get_model
 
@@ -144,11 +145,11 @@ def test_full_disk__cli_prints_one_line_and_exits_2(small_disk, tmp_path, capsys
     config.write_text("[patches]\ninput_steps = 2\npatch = 8\n[predict]\nsteps = 2\n")
     _fill(small_disk)
     code = main(["predict", "--config", str(config), "--data", str(store), "--checkpoint", str(checkpoint),
-                 "--out", str(small_disk / "f.zarr")])
+                 "--out", str(small_disk / out)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "disk is full" in err and "Traceback" not in err
-    assert not list(small_disk.glob("*f.zarr*"))
+    assert not list(small_disk.glob(f"*{out}*"))
 
 
 def test_simulated_failures_become_storage_errors(tmp_path, monkeypatch):
@@ -496,3 +497,4 @@ def test_full_disk__cli_sample_is_one_line_too(small_disk, capsys):
     code = main(["sample", "--out", str(small_disk / "s"), "--width", "64", "--height", "64"])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Error")]
     assert code == 2 and len(lines) == 1 and "the disk is full" in lines[0], lines
+
