@@ -768,10 +768,9 @@ def align(
     Examples
     --------
     >>> import numpy as np, scipy.ndimage as ndi
-    >>> from glacierxr.testing import make_series
-    >>> rng = np.random.default_rng(0)
-    >>> texture = ndi.gaussian_filter(rng.standard_normal((64, 64)), 2)
-    >>> moved = ndi.shift(texture, (0.0, 1.5), mode="nearest")   # content 1.5 px to the right
+    >>> from glacierxr.testing import make_series, smooth_texture
+    >>> texture = smooth_texture(0, 64)   # periodic, so a wrapped shift moves it exactly
+    >>> moved = ndi.shift(texture, (0.0, 1.5), mode="grid-wrap")   # content 1.5 px to the right
     >>> cube = make_series(np.stack([texture, moved]), name="ndsi")
     >>> out = align(cube, reference=0)
     >>> [round(float(s), 1) for s in out.shift_x.values]
