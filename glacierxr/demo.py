@@ -720,12 +720,14 @@ def _intro_lines(config: RunConfig, facts: dict, out: Path) -> list[str]:
     ]
 
 
+def _section(title: str, alt: str, figure: str) -> list[str]:
+    """The first lines of a report section: its heading and its figure."""
+    return [f"## {title}", "", f"![{alt}]({figure})", ""]
+
+
 def _alignment_lines(a: dict) -> list[str]:
     return [
-        "## 2. Co-registration",
-        "",
-        "![alignment](alignment.png)",
-        "",
+        *_section("2. Co-registration", "alignment", "alignment.png"),
         f"ECC aligned every scene's snow mask to the mean image ({_methods(a['methods'])}). Against "
         f"the true misregistration of the {a['n']} scenes (RMS {a['true_rms']:.2f} px), the recovered "
         f"shifts are off by a constant ({a['offset_x']:+.2f}, {a['offset_y']:+.2f}) px — the mean "
@@ -739,10 +741,7 @@ def _alignment_lines(a: dict) -> list[str]:
 
 def _composite_lines(config: RunConfig, facts: dict) -> list[str]:
     return [
-        "## 3. Snow-mask composites",
-        "",
-        "![composites](composites.png)",
-        "",
+        *_section("3. Snow-mask composites", "composites", "composites.png"),
         f"{facts['periods']} composites of {config.preprocess.months} months ({facts['first_period']} to "
         f"{facts['last_period']}): the mean snow mask (NDSI where ≥ {config.preprocess.threshold}, "
         f"else 0) of the gap-filled, aligned scenes of each period; {facts['interpolated']} periods "
@@ -762,10 +761,7 @@ def _training_lines(config: RunConfig, facts: dict) -> list[str]:
     ranges = tr.get("time_ranges") or {}
     return [
         "",
-        "## 5. Training",
-        "",
-        "![learning curve](learning_curve.png)",
-        "",
+        *_section("5. Training", "learning curve", "learning_curve.png"),
         f"A ConvLSTM ({tr['parameters']:,} parameters, hidden channels "
         f"{list(size.hidden_channels)}) learned to map 4 composites to the next 4 on "
         f"{config.patches.patch} × {config.patches.patch} px patches (stride {config.patches.stride}) "
@@ -790,10 +786,7 @@ def _training_lines(config: RunConfig, facts: dict) -> list[str]:
 
 def _forecast_lines(fc: dict) -> list[str]:
     return [
-        "## 6. Forecast of the last periods",
-        "",
-        "![forecast](forecast.png)",
-        "",
+        *_section("6. Forecast of the last periods", "forecast", "forecast.png"),
         f"The last {len(fc['periods'])} composites ({fc['periods'][0]} to {fc['periods'][-1]}) were "
         f"held out and forecast from the 4 before ({fc['input_period']}) with "
         "`composites.glacier.predict(model, steps=4)`: the whole scene, stitched from overlapping "
@@ -813,10 +806,7 @@ def _skill_lines(config: RunConfig, facts: dict) -> list[str]:
     metrics = facts["metrics"]
     sequences = facts["train"]["sequences"]
     lines = [
-        "## 7. Skill against baselines",
-        "",
-        "![skill](skill.png)",
-        "",
+        *_section("7. Skill against baselines", "skill", "skill.png"),
         f"Scores on the {sequences['test']} test sequences (the held-out periods, all patches), "
         "for the model and the baselines: persistence (last input repeated), seasonal-naive "
         "(the same season one year before), climatology (mean of each season over the training "
