@@ -728,7 +728,9 @@ def _section(title: str, alt: str, figure: str) -> list[str]:
 def _alignment_lines(a: dict) -> list[str]:
     return [
         *_section("2. Co-registration", "alignment", "alignment.png"),
-        f"ECC aligned every scene's snow mask to the mean image ({_methods(a['methods'])}). Against "
+        "ECC aligned every scene's snow mask to the mean image, on the stable ground `align` finds "
+        "itself (pixels whose texture changes over time — moving ice, the snow line, cloud and "
+        f"no-data edges — are left out) ({_methods(a['methods'])}). Against "
         f"the true misregistration of the {a['n']} scenes (RMS {a['true_rms']:.2f} px), the recovered "
         f"shifts are off by a constant ({a['offset_x']:+.2f}, {a['offset_y']:+.2f}) px — the mean "
         f"misregistration, which the mean reference carries — and by an RMSE of **{a['rmse']:.2f} px** "
