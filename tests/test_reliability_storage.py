@@ -498,3 +498,36 @@ def test_full_disk__cli_sample_is_one_line_too(small_disk, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Error")]
     assert code == 2 and len(lines) == 1 and "the disk is full" in lines[0], lines
 
+
+
+def test_full_disk__geotiff_from_a_real_cli_process_prints_one_line(small_disk, tmp_path):
+    """In a real process: libtiff prints '_tiffWriteProc: No space left on device.' straight to
+    file descriptor 2 for every failed block; only the one-line error may reach the terminal."""
+    from glacierxr.ml.checkpoint import save_model
+    from glacierxr.ml.models import get_model
+
+    store = tmp_path / "c.zarr"
+    gx.io.write(make_series(np.random.default_rng(0).random((6, 64, 64)).astype("float32"), freq="3MS")
+                .to_dataset(name="snow_mask"), store)
+    checkpoint = save_model(get_model("convlstm", hidden_channels=(4,), output_steps=2), tmp_path / "m.pt")
+    config = tmp_path / "c.toml"
+    config.write_text("[patches]\ninput_steps = 2\npatch = 8\n[predict]\nsteps = 2\n")
+    _fill(small_disk)
+    done = subprocess.run(
+        [sys.executable, "-m", "glacierxr.cli", "predict", "--config", str(config), "--data", str(store),
+         "--checkpoint", str(checkpoint), "--out", str(small_disk / "f.tif")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("Error:") and "disk is full" in lines[0]
+    assert not list(small_disk.glob("*f.tif*"))
+
+
+def test_geotiff_write_passes_other_stderr_output_on(tmp_path, capfd):
+    """The libtiff filter drops only its disk-full lines; anything else on stderr still shows."""
+    from glacierxr.io.store import _without_libtiff_disk_lines
+
+    with _without_libtiff_disk_lines():
+        os.write(2, b"_tiffWriteProc: No space left on device.\nsomething else\n")
+    assert capfd.readouterr().err == "something else\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -169,9 +170,40 @@ def _write_cog(obj: xr.Dataset | xr.DataArray, tmp: Path) -> None:
         out = out.rio.write_nodata(np.nan, encoded=False)
     elif "fill_value" in da.attrs:
         out = out.rio.write_nodata(da.attrs["fill_value"], encoded=False)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _without_libtiff_disk_lines():
         warnings.filterwarnings("ignore", **_AFFINE_WARNING)  # rioxarray + affine 3
         out.rio.to_raster(tmp, driver="COG", tags=tags, compress="DEFLATE")
+
+
+_LIBTIFF_DISK_LINE = re.compile(rb"^_tiff\w*Proc: No space left on device\.?\r?$")
+
+
+@contextlib.contextmanager
+def _without_libtiff_disk_lines():
+    """Drop libtiff's ``_tiffWriteProc: No space left on device.`` lines from stderr.
+
+    GDAL's bundled libtiff prints them straight to file descriptor 2 (not through GDAL's error
+    handler or Python logging), once per failed block, ahead of the one ``StorageError`` that
+    already says the disk is full.  Everything else written to stderr meanwhile is passed on.
+    """
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True)
+                    if not _LIBTIFF_DISK_LINE.match(line.rstrip(b"\n"))]  # fmt: skip
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def write(
