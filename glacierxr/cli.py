@@ -476,6 +476,10 @@ def velocity(config_path, catalog, glacier, bbox, datetime_, data, band, resolut
             _echo_query(config.data)
         path = run_velocity(config, out, data=_scenes_input(data), overwrite=overwrite)
     click.echo(str(path))
+    if config.velocity.composite:
+        from glacierxr.pipeline import velocity_composite_path
+
+        click.echo(f"{velocity_composite_path(path)} (composite per {config.velocity.composite})")
 
 
 @cli.command(context_settings=CONTEXT)

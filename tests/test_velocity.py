@@ -373,7 +373,9 @@ def test_cli_velocity__catalog_to_zarr_against_the_truth(velocity_sample, capsys
                       '[velocity]\nmax_days = 20.0\nmonths = [7, 8, 9]\ncomposite = "YS"\n')
     args = ["velocity", "--config", str(config), "--catalog", str(catalog), "--max-days", "48", "--out", str(out)]
     assert main(args) == 0
-    assert capsys.readouterr().out.strip().endswith("velocity.zarr")
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-2].endswith("velocity.zarr")
+    assert printed[-1].startswith(str(root / "velocity-composite.zarr")) and "YS" in printed[-1]
     cube = xr.open_zarr(out, decode_coords="all")
     for name in ("vx", "vy", "v", "v_error", "vx_error", "vy_error", "stable_shift_flag"):
         assert name in cube, name
