@@ -44,12 +44,12 @@ from glacierxr._validate import (
     check_on_grid,
     check_single_chunk,
     require_cv2,
+    require_choice,
     require_numeric,
     require_positive,
 )
 from glacierxr.errors import (
     ConfigError,
-    DataTypeError,
     DimensionError,
     NoScenesError,
 )
@@ -441,11 +441,12 @@ def _check_options(da: xr.DataArray, options: dict, dims: tuple[str, str, str]) 
     require_numeric(da, what="align")
     for name, allowed in (("motion", sorted(_MOTION_MODELS)), ("feature", list(_FEATURES)),
                           ("interpolation", ["linear", "cubic"]), ("unreliable", list(_UNRELIABLE))):
-        if options[name] not in allowed:
-            raise DataTypeError(f"{name} must be one of {allowed}, got {options[name]!r}.")
-    size = options["gauss_filter_size"]
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
-        raise DataTypeError(f"gauss_filter_size must be a positive odd number, got {size}.")
+        require_choice(options[name], allowed, name=name)
+    if not isinstance(options["auto_stable"], (bool, np.bool_)):
+        raise ConfigError(f"auto_stable must be True or False, got {options['auto_stable']!r}.")
+    size = require_positive(options["gauss_filter_size"], name="gauss_filter_size", integer=True, example=5)
+    if size % 2 == 0:
+        raise ConfigError(f"gauss_filter_size must be a positive odd number (e.g. 5), got {size}.")
     require_positive(options["highpass_sigma"], name="highpass_sigma", example=4.0)
     require_positive(options["passes"], name="passes", integer=True, example=2)
     require_positive(options["max_shift"], name="max_shift", example=5.0)
@@ -479,7 +480,7 @@ def _resolve_reference(reference, data: xr.DataArray, dims) -> tuple[xr.DataArra
     time_dim = dims[0]
     if isinstance(reference, str):
         if reference != "mean":
-            raise DataTypeError(f"reference must be 'mean', an int or a DataArray, got {reference!r}.")
+            raise ConfigError(f"reference must be 'mean', an int or a DataArray, got {reference!r}.")
         return None, "mean"
     if isinstance(reference, (int, np.integer)) and not isinstance(reference, bool):
         size = data.sizes[time_dim]
@@ -490,7 +491,7 @@ def _resolve_reference(reference, data: xr.DataArray, dims) -> tuple[xr.DataArra
         return data.isel({time_dim: int(reference)}, drop=True), f"index {int(reference)}"
     if isinstance(reference, xr.DataArray):
         return _given_reference(reference, data, dims).astype(data.dtype), "given"
-    raise DataTypeError(f"reference must be 'mean', an int or a DataArray, got {type(reference).__name__}.")
+    raise ConfigError(f"reference must be 'mean', an int or a DataArray, got {type(reference).__name__}.")
 
 
 def _register(data, ref, stable, observed, initial, dims, out_dtype, settings) -> tuple[xr.DataArray, ...]:
@@ -714,13 +715,14 @@ def align(
     ChunkingError
         ``y`` or ``x`` is split across Dask chunks (fix: ``.chunk({"y": -1, "x": -1})``).
     DataTypeError
-        ``da`` is not numeric, a keyword is not one of its choices, or ``stable`` is not a
-        boolean DataArray.
+        ``da`` is not numeric, or ``stable`` is not a boolean DataArray.
     GridError
         A reference or ``stable`` of another size or with other coordinates; ``outlines`` on a
         grid without CRS.
     ConfigError
-        A number out of range, an unreadable outlines file, or a non-boolean ``observed``.
+        A keyword that is not one of its choices (``motion``, ``feature``, ``interpolation``,
+        ``unreliable``, ``reference``, ``auto_stable``), a number out of range, an unreadable
+        outlines file, or a non-boolean ``observed``.
     NoScenesError
         ``time_dim`` has length 0.
 
@@ -786,8 +788,6 @@ def align(
     options = dict(locals())
     dims = (time_dim, y_dim, x_dim)
     settings = _check_options(da, options, dims)
-    if not isinstance(auto_stable, (bool, np.bool_)):
-        raise DataTypeError(f"auto_stable must be True or False, got {auto_stable!r}.")
     out_dtype = np.dtype(da.dtype) if np.issubdtype(da.dtype, np.floating) else np.dtype(np.float32)
     data = da if da.dtype == out_dtype else da.astype(out_dtype)
     # the input's own coordinates are put back at the end; keep them out of the kernels' inputs

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the real data beside the project, the embedded sample, a cluster."""
+"""Shared fixtures: the real data beside the project, the embedded sample and a reader of it, a cluster."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import os
 from pathlib import Path
 
 import dask
+import numpy as np
+import pandas as pd
 import pytest
+import xarray as xr
 
 import glacierxr as gx
+from glacierxr.landsat import SR_NODATA, SR_OFFSET, SR_SCALE
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GLACIERXR_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -32,6 +36,57 @@ def sample_catalog(tmp_path_factory) -> Path:
     """A small embedded-sample catalog (real COGs + STAC), written once per session."""
     directory = tmp_path_factory.mktemp("sample")
     return gx.sample.write_catalog(directory, seed=0, **SMALL_SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def yahtse_pan(shared_data) -> xr.DataArray:
+    """The two real Yahtse scenes as a ``(time, y, x)`` float32 DN cube with their real dates.
+
+    Shared by the session: derive new arrays from it, never modify it in place.
+    """
+    rioxarray = pytest.importorskip("rioxarray")
+    folder = shared_data / "yahtse_l8_pan"
+    scenes = {
+        "2016-07-18": "LC80630182016200LGN00_B8_yahtse.TIF",
+        "2016-08-03": "LC80630182016216LGN00_B8_yahtse.TIF",
+    }
+    arrays = [rioxarray.open_rasterio(folder / name).squeeze("band", drop=True) for name in scenes.values()]
+    cube = xr.concat(arrays, dim=pd.Index(pd.to_datetime(list(scenes)), name="time"))
+    cube = cube.astype(np.float32)
+    cube.name = "pan"
+    cube.attrs = {"units": "DN", "long_name": "Landsat-8 OLI band 8 (pan) DN"}
+    return cube
+
+
+def _stack_sample_cogs(catalog) -> xr.Dataset:
+    """A sample catalog's COGs stacked with pystac and rioxarray, not with :func:`glacierxr.load`.
+
+    ``green`` and ``swir16`` as reflectance (NaN nodata), ``qa_pixel`` as stored, a per-time
+    ``id``: a load()-like cube that does not depend on the loader.
+    """
+    import pystac
+
+    rioxarray = pytest.importorskip("rioxarray")
+    items = sorted(pystac.read_file(str(catalog)).get_items(recursive=True), key=lambda i: i.datetime)
+
+    def band(key, scale):
+        arrays = []
+        for item in items:
+            raw = rioxarray.open_rasterio(item.assets[key].get_absolute_href()).squeeze("band", drop=True)
+            reflectance = raw.where(raw != SR_NODATA).astype(np.float32) * SR_SCALE + SR_OFFSET
+            arrays.append(reflectance if scale else raw)
+        return xr.concat(arrays, "time")
+
+    times = pd.DatetimeIndex([item.datetime.replace(tzinfo=None) for item in items])
+    cube = xr.Dataset({"green": band("green", True), "swir16": band("swir16", True),
+                       "qa_pixel": band("qa_pixel", False)})
+    return cube.assign_coords(time=times, id=("time", [item.id for item in items]))
+
+
+@pytest.fixture(scope="session")
+def stack_sample_cogs():
+    """``stack(catalog) -> xr.Dataset``: a sample catalog read without :func:`glacierxr.load`."""
+    return _stack_sample_cogs
 
 
 @pytest.fixture(scope="session")

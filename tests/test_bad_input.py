@@ -280,8 +280,10 @@ LIBRARY_CASES = [
     # --- models, training ------------------------------------------------------------------
     Case("get_model/unknown-name", lambda e: gx.ml.get_model("convlsmt"), ModelError, "unknown model", "did you mean 'convlstm'"),
     Case("get_model/typo-in-argument", lambda e: gx.ml.get_model("convlstm", hidden_chanels=(4,)), ModelError, "hidden_chanels", "hidden_channels"),
-    Case("Trainer/max-epochs-0", lambda e: _trainer(e.model, max_epochs=0), ConfigError, "max_epochs", ">= 1"),
-    Case("Trainer/batch-size-0", lambda e: _trainer(e.model, batch_size=0), ConfigError, "batch_size", ">= 1"),
+    Case("Trainer/max-epochs-0", lambda e: _trainer(e.model, max_epochs=0), ConfigError, "max_epochs", "positive integer"),
+    Case("Trainer/batch-size-0", lambda e: _trainer(e.model, batch_size=0), ConfigError, "batch_size", "positive integer"),
+    Case("Trainer/num-workers-negative", lambda e: _trainer(e.model, num_workers=-1), ConfigError, "num_workers", "non-negative integer"),
+    Case("Trainer/patience-fraction", lambda e: _trainer(e.model, patience=1.5), ConfigError, "patience", "positive integer"),
     Case("Trainer/negative-lr", lambda e: _trainer(e.model, lr=-1), ConfigError, "lr", "positive"),
     Case("Trainer/lr-inf", lambda e: _trainer(e.model, lr=math.inf), ConfigError, "lr", "positive number"),
     Case("Trainer/lr-true", lambda e: _trainer(e.model, lr=True), ConfigError, "lr", "e.g. 0.001"),

@@ -461,11 +461,9 @@ def neighbour_consistent(field: np.ndarray, tolerance: float = 2.0) -> np.ndarra
 
 
 @pytest.fixture(scope="module")
-def yahtse(shared_data):
+def yahtse(yahtse_pan):
     """flow() with its defaults on the real pair, and the plain reference on its points."""
-    from test_align import read_yahtse
-
-    cube = read_yahtse(shared_data).chunk({"time": 1})
+    cube = yahtse_pan.chunk({"time": 1})
     with raise_if_dask_computes():
         motion = flow(cube)
     motion = motion.compute()
@@ -529,15 +527,13 @@ def test_flow__real_yahtse_arrow_figure(yahtse, tmp_path):
 # ------------------------------------------------------------------------------------------
 # the embedded sample: slow (valley) and fast (tidewater-like) glaciers with exact truth
 # ------------------------------------------------------------------------------------------
-def sample_errors(catalog, **options) -> tuple[np.ndarray, np.ndarray, float]:
+def sample_errors(catalog, stack, **options) -> tuple[np.ndarray, np.ndarray, float]:
     """flow() on every consecutive pair of a sample catalog against its exact truth.
 
     Returns the end-point errors (px) on bare, clear ice of every pair with at least 50 such
     points, the (dx, dy) residuals on clear stable ground, and the fastest true motion (px).
     """
-    from test_align import load_sample
-
-    cube = load_sample(catalog).rio.write_crs(32643)
+    cube = stack(catalog).rio.write_crs(32643)
     truth = gx.sample.open_truth(catalog)
     clear = (cube.qa_pixel.values.astype(np.int64) & 0b11111) == 0  # not fill/cloud/shadow/cirrus
     stable = xr.DataArray(truth["stable"].values, dims=("y", "x"), coords={"y": cube.y, "x": cube.x})
@@ -565,12 +561,12 @@ def sample_errors(catalog, **options) -> tuple[np.ndarray, np.ndarray, float]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["valley", "fast"])
-def test_flow__sample_glacier_motion_matches_truth(tmp_path_factory, kind):
+def test_flow__sample_glacier_motion_matches_truth(tmp_path_factory, stack_sample_cogs, kind):
     catalog = gx.sample.write_catalog(
         tmp_path_factory.mktemp(f"flow-{kind}"), seed=0, width=256, height=256,
         start="2018-07-10", end="2018-09-25", flow=kind,
     )
-    errors, still, fastest = sample_errors(catalog)
+    errors, still, fastest = sample_errors(catalog, stack_sample_cogs)
     assert errors.size >= 100
     epe = np.nanmedian(errors)
     bias = np.hypot(*np.nanmedian(still, axis=0))

@@ -1279,8 +1279,8 @@ def _check_trainer_arguments(model, **values) -> None:
             "Build one with glacierxr.ml.get_model(name)."
         )
     for name in ("max_epochs", "batch_size", "num_workers", "steps", "max_batches_per_epoch", "patience"):
-        if values[name] is not None or name in ("max_epochs", "batch_size", "num_workers"):
-            _check_positive_int(name, values[name], allow_zero=name == "num_workers")
+        require_positive(values[name], name=name, integer=True, allow_zero=name == "num_workers",
+                         allow_none=name not in ("max_epochs", "batch_size", "num_workers"))
     # finite numbers, not bools (lr=True is not a learning rate, lr=inf diverges at once)
     for name in ("lr", "cpu_watts_per_core", "gpu_watts"):
         require_positive(values[name], name=name, example=1e-3 if name == "lr" else None)
@@ -1300,12 +1300,6 @@ def _check_trainer_arguments(model, **values) -> None:
     for name in ("cube_on_device", "prefetch"):
         if values[name] != "auto" and not isinstance(values[name], bool):
             raise ConfigError(f"{name} must be True, False or 'auto', got {values[name]!r}.")
-
-
-def _check_positive_int(name: str, value, *, allow_zero: bool = False) -> None:
-    lowest = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
-        raise ConfigError(f"{name} must be an integer >= {lowest}, got {value!r}.")
 
 
 def _teacher_forcing_range(value) -> tuple[float, float]:
