@@ -22,7 +22,7 @@ from glacierxr.errors import (
     MissingBandError,
     NoScenesError,
 )
-from glacierxr.landsat import ASSET_ALIASES, DEFAULT_MASKED_FLAGS, QA_BITS
+from glacierxr.landsat import ASSET_ALIASES, DEFAULT_MASKED_FLAGS, QA_BITS, QA_FILL
 
 __all__ = ["decode_qa", "qa_flags", "missing_fraction", "mask"]
 
@@ -47,7 +47,7 @@ def _as_integer_qa(qa: xr.DataArray) -> xr.DataArray:
         return qa
     if np.issubdtype(qa.dtype, np.floating):
         # A QA band loaded with a NaN fill value: NaN means "no data", i.e. the fill bit.
-        return qa.fillna(1 << QA_BITS["fill"]).astype(np.uint16)
+        return qa.fillna(QA_FILL).astype(np.uint16)
     raise DataTypeError(
         f"QA band {qa.name!r} has dtype {qa.dtype}; QA_PIXEL must hold integers (uint16). "
         "Load it without scaling (no scale/offset applied to the QA band)."

@@ -39,9 +39,9 @@ from glacierxr.io.grid import (
     _transform_bounds,
     _union,
 )
-from glacierxr.io.items import _QA_BANDS, _QA_FILL, _check_bands, _scenes, _source
+from glacierxr.io.items import _QA_BANDS, _check_bands, _scenes, _source
 from glacierxr.io.reader import LandsatReader, _gdal_env
-from glacierxr.landsat import QA_BITS
+from glacierxr.landsat import QA_BITS, QA_FILL
 
 __all__ = ["load", "DEFAULT_BANDS", "DEFAULT_CHUNKS"]
 
@@ -311,7 +311,7 @@ def _stacks(plain, scenes, *, epsg, bounds, group_sizes, options: _Options) -> d
             warnings.filterwarnings("ignore", **_AFFINE_WARNING)
             for band in options.bands:
                 qa = band in _QA_BANDS
-                dtype, fill = (np.dtype("uint16"), _QA_FILL) if qa else (np.dtype("float32"), np.float32(np.nan))
+                dtype, fill = (np.dtype("uint16"), np.uint16(QA_FILL)) if qa else (np.dtype("float32"), np.float32(np.nan))
                 stacks[band] = stackstac.stack(plain, assets=[band], dtype=dtype, fill_value=fill, **common)
     except ValueError as exc:
         if "add up" not in str(exc) and "chunks" not in str(exc).lower():
@@ -336,7 +336,7 @@ def _reflectance(stacks: dict[str, xr.DataArray], scenes, group_sizes) -> dict[s
     for band, stack in stacks.items():
         dn = stack.data.map_blocks(_squeeze_band, drop_axis=1, dtype=stack.dtype)
         if band in _QA_BANDS:
-            variables[band] = _merge_groups(dn, group_sizes, _QA_FILL)
+            variables[band] = _merge_groups(dn, group_sizes, np.uint16(QA_FILL))
             continue
         params = _per_time([s.bands[band] for s in scenes], dn.chunks[0])
         value = dask.array.map_blocks(_dn_to_reflectance, dn, params, dtype=np.float32, token="glacierxr-sr")
@@ -373,7 +373,7 @@ def _band_attrs(name: str) -> dict[str, Any]:
             "long_name": "Landsat Collection-2 QA_PIXEL bit flags",
             "flag_masks": [1 << bit for _, bit in flags],
             "flag_meanings": " ".join(name for name, _ in flags),
-            "fill_value": int(_QA_FILL),
+            "fill_value": QA_FILL,
         }
     return {
         "units": "1",

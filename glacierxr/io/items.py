@@ -23,7 +23,6 @@ from glacierxr.io.grid import _transform_bounds
 from glacierxr.landsat import (
     ASSET_ALIASES,
     COLLECTIONS,
-    QA_BITS,
     SR_NODATA,
     SR_OFFSET,
     SR_SCALE,
@@ -32,7 +31,6 @@ from glacierxr.landsat import (
 
 
 _QA_BANDS = frozenset({"qa_pixel"})
-_QA_FILL = np.uint16(1 << QA_BITS["fill"])
 
 
 # Integer DNs up to 16 bits (and floats) are exact in, or meant for, float32.
