@@ -165,14 +165,17 @@ def blank(fill: np.ndarray, *bands: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(np.where(fill, np.nan, band) for band in bands)
 
 
-def write_cog(path: Path, data: np.ndarray, transform, crs, nodata: int) -> None:
-    """Write one uint16 band as a DEFLATE-compressed COG (256 px tiles, nearest overviews)."""
+def write_cog(path: Path, data: np.ndarray, transform, crs, nodata: int | None) -> None:
+    """Write one integer band as a DEFLATE-compressed COG (256 px tiles, nearest overviews).
+
+    The file has ``data``'s dtype (uint16 for Landsat DNs); ``nodata=None`` declares none.
+    """
     import rasterio
 
     h, w = data.shape
     blocksize = 256  # images up to 256 px are one tile (no overviews, fast to write)
     with rasterio.open(
-        path, "w", driver="COG", width=w, height=h, count=1, dtype="uint16", crs=crs,
+        path, "w", driver="COG", width=w, height=h, count=1, dtype=data.dtype.name, crs=crs,
         transform=transform, nodata=nodata, compress="DEFLATE", predictor=2,
         blocksize=blocksize, overview_resampling="nearest", num_threads=1,
     ) as dst:

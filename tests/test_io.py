@@ -33,7 +33,8 @@ from glacierxr.errors import (
     MissingBandError,
     NoScenesError,
 )
-from glacierxr.landsat import SR_OFFSET, SR_SCALE, resolve_asset_key
+from glacierxr._synthetic import write_cog
+from glacierxr.landsat import QA_FILL, SR_NODATA, SR_OFFSET, SR_SCALE, resolve_asset_key
 from glacierxr.testing import raise_if_dask_computes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,15 +65,6 @@ def _features(shared_data: Path, name: str) -> dict[str, dict]:
 
 def _by_row(features: dict[str, dict], row: str) -> dict:
     return next(f for f in features.values() if f["properties"]["landsat:wrs_row"] == row)
-
-
-def _write_cog(path: Path, data: np.ndarray, transform: Affine, epsg: int, nodata) -> None:
-    profile = dict(
-        driver="COG", width=data.shape[1], height=data.shape[0], count=1, dtype=data.dtype.name,
-        crs=f"EPSG:{epsg}", transform=transform, nodata=nodata,
-    )  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
 
 
 def make_item(
@@ -118,16 +110,14 @@ def make_item(
         key = resolve_asset_key(item["assets"], band)
         if band == "qa_pixel":
             dn = rng.choice(QA_VALUES, size=(SIZE, SIZE)).astype("uint16")
-            dn[0, :5] = 1
-            dn[10:12, 20:23] = 1
-            nodata = 1
+            nodata = QA_FILL
         else:
             dn = rng.integers(7_300, 36_000, size=(SIZE, SIZE)).astype(dtype)
-            dn[0, :5] = 0
-            dn[10:12, 20:23] = 0
-            nodata = 0
+            nodata = SR_NODATA
+        dn[0, :5] = nodata
+        dn[10:12, 20:23] = nodata
         path = directory / f"{item['id']}_{key}.tif"
-        _write_cog(path, dn, transform, epsg, nodata if declare_nodata else None)
+        write_cog(path, dn, transform, f"EPSG:{epsg}", nodata if declare_nodata else None)
         item["assets"][key]["href"] = href(path) if href else str(path)
         data[band] = dn
     return item, data
@@ -235,7 +225,7 @@ def test_load__nodata_is_nan_with_and_without_declared_nodata(path084, tmp_path)
         valid = data["green"] != 0
         expected = (data["green"][valid] * SR_SCALE + SR_OFFSET).astype("float32")
         np.testing.assert_array_equal(green[valid], expected)
-        assert (ds.qa_pixel.values[~valid] == 1).all()
+        assert (ds.qa_pixel.values[~valid] == QA_FILL).all()
 
 
 def test_load__scale_offset_from_each_items_raster_bands(path084, tmp_path):
@@ -299,7 +289,7 @@ def test_load__solar_day_merges_adjacent_rows(path084, tmp_path):
     )
     assert merged["wrs_row"].values[0] == "073+074"
     # last on top: the later scene where it has data, the earlier one elsewhere
-    for band, nodata in (("green", np.nan), ("swir16", np.nan), ("qa_pixel", 1)):
+    for band, nodata in (("green", np.nan), ("swir16", np.nan), ("qa_pixel", QA_FILL)):
         early, late = separate[band].values
         late_valid = ~np.isnan(late) if band != "qa_pixel" else late != nodata
         expected = np.where(late_valid, late, early)

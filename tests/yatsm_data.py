@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from glacierxr.landsat import qa_word
+
 FMASK_CLEAR, FMASK_WATER, FMASK_SHADOW, FMASK_SNOW, FMASK_CLOUD, FMASK_FILL = 0, 1, 2, 3, 4, 255
 NODATA = -9999
 PLATFORMS = {"LT4": "landsat-4", "LT5": "landsat-5", "LE7": "landsat-7"}
@@ -28,17 +30,18 @@ _CACHE: dict[Path, xr.Dataset] = {}
 def fmask_to_qa_pixel(fmask: np.ndarray) -> np.ndarray:
     """Encode Fmask classes as Landsat Collection-2 QA_PIXEL bits (uint16).
 
-    clear -> bit 6 (clear); water -> bits 7 + 6; shadow -> bit 4; snow -> bits 5 + 6 (snow is a
-    clear-sky class, as in Collection 2); cloud -> bit 3; fill (255) and nodata (-9999) -> bit 0.
+    clear -> clear; water -> water + clear; shadow -> cloud_shadow; snow -> snow + clear (snow is
+    a clear-sky class, as in Collection 2); cloud -> cloud (no dilation: Fmask has none); fill
+    (255) and nodata (-9999) -> fill. Bit positions from :data:`glacierxr.landsat.QA_BITS`.
     """
     fmask = np.asarray(fmask)
     qa = np.zeros(fmask.shape, dtype=np.uint16)
-    qa[fmask == FMASK_CLEAR] = 1 << 6
-    qa[fmask == FMASK_WATER] = (1 << 7) | (1 << 6)
-    qa[fmask == FMASK_SHADOW] = 1 << 4
-    qa[fmask == FMASK_SNOW] = (1 << 5) | (1 << 6)
-    qa[fmask == FMASK_CLOUD] = 1 << 3
-    qa[(fmask == FMASK_FILL) | (fmask == NODATA)] = 1 << 0
+    qa[fmask == FMASK_CLEAR] = qa_word("clear")
+    qa[fmask == FMASK_WATER] = qa_word("water", "clear")
+    qa[fmask == FMASK_SHADOW] = qa_word("cloud_shadow")
+    qa[fmask == FMASK_SNOW] = qa_word("snow", "clear")
+    qa[fmask == FMASK_CLOUD] = qa_word("cloud")
+    qa[(fmask == FMASK_FILL) | (fmask == NODATA)] = qa_word("fill")
     return qa
 
 
