@@ -34,6 +34,7 @@ for these models), so compare ratios measured in the same run.
 
     python benchmarks/train.py --quick      # < 1 min: 1 warm-up + 2 timed steps, 1 round
     python benchmarks/train.py              # 2 warm-up + 10 timed steps, best of 3
+    python benchmarks/train.py --only ceiling   # just the trainer_ceiling rows (full size, < 1 min)
 
 Prints one JSON object per line (``benchmark``, ``metric``, ``value``, ``unit`` and, where there
 is a comparison, ``baseline``, ``baseline_value``, ``ratio``).
@@ -370,6 +371,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1; 0 keeps torch's default). On a small shared machine "
                              "more threads than free cores make these models many times slower")
+    parser.add_argument("--only", choices=("ceiling",), default=None,
+                        help="run only these rows: 'ceiling' = the trainer_ceiling rows (at the size of the mode)")
     args = parser.parse_args(argv)
     import torch
 
@@ -384,6 +387,8 @@ def main(argv=None) -> None:
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
 
     trainer_ceiling(batches=8 if args.quick else 30, rounds=rounds if args.quick else 3)
+    if args.only == "ceiling":
+        return
     streaming_memory(limit=1_000 if args.quick else 5_000)
     trainer_vs_step(list_models(), batch=16 if args.quick else 256, batches=2)
     if torch.cuda.is_available():  # the GPU target, at batch 256 in both modes
