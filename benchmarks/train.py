@@ -163,6 +163,7 @@ def step_rate(model, data, *, batch: int, steps: int, device: str = "cpu") -> fl
     """
     import torch
 
+    from glacierxr.ml._feed import BufferPool
     from glacierxr.ml.train import _dense_sse  # the loss Trainer uses on PatchSequences batches
 
     batch_arrays = next(iter(torch.utils.data.DataLoader(data.batched(batch), batch_size=None)))
@@ -170,10 +171,11 @@ def step_rate(model, data, *, batch: int, steps: int, device: str = "cpu") -> fl
     model = model.to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    pool = BufferPool()  # the loss's reused buffers, as in Trainer
 
     def step() -> None:
         prediction = model(inputs, T_OUT, targets=targets, teacher_forcing=FIT_TEACHER_FORCING)
-        sse, count = _dense_sse(prediction, targets, valid)
+        sse, count = _dense_sse(prediction, targets, valid, pool=pool)
         loss = sse / count.clamp_min(1).to(sse.dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -540,6 +540,7 @@ class Trainer:
         if self.compile:
             self._model_call = torch.compile(self.model)
         self._feeds: dict[int, Any] = {}
+        self._buffers = _feed.BufferPool(per_shape=4)  # the loss's temporaries (batched path, CPU)
         self.history = _history_frame([])
         self._records: list[dict] = []
         self._best_loss = math.inf
@@ -772,7 +773,7 @@ class Trainer:
                 "to (B, steps, 1, H, W)."
             )
         if dense:
-            return _dense_sse(prediction.float(), targets, valid)
+            return _dense_sse(prediction.float(), targets, valid, pool=self._buffers)
         return _masked_sse(prediction.float(), targets, valid)
 
     def _device_batch(self, loader, batch, *, index: int, epoch: int, phase: str):
@@ -1348,35 +1349,45 @@ class _FeedEpoch:
         return self.feed.batches(self.epoch)
 
 
-def _dense_sse(prediction, target, valid):
+def _dense_sse(prediction, target, valid, pool=None):
     """:func:`_masked_sse` for batches whose targets are finite and 0 where ``valid`` (float 0/1) is 0.
 
     The same sums bit for bit as :func:`_masked_sse` on such batches (same differences, same
     reduction), in fewer passes over the data: no ``where``, and a hand-written backward that
-    reuses the masked difference (``2 · difference · grad``).  A non-finite prediction at an
+    reuses the masked difference (``2 · difference · grad``, in place: the gradient is the
+    difference's buffer, so its backward runs once — a second one, with ``retain_graph``, raises
+    torch's "modified by an inplace operation" error).  With a :class:`~glacierxr.ml._feed.BufferPool`
+    (contiguous float32 CPU predictions) the difference and its square are written into reused
+    buffers instead of fresh ones, which saves their page faults.  A non-finite prediction at an
     unobserved pixel makes it NaN (and training stops as diverged).
     """
     import torch
 
     # a float32 sum of 0/1 values is exact below 2**24 elements (and avoids a float64 copy)
     count = valid.sum(dtype=torch.float64) if valid.numel() >= 2**24 else valid.sum().double()
-    return _DenseSSE.apply(prediction, target.to(prediction.dtype), valid), count
+    if pool is not None and not (prediction.device.type == "cpu" and prediction.dtype == torch.float32
+                                 and prediction.is_contiguous()):
+        pool = None  # the layout of a reused buffer could change the order of the sum
+    return _DenseSSE.apply(prediction, target.to(prediction.dtype), valid, pool), count
 
 
 def _dense_sse_function():
     import torch
 
+    def buffer(pool, like):
+        return None if pool is None else pool.take(tuple(like.shape), np.float32)
+
     class DenseSSE(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, prediction, target, valid):
-            difference = (prediction - target).mul_(valid)  # in place: one 10 MB buffer less per batch
+        def forward(ctx, prediction, target, valid, pool):
+            difference = torch.sub(prediction, target, out=buffer(pool, prediction)).mul_(valid)
             ctx.save_for_backward(difference)
-            return (difference * difference).sum()
+            return torch.mul(difference, difference, out=buffer(pool, difference)).sum()
 
         @staticmethod
         def backward(ctx, grad):
             (difference,) = ctx.saved_tensors
-            return difference.mul(2 * grad), None, None
+            return difference.mul_(2 * grad), None, None, None  # the difference is not needed again
 
     return DenseSSE
 
