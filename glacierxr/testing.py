@@ -16,7 +16,8 @@ import xarray as xr
 
 from glacierxr._synthetic import PLAIN_QA, blank
 
-__all__ = ["make_scene_cube", "make_series", "smooth_texture", "count_computes", "raise_if_dask_computes"]
+__all__ = ["make_scene_cube", "make_series", "smooth_texture", "changing_ground", "count_computes",
+           "raise_if_dask_computes"]
 
 
 class _CountingScheduler:
@@ -194,3 +195,26 @@ def smooth_texture(seed: int, size: int = 96, wavelength: float = 6.0) -> np.nda
     spectrum = np.exp(-((k * wavelength) ** 2)) * (k > 0)
     texture = np.fft.ifft2(np.fft.fft2(rng.standard_normal((size, size))) * spectrum).real
     return texture / texture.std()
+
+
+def changing_ground(
+    stable_columns: int, *, times: int = 5, height: int = 48, width: int = 64, seed: int = 0
+) -> xr.DataArray:
+    """Scenes of noise texture whose first ``stable_columns`` columns are the same in all.
+
+    Those columns are rock seen again and again; every other pixel is new texture in each
+    scene (ground that changes), the case :mod:`glacierxr.stable` tells apart.
+
+    Examples
+    --------
+    >>> scenes = changing_ground(2, times=3, height=4, width=6)
+    >>> scenes.dims, bool((scenes[:, :, :2] == scenes[0, :, :2]).all())
+    (('time', 'y', 'x'), True)
+    >>> bool((scenes[1, :, 2:] == scenes[0, :, 2:]).any())
+    False
+    """
+    rng = np.random.default_rng(seed)
+    rock = rng.standard_normal((height, width))
+    scenes = rng.standard_normal((times, height, width))
+    scenes[:, :, :stable_columns] = rock[:, :stable_columns]
+    return make_series(scenes.astype(np.float32))

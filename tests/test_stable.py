@@ -18,7 +18,7 @@ from glacierxr.stable import (
     temporal_variability,
 )
 from glacierxr.testing import raise_if_dask_computes
-from glacierxr.testing import make_series
+from glacierxr.testing import changing_ground, make_series
 
 RES = 30.0
 
@@ -167,17 +167,8 @@ def test_resolve__bad_masks_raise(stable, error, fragment):
         resolve_stable(grid(), stable=stable, what="flow")
 
 
-def _changing_cube(stable_columns: int, seed: int = 0) -> xr.DataArray:
-    """Five scenes of noise texture; the first ``stable_columns`` columns are the same in all."""
-    rng = np.random.default_rng(seed)
-    rock = rng.standard_normal((48, 64))
-    scenes = rng.standard_normal((5, 48, 64))
-    scenes[:, :, :stable_columns] = rock[:, :stable_columns]
-    return make_series(scenes.astype(np.float32))
-
-
 def test_variability__zero_on_unchanged_texture_and_high_where_it_changes():
-    cube = _changing_cube(24)
+    cube = changing_ground(24)
     with raise_if_dask_computes():
         lazy = temporal_variability(cube.chunk({"time": 2}), window=2.0)
     v = lazy.compute().values
@@ -190,12 +181,16 @@ def test_variability__zero_on_unchanged_texture_and_high_where_it_changes():
 
 
 def test_stable_from_variability__threshold_minimum_share_and_nothing_clear():
-    mask = stable_from_variability(_changing_cube(24), window=2.0)
+    mask = stable_from_variability(changing_ground(24), window=2.0)
     assert mask[:, :16].all() and not mask[:, 32:].any()
     # 4 of 64 columns unchanged: under 20 % pass, the 20 % least changing are kept
-    few = stable_from_variability(_changing_cube(4), window=1.0).values
+    few = stable_from_variability(changing_ground(4), window=1.0).values
     assert few.mean() == pytest.approx(0.2, abs=0.02) and few[:, :3].mean() > 0.9
     # nothing unchanged at all: no restriction rather than the least changing noise
-    assert stable_from_variability(_changing_cube(0), window=1.0).values.all()
+    assert stable_from_variability(changing_ground(0), window=1.0).values.all()
     with pytest.raises(ConfigError, match="min_fraction"):
-        stable_from_variability(_changing_cube(4), min_fraction=2.0)
+        stable_from_variability(changing_ground(4), min_fraction=2.0)
+    # the shared option check: booleans and NaN are not thresholds
+    for bad in (dict(threshold=True), dict(min_clear=float("nan")), dict(threshold=-0.1)):
+        with pytest.raises(ConfigError, match="must be a non-negative number"):
+            stable_from_variability(changing_ground(4), **bad)
