@@ -249,6 +249,25 @@ def test_full_scene_sequences__bad_input_raises():
         FullSceneSequences(cube(times=6), patch=6)
 
 
+def test_full_scene_sequences__options_mirror_patch_sequences():
+    """Every option but patch and split is PatchSequences' (same name, type and default), so
+    the two cannot drift apart; FullSceneSequences hands them on to PatchSequences."""
+    import inspect
+
+    from glacierxr.ml import PatchSequences
+
+    own = inspect.signature(FullSceneSequences).parameters
+    theirs = inspect.signature(PatchSequences).parameters
+    assert list(own) == ["da", "input_steps", "target_steps", "patch", "split", "val_fraction",
+                         "test_fraction", "buffer", "normalize", "valid_coord", "time_dim", "y_dim", "x_dim"]
+    for name in set(own) - {"patch", "split"}:
+        assert own[name] == theirs[name]
+    # the defaults are used: 40 periods split 24/8/8 as in PatchSequences' docstring example
+    scenes = FullSceneSequences(cube(times=40), patch=6)
+    assert scenes.input_steps == 4 and scenes.target_steps == 4
+    assert scenes.split_info["time_ranges"] == {"train": (0, 24), "val": (24, 32), "test": (32, 40)}
+
+
 @pytest.mark.slow
 def test_full_scene_training__unchanged_trainer_learns_and_checkpoints_reload(tmp_path):
     # the scene repeats one year of four seasons: the last input is the target a year later
