@@ -1352,10 +1352,11 @@ class _FeedEpoch:
 def _dense_sse(prediction, target, valid, pool=None):
     """:func:`_masked_sse` for batches whose targets are finite and 0 where ``valid`` (float 0/1) is 0.
 
-    The same sums bit for bit as :func:`_masked_sse` on such batches (same differences, same
-    reduction), in fewer passes over the data: no ``where``, and a hand-written backward that
-    reuses the masked difference (``2 · difference · grad``, in place: the gradient is the
-    difference's buffer, so its backward runs once — a second one, with ``retain_graph``, raises
+    The same sums bit for bit as :func:`_masked_sse` on such batches (the same squared
+    differences, the same reduction) and the same gradients (up to the sign of a zero at unobserved
+    pixels), in fewer passes over the data: no ``where``, the masked difference in one
+    ``addcmul``, and a hand-written backward that reuses it (``2 · difference · grad``, in place:
+    the gradient is the difference's buffer, so its backward runs once — a second one, with ``retain_graph``, raises
     torch's "modified by an inplace operation" error).  With a :class:`~glacierxr.ml._feed.BufferPool`
     (contiguous float32 CPU predictions) the difference and its square are written into reused
     buffers instead of fresh ones, which saves their page faults.  A non-finite prediction at an
@@ -1380,14 +1381,16 @@ def _dense_sse_function():
     class DenseSSE(torch.autograd.Function):
         @staticmethod
         def forward(ctx, prediction, target, valid, pool):
-            difference = torch.sub(prediction, target, out=buffer(pool, prediction)).mul_(valid)
-            ctx.save_for_backward(difference)
-            return torch.mul(difference, difference, out=buffer(pool, difference)).sum()
+            # target - prediction · valid, one pass over the three: where valid exactly
+            # -(prediction - target), elsewhere the target's 0 (only a zero's sign may differ)
+            negative = torch.addcmul(target, prediction, valid, value=-1, out=buffer(pool, prediction))
+            ctx.save_for_backward(negative)
+            return torch.mul(negative, negative, out=buffer(pool, negative)).sum()
 
         @staticmethod
         def backward(ctx, grad):
-            (difference,) = ctx.saved_tensors
-            return difference.mul_(2 * grad), None, None, None  # the difference is not needed again
+            (negative,) = ctx.saved_tensors
+            return negative.mul_(-2 * grad), None, None, None  # in place: not needed again
 
     return DenseSSE
 
