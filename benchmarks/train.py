@@ -21,12 +21,14 @@ the most the trainer can deliver whatever the model. Its baseline is a bare NumP
 same batches (same windows, same order) from the same cube, prepared beforehand (normalised,
 NaN → 0, mask) — three fancy-indexing copies per batch and nothing else; ratio = ceiling /
 gather. Beside it: the bare optimisation-step rate of the near-free model on one fixed batch
-(what the loss and backward cost alone) and the per-sample ``DataLoader`` path of earlier
-versions. Per model, ``trainer_vs_step/<model>/cpu`` is ``Trainer.fit``'s rate over the ratio of
-the bare model-step rate at the same batch (256; 16 with ``--quick``; teacher forcing 0 in both). ``trainer_streaming_peak_
-memory`` is the tracemalloc peak while ``Trainer.fit`` streams from a lazy 96 × 800 × 800 cube
-(as in ``benchmarks/patches.py``, whose per-sample ``DataLoader`` figure is measured beside it as
-the baseline; tracemalloc sees NumPy buffers, not torch's own allocations).
+(what the loss and backward cost alone), the model's own forward and backward (no loss, no
+optimizer), and the per-sample ``DataLoader`` path of earlier versions; both sides are warmed up
+untimed first. Per model, ``trainer_vs_step/<model>/cpu`` is ``Trainer.fit``'s rate over the
+ratio of the bare model-step rate at the same batch (256; 16 with ``--quick``; teacher forcing 0
+in both). ``trainer_streaming_peak_memory`` is the tracemalloc peak while ``Trainer.fit``
+streams from a lazy 96 × 800 × 800 cube (as in ``benchmarks/patches.py``, whose per-sample
+``DataLoader`` figure is measured beside it as the baseline; tracemalloc sees NumPy buffers, not
+torch's own allocations).
 
 Machine load matters: the CPU figures are for ``--threads`` torch threads (default 1, printed in
 every note; on a 2-core machine shared with other jobs, 2 threads measured ~10x *slower* than 1

@@ -259,7 +259,8 @@ class SequenceFeed:
         order = view._order(epoch)
         for start in range(0, order.size, self.batch_size):
             t0, y0, x0 = layout.decompose(view._ids[order[start : start + self.batch_size]])
-            first = torch.from_numpy((((t0 - region.t_lo) * h + y0 - region.y_lo) * w + x0 - region.x_lo).astype(np.int64))
+            offsets = ((t0 - region.t_lo) * h + y0 - region.y_lo) * w + x0 - region.x_lo
+            first = torch.from_numpy(offsets.astype(np.int64))
             later = first + t_in * h * w
             yield tuple(self._cut(rows, index) for rows, index in zip(self._rows, (first, later, later)))
 
