@@ -23,8 +23,8 @@ NaN → 0, mask) — three fancy-indexing copies per batch and nothing else; rat
 gather. Beside it: the bare optimisation-step rate of the near-free model on one fixed batch
 (what the loss and backward cost alone), the model's own forward and backward (no loss, no
 optimizer), and the per-sample ``DataLoader`` path of earlier versions; both sides are warmed up
-untimed first. Per model, ``trainer_vs_step/<model>/cpu`` is ``Trainer.fit``'s rate over the
-ratio of the bare model-step rate at the same batch (256; 16 with ``--quick``; teacher forcing 0
+untimed first. Per model, ``trainer_vs_step/<model>/cpu`` is the ratio of ``Trainer.fit``'s rate
+to the bare model-step rate at the same batch (256; 16 with ``--quick``; teacher forcing 0
 in both). ``trainer_streaming_peak_memory`` is the tracemalloc peak while ``Trainer.fit``
 streams from a lazy 96 × 800 × 800 cube (as in ``benchmarks/patches.py``, whose per-sample
 ``DataLoader`` figure is measured beside it as the baseline; tracemalloc sees NumPy buffers, not
