@@ -153,3 +153,24 @@ def test_dense_sse__its_backward_runs_once():
     sse.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="inplace"):
         sse.backward()
+
+
+def test_trainer__training_validation_and_loss_share_one_pool_across_fits():
+    """Validation batches reuse the training batches' buffers; a second fit reuses the first's."""
+    from _toy_training import TinyForecaster
+
+    from glacierxr.ml.patches import PatchSequences
+    from glacierxr.ml.train import Trainer
+    from glacierxr.testing import make_series
+
+    values = np.random.default_rng(0).normal(0.4, 0.3, (16, 26, 30)).astype("float32")
+    sequences = PatchSequences(make_series(values, freq="QS"), input_steps=2, target_steps=2, patch=8, stride=3)
+    trainer = Trainer(TinyForecaster(input_steps=2), max_epochs=1, batch_size=16, device="cpu", progress=False,
+                      cube_on_device=True)
+    trainer.fit(sequences.split("train"), sequences.split("val"))
+    feeds = list(trainer._feeds.values())
+    assert len(feeds) == 2 and all(feed._pool is trainer._buffers for feed in feeds)
+    kept = {key: len(arrays) for key, arrays in trainer._buffers._arrays.items()}
+    assert kept and all(count <= 8 for count in kept.values())  # a few batches' worth, not one per batch
+    trainer.fit(sequences.split("train"), sequences.split("val"))
+    assert {key: len(arrays) for key, arrays in trainer._buffers._arrays.items()} == kept

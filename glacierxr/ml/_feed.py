@@ -105,7 +105,7 @@ class BufferPool:
         Arrays kept per (shape, dtype); beyond that :meth:`take` returns one-off arrays.
     """
 
-    def __init__(self, per_shape: int = 16) -> None:
+    def __init__(self, per_shape: int = 20) -> None:
         self.per_shape = int(per_shape)
         self._arrays: dict[tuple, list[np.ndarray]] = {}
         self._lock = threading.Lock()  # a prefetch thread and the training loop take from one pool
@@ -169,10 +169,13 @@ class SequenceFeed:
         CUDA when streaming).
     check_tile : callable, optional
         Called with every prepared block (e.g. to refuse infinite values).
+    pool : BufferPool, optional
+        Where CPU batches of the resident path are copied (shared, e.g., by a trainer's training
+        and validation feeds and its loss); default a pool of this feed's own.
     """
 
     def __init__(self, view, *, batch_size: int, device, resident="auto", prefetch="auto",
-                 check_tile: Callable | None = None) -> None:
+                 check_tile: Callable | None = None, pool: BufferPool | None = None) -> None:
         self.view = view
         self.batch_size = int(batch_size)
         self.device = device
@@ -189,7 +192,7 @@ class SequenceFeed:
         self._copy_stream = None
         self._slots: list[dict] = []
         self._slot = 0
-        self._pool = BufferPool()
+        self._pool = BufferPool() if pool is None else pool
         self._rows = None  # window views of the prepared host cube (CPU, resident)
 
     def __len__(self) -> int:

@@ -423,7 +423,8 @@ class Trainer:
     -----
     The trainer keeps a CPU copy of the last completed epoch (weights and optimizer state, about
     three times the model's size) so that Ctrl-C can always write a consistent ``last.pt``, plus
-    a copy of the best weights.
+    a copy of the best weights.  On the CPU it also keeps the buffers the batched path and its
+    loss reuse from batch to batch (a few batches' worth; fresh ones would cost page faults).
 
     Exact resume is guaranteed on CPU with deterministic data (the same dataset in the same
     order for the same index).  On CUDA some kernels are not deterministic; resume is then
@@ -544,7 +545,8 @@ class Trainer:
         if self.compile:
             self._model_call = torch.compile(self.model)
         self._feeds: dict[int, Any] = {}
-        self._buffers = _feed.BufferPool(per_shape=4)  # the loss's temporaries (batched path, CPU)
+        # CPU batches of the batched path and the loss's temporaries, reused across feeds and fits
+        self._buffers = _feed.BufferPool()
         self.history = _history_frame([])
         self._records: list[dict] = []
         self._best_loss = math.inf
@@ -646,7 +648,7 @@ class Trainer:
                 )
             self._feeds[key] = _feed.SequenceFeed(
                 data, batch_size=self.batch_size, device=self.device, resident=self.cube_on_device,
-                prefetch=self.prefetch, check_tile=_refuse_infinite,
+                prefetch=self.prefetch, check_tile=_refuse_infinite, pool=self._buffers,
             )
             self._feeds[key]._prepare()  # read once here, outside the timing of the epoch's batches
             logger.info("batched data path for %r: %s", data.name, self._feeds[key].mode)
