@@ -117,10 +117,9 @@ class BufferPool:
         key = (tuple(int(n) for n in shape), np.dtype(dtype).str)
         with self._lock:
             arrays = self._arrays.setdefault(key, [])
-            for array in arrays:
-                # references: the list, the loop variable and getrefcount's argument; a tensor adds one
-                if sys.getrefcount(array) == 3:
-                    return torch.from_numpy(array)
+            for index in range(len(arrays)):
+                if _references(arrays, index) == _FREE:  # a tensor (or view) of it would add one
+                    return torch.from_numpy(arrays[index])
             array = np.empty(key[0], dtype)
             if len(arrays) < self.per_shape:
                 arrays.append(array)
@@ -130,6 +129,16 @@ class BufferPool:
         """Drop every kept array (tensors handed out stay valid)."""
         with self._lock:
             self._arrays.clear()
+
+
+def _references(arrays: list, index: int) -> int:
+    """Reference count of ``arrays[index]`` as seen from here (the list's and this call's own)."""
+    return sys.getrefcount(arrays[index])
+
+
+#: What :func:`_references` gives for an array only the pool's list holds (measured, not assumed:
+#: the count of temporary references differs between Python versions).
+_FREE = _references([np.empty(0)], 0)
 
 
 def _window_rows(array: np.ndarray, length: int, patch: int):
