@@ -34,7 +34,7 @@ Machine load matters: the CPU figures are for ``--threads`` torch threads (defau
 every note; on a 2-core machine shared with other jobs, 2 threads measured ~10x *slower* than 1
 for these models), so compare ratios measured in the same run.
 
-    python benchmarks/train.py --quick      # < 1 min: 1 warm-up + 2 timed steps, 1 round
+    python benchmarks/train.py --quick      # < 1 min: 1 warm-up + 2 timed steps, 1 round (ceiling: 3 x 8 batches)
     python benchmarks/train.py              # 2 warm-up + 10 timed steps, best of 3
     python benchmarks/train.py --only ceiling   # just the trainer_ceiling rows (full size, < 1 min)
 
@@ -327,7 +327,8 @@ def streaming_memory(*, limit: int) -> None:
          baseline_value=round(peaks["dataloader"], 1), ratio=round(peaks["trainer"] / peaks["dataloader"], 3),
          note=f"tracemalloc peak while Trainer.fit (batch 64, streaming data path) trains on ~{limit} sequences of a "
               "lazy Dask cube chunked one scene per chunk; the cube is 245.8 MB. tracemalloc sees NumPy buffers, "
-              "not torch's allocations")
+              "not torch's allocations (so it counts the trainer's reused loss buffers, NumPy arrays since they "
+              "are reused, about 5 MB at batch 64; torch allocated the same temporaries before)")
 
 
 def _threads() -> int:
@@ -424,7 +425,9 @@ def main(argv=None) -> None:
     steps = args.steps if args.steps is not None else (2 if args.quick else 10)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
 
-    trainer_ceiling(batches=8 if args.quick else 30, rounds=rounds if args.quick else 3)
+    # best of 3 rounds also with --quick: one round of 8 batches (~20 ms of gather) is at the mercy
+    # of a single preemption on a shared machine
+    trainer_ceiling(batches=8 if args.quick else 30, rounds=3)
     if args.only == "ceiling":
         return
     streaming_memory(limit=1_000 if args.quick else 5_000)
