@@ -174,3 +174,31 @@ def test_trainer__training_validation_and_loss_share_one_pool_across_fits():
     assert kept and all(count <= 8 for count in kept.values())  # a few batches' worth, not one per batch
     trainer.fit(sequences.split("train"), sequences.split("val"))
     assert {key: len(arrays) for key, arrays in trainer._buffers._arrays.items()} == kept
+
+
+def test_unpack__finite_sum_shortcut_keeps_the_exact_checks():
+    """The one-pass check (a finite sum) never lets a NaN through and never refuses finite data."""
+    from _toy_training import TinyForecaster
+
+    from glacierxr.ml.train import NonFiniteBatchError, Trainer
+
+    trainer = Trainer(TinyForecaster(input_steps=2), max_epochs=1, device="cpu", progress=False)
+    inputs, targets = torch.rand(4, 2, 1, 5, 5), torch.rand(4, 2, 1, 5, 5)
+    valid = torch.ones_like(targets)
+    valid[0, 0, 0, 0, 0] = 0.0
+
+    def unpack(*batch):
+        return trainer._unpack(batch, index=2, epoch=1, phase="training")
+
+    huge = torch.full_like(inputs, 3e38)  # finite values whose float32 sum overflows
+    assert unpack(huge, targets, valid)[0] is huge
+    with_gap = targets.clone()
+    with_gap[0, 0, 0, 0, 0] = float("nan")  # NaN where not valid: allowed, and not valid afterwards
+    assert not unpack(inputs, with_gap, valid)[2][0, 0, 0, 0, 0]
+    bad = inputs.clone()
+    bad[1, 1, 0, 2, 2], bad[2, 0, 0, 1, 1] = float("inf"), float("-inf")  # sums to NaN
+    with pytest.raises(NonFiniteBatchError, match="2 NaN/inf input pixel"):
+        unpack(bad, targets, valid)
+    with_gap[3, 1, 0, 4, 4] = float("nan")  # and one where valid
+    with pytest.raises(NonFiniteBatchError, match="1 NaN/inf target pixel"):
+        unpack(inputs, with_gap, valid)
