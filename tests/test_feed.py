@@ -147,6 +147,31 @@ def test_dense_sse__same_bits_as_the_masked_loss_and_its_gradient(pooled):
     torch.testing.assert_close(dense_grad, valid * (base - dense_target), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_fused_masked_sse__same_bits_as_the_masked_loss(broadcast):
+    """The DataLoader path's loss: bool mask, NaN targets where not valid, possibly a broadcast mask."""
+    from glacierxr.ml.train import _fused_masked_sse
+
+    generator = torch.Generator().manual_seed(1)
+    target = torch.randn(5, 3, 1, 7, 7, generator=generator)
+    valid = torch.rand((5, 1, 1, 7, 7) if broadcast else target.shape, generator=generator) > 0.3
+    target[~valid.expand_as(target)] = float("nan")
+    base = torch.randn(target.shape, generator=generator)
+    results = []
+    for fused in (False, True):
+        prediction = base.clone().requires_grad_(True)
+        sse, count = (_fused_masked_sse(prediction, target, valid, pool=BufferPool()) if fused
+                      else _masked_sse(prediction, target, valid))
+        (sse * 0.25).backward()
+        results.append((sse.detach(), count, prediction.grad))
+    (sse_a, count_a, grad_a), (sse_b, count_b, grad_b) = results
+    assert _same_bits(sse_a, sse_b) and int(count_a) == int(count_b) == int(valid.expand_as(target).sum())
+    assert _same_bits(grad_a, grad_b)  # bit for bit, zeros where not valid included
+    assert torch.isfinite(sse_b) and torch.isfinite(grad_b).all()
+    expected = torch.where(valid, base - torch.nan_to_num(target), torch.zeros(())) * 0.5
+    torch.testing.assert_close(grad_b, expected, rtol=1e-6, atol=1e-7)
+
+
 def test_dense_sse__its_backward_runs_once():
     prediction = torch.rand(2, 2, 1, 3, 3, requires_grad=True)
     sse, _ = _dense_sse(prediction, torch.zeros(2, 2, 1, 3, 3), torch.ones(2, 2, 1, 3, 3), pool=BufferPool())
