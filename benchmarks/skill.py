@@ -14,7 +14,9 @@ Forecasters:
 * every (model, residual) pair: each model of the zoo at small sizes, trained with the
   :class:`~glacierxr.ml.train.Trainer` on the raw masks (``none``) or on the residual of
   climatology / damped anomaly persistence
-  (:class:`~glacierxr.ml.models.residual.ResidualForecaster`), its correction to the baseline
+  (:class:`~glacierxr.ml.models.residual.ResidualForecaster`), the latter also with context
+  (``+climatology+scene_anomaly``: the climatology of the input and target months and the
+  scene-wide anomaly of each input month shown to the model), its correction to the baseline
   optionally shrunk (× 0.25, 0.5, 0.75 or 1). The **best model** is the (model, residual,
   shrinkage) with the lowest MSE on the ``val`` split; only it is scored on ``test``;
 * the **oracle** (sample only): :func:`glacierxr.sample.oracle_forecast` (the conditional
@@ -52,14 +54,17 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RUN_TIMEOUT_S = 3600
+#: The residual of damped anomaly persistence with the model shown the climatology (of the input
+#: and target months) and the scene-wide anomaly of each input month (ResidualForecaster context).
+CONTEXT_VARIANT = "anomaly_persistence+climatology+scene_anomaly"
 
 PRESETS = {
     "quick": dict(size=48, years=8, seeds=(0, 1, 2), patch=16, stride=8, epochs=3, batches=15,
-                  models=("convlstm", "unet"), residuals=("none", "anomaly_persistence"),
+                  models=("convlstm", "unet"), residuals=("none", "anomaly_persistence", CONTEXT_VARIANT),
                   real_models=("convlstm",), n_resamples=200),
-    "full": dict(size=64, years=12, seeds=(0, 1, 2), patch=16, stride=8, epochs=5, batches=40,
+    "full": dict(size=64, years=12, seeds=(0, 1, 2), patch=16, stride=8, epochs=5, batches=80,
                  models=("convlstm", "lstm", "transformer", "unet", "vit"),
-                 residuals=("none", "climatology", "anomaly_persistence"),
+                 residuals=("none", "climatology", "anomaly_persistence", CONTEXT_VARIANT),
                  real_models=("convlstm", "lstm"), n_resamples=1000),
 }
 START = "2013-01-01"
@@ -188,7 +193,14 @@ def fit_variants(ds, preset: dict, model_names, seed: int):
     return label, test_prediction, val_mse
 
 
+def _variant(residual: str) -> tuple[str, tuple[str, ...]]:
+    """``"anomaly_persistence+climatology+scene_anomaly"`` -> ``("anomaly_persistence", ("climatology", "scene_anomaly"))``."""
+    baseline, *context = residual.split("+")
+    return baseline, tuple(context)
+
+
 def _base(arrays, residual: str, offset: float) -> np.ndarray:
+    residual, _ = _variant(residual)
     if residual == "none":
         return np.full(arrays["targets"].shape, offset)
     return np.where(np.isfinite(arrays[residual]), arrays[residual], offset).astype(np.float64)
@@ -198,13 +210,18 @@ def train_one(name, residual, arrays, scale, offset, preset, patch, seed):
     import torch
 
     from glacierxr.ml.models import get_model
-    from glacierxr.ml.models.residual import ResidualForecaster, residual_dataset
+    from glacierxr.ml.models.residual import ResidualForecaster, inner_steps, residual_dataset
     from glacierxr.ml.train import Trainer
 
     torch.manual_seed(seed)
-    inner = get_model(name, **model_sizes(patch)[name])
-    model = ResidualForecaster(inner, input_steps=STEPS_IN, baseline=residual, scale=scale)
-    data = {s: residual_dataset(arrays[s], residual, scale, offset=offset) for s in ("train", "val")}
+    baseline, context = _variant(residual)
+    sizes = dict(model_sizes(patch)[name])
+    if name == "unet":  # the only model of the zoo built for a fixed number of input frames
+        sizes["input_steps"] = inner_steps(STEPS_IN, STEPS_OUT, context=context)
+    inner = get_model(name, **sizes)
+    model = ResidualForecaster(inner, input_steps=STEPS_IN, baseline=baseline, scale=scale, context=context,
+                               offset=offset)
+    data = {s: residual_dataset(arrays[s], baseline, scale, offset=offset, context=context) for s in ("train", "val")}
     trainer = Trainer(model, max_epochs=preset["epochs"], batch_size=BATCH, lr=LR, weight_decay=1e-4,
                       teacher_forcing=(0.5, 0.0), patience=None, restore_best=True, seed=seed, device="cpu",
                       progress=False, max_batches_per_epoch=preset["batches"], mixed_precision="no")
@@ -218,7 +235,8 @@ def predict(model, arrays, residual, scale, offset) -> np.ndarray:
 
     from glacierxr.ml.models.residual import residual_dataset
 
-    packed = residual_dataset(arrays, residual, scale, offset=offset).tensors[0]
+    baseline, context = _variant(residual)
+    packed = residual_dataset(arrays, baseline, scale, offset=offset, context=context).tensors[0]
     model.eval()
     with torch.no_grad():
         out = torch.cat([model(packed[i : i + 256], steps=STEPS_OUT) for i in range(0, len(packed), 256)])

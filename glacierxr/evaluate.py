@@ -899,8 +899,10 @@ def window_arrays(sequences, *, split: str | None = None, baselines: Sequence[st
         ``inputs`` ``(N, T_in, P, P)`` (missing pixels filled like the model sees them: the
         training mean, or 0 without normalisation), ``targets`` ``(N, T_out, P, P)`` (NaN where
         missing), ``valid`` (bool, target observed and finite), ``clim_inputs`` (the
-        climatology of the input periods), one ``(N, T_out, P, P)`` array per baseline, and
-        ``damping`` (0-d, the fitted anomaly-persistence factor, NaN if not asked for).
+        climatology of the input periods), one ``(N, T_out, P, P)`` array per baseline,
+        ``scene_anomaly`` ``(N, T_in)`` (the mean departure from the climatology over the whole
+        scene in each input period: what the snow line does beyond the patch, known at issue
+        time) and ``damping`` (0-d, the fitted anomaly-persistence factor, NaN if not asked for).
     """
     unknown = [b for b in baselines if b not in BASELINES or b == "seasonal_naive"]
     if unknown:
@@ -913,6 +915,8 @@ def window_arrays(sequences, *, split: str | None = None, baselines: Sequence[st
     out = {k: np.empty((n, t_in if k in ("inputs", "clim_inputs") else t_out, patch, patch), np.float32)
            for k in ("inputs", "clim_inputs", "targets", *baselines)}
     out["valid"] = np.empty((n, t_out, patch, patch), bool)
+    t0_all = reference.layout.decompose(sequences.window_ids)[0]
+    out["scene_anomaly"] = _scene_anomaly(reference)[t0_all[:, None] + np.arange(t_in)]
     for batch in sequences._stream(batch_size=batch_size, mode="raw"):
         raw, valid = batch.arrays
         seen = np.where(np.isnan(raw[:, :t_in]), reference.fill, raw[:, :t_in])
@@ -928,6 +932,20 @@ def window_arrays(sequences, *, split: str | None = None, baselines: Sequence[st
             out[name][at] = forecasts[name]
     out["damping"] = np.array(np.nan if reference.damping is None else reference.damping)
     return out
+
+
+def _scene_anomaly(reference: _Baselines) -> np.ndarray:
+    """Mean departure from the climatology over the whole scene, per period of the cube (float32).
+
+    Indexed like the cube's time axis (the layout's ``t_starts`` are positions on it).
+    """
+    data = reference.layout.data
+    phases = period_of_year(reference.times, reference.period)
+    departure = np.asarray(data.values, dtype=np.float32) - reference.clim[phases]
+    observed = np.isfinite(departure)
+    total = np.where(observed, departure, 0.0).sum(axis=(1, 2), dtype=np.float64)
+    count = observed.sum(axis=(1, 2))
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)  # no pixel seen: 0
 
 
 def _train_climatology(sequences, period: int, damping: bool = False) -> tuple[np.ndarray, float | None]:

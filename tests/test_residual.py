@@ -82,3 +82,62 @@ def test_residual__trains_with_the_trainer_and_rejects_bad_inputs():
         model(torch.zeros(2, 4, 1, 8, 8))
     with pytest.raises(ConfigError, match="baseline"):
         ResidualForecaster(_Zero(), input_steps=4, baseline="persistence", scale=1.0)
+
+
+def test_window_arrays__scene_anomaly_is_the_departure_of_the_whole_scene_from_the_training_seasons():
+    sequences, values = _ar_sequences()  # values = cycle[season] + anomaly[t] + a fixed pattern per pixel
+    arrays = ev.window_arrays(sequences, split="test")
+    # by hand: the fixed pattern cancels, so the departure is the anomaly minus its training mean per season
+    series = values.mean(axis=(1, 2)).astype(np.float64)
+    covered = np.zeros(len(values), bool)
+    for t0 in np.unique(sequences.split("train").windows["t0"].to_numpy()):
+        covered[t0 : t0 + 8] = True
+    season = np.arange(len(values)) % 4
+    clim = np.array([series[covered & (season == s)].mean() for s in range(4)])
+    expected = series - clim[season]
+    t0s = sequences.split("test").windows["t0"].to_numpy()
+    np.testing.assert_allclose(arrays["scene_anomaly"], expected[t0s[:, None] + np.arange(4)], atol=1e-5)
+    assert np.abs(arrays["scene_anomaly"]).max() > 0.05  # the anomaly is there to be seen
+
+
+def test_residual__context_frames_reach_the_model_scaled_and_a_zero_correction_is_still_the_baseline():
+    from glacierxr.ml.models.residual import inner_steps
+
+    sequences, _ = _ar_sequences()
+    arrays = ev.window_arrays(sequences, split="test")
+    context = ("climatology", "scene_anomaly")
+    packed, targets, _ = residual_dataset(arrays, "anomaly_persistence", scale=0.1, offset=0.5, context=context).tensors
+    inner = _Zero()
+    model = ResidualForecaster(inner, input_steps=4, baseline="anomaly_persistence", scale=0.1, context=context,
+                               offset=0.5)
+    forecast = model(packed, steps=4)
+    np.testing.assert_allclose(forecast[:, :, 0].detach().numpy(), arrays["anomaly_persistence"], rtol=1e-6)
+    seen = inner.calls[-1][0][:, :, 0].numpy()
+    assert seen.shape[1] == inner_steps(4, 4, context=context) == 16
+    np.testing.assert_allclose(seen[:, :4], (arrays["inputs"] - arrays["clim_inputs"]) / 0.1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(seen[:, 4:8], (arrays["clim_inputs"] - 0.5) / 0.1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(seen[:, 8:12], np.broadcast_to(arrays["scene_anomaly"][:, :, None, None] / 0.1,
+                                                              seen[:, 8:12].shape), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(seen[:, 12:], (arrays["anomaly_persistence"] - 0.5) / 0.1, rtol=1e-5, atol=1e-5)
+    assert model.get_config()["context"] == list(context)
+    with pytest.raises(DimensionError, match="packed"):  # inputs packed without the context
+        model(residual_dataset(arrays, "anomaly_persistence", scale=0.1).tensors[0], steps=4)
+    with pytest.raises(ConfigError, match="context"):
+        ResidualForecaster(_Zero(), input_steps=4, baseline="none", scale=1.0, context=("climatology",))
+    with pytest.raises(ConfigError, match="context"):
+        residual_dataset(arrays, "climatology", scale=0.1, context=("elevation",))
+
+
+def test_residual__a_unet_with_context_trains_with_the_trainer():
+    from glacierxr.ml.models.residual import inner_steps
+
+    sequences, _ = _ar_sequences()
+    context = ("climatology", "scene_anomaly")
+    train = residual_dataset(ev.window_arrays(sequences, split="train"), "anomaly_persistence", scale=0.1,
+                             context=context)
+    torch.manual_seed(0)
+    inner = get_model("unet", input_steps=inner_steps(4, 4, context=context), base_channels=4, depth=1)
+    model = ResidualForecaster(inner, input_steps=4, baseline="anomaly_persistence", scale=0.1, context=context)
+    history = Trainer(model, max_epochs=2, batch_size=8, lr=1e-2, device="cpu", progress=False,
+                      patience=None).fit(train)
+    assert np.isfinite(history.train_loss).all() and model.model_name == "unet+anomaly_persistence+climatology+scene_anomaly"

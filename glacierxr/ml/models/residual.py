@@ -11,11 +11,24 @@ where the anomalies are the inputs minus their climatology (or minus a constant,
 mean, for ``baseline="none"``, which is the plain model). The model then starts from the
 baseline (a zero output *is* the baseline) and learns only what the baseline misses.
 
+With ``context`` the model also sees what a forecaster knows besides the patch's own past:
+
+* ``"climatology"``: the climatology of the input months and the baseline forecast of the target
+  months. An anomaly only matters where the climatology is between "always snow" and "never
+  snow", and that transition zone moves with the season, so a model that knows it can place a
+  persisting anomaly where it will act rather than where it was seen (damped anomaly
+  persistence keeps it in place);
+* ``"scene_anomaly"``: the mean anomaly of the whole scene in each input month (a frame of one
+  value). A snow-line anomaly is regional, but a patch far from the current snow line shows none
+  of it, although the snow line may reach the patch within the forecast.
+
 Call convention: the wrapper still maps ``(batch, T, 1, H, W)`` to ``(batch, steps, 1, H, W)``,
-with the inputs *packed*: the first ``input_steps`` frames are the scaled anomalies, the next
-``steps`` frames the baseline forecast in data units. :func:`residual_dataset` builds such
-inputs (and targets in data units) from :func:`glacierxr.evaluate.window_arrays`, so the
-:class:`~glacierxr.ml.train.Trainer` trains it unchanged.
+with the inputs *packed*: ``input_steps`` frames of scaled anomalies, then the context frames
+(already scaled), then ``steps`` frames of the baseline forecast in data units.
+:func:`residual_dataset` builds such inputs (and targets in data units) from
+:func:`glacierxr.evaluate.window_arrays`, so the :class:`~glacierxr.ml.train.Trainer` trains it
+unchanged. The inner model receives :func:`inner_steps` frames (a U-Net must be built with
+``input_steps`` set to that number).
 
 Examples
 --------
@@ -39,92 +52,142 @@ from torch import nn
 
 from glacierxr.errors import ConfigError, DimensionError
 
-__all__ = ["RESIDUAL_BASELINES", "ResidualForecaster", "residual_dataset", "unpack_inputs"]
+__all__ = ["CONTEXTS", "RESIDUAL_BASELINES", "ResidualForecaster", "inner_steps", "residual_dataset", "unpack_inputs"]
 
 #: Baselines a model can forecast a residual on ("none": the plain model).
 RESIDUAL_BASELINES: tuple[str, ...] = ("none", "climatology", "anomaly_persistence")
 
 
 class ResidualForecaster(nn.Module):
-    """``baseline + scale * model(anomalies / scale)`` for any model of the zoo.
+    """``baseline + scale * model(anomalies / scale [, context])`` for any model of the zoo.
 
     Parameters
     ----------
     model : torch.nn.Module
         A model with the zoo's call convention (``model(inputs, steps, targets,
-        teacher_forcing)``).
+        teacher_forcing)``), taking :func:`inner_steps` input frames.
     input_steps : int
         Number of past frames at the front of the packed inputs.
     baseline : {"none", "climatology", "anomaly_persistence"}
         The baseline the packed inputs carry (recorded in :meth:`get_config`).
     scale : float
         Data units per model unit (e.g. the standard deviation of the training anomalies).
+    context : tuple of str
+        The context the packed inputs carry, from :data:`CONTEXTS` (``residual_dataset(...,
+        context=...)`` with the same value). With any context, the model also sees the baseline
+        forecast, as ``(baseline - offset) / scale``.
+    offset : float
+        Subtracted from the baseline before scaling it for the model (e.g. the training mean).
     """
 
-    def __init__(self, model: nn.Module, *, input_steps: int, baseline: str, scale: float) -> None:
+    def __init__(self, model: nn.Module, *, input_steps: int, baseline: str, scale: float,
+                 context: tuple[str, ...] = (), offset: float = 0.0) -> None:
         super().__init__()
-        if baseline not in RESIDUAL_BASELINES:
-            raise ConfigError(f"baseline={baseline!r} is unknown; choose one of {RESIDUAL_BASELINES}.")
+        self.context = _check_context(baseline, context)
         if not (isinstance(scale, (int, float)) and scale > 0):
             raise ConfigError(f"scale={scale!r} must be a positive number (data units per model unit).")
         self.model, self.input_steps, self.baseline, self.scale = model, int(input_steps), baseline, float(scale)
-        self.model_name = f"{getattr(model, 'model_name', type(model).__name__)}+{baseline}"
+        self.offset = float(offset)
+        self.model_name = "+".join([getattr(model, "model_name", type(model).__name__), baseline, *self.context])
 
     def forward(self, inputs: torch.Tensor, steps: int | None = None, targets: torch.Tensor | None = None,
                 teacher_forcing: float = 0.0) -> torch.Tensor:
-        anomalies, base = unpack_inputs(inputs, self.input_steps, steps)
+        seen, base = unpack_inputs(inputs, self.input_steps, steps, context=self.context)
+        if self.context:
+            seen = torch.cat([seen, (base - self.offset) / self.scale], dim=1)
         residual_targets = None if targets is None else (targets - base) / self.scale
-        residual = self.model(anomalies, steps=base.shape[1], targets=residual_targets,
-                              teacher_forcing=teacher_forcing)
+        residual = self.model(seen, steps=base.shape[1], targets=residual_targets, teacher_forcing=teacher_forcing)
         return base + self.scale * residual
 
     def get_config(self) -> dict[str, Any]:
         inner = self.model.get_config() if hasattr(self.model, "get_config") else {}
         return {"name": self.model_name, "model": inner, "input_steps": self.input_steps,
-                "baseline": self.baseline, "scale": self.scale}
+                "baseline": self.baseline, "scale": self.scale, "context": list(self.context), "offset": self.offset}
 
 
-def unpack_inputs(inputs: torch.Tensor, input_steps: int, steps: int | None = None):
-    """Split packed inputs into ``(anomalies, baseline)``; checks the shapes."""
-    if not isinstance(inputs, torch.Tensor) or inputs.ndim != 5 or inputs.shape[1] <= input_steps:
+#: Context a :class:`ResidualForecaster` can be shown (see the module docstring).
+CONTEXTS: tuple[str, ...] = ("climatology", "scene_anomaly")
+
+
+def context_frames(input_steps: int, context: tuple[str, ...]) -> int:
+    """Number of packed context frames between the anomalies and the baseline."""
+    return input_steps * len(context)
+
+
+def inner_steps(input_steps: int, steps: int, *, context: tuple[str, ...] = ()) -> int:
+    """Number of frames the inner model of a :class:`ResidualForecaster` receives.
+
+    >>> inner_steps(4, 4, context=("climatology", "scene_anomaly"))
+    16
+    """
+    extra = context_frames(input_steps, tuple(context)) + steps if context else 0
+    return input_steps + extra
+
+
+def _check_context(baseline: str, context) -> tuple[str, ...]:
+    if baseline not in RESIDUAL_BASELINES:
+        raise ConfigError(f"baseline={baseline!r} is unknown; choose one of {RESIDUAL_BASELINES}.")
+    context = (context,) if isinstance(context, str) else tuple(context)
+    unknown = [c for c in context if c not in CONTEXTS]
+    if unknown or len(set(context)) != len(context):
+        raise ConfigError(f"context={context!r}: give each of {CONTEXTS} at most once.")
+    if context and baseline == "none":
+        raise ConfigError("context needs a baseline ('climatology' or 'anomaly_persistence'): with "
+                          "baseline='none' there is no climatology to show the model.")
+    return context
+
+
+def unpack_inputs(inputs: torch.Tensor, input_steps: int, steps: int | None = None, *, context=()):
+    """Split packed inputs into ``(anomalies and context frames, baseline)``; checks the shapes."""
+    front = input_steps + context_frames(input_steps, tuple(context))
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim != 5 or inputs.shape[1] <= front:
         found = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs)
         raise DimensionError(
-            f"ResidualForecaster: inputs must be packed (batch, input_steps + steps, 1, H, W) with "
-            f"input_steps={input_steps}; found {found}. Build them with residual_dataset()."
+            f"ResidualForecaster: inputs must be packed (batch, {front} + steps, 1, H, W) with "
+            f"input_steps={input_steps} and context={tuple(context)}; found {found}. Build them with "
+            f"residual_dataset(..., context={tuple(context)})."
         )
-    carried = inputs.shape[1] - input_steps
+    carried = inputs.shape[1] - front
     if steps is not None and steps != carried:
         raise DimensionError(f"ResidualForecaster: steps={steps} but the inputs carry a baseline of {carried} steps.")
-    return inputs[:, :input_steps], inputs[:, input_steps:]
+    return inputs[:, :front], inputs[:, front:]
 
 
-def residual_dataset(arrays: dict, baseline: str, scale: float, *, offset: float = 0.0):
+def residual_dataset(arrays: dict, baseline: str, scale: float, *, offset: float = 0.0, context=()):
     """A ``TensorDataset`` ``(packed inputs, targets, valid)`` for :class:`ResidualForecaster`.
 
     Parameters
     ----------
     arrays : dict
-        From :func:`glacierxr.evaluate.window_arrays` (it must hold ``baseline`` unless "none").
+        From :func:`glacierxr.evaluate.window_arrays` (it must hold ``baseline`` unless "none",
+        and ``scene_anomaly`` for that context).
     baseline : {"none", "climatology", "anomaly_persistence"}
     scale : float
         Divides the anomalies (and, inside the model, multiplies its output).
     offset : float
         For ``"none"``: the constant subtracted from the inputs and used as the baseline (e.g.
         the training mean), which makes the wrapper the plain, normalised model. Otherwise the
-        baseline where it is missing (a pixel without climatology; such pixels are not scored
-        by :func:`glacierxr.evaluate.evaluate`, where every forecast must be finite).
+        baseline (and climatology) where it is missing (a pixel without climatology; such pixels
+        are not scored by :func:`glacierxr.evaluate.evaluate`, where every forecast must be finite).
+    context : tuple of str
+        Context frames to pack (:data:`CONTEXTS`), each scaled like the model sees it: the
+        climatology as ``(value - offset) / scale``, the scene anomaly as ``value / scale``.
     """
     from torch.utils.data import TensorDataset
 
-    if baseline not in RESIDUAL_BASELINES:
-        raise ConfigError(f"baseline={baseline!r} is unknown; choose one of {RESIDUAL_BASELINES}.")
+    context = _check_context(baseline, context)
     inputs, targets = arrays["inputs"], arrays["targets"]
     if baseline == "none":
         anomalies, base = inputs - offset, np.full(targets.shape, offset, np.float32)
     else:  # a pixel without climatology (never observed in that season): anomaly 0, baseline offset
         anomalies = np.nan_to_num(inputs - arrays["clim_inputs"], nan=0.0)
         base = np.where(np.isfinite(arrays[baseline]), arrays[baseline], offset)
-    packed = np.concatenate([anomalies / scale, base], axis=1)[:, :, None].astype(np.float32)
+    frames = [anomalies / scale]
+    if "climatology" in context:
+        frames.append((np.where(np.isfinite(arrays["clim_inputs"]), arrays["clim_inputs"], offset) - offset) / scale)
+    if "scene_anomaly" in context:
+        frames.append(np.broadcast_to(np.nan_to_num(arrays["scene_anomaly"])[:, :, None, None] / scale, inputs.shape))
+    packed = np.concatenate([*frames, base], axis=1)[:, :, None].astype(np.float32)
     valid = arrays["valid"]
     return TensorDataset(torch.from_numpy(np.ascontiguousarray(packed)),
                          torch.from_numpy(np.where(valid, targets, 0.0).astype(np.float32)[:, :, None]),
