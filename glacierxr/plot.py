@@ -80,13 +80,14 @@ def _nice_round(value: float) -> float:
     return max(step * power for step in (1, 2, 5) if step * power <= value)
 
 
-def _scale_key(ax, arrows, speeds: np.ndarray, units: str) -> float:
+def _scale_key(ax, arrows, speeds: np.ndarray, units: str, length: float | None = None) -> float:
     """A quiver key in the map's upper-right corner, on a white box (legible over any image and
-    clear of any title): an arrow of a round speed near the 95th percentile drawn."""
+    clear of any title): an arrow of ``length``, default a round speed near the 95th percentile drawn."""
     from matplotlib.patches import Rectangle
 
-    drawn = speeds[np.isfinite(speeds)]
-    length = _nice_round(float(np.percentile(drawn, 95))) if drawn.size else 0.0
+    if length is None:
+        drawn = speeds[np.isfinite(speeds)]
+        length = _nice_round(float(np.percentile(drawn, 95))) if drawn.size else 0.0
     if length <= 0:
         return length
     label = f"{length:g} {units}".strip()
@@ -227,6 +228,7 @@ def flow_arrows(
     background: xr.DataArray | None = None,
     step: int = 40,
     scale: float | None = None,
+    key: float | None = None,
     ax=None,
     cmap: str = "viridis",
     background_cmap: str = "gray",
@@ -254,6 +256,9 @@ def flow_arrows(
         Velocity (in the units of ``u``) that an arrow one metre (one CRS unit) long stands
         for, as in :meth:`matplotlib.axes.Axes.quiver` with ``scale_units="xy"``.  Default: the
         95th percentile of the drawn speeds spans 0.9 ``step`` pixels.
+    key
+        Speed of the key arrow (same units); default a round speed near the 95th percentile of
+        the drawn speeds. Give the same ``key`` (and ``scale``) to panels that are compared.
     ax
         Axes to draw into; default a new figure.
     cmap, background_cmap
@@ -317,7 +322,7 @@ def flow_arrows(
     units = speed_units or flow_ds["speed"].attrs.get("units", "")
     bar = fig.colorbar(arrows, ax=ax, shrink=0.8)
     bar.set_label(f"speed ({units})" if units else "speed")
-    _scale_key(ax, arrows, speed, units)
+    _scale_key(ax, arrows, speed, units, length=key)
     xlabel, ylabel = _axis_labels(flow_ds, y_dim, x_dim)
     crs = _crs_name(flow_ds)
     if extent is None:

@@ -156,7 +156,7 @@ def velocity_comparison_figure(
     MissingBandError
         A Dataset lacks ``u``, ``v`` or ``speed``.
     """
-    from glacierxr.plot import flow_arrows
+    from glacierxr.plot import _nice_round, flow_arrows
 
     for which, ds in (("measured", measured), ("reference", reference)):
         missing = [v for v in ("u", "v", "speed") if v not in ds]
@@ -180,7 +180,8 @@ def velocity_comparison_figure(
     fig = _figure((12.0, 5.0 * height / width + 0.9))
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     for ax, ds, title in zip(axes, (measured, reference), titles):
-        flow_arrows(ds, background=background, step=step, scale=scale, ax=ax, speed_units="m/yr")
+        flow_arrows(ds, background=background, step=step, scale=scale, key=_nice_round(top), ax=ax,
+                    speed_units="m/yr")
         arrows = ax.collections[-1]
         arrows.set_clim(0.0, top)
         if evaluation is not None:

@@ -71,3 +71,26 @@ def test_skill_figure__one_bar_per_forecaster_and_lead_per_metric():
     assert heights(ax_mse) == {"convlstm": [0.01, 0.02], "seasonal-naive": [0.04, 0.08]}
     assert heights(ax_iou) == {"convlstm": [0.9, 0.45], "seasonal-naive": [0.7, 0.35]}
     assert [t.get_text() for t in ax_mse.get_xticklabels()] == ["lead 1", "lead 2"]
+
+
+def test_velocity_comparison_figure__both_panels_share_the_arrow_key_and_scale():
+    import matplotlib
+    import xarray as xr
+
+    matplotlib.use("Agg")
+    from matplotlib.quiver import QuiverKey
+
+    y, x = np.arange(40)[::-1] * 30.0, np.arange(60) * 30.0
+    speed = np.linspace(100, 900, 60)[None, :].repeat(40, 0)  # 95th percentile ~860 m/yr
+
+    def field(factor):
+        return xr.Dataset({"u": (("y", "x"), factor * speed), "v": (("y", "x"), 0 * speed),
+                           "speed": (("y", "x"), factor * speed)}, coords={"y": y, "x": x})
+
+    fig = report.velocity_comparison_figure(field(0.5), field(1.0), step=8)  # measured at half speed
+    keys = [[a for a in ax.get_children() if isinstance(a, QuiverKey)] for ax in fig.axes[:2]]
+    assert [len(k) for k in keys] == [1, 1]
+    # the largest round speed below the reference's 95th percentile (~860); the measured panel alone would say 200
+    assert keys[0][0].U == keys[1][0].U == 500
+    scales = [[c for c in ax.collections if hasattr(c, "scale")][-1].scale for ax in fig.axes[:2]]
+    assert scales[0] == scales[1]
