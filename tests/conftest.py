@@ -105,3 +105,14 @@ def local_cluster(tmp_path_factory):
     ) as cluster, Client(cluster, set_as_default=False) as client:
         # Not the default client: other tests keep the threaded scheduler. Use client.compute().
         yield client
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one intra-op thread for the test: tiny models gain nothing from more, and on a
+    small shared CPU extra threads only contend (measured several times slower)."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

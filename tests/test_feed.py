@@ -16,12 +16,7 @@ from glacierxr.ml._feed import BufferPool, SequenceFeed  # noqa: E402
 from glacierxr.ml.train import _dense_sse, _masked_sse  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _train_view(seed: int = 0):

@@ -33,13 +33,7 @@ from glacierxr.ml.train import Trainer, masked_mse  # noqa: E402
 from glacierxr.testing import make_series, raise_if_dask_computes  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and the suite shares a small machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 class TileEcho(torch.nn.Module):

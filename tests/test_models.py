@@ -22,13 +22,7 @@ from glacierxr.ml.models.base import count_parameters  # noqa: E402
 
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a shared CPU they only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 MODELS = ["convlstm", "lstm", "transformer", "unet", "vit"]

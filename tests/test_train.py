@@ -42,12 +42,7 @@ TOY_SCRIPT = Path(__file__).with_name("_toy_training.py")
 DETERMINISTIC_COLUMNS = ["train_loss", "val_loss", "lr", "teacher_forcing"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def weights(model_or_state) -> dict:
