@@ -164,6 +164,18 @@ def output_lock(path: str | os.PathLike, *, create_parent: bool = False) -> Iter
             _release(held[2], path)
 
 
+def covered(path: str | os.PathLike) -> bool:
+    """Whether this thread holds the lock of ``path`` or of a folder that contains it.
+
+    A writer that locked a run folder owns everything inside it, so a stage writing into that
+    folder need not lock (and, if killed, leave a lock file inside) a part of it.
+    """
+    path = Path(os.path.realpath(path))
+    me = threading.get_ident()
+    with _HELD_GUARD:
+        return any(_HELD.get(_key(folder), [None])[0] == me for folder in (path, *path.parents))
+
+
 def _release(lock, path: Path) -> None:
     """Unlink the lock file while still holding it, then unlock: no empty file is left behind.
 

@@ -668,3 +668,33 @@ def test_cuda_settings__tf32_and_cudnn_autotuning_inside_fit_only_and_restored()
         assert (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32) == before[:2] and backends.cudnn.benchmark
     with _tf32(True, SimpleNamespace(type="cpu")):
         assert (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark) == before
+
+
+def test_fit__a_second_writer_of_the_same_checkpoint_dir_is_refused_and_nothing_is_written(tmp_path):
+    import threading
+
+    from glacierxr._safety import output_lock
+    from glacierxr.errors import OutputLockedError
+
+    run = tmp_path / "run"
+    holding, done = threading.Event(), threading.Event()
+
+    def other_run():  # another writer (here a thread; a process is refused the same way)
+        with output_lock(run, create_parent=True):
+            holding.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        trainer = Trainer(ScaleModel(1.0), max_epochs=1, batch_size=4, checkpoint_dir=run, device="cpu",
+                          progress=False)
+        with pytest.raises(OutputLockedError, match="being written"):
+            trainer.fit(scaled_data(2.0))
+        assert not run.exists() or not any(run.iterdir())
+    finally:
+        done.set()
+        thread.join()
+    history = trainer.fit(scaled_data(2.0))  # the other writer is gone
+    assert len(history) == 1 and (run / "last.pt").exists()

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from glacierxr.errors import CheckpointError, ConfigError, DimensionError, GlacierXRError, ModelError
+from glacierxr._safety import covered, output_lock
 from glacierxr._safety import remove as remove_output
 from glacierxr._validate import require_positive
 from glacierxr.ml import _feed
@@ -1103,7 +1104,15 @@ class Trainer:
             ``resume`` points at a corrupt checkpoint or one of another model.
         KeyboardInterrupt
             Re-raised after ``last.pt`` has been (re)written with the last completed epoch.
+        OutputLockedError
+            Another run (process or thread) is training into the same ``checkpoint_dir``.
         """
+        if self.checkpoint_dir is None or covered(self.checkpoint_dir):  # e.g. the CLI locked the run folder
+            return self._fit(train, val)
+        with output_lock(self.checkpoint_dir, create_parent=True):
+            return self._fit(train, val)
+
+    def _fit(self, train, val) -> pd.DataFrame:
         normalization = _find_normalization(train)
         if normalization is None:
             normalization = getattr(self.model, "normalization", None)
