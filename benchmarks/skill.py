@@ -20,7 +20,8 @@ Forecasters:
   (``+climatology+scene_anomaly``: the climatology of the input and target months and the
   scene-wide anomaly of each input month shown to the model), its correction to the baseline
   optionally shrunk (× 0.25, 0.5, 0.75 or 1). The **best model** is the (model, residual,
-  shrinkage) with the lowest MSE on the ``val`` split; only it is scored on ``test``;
+  shrinkage), or the mean of the 3 or 5 best of them, with the lowest MSE on the ``val`` split;
+  only it is scored on ``test``;
 * the **oracle** (sample only): :func:`glacierxr.sample.oracle_forecast` (the conditional
   expectation of each future month's true snow cover given the true process state at the issue
   month), mapped to the composite's NDSI scale by a per-pixel linear fit of the composites on the
@@ -75,6 +76,8 @@ STEPS_IN = STEPS_OUT = 4
 BATCH, LR = 32, 3e-3
 BASELINES = ("persistence", "seasonal_naive", "climatology", "anomaly_persistence")
 SHRINKAGE = (0.25, 0.5, 0.75, 1.0)
+#: Sizes of the ensembles (mean of the k best forecasters on val) that compete with single models.
+ENSEMBLE_SIZES = (3, 5)
 
 
 def model_sizes(patch: int) -> dict[str, dict]:
@@ -165,10 +168,12 @@ def real_composites():
 # models: every (model, residual) pair, chosen on val
 # --------------------------------------------------------------------------------------------
 def fit_variants(ds, preset: dict, model_names, seed: int):
-    """Train every (model, residual); keep the (model, residual, shrinkage) of lowest val MSE.
+    """Train every (model, residual); keep the forecaster of lowest val MSE.
 
-    The shrinkage ``lam`` scales the model's correction to its baseline (``baseline + lam *
-    (forecast - baseline)``, ``lam`` in SHRINKAGE): a setting chosen, like the pair, on val only.
+    The candidates are each (model, residual, shrinkage) — the shrinkage ``lam`` scales the
+    model's correction to its baseline (``baseline + lam * (forecast - baseline)``, ``lam`` in
+    SHRINKAGE) — and the mean of the ``k`` best of them on val (``k`` in ENSEMBLE_SIZES): every
+    setting, like the pair, is chosen on val only.
     """
     from glacierxr.evaluate import window_arrays
 
@@ -176,7 +181,7 @@ def fit_variants(ds, preset: dict, model_names, seed: int):
     train = arrays["train"]
     scale = float(np.nanstd(train["inputs"] - train["clim_inputs"])) or 1.0
     offset = float(np.nanmean(train["inputs"]))
-    val_mse, best = {}, None
+    members = []  # (val MSE, label, model, residual, lam, val forecast)
     for name in model_names:
         for residual in preset["residuals"]:
             model, seconds = train_one(name, residual, arrays, scale, offset, preset, ds.patch, seed)
@@ -185,14 +190,29 @@ def fit_variants(ds, preset: dict, model_names, seed: int):
             scores = {lam: masked_mse(base + lam * (forecast - base), arrays["val"]) for lam in SHRINKAGE}
             lam = min(scores, key=scores.get)
             label = f"{name}+{residual}" + ("" if lam == 1.0 else f"@{lam:g}")
-            val_mse[label] = scores[lam]
+            members.append((scores[lam], label, model, residual, lam, (base + lam * (forecast - base)).astype(np.float32)))
             log(f"  {label}: val MSE {scores[lam]:.5f} (unshrunk {scores[1.0]:.5f}; {seconds:.0f} s)")
-            if best is None or scores[lam] < best[0]:
-                best = (scores[lam], label, model, residual, lam)
-    _, label, model, residual, lam = best
-    base = _base(arrays["test"], residual, offset)
-    test_prediction = base + lam * (predict(model, arrays["test"], residual, scale, offset) - base)
+    members.sort(key=lambda member: member[0])
+    candidates = [(m[0], m[1], [m]) for m in members]
+    for k in ENSEMBLE_SIZES:
+        if 1 < k <= len(members):
+            top = members[:k]
+            mean = np.mean([m[5] for m in top], axis=0)
+            candidates.append((masked_mse(mean, arrays["val"]), f"mean of the {k} best on val", top))
+    val_mse = {label: mse for mse, label, _ in candidates}
+    _, label, chosen = min(candidates, key=lambda candidate: candidate[0])
+    if len(chosen) > 1:
+        log(f"  {label}: val MSE {val_mse[label]:.5f} ({', '.join(m[1] for m in chosen)})")
+        label = f"mean({', '.join(m[1] for m in chosen)})"
+    test_prediction = np.mean([_shrunk(m, arrays["test"], scale, offset) for m in chosen], axis=0)
     return label, test_prediction, val_mse
+
+
+def _shrunk(member, arrays, scale: float, offset: float) -> np.ndarray:
+    """A trained member's forecast of ``arrays``, its correction shrunk like on val."""
+    _, _, model, residual, lam, _ = member
+    base = _base(arrays, residual, offset)
+    return base + lam * (predict(model, arrays, residual, scale, offset) - base)
 
 
 def _variant(residual: str) -> tuple[str, tuple[str, ...]]:
