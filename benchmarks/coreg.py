@@ -62,7 +62,8 @@ def yahtse_frames(crop, cloud: float):
     import pandas as pd
     import scipy.ndimage as ndi
     import xarray as xr
-    from test_align import cloud_blobs, read_yahtse, yahtse_tie_points
+    from test_align import cloud_blobs, yahtse_tie_points
+    from yahtse_data import read_yahtse
 
     pair = read_yahtse(SHARED).isel(y=crop[0], x=crop[1])
     _, offset = yahtse_tie_points(*pair.values)

@@ -110,7 +110,7 @@ def speed_rows(name: str, cube) -> object:
 
 def yahtse_rows(*, prefilters: bool) -> None:
     from glacierxr.flow import flow
-    from test_align import read_yahtse
+    from yahtse_data import read_yahtse
     from test_flow import neighbour_consistent, reference_ncc
 
     cube = read_yahtse(SHARED)
@@ -168,13 +168,14 @@ def sample_pair(directory: Path, size: int):
 
 def sample_truth_rows(directory: Path) -> None:
     import glacierxr as gx
+    from conftest import _stack_sample_cogs as stack  # the tests' reader of a sample's COGs (not glacierxr.load)
     from test_flow import sample_errors
 
     for kind in ("valley", "fast"):
         catalog = gx.sample.write_catalog(directory / kind, seed=0, width=256, height=256,
                                           start="2018-07-10", end="2018-09-25", flow=kind)
-        errors, still, fastest = sample_errors(catalog)
-        fb_errors, fb_still, _ = sample_errors(catalog, method="farneback")
+        errors, still, fastest = sample_errors(catalog, stack)
+        fb_errors, fb_still, _ = sample_errors(catalog, stack, method="farneback")
         emit("velocity", f"sample_epe_{kind}", round(float(np.nanmedian(errors)), 3), "px",
              baseline="farneback", baseline_value=round(float(np.nanmedian(fb_errors)), 3),
              fastest_px=round(fastest, 1), points=int(errors.size))

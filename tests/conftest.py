@@ -44,18 +44,10 @@ def yahtse_pan(shared_data) -> xr.DataArray:
 
     Shared by the session: derive new arrays from it, never modify it in place.
     """
-    rioxarray = pytest.importorskip("rioxarray")
-    folder = shared_data / "yahtse_l8_pan"
-    scenes = {
-        "2016-07-18": "LC80630182016200LGN00_B8_yahtse.TIF",
-        "2016-08-03": "LC80630182016216LGN00_B8_yahtse.TIF",
-    }
-    arrays = [rioxarray.open_rasterio(folder / name).squeeze("band", drop=True) for name in scenes.values()]
-    cube = xr.concat(arrays, dim=pd.Index(pd.to_datetime(list(scenes)), name="time"))
-    cube = cube.astype(np.float32)
-    cube.name = "pan"
-    cube.attrs = {"units": "DN", "long_name": "Landsat-8 OLI band 8 (pan) DN"}
-    return cube
+    pytest.importorskip("rioxarray")
+    from yahtse_data import read_yahtse
+
+    return read_yahtse(shared_data)
 
 
 def _stack_sample_cogs(catalog) -> xr.Dataset:
