@@ -939,9 +939,13 @@ def _scene_anomaly(reference: _Baselines) -> np.ndarray:
 
     Indexed like the cube's time axis (the layout's ``t_starts`` are positions on it).
     """
-    data = reference.layout.data
+    layout = reference.layout
+    values = np.asarray(layout.data.transpose(*layout.dims).to_numpy(), dtype=np.float32)
+    if layout.valid is not None:  # the pixels the climatology counts as observed
+        valid = layout.valid.transpose(*[d for d in layout.dims if d in layout.valid.dims]).to_numpy()
+        values = np.where(np.broadcast_to(np.asarray(valid, dtype=bool), values.shape), values, np.nan)
     phases = period_of_year(reference.times, reference.period)
-    departure = np.asarray(data.values, dtype=np.float32) - reference.clim[phases]
+    departure = values - reference.clim[phases]
     observed = np.isfinite(departure)
     total = np.where(observed, departure, 0.0).sum(axis=(1, 2), dtype=np.float64)
     count = observed.sum(axis=(1, 2))
