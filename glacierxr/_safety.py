@@ -125,7 +125,10 @@ def output_lock(path: str | os.PathLike, *, create_parent: bool = False) -> Iter
 
     Re-entrant in the thread that holds it (a command that locks its output may call
     :func:`glacierxr.io.write`, which locks it too); another process or another thread gets
-    :class:`~glacierxr.errors.OutputLockedError` immediately, never a wait.
+    :class:`~glacierxr.errors.OutputLockedError` immediately, never a wait. A lock on a folder
+    covers everything inside it: the thread holding it writes there without further lock files
+    (none is left inside a run folder by a killed run), and any other writer of a path inside
+    it is refused.
 
     Examples
     --------
@@ -142,6 +145,13 @@ def output_lock(path: str | os.PathLike, *, create_parent: bool = False) -> Iter
     elif not path.parent.is_dir():
         raise ConfigError(f"The folder {str(path.parent)!r} does not exist; create it first.")
     key, me = _key(path), threading.get_ident()
+    owner = _enclosing_owner(path)
+    if owner is not None:  # a writer of a whole folder owns what is inside it: no lock file in it
+        if owner[1] != me:
+            raise _busy(owner[0])
+        yield path
+        return
+    _refuse_if_enclosing_busy(path)
     with _HELD_GUARD:
         held = _HELD.get(key)
         if held is not None and held[0] != me:
@@ -164,16 +174,28 @@ def output_lock(path: str | os.PathLike, *, create_parent: bool = False) -> Iter
             _release(held[2], path)
 
 
-def covered(path: str | os.PathLike) -> bool:
-    """Whether this thread holds the lock of ``path`` or of a folder that contains it.
-
-    A writer that locked a run folder owns everything inside it, so a stage writing into that
-    folder need not lock (and, if killed, leave a lock file inside) a part of it.
-    """
-    path = Path(os.path.realpath(path))
-    me = threading.get_ident()
+def _enclosing_owner(path: Path) -> tuple[Path, int] | None:
+    """A folder containing ``path`` whose lock this process holds, and the holding thread."""
     with _HELD_GUARD:
-        return any(_HELD.get(_key(folder), [None])[0] == me for folder in (path, *path.parents))
+        for folder in Path(os.path.realpath(path)).parents:
+            held = _HELD.get(_key(folder))
+            if held is not None:
+                return folder, held[0]
+    return None
+
+
+def _refuse_if_enclosing_busy(path: Path) -> None:
+    """OutputLockedError when another process holds the lock of a folder containing ``path``."""
+    for folder in Path(os.path.realpath(path)).parents:
+        if not lock_path(folder).exists():
+            continue
+        try:
+            lock = _acquire(folder)  # raises OutputLockedError naming the folder when it is held
+        except OutputLockedError:
+            raise
+        except (OSError, StorageError):  # cannot even open it (another user's file): cannot tell
+            continue
+        _release(lock, folder)
 
 
 def _release(lock, path: Path) -> None:

@@ -235,6 +235,29 @@ def test_lock__another_thread_fails_and_the_same_thread_may_nest(tmp_path):
     assert isinstance(errors[0], OutputLockedError)
 
 
+def test_lock__a_locked_folder_covers_what_is_inside_it(tmp_path, held):
+    run = tmp_path / "run"
+    run.mkdir()
+    inside = run / "checkpoints"
+    # the thread holding the folder writes inside it without another lock file
+    with _safety.output_lock(run):
+        with _safety.output_lock(inside, create_parent=True):
+            assert not any(p.name.endswith(".lock") for p in run.iterdir())
+        errors = []  # another thread may not write inside it
+        thread = threading.Thread(target=lambda: errors.append(_try_write(run / "x.nc")))
+        thread.start()
+        thread.join()
+        assert isinstance(errors[0], OutputLockedError) and str(run) in str(errors[0])
+    # nor may another process write inside a folder held by another process
+    holder = held(run)
+    with pytest.raises(OutputLockedError, match="being written by another glacierxr run") as info:
+        gx.io.write(_series(), run / "x.nc")
+    assert str(run) in str(info.value) and not (run / "x.nc").exists()
+    holder.kill()
+    holder.wait()
+    gx.io.write(_series(), run / "x.nc")  # free again
+
+
 def _try_write(out):
     try:
         gx.io.write(_series(), out)

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from glacierxr.errors import CheckpointError, ConfigError, DimensionError, GlacierXRError, ModelError
-from glacierxr._safety import covered, output_lock
+from glacierxr._safety import output_lock
 from glacierxr._safety import remove as remove_output
 from glacierxr._validate import require_positive
 from glacierxr.ml import _feed
@@ -1107,9 +1107,9 @@ class Trainer:
         OutputLockedError
             Another run (process or thread) is training into the same ``checkpoint_dir``.
         """
-        if self.checkpoint_dir is None or covered(self.checkpoint_dir):  # e.g. the CLI locked the run folder
+        if self.checkpoint_dir is None:
             return self._fit(train, val)
-        with output_lock(self.checkpoint_dir, create_parent=True):
+        with output_lock(self.checkpoint_dir, create_parent=True):  # covered by a caller's lock of its folder
             return self._fit(train, val)
 
     def _fit(self, train, val) -> pd.DataFrame:
