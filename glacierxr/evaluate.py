@@ -915,8 +915,9 @@ def window_arrays(sequences, *, split: str | None = None, baselines: Sequence[st
     out = {k: np.empty((n, t_in if k in ("inputs", "clim_inputs") else t_out, patch, patch), np.float32)
            for k in ("inputs", "clim_inputs", "targets", *baselines)}
     out["valid"] = np.empty((n, t_out, patch, patch), bool)
-    t0_all = reference.layout.decompose(sequences.window_ids)[0]
-    out["scene_anomaly"] = _scene_anomaly(reference)[t0_all[:, None] + np.arange(t_in)]
+    inputs_at = reference.layout.decompose(sequences.window_ids)[0][:, None] + np.arange(t_in)  # (N, T_in)
+    periods, where = np.unique(inputs_at, return_inverse=True)
+    out["scene_anomaly"] = _scene_anomaly(reference, periods)[where.reshape(inputs_at.shape)]
     for batch in sequences._stream(batch_size=batch_size, mode="raw"):
         raw, valid = batch.arrays
         seen = np.where(np.isnan(raw[:, :t_in]), reference.fill, raw[:, :t_in])
@@ -934,22 +935,30 @@ def window_arrays(sequences, *, split: str | None = None, baselines: Sequence[st
     return out
 
 
-def _scene_anomaly(reference: _Baselines) -> np.ndarray:
-    """Mean departure from the climatology over the whole scene, per period of the cube (float32).
+def _scene_anomaly(reference: _Baselines, periods: np.ndarray) -> np.ndarray:
+    """Mean departure from the climatology over the whole scene in each of ``periods`` (float32).
 
-    Indexed like the cube's time axis (the layout's ``t_starts`` are positions on it).
+    ``periods`` are positions on the cube's time axis; only those periods are read.
     """
-    layout = reference.layout
-    values = np.asarray(layout.data.transpose(*layout.dims).to_numpy(), dtype=np.float32)
-    if layout.valid is not None:  # the pixels the climatology counts as observed
-        valid = layout.valid.transpose(*[d for d in layout.dims if d in layout.valid.dims]).to_numpy()
-        values = np.where(np.broadcast_to(np.asarray(valid, dtype=bool), values.shape), values, np.nan)
-    phases = period_of_year(reference.times, reference.period)
-    departure = values - reference.clim[phases]
+    values = _observed(reference.layout, periods, np.float32)
+    departure = values - reference.clim[period_of_year(reference.times[periods], reference.period)]
     observed = np.isfinite(departure)
     total = np.where(observed, departure, 0.0).sum(axis=(1, 2), dtype=np.float64)
     count = observed.sum(axis=(1, 2))
     return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)  # no pixel seen: 0
+
+
+def _observed(layout, periods: np.ndarray, dtype) -> np.ndarray:
+    """The cube's values at ``periods`` (positions on its time axis) in the layout's dim order, NaN
+    where the layout's valid mask says unobserved (computed)."""
+    time_dim = layout.dims[0]
+    data = layout.data.isel({time_dim: periods})
+    values = np.asarray(data.transpose(*layout.dims).to_numpy(), dtype=dtype)
+    if layout.valid is not None:
+        valid = layout.valid.isel({time_dim: periods}) if time_dim in layout.valid.dims else layout.valid
+        valid = np.asarray(valid.transpose(*[d for d in layout.dims if d in valid.dims]).to_numpy(), dtype=bool)
+        values = np.where(np.broadcast_to(valid, values.shape), values, np.nan)
+    return values
 
 
 def _train_climatology(sequences, period: int, damping: bool = False) -> tuple[np.ndarray, float | None]:
@@ -975,9 +984,7 @@ def _train_climatology(sequences, period: int, damping: bool = False) -> tuple[n
     if not damping:
         return clim, None
     index = np.flatnonzero(covered)
-    values = np.asarray(train.transpose(*layout.dims).to_numpy(), dtype=np.float64)
-    if valid is not None:
-        values = np.where(np.broadcast_to(np.asarray(valid.transpose(*[d for d in layout.dims if d in valid.dims]).to_numpy()), values.shape), values, np.nan)
+    values = _observed(layout, index, np.float64)
     anomalies = values - clim[period_of_year(train[time_dim].to_index(), period)]
     consecutive = np.diff(index) == 1
     pairs = np.stack([anomalies[:-1][consecutive], anomalies[1:][consecutive]], axis=1)  # (n, 2, y, x)
