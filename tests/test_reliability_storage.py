@@ -132,17 +132,23 @@ def test_read_only_file_system__write_and_save_model(read_only_disk):
         save_model(toy_model(), read_only_disk / "model.pt")
 
 
-@pytest.mark.parametrize("out", ["f.zarr", "f.tif"])
-def test_full_disk__cli_prints_one_line_and_exits_2(small_disk, tmp_path, capsys, out):
+def _predict_inputs(tmp_path, *, size: int):
+    """A composites store, a 2-step ConvLSTM checkpoint and a config for `glacierxr predict`."""
     from glacierxr.ml.checkpoint import save_model
     from glacierxr.ml.models import get_model
 
     store = tmp_path / "c.zarr"
-    gx.io.write(make_series(np.random.default_rng(0).random((6, 16, 16)).astype("float32"), freq="3MS")
+    gx.io.write(make_series(np.random.default_rng(0).random((6, size, size)).astype("float32"), freq="3MS")
                 .to_dataset(name="snow_mask"), store)
     checkpoint = save_model(get_model("convlstm", hidden_channels=(4,), output_steps=2), tmp_path / "m.pt")
     config = tmp_path / "c.toml"
     config.write_text("[patches]\ninput_steps = 2\npatch = 8\n[predict]\nsteps = 2\n")
+    return store, checkpoint, config
+
+
+@pytest.mark.parametrize("out", ["f.zarr", "f.tif"])
+def test_full_disk__cli_prints_one_line_and_exits_2(small_disk, tmp_path, capsys, out):
+    store, checkpoint, config = _predict_inputs(tmp_path, size=16)
     _fill(small_disk)
     code = main(["predict", "--config", str(config), "--data", str(store), "--checkpoint", str(checkpoint),
                  "--out", str(small_disk / out)])
@@ -526,15 +532,7 @@ def test_full_disk__cli_sample_is_one_line_too(small_disk, capsys):
 def test_full_disk__geotiff_from_a_real_cli_process_prints_one_line(small_disk, tmp_path):
     """In a real process: libtiff prints '_tiffWriteProc: No space left on device.' straight to
     file descriptor 2 for every failed block; only the one-line error may reach the terminal."""
-    from glacierxr.ml.checkpoint import save_model
-    from glacierxr.ml.models import get_model
-
-    store = tmp_path / "c.zarr"
-    gx.io.write(make_series(np.random.default_rng(0).random((6, 64, 64)).astype("float32"), freq="3MS")
-                .to_dataset(name="snow_mask"), store)
-    checkpoint = save_model(get_model("convlstm", hidden_channels=(4,), output_steps=2), tmp_path / "m.pt")
-    config = tmp_path / "c.toml"
-    config.write_text("[patches]\ninput_steps = 2\npatch = 8\n[predict]\nsteps = 2\n")
+    store, checkpoint, config = _predict_inputs(tmp_path, size=64)
     _fill(small_disk)
     done = subprocess.run(
         [sys.executable, "-m", "glacierxr.cli", "predict", "--config", str(config), "--data", str(store),
