@@ -3,7 +3,9 @@
 Every region is a :class:`Region` whose ``bbox`` is ``(west, south, east, north)`` in
 degrees of longitude and latitude (EPSG:4326), the order STAC and :func:`glacierxr.search`
 use. The boxes are meant to enclose the glacier with a margin of surrounding terrain (stable
-ground helps alignment); they are approximate and are not glacier outlines.
+ground helps alignment); they are approximate and are not glacier outlines. The registry's
+entries live in one data file, ``glacierxr/data/regions.toml``; adding a glacier is adding a
+table there.
 
 Examples
 --------
@@ -16,7 +18,9 @@ True
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from importlib import resources
 from types import MappingProxyType
 
 from glacierxr.errors import CatalogError
@@ -69,63 +73,39 @@ class Region:
         return (round((west + east) / 2, 6), round((south + north) / 2, 6))
 
 
-def _registry(*regions: Region) -> MappingProxyType:
-    return MappingProxyType({region.name: region for region in regions})
+#: The registry's data file, inside the package (shipped as package data).
+_DATA = "data/regions.toml"
+_REQUIRED = {"bbox", "display_name", "country"}
+_FIELDS = _REQUIRED | {"notes"}
 
 
-#: name -> :class:`Region`; read-only.
-REGIONS = _registry(
-    Region(
-        name="parvati",
-        bbox=(77.488, 31.993, 77.821, 32.225),
-        display_name="Parvati Glacier",
-        country="India",
-        notes=(
-            "Parvati valley, Kullu district, Himachal Pradesh (western Himalaya); the study "
-            "area of the glacier-movement paper glacierxr follows."
-        ),
-    ),
-    Region(
-        name="aletsch",
-        bbox=(7.90, 46.37, 8.15, 46.58),
-        display_name="Great Aletsch Glacier",
-        country="Switzerland",
-        notes=(
-            "Bernese Alps, from the Jungfraujoch firn basins down past Konkordiaplatz to the "
-            "tongue above the Massa gorge; the largest glacier of the Alps."
-        ),
-    ),
-    Region(
-        name="khumbu",
-        bbox=(86.78, 27.92, 86.95, 28.03),
-        display_name="Khumbu Glacier",
-        country="Nepal",
-        notes=(
-            "Everest region, Sagarmatha National Park: the Khumbu Icefall and the debris-"
-            "covered tongue down to about Lobuche."
-        ),
-    ),
-    Region(
-        name="yahtse",
-        bbox=(-141.64, 60.12, -141.17, 60.28),
-        display_name="Yahtse Glacier",
-        country="United States (Alaska)",
-        notes=(
-            "Fast tidewater glacier at the head of Icy Bay; the box is the footprint of the "
-            "real Landsat-8 image pair in ../shared/data/yahtse_l8_pan."
-        ),
-    ),
-    Region(
-        name="jakobshavn",
-        bbox=(-50.25, 69.05, -49.30, 69.25),
-        display_name="Jakobshavn Isbrae (Sermeq Kujalleq)",
-        country="Greenland",
-        notes=(
-            "The fastest outlet glacier of the Greenland ice sheet, from its calving front "
-            "in the Ilulissat Icefjord some 40 km inland."
-        ),
-    ),
-)
+def _parse(text: str, source: str) -> MappingProxyType:
+    """The regions of a registry file's ``text``: one TOML table a region, keyed by its name."""
+    try:
+        tables = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise CatalogError(f"{source}: not valid TOML ({error}).") from error
+    regions = {}
+    for name, entry in tables.items():
+        if not isinstance(entry, dict) or not _REQUIRED <= set(entry) <= _FIELDS:
+            raise CatalogError(
+                f"{source}: [{name}] must hold {', '.join(sorted(_REQUIRED))} and optionally "
+                f"notes, got {entry!r}."
+            )
+        bbox = entry["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise CatalogError(f"{source}: [{name}] bbox must be [west, south, east, north], got {bbox!r}.")
+        regions[name] = Region(name=name, **{**entry, "bbox": tuple(float(v) for v in bbox)})
+    return MappingProxyType(regions)
+
+
+def _load() -> MappingProxyType:
+    text = resources.files("glacierxr").joinpath(_DATA).read_text(encoding="utf-8")
+    return _parse(text, source=f"glacierxr/{_DATA}")
+
+
+#: name -> :class:`Region`, read from the package's ``data/regions.toml``; read-only.
+REGIONS = _load()
 
 
 def list_regions() -> list[str]:

@@ -75,3 +75,52 @@ def test_region__rejects_a_bad_box():
 def test_registry__is_read_only():
     with pytest.raises(TypeError):
         REGIONS["new"] = REGIONS["parvati"]  # type: ignore[index]
+
+
+def _registry_file():
+    from importlib import resources
+
+    return resources.files("glacierxr").joinpath("data/regions.toml")
+
+
+def test_registry__the_data_file_is_the_single_source():
+    """Every table of data/regions.toml is a region, read as written, with a valid box."""
+    import tomllib
+
+    tables = tomllib.loads(_registry_file().read_text(encoding="utf-8"))
+    assert list(tables) == list(REGIONS)
+    for name, entry in tables.items():
+        west, south, east, north = entry["bbox"]
+        assert west < east and south < north, name
+        region = REGIONS[name]
+        assert region.bbox == tuple(entry["bbox"]) and isinstance(region.bbox, tuple)
+        assert (region.display_name, region.country, region.notes) == (
+            entry["display_name"], entry["country"], entry.get("notes", "")
+        )
+
+
+def test_registry__the_data_file_ships_in_the_wheel():
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["glacierxr"]
+    assert any(fnmatch.fnmatch("data/regions.toml", pattern) for pattern in patterns)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[x]\nbbox = [10.0, 50.0, 9.0, 51.0]\ndisplay_name = 'X'\ncountry = 'Y'\n", "invalid bbox"),
+        ("[x]\nbbox = [1, 2, 3]\ndisplay_name = 'X'\ncountry = 'Y'\n", r"\[x\] bbox must be"),
+        ("[x]\nbbox = [1, 2, 3, 4]\ncountry = 'Y'\n", r"\[x\] must hold bbox, country, display_name"),
+        ("[x]\nbbox = [1, 2, 3, 4]\ndisplay_name = 'X'\ncountry = 'Y'\nnote = ''\n", "must hold"),
+        ("[x\n", "not valid TOML"),
+    ],
+)
+def test_registry__a_bad_data_file_is_refused_by_name(text, match):
+    from glacierxr.regions import _parse
+
+    with pytest.raises(CatalogError, match=match):
+        _parse(text, source="regions.toml")
