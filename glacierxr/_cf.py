@@ -25,7 +25,9 @@ Both only touch attributes: nothing is computed and Dask-backed data stay lazy.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Mapping
+from importlib import resources
 from typing import TypeVar
 
 import xarray as xr
@@ -36,42 +38,34 @@ __all__ = ["CONVENTIONS", "TABLE", "describe", "describe_known", "entry_for", "f
 
 CONVENTIONS = "CF-1.8"
 
-#: Variable descriptions: ``standard_name`` only where the CF standard-name table has one;
-#: ``units`` in UDUNITS form (``1`` for dimensionless, ``m/year`` for velocities as ITS_LIVE's
-#: ``meter/year``). Keys are the names the velocity products use (ITS_LIVE's ``vx``, ``vy``,
-#: ``v``, ``v_error``) and the kinds of field the other stages deliver.
-TABLE: dict[str, dict[str, str]] = {
-    "reflectance": {
-        "standard_name": "surface_bidirectional_reflectance",
-        "units": "1",
-        "long_name": "surface reflectance",
-    },
-    "ndsi": {"units": "1", "long_name": "normalized difference snow index"},
-    "snow_mask": {"units": "1", "long_name": "snow mask (NDSI where NDSI >= threshold, else 0)"},
-    "snow_mask_binary": {
-        "standard_name": "surface_snow_binary_mask",
-        "units": "1",
-        "long_name": "snow mask (1 snow, 0 no snow)",
-    },
-    "vx": {
-        "standard_name": "land_ice_surface_x_velocity",
-        "units": "m/year",
-        "long_name": "surface velocity along the projection x axis (east)",
-    },
-    "vy": {
-        "standard_name": "land_ice_surface_y_velocity",
-        "units": "m/year",
-        "long_name": "surface velocity along the projection y axis (north)",
-    },
-    # CF has no standard name for the speed nor for velocity errors; ITS_LIVE users read the names.
-    "v": {"units": "m/year", "long_name": "surface speed (velocity magnitude)"},
-    "v_error": {"units": "m/year", "long_name": "surface speed error"},
-    "vx_error": {"units": "m/year", "long_name": "error of the velocity along x"},
-    "vy_error": {"units": "m/year", "long_name": "error of the velocity along y"},
-    "displacement_pixels": {"units": "1", "long_name": "displacement in pixels per step"},
-    "count": {"units": "1", "long_name": "number of valid observations"},
-    "fraction": {"units": "1", "long_name": "fraction (0 to 1)"},
-}
+_TABLE_FILE = "data/cf.toml"
+_ATTRIBUTES = {"standard_name", "units", "long_name"}
+
+
+def _read_table(text: str, source: str) -> dict[str, dict[str, str]]:
+    """The entries of a CF table file: one TOML table an entry, each with ``units`` and
+    ``long_name`` and, where CF has one, ``standard_name`` (all strings)."""
+    table = tomllib.loads(text)
+    for key, entry in table.items():
+        if not (
+            isinstance(entry, dict)
+            and {"units", "long_name"} <= set(entry) <= _ATTRIBUTES
+            and all(isinstance(value, str) for value in entry.values())
+        ):
+            raise GlacierXRError(
+                f"{source}: [{key}] must hold units and long_name (and optionally "
+                f"standard_name) as strings, got {entry!r}."
+            )
+    return table
+
+
+#: Variable descriptions, read from the package's ``data/cf.toml`` (where each entry's
+#: conventions are written down): ``standard_name`` only where the CF standard-name table has
+#: one, ``units`` in UDUNITS form, a default ``long_name``.
+TABLE: dict[str, dict[str, str]] = _read_table(
+    resources.files("glacierxr").joinpath(_TABLE_FILE).read_text(encoding="utf-8"),
+    source=f"glacierxr/{_TABLE_FILE}",
+)
 
 _T = TypeVar("_T", xr.DataArray, xr.Dataset)
 

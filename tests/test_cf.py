@@ -146,3 +146,23 @@ def test_gridded_baseline_forecasts_are_cf():
         assert ds.cf.grid_mapping_names == {"transverse_mercator": ["spatial_ref"]}
         assert ds.cf.axes["X"] == ["x"] and ds.cf.axes["Y"] == ["y"]
         assert baseline.attrs["grid_mapping"] == "spatial_ref"
+
+
+def test_table__is_read_from_the_package_data_file():
+    """TABLE is data/cf.toml as written: every entry has UDUNITS units and a long name."""
+    import tomllib
+    from importlib import resources
+
+    text = resources.files("glacierxr").joinpath("data/cf.toml").read_text(encoding="utf-8")
+    assert _cf.TABLE == tomllib.loads(text)
+    assert _cf.TABLE["vx"]["standard_name"] == "land_ice_surface_x_velocity"
+    assert all(entry["units"] in {"1", "m/year"} and entry["long_name"] for entry in _cf.TABLE.values())
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[v]\nunits = 'm/year'\n", "[v]\nunits = 1\nlong_name = 'speed'\n", "[v]\nunits = '1'\nlong_name = 'x'\nunit = '1'\n"],
+)
+def test_table__a_bad_data_file_is_refused_by_entry(text):
+    with pytest.raises(GlacierXRError, match=r"cf.toml: \[v\] must hold units and long_name"):
+        _cf._read_table(text, source="cf.toml")

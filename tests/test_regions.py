@@ -99,14 +99,18 @@ def test_registry__the_data_file_is_the_single_source():
         )
 
 
-def test_registry__the_data_file_ships_in_the_wheel():
+def test_package_data__the_data_files_ship_in_the_wheel():
     import fnmatch
     import tomllib
     from pathlib import Path
 
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    root = Path(__file__).parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["glacierxr"]
-    assert any(fnmatch.fnmatch("data/regions.toml", pattern) for pattern in patterns)
+    files = [path.relative_to(root / "glacierxr").as_posix() for path in (root / "glacierxr" / "data").iterdir()]
+    assert "data/regions.toml" in files and "data/cf.toml" in files
+    for name in files:  # every data file the package reads (regions, CF table) is package data
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
 
 
 @pytest.mark.parametrize(
