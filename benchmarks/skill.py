@@ -14,15 +14,18 @@ Forecasters:
 
 * the four baselines of :func:`glacierxr.evaluate.evaluate` (persistence, seasonal-naive,
   climatology, damped anomaly persistence, the damping fitted on the training months);
-* every (model, residual) pair: each model of the zoo at small sizes, trained with the
+* the statistical :class:`~glacierxr.ml.snowstate.SnowStateModel` (one regional snow state
+  forecast by regression, a learnt response of each pixel to it, a local level; fitted by least
+  squares on the training months);
+* every (model, residual) pair: each network of the zoo at small sizes, trained with the
   :class:`~glacierxr.ml.train.Trainer` on the raw masks (``none``) or on the residual of
-  climatology / damped anomaly persistence
-  (:class:`~glacierxr.ml.models.residual.ResidualForecaster`), the latter also with context
+  damped anomaly persistence or of the snow-state model
+  (:class:`~glacierxr.ml.models.residual.ResidualForecaster`), with or without context
   (``+climatology+scene_anomaly``: the climatology of the input and target months and the
   scene-wide anomaly of each input month shown to the model), its correction to the baseline
-  optionally shrunk (× 0.25, 0.5, 0.75 or 1). The **best model** is the (model, residual,
-  shrinkage), or the mean of the 3 or 5 best of them, with the lowest MSE on the ``val`` split;
-  only it is scored on ``test``;
+  optionally shrunk (× 0.25, 0.5, 0.75 or 1). The **best model** is the forecaster (model,
+  residual, shrinkage, or the snow-state model), or the mean of the 3 or 5 best of them, with
+  the lowest MSE on the ``val`` split; only it is scored on ``test``;
 * the **oracle** (sample only): :func:`glacierxr.sample.oracle_forecast` (the conditional
   expectation of each future month's true snow cover given the true process state at the issue
   month), mapped to the composite's NDSI scale by a per-pixel linear fit of the composites on the
@@ -61,14 +64,16 @@ RUN_TIMEOUT_S = 3600
 #: The residual of damped anomaly persistence with the model shown the climatology (of the input
 #: and target months) and the scene-wide anomaly of each input month (ResidualForecaster context).
 CONTEXT_VARIANT = "anomaly_persistence+climatology+scene_anomaly"
+#: The residual of the statistical snow-state model (glacierxr.ml.snowstate), with the same context.
+SNOW_STATE_CONTEXT = "snow_state+climatology+scene_anomaly"
 
 PRESETS = {
     "quick": dict(size=48, years=8, seeds=(0, 1, 2), patch=16, stride=8, epochs=3, batches=15,
-                  models=("convlstm", "unet"), residuals=("none", "anomaly_persistence", CONTEXT_VARIANT),
+                  models=("convlstm", "unet"), residuals=("none", CONTEXT_VARIANT, "snow_state"),
                   real_models=("convlstm",), n_resamples=200),
     "full": dict(size=64, years=30, seeds=(0, 1, 2), patch=16, stride=8, epochs=10, batches=150,
                  models=("convlstm", "lstm", "transformer", "unet", "vit"),
-                 residuals=("none", "anomaly_persistence", CONTEXT_VARIANT),
+                 residuals=("none", CONTEXT_VARIANT, "snow_state", SNOW_STATE_CONTEXT),
                  real_models=("convlstm", "lstm"), n_resamples=1000),
 }
 START = "2013-01-01"
@@ -169,51 +174,65 @@ def real_composites():
 # models: every (model, residual) pair, chosen on val
 # --------------------------------------------------------------------------------------------
 def fit_variants(ds, preset: dict, model_names, seed: int):
-    """Train every (model, residual); keep the forecaster of lowest val MSE.
+    """Fit every forecaster; keep the one (or the mean of the k best) of lowest val MSE.
 
-    The candidates are each (model, residual, shrinkage) — the shrinkage ``lam`` scales the
-    model's correction to its baseline (``baseline + lam * (forecast - baseline)``, ``lam`` in
-    SHRINKAGE) — and the mean of the ``k`` best of them on val (``k`` in ENSEMBLE_SIZES): every
-    setting, like the pair, is chosen on val only.
+    The candidates are the statistical :class:`~glacierxr.ml.snowstate.SnowStateModel`, each
+    (network, residual, shrinkage) — the shrinkage ``lam`` scales the network's correction to its
+    baseline (``baseline + lam * (forecast - baseline)``, ``lam`` in SHRINKAGE) — and the mean of
+    the ``k`` best of them on val (``k`` in ENSEMBLE_SIZES): every setting is chosen on val only.
     """
     from glacierxr.evaluate import window_arrays
+    from glacierxr.ml.snowstate import SnowStateModel
 
     arrays = {s: window_arrays(ds, split=s) for s in ("train", "val", "test")}
+    snow_state = SnowStateModel().fit(ds)
+    for split, values in arrays.items():
+        values["snow_state"] = snow_state.window_forecasts(ds, split)
     train = arrays["train"]
     scale = float(np.nanstd(train["inputs"] - train["clim_inputs"])) or 1.0
     offset = float(np.nanmean(train["inputs"]))
-    members = []  # (val MSE, label, model, residual, lam, val forecast)
+    val_forecast = arrays["val"]["snow_state"].astype(np.float64)
+    members = [(masked_mse(val_forecast, arrays["val"]), "snow_state", lambda a: a["snow_state"].astype(np.float64),
+                val_forecast)]  # (val MSE, label, forecast of a split's arrays, val forecast)
+    log(f"  snow_state: val MSE {members[0][0]:.5f}")
     for name in model_names:
         for residual in preset["residuals"]:
             model, seconds = train_one(name, residual, arrays, scale, offset, preset, ds.patch, seed)
             forecast = predict(model, arrays["val"], residual, scale, offset)
             base = _base(arrays["val"], residual, offset)
-            scores = {lam: masked_mse(base + lam * (forecast - base), arrays["val"]) for lam in SHRINKAGE}
+            scores = {lam: masked_mse(_shrink(base, forecast, lam), arrays["val"]) for lam in SHRINKAGE}
             lam = min(scores, key=scores.get)
             label = f"{name}+{residual}" + ("" if lam == 1.0 else f"@{lam:g}")
-            members.append((scores[lam], label, model, residual, lam, (base + lam * (forecast - base)).astype(np.float32)))
+            members.append((scores[lam], label, _network_forecast(model, residual, lam, scale, offset),
+                            _shrink(base, forecast, lam)))
             log(f"  {label}: val MSE {scores[lam]:.5f} (unshrunk {scores[1.0]:.5f}; {seconds:.0f} s)")
     members.sort(key=lambda member: member[0])
     candidates = [(m[0], m[1], [m]) for m in members]
     for k in ENSEMBLE_SIZES:
         if 1 < k <= len(members):
             top = members[:k]
-            mean = np.mean([m[5] for m in top], axis=0)
-            candidates.append((masked_mse(mean, arrays["val"]), f"mean of the {k} best on val", top))
+            candidates.append((masked_mse(np.mean([m[3] for m in top], axis=0), arrays["val"]),
+                               f"mean of the {k} best on val", top))
     val_mse = {label: mse for mse, label, _ in candidates}
     _, label, chosen = min(candidates, key=lambda candidate: candidate[0])
     if len(chosen) > 1:
         log(f"  {label}: val MSE {val_mse[label]:.5f} ({', '.join(m[1] for m in chosen)})")
         label = f"mean({', '.join(m[1] for m in chosen)})"
-    test_prediction = np.mean([_shrunk(m, arrays["test"], scale, offset) for m in chosen], axis=0)
+    test_prediction = np.mean([m[2](arrays["test"]) for m in chosen], axis=0)
     return label, test_prediction, val_mse
 
 
-def _shrunk(member, arrays, scale: float, offset: float) -> np.ndarray:
-    """A trained member's forecast of ``arrays``, its correction shrunk like on val."""
-    _, _, model, residual, lam, _ = member
-    base = _base(arrays, residual, offset)
-    return base + lam * (predict(model, arrays, residual, scale, offset) - base)
+def _shrink(base: np.ndarray, forecast: np.ndarray, lam: float) -> np.ndarray:
+    """The forecast with its correction to ``base`` scaled by ``lam``."""
+    return base + lam * (forecast - base)
+
+
+def _network_forecast(model, residual: str, lam: float, scale: float, offset: float):
+    """``arrays -> forecast`` of a trained network, its correction shrunk like on val."""
+    def forecast(arrays):
+        base = _base(arrays, residual, offset)
+        return _shrink(base, predict(model, arrays, residual, scale, offset), lam)
+    return forecast
 
 
 def _variant(residual: str) -> tuple[str, tuple[str, ...]]:
@@ -445,9 +464,11 @@ def markdown(summary: dict, mode: str, preset: dict, wall: float, jobs: int = 1)
     lines = [f"# Forecast skill against the best baseline ({mode} mode)", "",
              f"`{command}` — {wall / 60:.0f} min on CPU ({jobs} process{'es' if jobs > 1 else ''}, "
              f"torch 1 thread each). Test split; skill = 1 − MSE / MSE of the best baseline (lowest test MSE among "
-             f"{', '.join(BASELINES)}); 95 % paired bootstrap interval. Models: {', '.join(preset['models'])} × "
-             f"residual on {', '.join(preset['residuals'])} × shrinkage of the correction {SHRINKAGE}; the best "
-             "(model, residual, shrinkage) is chosen on the val split (suffix @shrinkage when not 1).", "",
+             f"{', '.join(BASELINES)}); 95 % paired bootstrap interval. Models: the statistical snow-state model "
+             f"(snow_state: regional snow state + per-pixel response + local level, least squares) and the networks "
+             f"{', '.join(preset['models'])} × residual on {', '.join(preset['residuals'])} × shrinkage of the "
+             f"correction {SHRINKAGE}; the best forecaster, or the mean of the 3 or 5 best, is chosen on the val "
+             "split (suffix @shrinkage when not 1).", "",
              "## Sample (dynamics=\"memory\", monthly composites, 4 → 4 months)", "",
              "| seed | best model (val) | best baseline | MSE model | MSE best baseline | MSE oracle | "
              "skill vs best baseline [95 % CI] | fraction of achievable | damping |",

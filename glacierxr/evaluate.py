@@ -62,6 +62,8 @@ __all__ = [
     "fit_damping",
     "best_baseline",
     "window_arrays",
+    "train_periods",
+    "scene_mean",
     "steps_per_year",
     "period_of_year",
     "evaluate",
@@ -942,10 +944,19 @@ def _scene_anomaly(reference: _Baselines, periods: np.ndarray) -> np.ndarray:
     """
     values = _observed(reference.layout, periods, np.float32)
     departure = values - reference.clim[period_of_year(reference.times[periods], reference.period)]
-    observed = np.isfinite(departure)
-    total = np.where(observed, departure, 0.0).sum(axis=(1, 2), dtype=np.float64)
+    return scene_mean(departure).astype(np.float32)
+
+
+def scene_mean(values: np.ndarray) -> np.ndarray:
+    """Mean of each frame of ``(time, y, x)`` over its finite pixels (float64; 0 for a frame without any).
+
+    >>> scene_mean(np.array([[[1.0, np.nan]], [[np.nan, np.nan]]])).tolist()
+    [1.0, 0.0]
+    """
+    observed = np.isfinite(values)
+    total = np.where(observed, values, 0.0).sum(axis=(1, 2), dtype=np.float64)
     count = observed.sum(axis=(1, 2))
-    return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)  # no pixel seen: 0
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 
 def _observed(layout, periods: np.ndarray, dtype) -> np.ndarray:
@@ -961,6 +972,20 @@ def _observed(layout, periods: np.ndarray, dtype) -> np.ndarray:
     return values
 
 
+def train_periods(sequences) -> np.ndarray:
+    """Positions on the time axis of the periods the training windows cover (inputs and targets).
+
+    What the baselines and the statistical forecasters learn from: the climatology, the damping
+    of anomaly persistence, :class:`glacierxr.ml.snowstate.SnowStateModel`.
+    """
+    layout = sequences._layout
+    t0 = np.unique(layout.split_ids["train"] // layout.n_spatial)
+    covered = np.zeros(layout.data.sizes[layout.dims[0]], bool)
+    for start in layout.t_starts[t0]:
+        covered[start : start + layout.steps] = True
+    return np.flatnonzero(covered)
+
+
 def _train_climatology(sequences, period: int, damping: bool = False) -> tuple[np.ndarray, float | None]:
     """Climatology ``(period, y, x)`` over the periods covered by training windows (computed).
 
@@ -969,21 +994,17 @@ def _train_climatology(sequences, period: int, damping: bool = False) -> tuple[n
     """
     layout = sequences._layout
     time_dim = layout.dims[0]
-    t0 = np.unique(layout.split_ids["train"] // layout.n_spatial)
-    covered = np.zeros(layout.data.sizes[time_dim], bool)
-    for start in layout.t_starts[t0]:
-        covered[start : start + layout.steps] = True
-    if not covered.any():
+    index = train_periods(sequences)
+    if not index.size:
         raise DimensionError("The train split has no sequence, so there is no climatology; drop 'climatology' from baselines.")
-    train = layout.data.isel({time_dim: np.flatnonzero(covered)})
+    train = layout.data.isel({time_dim: index})
     valid = None
     if layout.valid is not None:
-        valid = layout.valid.isel({time_dim: np.flatnonzero(covered)}) if time_dim in layout.valid.dims else layout.valid
+        valid = layout.valid.isel({time_dim: index}) if time_dim in layout.valid.dims else layout.valid
     clim = climatology(train.astype(np.float32), period=period, valid=valid, time_dim=time_dim)
     clim = np.asarray(clim.transpose("period_of_year", *layout.dims[1:]).to_numpy(), dtype=np.float64)
     if not damping:
         return clim, None
-    index = np.flatnonzero(covered)
     values = _observed(layout, index, np.float64)
     anomalies = values - clim[period_of_year(train[time_dim].to_index(), period)]
     consecutive = np.diff(index) == 1

@@ -54,8 +54,9 @@ from glacierxr.errors import ConfigError, DimensionError
 
 __all__ = ["CONTEXTS", "RESIDUAL_BASELINES", "ResidualForecaster", "inner_steps", "residual_dataset", "unpack_inputs"]
 
-#: Baselines a model can forecast a residual on ("none": the plain model).
-RESIDUAL_BASELINES: tuple[str, ...] = ("none", "climatology", "anomaly_persistence")
+#: Baselines a model can forecast a residual on ("none": the plain model; "snow_state": the
+#: forecast of :class:`glacierxr.ml.snowstate.SnowStateModel`, put into the arrays by the caller).
+RESIDUAL_BASELINES: tuple[str, ...] = ("none", "climatology", "anomaly_persistence", "snow_state")
 
 
 class ResidualForecaster(nn.Module):
@@ -68,7 +69,7 @@ class ResidualForecaster(nn.Module):
         teacher_forcing)``), taking :func:`inner_steps` input frames.
     input_steps : int
         Number of past frames at the front of the packed inputs.
-    baseline : {"none", "climatology", "anomaly_persistence"}
+    baseline : {"none", "climatology", "anomaly_persistence", "snow_state"}
         The baseline the packed inputs carry (recorded in :meth:`get_config`).
     scale : float
         Data units per model unit (e.g. the standard deviation of the training anomalies).
@@ -161,7 +162,7 @@ def residual_dataset(arrays: dict, baseline: str, scale: float, *, offset: float
     arrays : dict
         From :func:`glacierxr.evaluate.window_arrays` (it must hold ``baseline`` unless "none",
         and ``scene_anomaly`` for that context).
-    baseline : {"none", "climatology", "anomaly_persistence"}
+    baseline : {"none", "climatology", "anomaly_persistence", "snow_state"}
     scale : float
         Divides the anomalies (and, inside the model, multiplies its output).
     offset : float

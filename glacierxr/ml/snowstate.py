@@ -1,0 +1,258 @@
+"""A statistical snow forecaster: one regional snow state, a response per pixel, a local level.
+
+Where a mountain scene has snow is governed, to first order, by the altitude of the regional
+snow line: when it rises, every pixel below it melts out, whatever patch it lies in. A forecast
+that keeps each pixel's anomaly in place (damped anomaly persistence) cannot move a late spring
+from the valley floor, where it shows now, to the slopes above, where it will show next month.
+:class:`SnowStateModel` forecasts the scene-wide state instead and lets each pixel respond to it.
+It is fitted by least squares on the periods the training windows cover (no gradient descent,
+seconds on a CPU), needs no elevation model, and can serve as the baseline of a network's
+residual (:class:`glacierxr.ml.models.residual.ResidualForecaster` with ``baseline="snow_state"``).
+
+The model, with ``t`` a period (e.g. a month) and ``p`` a pixel:
+
+1. **State** ``S(t)``: the scene's mean value (the climatology's scene mean plus the mean
+   departure from the climatology over the observed pixels, so clouds do not bias it). It falls
+   as the snow line rises.
+2. **Response** ``g_p(S)``: the mean value of pixel ``p`` over the training periods in each of
+   ``bins`` quantile bins of ``S``, linear between bin centres: at which state a pixel turns
+   snow-free, learnt from the data.
+3. **State anomaly** ``a(t) = z(S(t)) − mean of z(S) in the same period of the year``, with ``z``
+   the probit for values in [0, 1] (the identity otherwise), forecast ``k`` periods ahead by a
+   least-squares regression on ``a(t), …, a(t − lags + 1)``, one per lead. The regression's
+   training errors are kept as ``members`` quantiles, and the forecast of ``g_p`` is its mean
+   over them: a pixel near the expected snow line gets a probability, not a hard edge.
+4. **Local level** ``l_p(t)``: what the response misses at the pixel (``value − g_p(S)``) averaged
+   over the last ``level`` periods (slow change such as a retreating terminus or a growing lake),
+   plus the latest departure from that level, damped by ``damping ** k`` (fitted on the training
+   periods like :func:`glacierxr.evaluate.fit_damping`).
+
+The forecast is ``mean over members of g_p(z⁻¹(ẑ(t + k) + e)) + l_p(t) + damping ** k ·
+(value_p(t) − g_p(S(t)) − l_p(t))``, clipped to the variable's valid range.
+
+Memory: the whole cube is read once (``(time, y, x)`` float32), plus the same again for the
+residuals and ``bins`` frames of response.
+
+Examples
+--------
+>>> import numpy as np
+>>> from glacierxr.ml import PatchSequences
+>>> from glacierxr.testing import make_series
+>>> rng = np.random.default_rng(0)
+>>> cube = make_series(rng.random((60, 20, 20)), freq="MS")
+>>> ds = PatchSequences(cube, patch=10, stride=10)
+>>> model = SnowStateModel(bins=8).fit(ds)
+>>> model.forecast(ds.split_info["time_ranges"]["test"][0], 4).shape
+(4, 20, 20)
+>>> model.window_forecasts(ds, "test").shape[1:]
+(4, 10, 10)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import ndtr, ndtri
+
+from glacierxr._range import clip_to_range, valid_range
+from glacierxr._validate import require_positive
+from glacierxr.errors import ConfigError, DimensionError
+
+__all__ = ["SnowStateModel"]
+
+_PROBIT_CLIP = 0.005  # states within this of 0 or 1 are clipped before the probit
+
+
+class SnowStateModel:
+    """Regional snow state + per-pixel response + local level (see the module docstring).
+
+    Parameters
+    ----------
+    bins : int
+        Quantile bins of the scene state for the per-pixel response (≥ 2).
+    lags : int
+        Past state anomalies the state forecast regresses on (≥ 1).
+    level : int
+        Periods averaged for each pixel's local level (≥ 1; 12 months is a year).
+    members : int
+        Quantiles of the state forecast's training errors averaged over (1: no spread).
+
+    Attributes (after :meth:`fit`)
+    ------------------------------
+    coefficients_ : numpy.ndarray
+        ``(lead, lags)`` regression of the future state anomaly on the past ones.
+    damping_ : float
+        Damping of a pixel's departure from its local level.
+    """
+
+    def __init__(self, *, bins: int = 24, lags: int = 2, level: int = 12, members: int = 25) -> None:
+        self.bins = require_positive(bins, name="bins", integer=True, example=24)
+        self.lags = require_positive(lags, name="lags", integer=True, example=2)
+        self.level = require_positive(level, name="level", integer=True, example=12)
+        self.members = require_positive(members, name="members", integer=True, example=25)
+        if self.bins < 2:
+            raise ConfigError(f"bins={bins!r}: the response needs at least 2 bins of the scene state.")
+        self._fitted = None
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, sequences) -> SnowStateModel:
+        """Learn the response, the state regression and the level damping from the training periods.
+
+        Parameters
+        ----------
+        sequences : glacierxr.ml.PatchSequences
+            Its cube is read whole; the periods its ``train`` windows cover are the training data.
+        """
+        from glacierxr.evaluate import _observed, _train_climatology, period_of_year, scene_mean, steps_per_year, train_periods
+
+        layout = sequences._layout
+        time_dim = layout.dims[0]
+        train = train_periods(sequences)
+        if train.size < 2 * self.bins:
+            raise DimensionError(f"SnowStateModel: the train split covers {train.size} periods, too few for "
+                                 f"bins={self.bins}; use fewer bins or a longer series.")
+        period = steps_per_year(sequences.data, time_dim=time_dim)
+        clim, _ = _train_climatology(sequences, period)
+        self.times_ = sequences.data[time_dim].to_index()
+        self._phase = period_of_year(self.times_, period)
+        values = _observed(layout, np.arange(len(self.times_)), np.float32)
+        state = scene_mean(clim)[self._phase] + scene_mean(values - clim[self._phase])  # S(t)
+        self._fit_response(state[train], values[train])
+        self._probit = bool(0.0 <= state[train].min() and state[train].max() <= 1.0)
+        anomaly = self._anomaly(state, train, period)
+        issues = np.unique(layout.decompose(layout.split_ids["train"])[0]) + sequences.input_steps - 1
+        self._fit_regression(anomaly, issues, sequences.target_steps)
+        self._values, self._state, self._anomaly_series = values, state, anomaly
+        self._residual = values - self.response(state)
+        self.damping_ = self._fit_damping(issues)
+        self.bounds_ = valid_range(sequences.data)
+        self._fitted = (layout.data.shape, sequences.target_steps)
+        return self
+
+    def _fit_response(self, state: np.ndarray, values: np.ndarray) -> None:
+        """Per-pixel mean of ``values`` in quantile bins of ``state`` (bins without data merged)."""
+        edges = np.quantile(state, np.linspace(0.0, 1.0, self.bins + 1))
+        which = np.clip(np.searchsorted(edges, state, side="right") - 1, 0, self.bins - 1)
+        used = np.unique(which)
+        self.centers_ = np.array([state[which == b].mean() for b in used])
+        response = np.stack([_nanmean(values[which == b]) for b in used])
+        keep = np.concatenate([[True], np.diff(self.centers_) > 0])  # equal centres: one bin
+        self.centers_, response = self.centers_[keep], response[keep]
+        fallback = _nanmean(response)  # a pixel never seen in a bin: its mean over the others
+        fallback = np.where(np.isfinite(fallback), fallback, np.nanmean(values) if np.isfinite(values).any() else 0.0)
+        self._response = np.where(np.isfinite(response), response, fallback).astype(np.float32)
+
+    def response(self, state) -> np.ndarray:
+        """``g_p(S)`` for each state of ``state`` (1-D): ``(len(state), y, x)``."""
+        state = np.atleast_1d(np.asarray(state, dtype=np.float64))
+        centers = self.centers_
+        if centers.size == 1:
+            return np.repeat(self._response[:1], state.size, axis=0)
+        low = np.clip(np.searchsorted(centers, state) - 1, 0, centers.size - 2)
+        weight = np.clip((state - centers[low]) / (centers[low + 1] - centers[low]), 0.0, 1.0)[:, None, None]
+        return (1.0 - weight) * self._response[low] + weight * self._response[low + 1]
+
+    def _z(self, state):
+        return ndtri(np.clip(state, _PROBIT_CLIP, 1.0 - _PROBIT_CLIP)) if self._probit else np.asarray(state)
+
+    def _z_inverse(self, z):
+        return ndtr(z) if self._probit else np.asarray(z)
+
+    def _anomaly(self, state: np.ndarray, train: np.ndarray, period: int) -> np.ndarray:
+        z = self._z(state)
+        self._z_clim = np.full(period, z[train].mean())
+        for phase in np.unique(self._phase[train]):
+            self._z_clim[phase] = z[train][self._phase[train] == phase].mean()
+        return z - self._z_clim[self._phase]
+
+    def _predictors(self, anomaly: np.ndarray, issues: np.ndarray) -> np.ndarray:
+        """``(len(issues), lags)``: ``a(t), a(t - 1), …`` (0 before the first period)."""
+        index = issues[:, None] - np.arange(self.lags)
+        return np.where(index >= 0, anomaly[np.clip(index, 0, None)], 0.0)
+
+    def _fit_regression(self, anomaly: np.ndarray, issues: np.ndarray, steps: int) -> None:
+        """One least-squares regression per lead; its errors' quantiles are the ensemble members."""
+        quantiles = (np.arange(self.members) + 0.5) / self.members if self.members > 1 else np.array([0.5])
+        self.coefficients_ = np.zeros((steps, self.lags))
+        self._members = np.zeros((steps, self.members))
+        for k in range(1, steps + 1):
+            usable = issues[issues + k < anomaly.size]
+            if not usable.size:
+                continue
+            design, target = self._predictors(anomaly, usable), anomaly[usable + k]
+            self.coefficients_[k - 1] = np.linalg.lstsq(design, target, rcond=None)[0]
+            errors = target - design @ self.coefficients_[k - 1]
+            self._members[k - 1] = np.quantile(errors, quantiles) if self.members > 1 else 0.0
+
+    def _level(self, t: int) -> np.ndarray:
+        """Mean of the last ``level`` residuals at ``t`` (0 where a pixel has none)."""
+        recent = self._residual[max(0, t - self.level + 1) : t + 1]
+        return np.nan_to_num(_nanmean(recent))
+
+    def _departure(self, t: int) -> np.ndarray:
+        return np.nan_to_num(self._residual[t] - self._level(t))
+
+    def _fit_damping(self, issues: np.ndarray) -> float:
+        from glacierxr.evaluate import fit_damping
+
+        issues = issues[issues + 1 < len(self.times_)]
+        if not issues.size:
+            return 0.0
+        now = np.stack([self._departure(t) for t in issues])
+        after = np.stack([self._residual[t + 1] - self._level(t) for t in issues])
+        return fit_damping(np.stack([now, after]))
+
+    # ---------------------------------------------------------------- forecasting
+    def forecast(self, issue: int, steps: int | None = None) -> np.ndarray:
+        """Forecast of the ``steps`` periods after position ``issue`` on the time axis: ``(steps, y, x)``.
+
+        Uses only the periods up to ``issue`` (and what :meth:`fit` learnt).
+        """
+        self._check_fitted()
+        steps = self._fitted[1] if steps is None else require_positive(steps, name="steps", integer=True)
+        if steps > self.coefficients_.shape[0]:
+            raise ConfigError(f"steps={steps}: this model was fitted for {self.coefficients_.shape[0]} leads.")
+        issue = int(issue)
+        if not 0 <= issue < len(self.times_):
+            raise ConfigError(f"issue={issue} is not a position on the time axis (0 … {len(self.times_) - 1}).")
+        predictors = self._predictors(self._anomaly_series, np.array([issue]))[0]
+        level, departure = self._level(issue), self._departure(issue)
+        period = self._z_clim.size
+        out = np.empty((steps, *self._response.shape[1:]))
+        for k in range(1, steps + 1):
+            z = self._z_clim[(self._phase[issue] + k) % period] + predictors @ self.coefficients_[k - 1]
+            out[k - 1] = self.response(self._z_inverse(z + self._members[k - 1])).mean(axis=0)
+            out[k - 1] += level + self.damping_**k * departure
+        return clip_to_range(out, self.bounds_)
+
+    def window_forecasts(self, sequences, split: str | None = None) -> np.ndarray:
+        """Forecasts of the windows of ``sequences`` (of ``split``), ``(N, T_out, P, P)`` float32.
+
+        In the order of ``sequences.split(split, shuffle=False).windows`` (that of
+        :func:`glacierxr.evaluate.window_arrays`); ``sequences`` must be on the fitted cube.
+        """
+        self._check_fitted()
+        if sequences._layout.data.shape != self._fitted[0]:
+            raise DimensionError("window_forecasts: these sequences are not on the cube the model was fitted on.")
+        if split is not None:
+            sequences = sequences.split(split, shuffle=False)
+        t0, y0, x0 = sequences._layout.decompose(sequences.window_ids)
+        issues = t0 + sequences.input_steps - 1
+        patch, steps = sequences.patch, sequences.target_steps
+        out = np.empty((len(t0), steps, patch, patch), np.float32)
+        for issue in np.unique(issues):
+            scene = self.forecast(issue, steps)
+            for i in np.flatnonzero(issues == issue):
+                out[i] = scene[:, y0[i] : y0[i] + patch, x0[i] : x0[i] + patch]
+        return out
+
+    def _check_fitted(self) -> None:
+        if self._fitted is None:
+            raise ConfigError("SnowStateModel: call fit(sequences) before forecasting.")
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean over the first axis of the finite values (NaN where none), without a warning."""
+    finite = np.isfinite(values)
+    count = finite.sum(axis=0)
+    total = np.where(finite, values, 0.0).sum(axis=0, dtype=np.float64)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)

@@ -1,0 +1,136 @@
+"""SnowStateModel: the regional snow-state forecaster, checked against an oracle written here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import ndtr
+
+pytest.importorskip("torch")
+
+from glacierxr import evaluate as ev  # noqa: E402
+from glacierxr.errors import ConfigError, DimensionError  # noqa: E402
+from glacierxr.ml import PatchSequences  # noqa: E402
+from glacierxr.ml.models import get_model  # noqa: E402
+from glacierxr.ml.models.residual import ResidualForecaster, residual_dataset  # noqa: E402
+from glacierxr.ml.snowstate import SnowStateModel  # noqa: E402
+from glacierxr.testing import make_series  # noqa: E402
+
+PHI, STD, NOISE = 0.8, 150.0, 30.0  # monthly AR(1) of the snow-line anomaly (m), per-month weather (m)
+MONTHS, SIZE = 240, 24
+
+
+def _snow_world(seed: int = 0, retreat_at: int | None = None):
+    """Snow where a pixel's threshold (m) is above the snow line: seasonal cycle + AR(1) + noise.
+
+    Returns the cube, the thresholds, the seasonal snow line and the AR state of each month.
+    With ``retreat_at``, a block of "glacier" (always 1) turns to bare rock (never snow below
+    the line... here: always 0) from that month on: a permanent local change.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    threshold = 1500.0 + 40.0 * yy + 8.0 * xx + 30.0 * rng.standard_normal((SIZE, SIZE))
+    month = np.arange(MONTHS) % 12
+    seasonal = 2000.0 + 400.0 * np.cos(2 * np.pi * (month - 7) / 12)
+    state = np.empty(MONTHS)
+    state[0] = STD * rng.standard_normal()
+    for t in range(1, MONTHS):
+        state[t] = PHI * state[t - 1] + STD * np.sqrt(1 - PHI**2) * rng.standard_normal()
+    line = seasonal + state + NOISE * rng.standard_normal(MONTHS)
+    values = (threshold[None] > line[:, None, None]).astype(np.float32)
+    if retreat_at is not None:
+        values[:retreat_at, :6, :6] = 1.0
+        values[retreat_at:, :6, :6] = 0.0
+    return make_series(values, freq="MS"), threshold, seasonal, state
+
+
+def _sequences(cube):
+    return PatchSequences(cube, patch=12, stride=6, val_fraction=0.15, test_fraction=0.25)
+
+
+def _oracle(threshold, seasonal, state, issue: int, steps: int) -> np.ndarray:
+    """E[snow | true state at issue]: the line k months on is Gaussian around seasonal + PHI**k state."""
+    out = []
+    for k in range(1, steps + 1):
+        mean = seasonal[issue + k] + PHI**k * state[issue]
+        std = np.sqrt(STD**2 * (1 - PHI ** (2 * k)) + NOISE**2)
+        out.append(ndtr((threshold - mean) / std))
+    return np.stack(out)
+
+
+def _mse(forecast, arrays) -> float:
+    valid = arrays["valid"]
+    return float(np.mean((forecast[valid] - arrays["targets"][valid]) ** 2))
+
+
+def test_snow_state__captures_most_of_the_skill_the_oracle_shows_is_achievable():
+    cube, threshold, seasonal, state = _snow_world()
+    ds = _sequences(cube)
+    model = SnowStateModel().fit(ds)
+    arrays = ev.window_arrays(ds, split="test")
+    test = ds.split("test", shuffle=False)
+    t0, y0, x0 = test._layout.decompose(test.window_ids)
+    oracle = np.stack([_oracle(threshold, seasonal, state, t + 3, 4)[:, y : y + 12, x : x + 12]
+                       for t, y, x in zip(t0, y0, x0)])
+    ours = _mse(model.window_forecasts(ds, "test"), arrays)
+    persistence = _mse(arrays["anomaly_persistence"], arrays)
+    best = _mse(oracle, arrays)
+    assert best < persistence  # the world is forecastable beyond the pixel's own anomaly
+    assert (persistence - ours) / (persistence - best) > 0.5
+    assert model.coefficients_[0, 0] == pytest.approx(PHI, abs=0.2)  # lead 1 ≈ the AR(1) factor
+
+
+def test_snow_state__a_permanent_local_change_is_carried_by_the_level():
+    cube, *_ = _snow_world(seed=1, retreat_at=150)
+    ds = _sequences(cube)
+    model = SnowStateModel(level=12).fit(ds)  # the response learnt the block as glacier (always 1)
+    issue = ds.split_info["time_ranges"]["test"][0] + 3
+    assert issue >= 150 + 12
+    forecast = model.forecast(issue, 4)
+    assert np.abs(forecast[:, :6, :6]).max() < 0.05  # the block is rock now, and stays rock
+    climatology = ev.window_arrays(ds, split="test")["climatology"]
+    assert climatology.max() > 0.5  # what a forecaster that keeps the training seasons says there
+
+
+def test_snow_state__uses_nothing_after_the_issue_period():
+    cube, *_ = _snow_world(seed=2)
+    issue = int(0.8 * MONTHS)
+    changed = cube.copy(data=cube.values.copy())
+    changed.values[issue + 1 :] = np.random.default_rng(5).random(changed.values[issue + 1 :].shape)
+    a = SnowStateModel().fit(_sequences(cube)).forecast(issue, 4)
+    b = SnowStateModel().fit(_sequences(changed)).forecast(issue, 4)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_snow_state__is_a_residual_baseline_for_any_network():
+    cube, *_ = _snow_world(seed=3)
+    ds = _sequences(cube)
+    arrays = ev.window_arrays(ds, split="val")
+    arrays["snow_state"] = SnowStateModel().fit(ds).window_forecasts(ds, "val")
+    packed, _, _ = residual_dataset(arrays, "snow_state", 0.2, offset=0.5).tensors
+    model = ResidualForecaster(get_model("convlstm", hidden_channels=(4,)), input_steps=4, baseline="snow_state",
+                               scale=0.2, offset=0.5)
+    for parameter in model.parameters():
+        parameter.data.zero_()
+    out = model(packed, steps=4)[:, :, 0].detach().numpy()
+    np.testing.assert_allclose(out, arrays["snow_state"], atol=1e-6)  # a zero correction is the snow state
+
+
+def test_snow_state__clear_errors():
+    cube, *_ = _snow_world(seed=4)
+    ds = _sequences(cube)
+    with pytest.raises(ConfigError, match="bins"):
+        SnowStateModel(bins=1)
+    with pytest.raises(ConfigError, match="lags"):
+        SnowStateModel(lags=0)
+    with pytest.raises(ConfigError, match="fit"):
+        SnowStateModel().forecast(10)
+    model = SnowStateModel().fit(ds)
+    with pytest.raises(ConfigError, match="leads"):
+        model.forecast(100, 9)
+    with pytest.raises(ConfigError, match="issue"):
+        model.forecast(MONTHS + 5)
+    with pytest.raises(DimensionError, match="fitted on"):
+        model.window_forecasts(PatchSequences(cube.isel(x=slice(0, 12)), patch=12, stride=6), "test")
+    with pytest.raises(DimensionError, match="too few"):
+        SnowStateModel(bins=200).fit(ds)
