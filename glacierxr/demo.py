@@ -651,7 +651,8 @@ def _verdict(metrics: pd.DataFrame) -> str:
     lines = []
     for baseline in [m for m in dict.fromkeys(metrics["model"]) if m != model]:
         column = f"skill_vs_{baseline}"
-        if column not in metrics:
+        if column not in metrics:  # another model scored beside ours (snow_state)
+            lines.append(_other_model_line(metrics, baseline))
             continue
         skill = float(pooled[column])
         low = pooled.get(f"{column}_low", np.nan)
@@ -675,6 +676,18 @@ def _verdict(metrics: pd.DataFrame) -> str:
                         f"**{best.replace('_', '-')}** (lowest MSE of the baselines): the model is "
                         "worth running only where it beats that one.")
     return "\n".join(lines)
+
+
+def _other_model_line(metrics: pd.DataFrame, name: str) -> str:
+    """One line on a model scored beside the network (the statistical snow-state model)."""
+    row = metrics[(metrics["model"] == name) & (metrics["lead"].astype(str) == "all")].iloc[0]
+    skill, low, high = (row.get(f"skill_vs_best_baseline{end}", np.nan) for end in ("", "_low", "_high"))
+    interval = f" (interval {low:+.2f} … {high:+.2f})" if np.isfinite(low) else ""
+    label = f"`{name}`"
+    if name == "snow_state":
+        label = ("the statistical snow-state model (`snow_state`: one regional snow state forecast by "
+                 "regression, each pixel's learnt response to it and its local level)")
+    return f"- For comparison, {label} scores MSE skill {skill:+.2f}{interval} against the strongest baseline."
 
 
 def _report(config: RunConfig, facts: dict, out: Path) -> str:

@@ -634,6 +634,7 @@ def evaluate(
     seed: int = 0,
     name: str | None = None,
     device: str | None = None,
+    others: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Score a model (or precomputed predictions) and the baselines on the same patch sequences.
 
@@ -669,6 +670,10 @@ def evaluate(
         Row label of the model (default its ``model_name`` or class name, or ``"predictions"``).
     device : str, optional
         Torch device for the model (default: the device of its parameters).
+    others : mapping of str to model or predictions, optional
+        More forecasters scored beside the model, on the same pixels (rows after the model's,
+        named by their keys), e.g. ``{"snow_state": SnowStateModel().fit(seq).window_forecasts(seq, "test")}``
+        (:class:`glacierxr.ml.snowstate.SnowStateModel`).
 
     Returns
     -------
@@ -717,10 +722,14 @@ def evaluate(
     reference = _Baselines(sequences, baselines, period)
     period, history = reference.period, reference.history
 
-    forecaster = _Forecaster(model_or_predictions, sequences, name, device)
-    names = ([forecaster.name] if forecaster.active else []) + list(baselines)
+    forecasters = [_Forecaster(model_or_predictions, sequences, name, device)]
+    forecasters += [_Forecaster(other, sequences, str(key), device) for key, other in (others or {}).items()]
+    forecasters = [f for f in forecasters if f.active]
+    names = [f.name for f in forecasters] + list(baselines)
     if not names:
         raise ConfigError("Nothing to evaluate: no model or predictions and no baselines.")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"Two forecasters share a name in {names}; give the model and others distinct names.")
     stats = {n: [] for n in names}
     kept_ids = []
     for batch in sequences._stream(batch_size=batch_size, mode="raw", history=history):
@@ -732,7 +741,7 @@ def evaluate(
         seen = np.where(np.isnan(raw[:, history : history + t_in]), reference.fill, raw[:, history : history + t_in])
         target = raw[:, history + t_in :]
         target_valid = valid[:, history + t_in :]
-        forecasts = {forecaster.name: forecaster(seen, positions)} if forecaster.active else {}
+        forecasts = {f.name: f(seen, positions) for f in forecasters}
         forecasts.update(reference(raw, seen, ids))
         # scored as delivered: every forecast within the variable's valid range (glacierxr._range)
         forecasts = {key: clip_to_range(values, reference.bounds) for key, values in forecasts.items()}

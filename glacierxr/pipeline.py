@@ -35,6 +35,7 @@ __all__ = [
     "train",
     "forecast",
     "evaluate_run",
+    "snow_state_others",
     "velocity_scenes",
     "velocity",
 ]
@@ -387,11 +388,36 @@ def forecast(composites: xr.DataArray, model, config: RunConfig) -> xr.DataArray
 
 
 def evaluate_run(composites: xr.DataArray, model, config: RunConfig, *, split: str = "test"):
-    """Metrics of the model and the baselines on a split; see :func:`glacierxr.evaluate.evaluate`."""
+    """Metrics of the model, the snow-state model and the baselines on a split.
+
+    See :func:`glacierxr.evaluate.evaluate`; the statistical
+    :class:`~glacierxr.ml.snowstate.SnowStateModel` (row ``snow_state``) is fitted on the training
+    periods and scored beside the model where the series is long enough (:func:`snow_state_others`).
+    """
     from glacierxr.evaluate import evaluate
 
     sequences = make_sequences(composites, config)
-    return evaluate(model, sequences, split=split)
+    return evaluate(model, sequences, split=split, others=snow_state_others(sequences, split))
+
+
+#: Fewest training periods per response bin of the snow-state model (and fewest bins).
+_PERIODS_PER_BIN, _MIN_BINS = 4, 3
+
+
+def snow_state_others(sequences, split: str) -> dict:
+    """``{"snow_state": forecasts of split}`` from a SnowStateModel fitted on the training periods.
+
+    Up to 24 response bins, one per 4 training periods; ``{}`` when there are fewer than 12
+    training periods (too short a series for a response per pixel).
+    """
+    from glacierxr.evaluate import train_periods
+    from glacierxr.ml.snowstate import SnowStateModel
+
+    bins = min(24, train_periods(sequences).size // _PERIODS_PER_BIN)
+    if bins < _MIN_BINS:
+        return {}
+    model = SnowStateModel(bins=bins).fit(sequences)
+    return {"snow_state": model.window_forecasts(sequences, split)}
 
 
 def _velocity_band(config: RunConfig, names) -> str:

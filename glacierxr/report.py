@@ -32,6 +32,7 @@ FORECASTER_COLORS = {
     "seasonal_naive": "#ff7f0e",
     "climatology": "#2ca02c",
     "anomaly_persistence": "#9467bd",
+    "snow_state": "#8c564b",  # the statistical snow-state model (glacierxr.ml.snowstate)
 }
 _MODEL_COLOR = "#1f77b4"
 

@@ -211,6 +211,23 @@ def test_evaluate__precomputed_predictions_and_baselines_only():
         ev.evaluate(None, test, baselines=("random_walk",))
 
 
+def test_evaluate__others_are_scored_beside_the_model_on_the_same_pixels():
+    sequences, values = _periodic_sequences()
+    test = sequences.split("test")
+    truth = np.stack(
+        [values[t0 + 4 : t0 + 8, y0 : y0 + 8, x0 : x0 + 8] for t0, y0, x0 in test.windows[["t0", "y0", "x0"]].to_numpy()]
+    )
+    off = np.nan_to_num(truth) - 0.05  # 0.05 too low everywhere (inside [0, 1]): MSE 0.0025 on every scored pixel
+    table = ev.evaluate(np.nan_to_num(truth), test, baselines=("climatology",), n_resamples=0, others={"biased": off})
+    assert table["model"].unique().tolist() == ["predictions", "biased", "climatology"]
+    biased = table[table["model"] == "biased"].set_index("lead")
+    np.testing.assert_allclose(biased["mse"], 0.0025, rtol=1e-5)
+    assert (biased["n_valid"] == table[table["model"] == "predictions"].set_index("lead")["n_valid"]).all()
+    assert "skill_vs_climatology" in table and "skill_vs_biased" not in table  # others are not baselines
+    with pytest.raises(ConfigError, match="share a name"):
+        ev.evaluate(off, test, n_resamples=0, name="x", others={"x": off})
+
+
 def test_evaluate__through_the_package_namespace_and_markdown():
     assert gx.evaluate is ev
     sequences, _ = _periodic_sequences()

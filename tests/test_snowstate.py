@@ -134,3 +134,21 @@ def test_snow_state__clear_errors():
         model.window_forecasts(PatchSequences(cube.isel(x=slice(0, 12)), patch=12, stride=6), "test")
     with pytest.raises(DimensionError, match="too few"):
         SnowStateModel(bins=200).fit(ds)
+
+
+def test_snow_state__scored_beside_the_model_in_runs_and_the_demo_report():
+    from glacierxr import demo, pipeline
+
+    cube, *_ = _snow_world(seed=6)
+    ds = _sequences(cube)
+    others = pipeline.snow_state_others(ds, "test")
+    network = ev.window_arrays(ds, split="test")["climatology"]  # stands in for a trained network's forecasts
+    table = ev.evaluate(network, ds, split="test", baselines=("climatology", "anomaly_persistence"), n_resamples=0,
+                        name="network", others=others)
+    assert table["model"].unique().tolist()[:2] == ["network", "snow_state"]
+    pooled = table[table["lead"].astype(str) == "all"].set_index("model")
+    assert pooled.loc["snow_state", "skill_vs_best_baseline"] > 0.1  # this world is forecastable
+    words = demo._verdict(table)
+    assert "snow-state model" in words and f"{pooled.loc['snow_state', 'skill_vs_best_baseline']:+.2f}" in words
+    short = _sequences(cube.isel(time=slice(0, 24)))
+    assert pipeline.snow_state_others(short, "test") == {}  # too few training periods for a response
