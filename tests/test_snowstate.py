@@ -152,3 +152,19 @@ def test_snow_state__scored_beside_the_model_in_runs_and_the_demo_report():
     assert "snow-state model" in words and f"{pooled.loc['snow_state', 'skill_vs_best_baseline']:+.2f}" in words
     short = _sequences(cube.isel(time=slice(0, 24)))
     assert pipeline.snow_state_others(short, "test") == {}  # too few training periods for a response
+
+
+def test_snow_state__predict_is_a_labelled_forecast_on_the_scene_grid():
+    cube, *_ = _snow_world(seed=7)
+    model = SnowStateModel().fit(_sequences(cube))
+    issue = 200
+    out = model.predict(issue_time=cube["time"].values[issue] + np.timedelta64(3, "D"))  # any day of that month
+    assert out.dims == ("time", "y", "x") and out.rio.crs == cube.rio.crs
+    np.testing.assert_array_equal(out["time"].values, cube["time"].values[issue + 1 : issue + 5])
+    np.testing.assert_array_equal(out["lead"].values, [1, 2, 3, 4])
+    np.testing.assert_allclose(out.values, model.forecast(issue, 4), rtol=1e-6)
+    assert out.attrs["units"] == "1" and out.attrs["model"] == "snow_state"
+    after = model.predict(steps=2)  # from the last period: dates beyond the data
+    assert after["time"].values[0] > cube["time"].values[-1] and after.sizes["time"] == 2
+    with pytest.raises(ConfigError, match="before the first period"):
+        model.predict(issue_time="1990-01-01")

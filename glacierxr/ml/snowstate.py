@@ -46,6 +46,8 @@ Examples
 (4, 20, 20)
 >>> model.window_forecasts(ds, "test").shape[1:]
 (4, 10, 10)
+>>> model.predict().dims, model.predict()["time"].dt.strftime("%Y-%m").values.tolist()
+(('time', 'y', 'x'), ['2025-01', '2025-02', '2025-03', '2025-04'])
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class SnowStateModel:
         self.damping_ = self._fit_damping(issues)
         self.bounds_ = valid_range(sequences.data)
         self._fitted = (layout.data.shape, sequences.target_steps)
+        self._data, self._dims = sequences.data, tuple(layout.dims)
         return self
 
     def _fit_response(self, state: np.ndarray, values: np.ndarray) -> None:
@@ -224,6 +227,50 @@ class SnowStateModel:
             out[k - 1] += level + self.damping_**k * departure
         return clip_to_range(out, self.bounds_)
 
+    def predict(self, issue_time=None, steps: int | None = None):
+        """The forecast as a labelled DataArray on the scene's grid.
+
+        Parameters
+        ----------
+        issue_time : date, optional
+            Forecast from the last period at or before this date (default: the last period of
+            the fitted cube, i.e. the next ``steps`` periods after the data).
+        steps : int, optional
+            Periods ahead (default: the sequences' ``target_steps``).
+
+        Returns
+        -------
+        xarray.DataArray
+            ``(time, y, x)``: the dates of the forecast periods, a ``lead`` coordinate, the
+            cube's ``y``/``x``/``spatial_ref``, CF attributes and the model's settings.
+        """
+        import pandas as pd
+        import xarray as xr
+
+        from glacierxr import _cf
+        from glacierxr.ml.predict import forecast_coords
+
+        self._check_fitted()
+        issue = len(self.times_) - 1
+        if issue_time is not None:
+            issue = int(self.times_.searchsorted(pd.Timestamp(issue_time), side="right")) - 1
+            if issue < 0:
+                raise ConfigError(f"issue_time={issue_time!r} is before the first period ({self.times_[0].date()}).")
+        steps = self._fitted[1] if steps is None else steps
+        values = self.forecast(issue, steps)
+        time_dim, y_dim, x_dim = self._dims
+        history = self._data.isel({time_dim: slice(0, issue + 1)})
+        months = self._data.attrs.get("months") or _calendar_months(self.times_)
+        coords = forecast_coords(history, values.shape[0], self._dims, months=months)
+        settings = dict(bins=self.bins, lags=self.lags, level=self.level, members=self.members)
+        attrs = {"units": self._data.attrs.get("units", "1"), "model": "snow_state", "issue_time": str(self.times_[issue].date()),
+                 "long_name": f"snow-state forecast of {self._data.attrs.get('long_name', self._data.name or 'the input')}",
+                 **settings}
+        out = xr.DataArray(values.astype(np.float32), dims=self._dims, coords=coords, attrs=attrs,
+                           name=f"{self._data.name or 'snow_mask'}_forecast")
+        call = f"SnowStateModel({', '.join(f'{k}={v}' for k, v in settings.items())}).predict(steps={values.shape[0]})"
+        return _cf.finalize(_cf.describe_known(out), call, x_dim=str(x_dim), y_dim=str(y_dim), time_dim=str(time_dim))
+
     def window_forecasts(self, sequences, split: str | None = None) -> np.ndarray:
         """Forecasts of the windows of ``sequences`` (of ``split``), ``(N, T_out, P, P)`` float32.
 
@@ -248,6 +295,14 @@ class SnowStateModel:
     def _check_fitted(self) -> None:
         if self._fitted is None:
             raise ConfigError("SnowStateModel: call fit(sequences) before forecasting.")
+
+
+def _calendar_months(times) -> int | None:
+    """``k`` when ``times`` are first days of months ``k`` apart (composites), else ``None``."""
+    steps = np.diff(np.asarray(times.year) * 12 + np.asarray(times.month))
+    if steps.size and (np.asarray(times.day) == 1).all() and (steps == steps[0]).all() and steps[0] > 0:
+        return int(steps[0])
+    return None
 
 
 def _nanmean(values: np.ndarray) -> np.ndarray:
