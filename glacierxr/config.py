@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glacierxr._validate import require_choice
 from glacierxr.errors import ConfigError
 from glacierxr.landsat import PC_STAC_API
 
@@ -111,12 +112,33 @@ class PatchConfig:
     test_fraction: float = 0.15
 
 
+#: Baselines a model trained by ``glacierxr train`` can forecast a residual on, and the context
+#: it can be shown (:mod:`glacierxr.ml.models.residual`; a test pins them to its names).
+MODEL_RESIDUALS = ("none", "climatology", "anomaly_persistence")
+MODEL_CONTEXTS = ("climatology", "scene_anomaly")
+
+
 @dataclass
 class ModelConfig:
-    """A model of the registry and its constructor keywords (any extra key goes to the model)."""
+    """A model of the registry, its constructor keywords (any extra key goes to the model), and
+    the baseline it forecasts a residual on (``residual``, with ``context``; ``"none"``: the
+    plain model)."""
 
     name: str = "convlstm"
     params: dict[str, Any] = field(default_factory=dict)
+    residual: str = "none"
+    context: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        require_choice(self.residual, MODEL_RESIDUALS, name="[model] residual")
+        if not isinstance(self.context, (list, tuple)) or len(set(self.context)) != len(self.context):
+            raise ConfigError(f"[model] context = {self.context!r}: a list of distinct names from {MODEL_CONTEXTS}.")
+        for name in self.context:
+            require_choice(name, MODEL_CONTEXTS, name="[model] context")
+        if self.context and self.residual == "none":
+            raise ConfigError("[model] context needs a residual baseline (residual = \"climatology\" or "
+                              "\"anomaly_persistence\"): with residual = \"none\" there is no climatology to show.")
+        self.context = list(self.context)
 
 
 @dataclass
@@ -285,9 +307,11 @@ class RunConfig:
             if klass is ModelConfig:
                 values = dict(values)
                 model_name = values.pop("name", ModelConfig.name)
+                residual = values.pop("residual", ModelConfig.residual)
+                context = values.pop("context", [])
                 params = dict(values.pop("params", {}))
                 params.update(values)
-                sections[name] = ModelConfig(name=str(model_name), params=params)
+                sections[name] = ModelConfig(name=str(model_name), params=params, residual=residual, context=context)
                 continue
             kwargs = {}
             for key, value in values.items():
@@ -320,7 +344,8 @@ class RunConfig:
         for name in _SECTIONS:
             section = getattr(self, name)
             if isinstance(section, ModelConfig):
-                out[name] = {"name": section.name, **section.params}
+                out[name] = {"name": section.name, "residual": section.residual, "context": list(section.context),
+                             **section.params}
             else:
                 out[name] = {k: v for k, v in dataclasses.asdict(section).items() if v is not None}
         return out

@@ -312,7 +312,6 @@ def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, i
              freeze, progress):
     """The body of :func:`train`, in a locked run folder."""
     from glacierxr.ml.checkpoint import atomic_write_text, load_model, save_model
-    from glacierxr.ml.models import get_model
     from glacierxr.ml.train import Trainer
 
     from glacierxr._safety import clean_stale
@@ -324,14 +323,8 @@ def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, i
     import torch
 
     torch.manual_seed(config.train.seed)  # the initial weights, so that a run repeats exactly
-    if init_checkpoint is not None:
-        model = load_model(init_checkpoint)
-    else:
-        model = get_model(
-            config.model.name,
-            input_steps=config.patches.input_steps,
-            **config.model.params,
-        ) if _accepts(config.model.name, "input_steps") else get_model(config.model.name, **config.model.params)
+    model = load_model(init_checkpoint) if init_checkpoint is not None else _new_model(config, sequences)
+    train_data, validation = _training_data(sequences, model)
     t = config.train
     trainer = Trainer(
         model,
@@ -344,12 +337,11 @@ def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, i
     )
     if replace and not resume:  # the earlier run's files go after the first new checkpoint
         trainer.replaces_after_first_checkpoint += [out_dir / "model.pt", out_dir / "config.toml"]
-    validation = sequences.split("val")
     with warnings.catch_warnings():
         if replace and not resume:  # asked for (overwrite=True): no warning that it happens
             warnings.filterwarnings("ignore", message="Starting a new run", category=UserWarning)
-        history = trainer.fit(sequences.split("train"), validation if len(validation) else None)
-    normalization = getattr(sequences, "normalization", None)
+        history = trainer.fit(train_data, validation)
+    normalization = None if _is_residual(model) else getattr(sequences, "normalization", None)
     save_model(
         model,
         out_dir / "model.pt",
@@ -358,6 +350,43 @@ def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, i
     )
     atomic_write_text(config.to_toml(), out_dir / "config.toml")
     return model, history
+
+
+def _new_model(config: RunConfig, sequences):
+    """The configured model; wrapped to forecast a residual on ``[model] residual`` unless "none"."""
+    from glacierxr.ml.models import get_model
+
+    name, params, m = config.model.name, config.model.params, config.model
+    input_steps = config.patches.input_steps
+    if m.residual == "none":
+        return get_model(name, input_steps=input_steps, **params) if _accepts(name, "input_steps") else get_model(name, **params)
+    from glacierxr.evaluate import window_arrays
+    from glacierxr.ml.models.residual import ResidualForecaster, inner_steps, residual_scaling
+
+    context = tuple(m.context)
+    if _accepts(name, "input_steps"):  # a model built for a fixed number of frames sees the packed ones
+        params = {"input_steps": inner_steps(input_steps, config.patches.target_steps, context=context), **params}
+    scale, offset = residual_scaling(window_arrays(sequences, split="train"))
+    return ResidualForecaster(get_model(name, **params), input_steps=input_steps, baseline=m.residual, scale=scale,
+                              context=context, offset=offset)
+
+
+def _is_residual(model) -> bool:
+    from glacierxr.ml.models.residual import ResidualForecaster
+
+    return isinstance(model, ResidualForecaster)
+
+
+def _training_data(sequences, model):
+    """``(train, val or None)``: the sequences, or for a residual model its packed windows."""
+    splits = {s: sequences.split(s) for s in ("train", "val")}
+    if not _is_residual(model):
+        return splits["train"], splits["val"] if len(splits["val"]) else None
+    from glacierxr.evaluate import window_arrays
+    from glacierxr.ml.models.residual import residual_dataset
+
+    return tuple(residual_dataset(window_arrays(sequences, split=s), model.baseline, model.scale, offset=model.offset,
+                                  context=model.context) if len(splits[s]) else None for s in ("train", "val"))
 
 
 def _accepts(model_name: str, argument: str) -> bool:

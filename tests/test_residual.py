@@ -141,3 +141,88 @@ def test_residual__a_unet_with_context_trains_with_the_trainer():
     history = Trainer(model, max_epochs=2, batch_size=8, lr=1e-2, device="cpu", progress=False,
                       patience=None).fit(train)
     assert np.isfinite(history.train_loss).all() and model.model_name == "unet+anomaly_persistence+climatology+scene_anomaly"
+
+
+def _quarterly(height: int = 24, width: int = 24, years: int = 12):
+    rng = np.random.default_rng(4)
+    season = np.tile([0.1, 0.4, 0.9, 0.5], years)
+    n = 4 * years
+    weather = np.zeros(n)
+    for t in range(1, n):  # anomalies that persist (AR(1), 0.7 per quarter)
+        weather[t] = 0.7 * weather[t - 1] + 0.1 * rng.standard_normal()
+    values = season[:, None, None] + weather[:, None, None] + 0.05 * rng.random((n, height, width))
+    values[n - 3, :3, :3] = np.nan  # a cloud in an input period
+    return make_series(values.astype(np.float32), freq="QS")
+
+
+def test_scene_inputs__lazy_and_equal_to_a_hand_computation_from_the_history():
+    from glacierxr.ml.models.residual import scene_inputs
+    from glacierxr.testing import raise_if_dask_computes
+
+    da = _quarterly()
+    model = ResidualForecaster(get_model("convlstm", hidden_channels=(2,)), input_steps=4, baseline="anomaly_persistence",
+                               scale=0.2, context=("climatology", "scene_anomaly"), offset=0.5)
+    with raise_if_dask_computes():
+        packed = scene_inputs(da.chunk({"time": 8, "y": 12}), model, 4)
+    values = da.values.astype(np.float64)
+    phase = np.arange(values.shape[0]) % 4  # quarters from January
+    clim = np.stack([np.nanmean(values[phase == p], axis=0) for p in range(4)])
+    anomaly = values - clim[phase]
+    ok = np.isfinite(anomaly[:-1]) & np.isfinite(anomaly[1:])
+    damping = np.clip(np.sum((anomaly[:-1] * anomaly[1:])[ok]) / np.sum((anomaly[:-1] ** 2)[ok]), 0, 1)
+    assert damping > 0.3  # the weather persists
+    last = np.nan_to_num(anomaly[-4:])
+    expected = np.concatenate([
+        last / 0.2,
+        (clim[phase[-4:]] - 0.5) / 0.2,
+        np.broadcast_to(np.nanmean(anomaly[-4:], axis=(1, 2))[:, None, None], last.shape) / 0.2,
+        np.clip(clim[np.arange(4)] + damping ** np.arange(1, 5)[:, None, None] * last[-1], 0, 1),  # next year's quarters
+    ])
+    np.testing.assert_allclose(packed.values, expected, atol=1e-5)
+
+
+def test_residual__glacierxr_train_evaluate_and_predict_a_residual_model(tmp_path, one_torch_thread):
+    from glacierxr import pipeline
+    from glacierxr.config import RunConfig
+    from glacierxr.ml.checkpoint import load_model
+
+    da = _quarterly()
+    config = RunConfig.from_dict({"model": {"name": "unet", "residual": "anomaly_persistence", "context": ["climatology"],
+                                            "base_channels": 4, "depth": 1},
+                                  "patches": {"patch": 12, "stride": 6}, "train": {"max_epochs": 1, "batch_size": 8}})
+    pipeline.train(da, config, tmp_path / "run", progress=False)
+    model = load_model(tmp_path / "run" / "model.pt")
+    assert isinstance(model, ResidualForecaster) and model.model_name == "unet+anomaly_persistence+climatology"
+    assert RunConfig.from_toml(tmp_path / "run" / "config.toml").model.residual == "anomaly_persistence"
+    table = pipeline.evaluate_run(da, model, config)
+    sequences = pipeline.make_sequences(da, config)
+    by_hand = ev.window_arrays(sequences, split="test")
+    packed = residual_dataset(by_hand, "anomaly_persistence", model.scale, offset=model.offset, context=("climatology",))
+    with torch.no_grad():
+        forecast = model(packed.tensors[0], steps=4)[:, :, 0].numpy()
+    valid = by_hand["valid"]
+    pooled = table[table["lead"].astype(str) == "all"].set_index("model")
+    assert pooled.loc[model.model_name, "mse"] == pytest.approx(np.mean((forecast[valid] - by_hand["targets"][valid]) ** 2),
+                                                                rel=1e-4)
+    scene = pipeline.forecast(da, model, config)
+    assert scene.dims == ("time", "y", "x") and np.isfinite(scene.values).all()
+    zero = load_model(tmp_path / "run" / "model.pt")
+    for parameter in zero.parameters():
+        parameter.data.zero_()  # a zero correction: the forecast is damped anomaly persistence of the history
+    from glacierxr.ml.models.residual import scene_inputs
+
+    baseline = scene_inputs(da, zero, 4).values[-4:]
+    np.testing.assert_allclose(pipeline.forecast(da, zero, config).values, baseline, atol=1e-5)
+
+
+def test_residual__config_refuses_bad_residual_options():
+    from glacierxr.config import MODEL_CONTEXTS, MODEL_RESIDUALS, RunConfig
+    from glacierxr.ml.models.residual import CONTEXTS, RESIDUAL_BASELINES
+
+    assert set(MODEL_RESIDUALS) <= set(RESIDUAL_BASELINES) and MODEL_CONTEXTS == CONTEXTS
+    with pytest.raises(ConfigError, match="residual"):
+        RunConfig.from_dict({"model": {"residual": "persistence"}})
+    with pytest.raises(ConfigError, match="needs a residual"):
+        RunConfig.from_dict({"model": {"context": ["climatology"]}})
+    with pytest.raises(ConfigError, match="context"):
+        RunConfig.from_dict({"model": {"residual": "climatology", "context": ["weather"]}})

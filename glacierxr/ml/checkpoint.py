@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from glacierxr._safety import partial_path, storage_errors
-from glacierxr.errors import CheckpointError, ModelError
+from glacierxr.errors import CheckpointError, ConfigError, ModelError
 
 __all__ = [
     "FORMAT",
@@ -539,10 +539,11 @@ def load_model(path: str | os.PathLike, *, map_location: Any = "cpu", model=None
         config = dict(payload["config"])
         name = config.pop("name")
         from glacierxr.ml.models import get_model
+        from glacierxr.ml.models.residual import from_config
 
-        try:
-            model = get_model(name, **config)
-        except ModelError as error:
+        try:  # a residual model (ResidualForecaster) records its baseline and its inner model's config
+            model = from_config(payload["config"]) if "baseline" in config else get_model(name, **config)
+        except (ModelError, ConfigError) as error:
             raise CheckpointError(
                 f"{str(path)!r} holds a model {name!r} with config {config} that this glacierxr "
                 f"cannot build ({error}). It was written by glacierxr "

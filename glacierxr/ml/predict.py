@@ -59,6 +59,7 @@ def future_times(time: pd.DatetimeIndex, steps: int, *, months: int | None = Non
     """Dates of the next ``steps`` periods after ``time[-1]``.
 
     With ``months`` (as recorded by :func:`glacierxr.composite.monthly`) periods are calendar
+    months apart; so they are when ``time`` holds first days of months a constant number of
     months apart; otherwise the median spacing of ``time`` is used.
 
     Examples
@@ -68,12 +69,25 @@ def future_times(time: pd.DatetimeIndex, steps: int, *, months: int | None = Non
     ['2021-01-01', '2021-04-01']
     """
     last = pd.Timestamp(time[-1])
+    months = months or calendar_months(pd.DatetimeIndex(time))
     if months:
         return pd.DatetimeIndex([last + pd.DateOffset(months=months * k) for k in range(1, steps + 1)])
     if len(time) < 2:
         raise DimensionError("Cannot infer the period length from a single time step; pass months=.")
     step = pd.Series(time).diff().median()
     return pd.DatetimeIndex([last + step * k for k in range(1, steps + 1)])
+
+
+def calendar_months(time: pd.DatetimeIndex) -> int | None:
+    """``k`` when ``time`` holds first days of months ``k`` apart (composites), else ``None``.
+
+    >>> calendar_months(pd.date_range("2020-01-01", periods=3, freq="QS"))
+    3
+    """
+    steps = np.diff(np.asarray(time.year) * 12 + np.asarray(time.month))
+    if steps.size and (np.asarray(time.day) == 1).all() and (steps == steps[0]).all() and steps[0] > 0:
+        return int(steps[0])
+    return None
 
 
 def forecast_coords(da: xr.DataArray, steps: int, dims, *, months: int | None = None) -> dict:
@@ -256,6 +270,9 @@ def predict(
     normalization : (mean, std), optional
         Applied to the inputs and undone on the outputs; default: the model's
         ``normalization`` attribute (set by :func:`glacierxr.ml.checkpoint.load_model`), else none.
+        A :class:`~glacierxr.ml.models.residual.ResidualForecaster` reads its own packed inputs
+        instead (anomalies from the series' climatology, its baseline: see
+        :func:`~glacierxr.ml.models.residual.scene_inputs`), in data units.
     chunks : int or dict, optional
         Spatial block size of the output (``{"y": 512, "x": 512}``); default: the input's spatial
         chunks (or one block for numpy input).
@@ -299,8 +316,7 @@ def predict(
         da, model, steps=steps, input_steps=input_steps, patch=patch, overlap=overlap,
         dims=(time_dim, y_dim, x_dim),
     )
-    normalization = _normalization(model, normalization)
-    history = da.transpose(time_dim, y_dim, x_dim).isel({time_dim: slice(-input_steps, None)})
+    history, normalization = _model_inputs(da, model, int(steps), input_steps, normalization, (time_dim, y_dim, x_dim))
     forecast = predict_array(
         _blocks(history.data, chunks, y_dim, x_dim), model, steps=int(steps), patch=patch,
         stride=patch - overlap, batch_size=batch_size, blend=blend, normalization=normalization,
@@ -311,6 +327,22 @@ def predict(
         "overlap": int(overlap), "blend": blend, "normalization": list(normalization),
     }
     return _describe(forecast, da, model, parameters, dims=(time_dim, y_dim, x_dim))
+
+
+def _model_inputs(da, model, steps: int, input_steps: int, normalization, dims):
+    """The frames the model reads, and their ``(mean, std)``.
+
+    The last ``input_steps`` periods, normalised like the model was trained; for a
+    :class:`~glacierxr.ml.models.residual.ResidualForecaster`, its packed inputs built from the
+    series' own history (:func:`~glacierxr.ml.models.residual.scene_inputs`; data units).
+    """
+    from glacierxr.ml.models.residual import ResidualForecaster, scene_inputs
+
+    time_dim, y_dim, x_dim = dims
+    if isinstance(model, ResidualForecaster):
+        return scene_inputs(da, model, steps, dims=dims, months=da.attrs.get("months")), (0.0, 1.0)
+    history = da.transpose(time_dim, y_dim, x_dim).isel({time_dim: slice(-input_steps, None)})
+    return history, _normalization(model, normalization)
 
 
 def _check_predict(da, model, *, steps, input_steps, patch, overlap, dims) -> tuple[int, int]:

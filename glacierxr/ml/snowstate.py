@@ -260,8 +260,7 @@ class SnowStateModel:
         values = self.forecast(issue, steps)
         time_dim, y_dim, x_dim = self._dims
         history = self._data.isel({time_dim: slice(0, issue + 1)})
-        months = self._data.attrs.get("months") or _calendar_months(self.times_)
-        coords = forecast_coords(history, values.shape[0], self._dims, months=months)
+        coords = forecast_coords(history, values.shape[0], self._dims, months=self._data.attrs.get("months"))
         settings = dict(bins=self.bins, lags=self.lags, level=self.level, members=self.members)
         attrs = {"units": self._data.attrs.get("units", "1"), "model": "snow_state", "issue_time": str(self.times_[issue].date()),
                  "long_name": f"snow-state forecast of {self._data.attrs.get('long_name', self._data.name or 'the input')}",
@@ -295,14 +294,6 @@ class SnowStateModel:
     def _check_fitted(self) -> None:
         if self._fitted is None:
             raise ConfigError("SnowStateModel: call fit(sequences) before forecasting.")
-
-
-def _calendar_months(times) -> int | None:
-    """``k`` when ``times`` are first days of months ``k`` apart (composites), else ``None``."""
-    steps = np.diff(np.asarray(times.year) * 12 + np.asarray(times.month))
-    if steps.size and (np.asarray(times.day) == 1).all() and (steps == steps[0]).all() and steps[0] > 0:
-        return int(steps[0])
-    return None
 
 
 def _nanmean(values: np.ndarray) -> np.ndarray:

@@ -52,7 +52,8 @@ from torch import nn
 
 from glacierxr.errors import ConfigError, DimensionError
 
-__all__ = ["CONTEXTS", "RESIDUAL_BASELINES", "ResidualForecaster", "inner_steps", "residual_dataset", "unpack_inputs"]
+__all__ = ["CONTEXTS", "RESIDUAL_BASELINES", "ResidualForecaster", "from_config", "inner_steps", "residual_dataset",
+           "forecast_arrays", "residual_scaling", "scene_inputs", "unpack_inputs"]
 
 #: Baselines a model can forecast a residual on ("none": the plain model; "snow_state": the
 #: forecast of :class:`glacierxr.ml.snowstate.SnowStateModel`, put into the arrays by the caller).
@@ -177,6 +178,9 @@ def residual_dataset(arrays: dict, baseline: str, scale: float, *, offset: float
     from torch.utils.data import TensorDataset
 
     context = _check_context(baseline, context)
+    if baseline != "none" and baseline not in arrays:
+        raise ConfigError(f"The arrays hold no {baseline!r} forecasts; add them first (for 'snow_state': "
+                          "arrays['snow_state'] = SnowStateModel().fit(sequences).window_forecasts(sequences, split)).")
     inputs, targets = arrays["inputs"], arrays["targets"]
     if baseline == "none":
         anomalies, base = inputs - offset, np.full(targets.shape, offset, np.float32)
@@ -193,3 +197,95 @@ def residual_dataset(arrays: dict, baseline: str, scale: float, *, offset: float
     return TensorDataset(torch.from_numpy(np.ascontiguousarray(packed)),
                          torch.from_numpy(np.where(valid, targets, 0.0).astype(np.float32)[:, :, None]),
                          torch.from_numpy(valid[:, :, None].copy()))
+
+
+def from_config(config: dict) -> ResidualForecaster:
+    """Rebuild a :class:`ResidualForecaster` (untrained) from its :meth:`~ResidualForecaster.get_config`."""
+    from glacierxr.ml.models import get_model
+
+    config = dict(config)
+    inner = dict(config.pop("model"))
+    config.pop("name", None)
+    model = get_model(inner.pop("name"), **inner)
+    return ResidualForecaster(model, input_steps=int(config["input_steps"]), baseline=config["baseline"],
+                              scale=float(config["scale"]), context=tuple(config.get("context", ())),
+                              offset=float(config.get("offset", 0.0)))
+
+
+def forecast_arrays(model: ResidualForecaster, arrays: dict, *, batch_size: int = 256) -> np.ndarray:
+    """The model's forecasts of the windows of ``arrays`` (:func:`glacierxr.evaluate.window_arrays`),
+    ``(N, T_out, P, P)`` float64 in data units (eval mode, no gradients, on the model's device)."""
+    packed = residual_dataset(arrays, model.baseline, model.scale, offset=model.offset, context=model.context).tensors[0]
+    steps = arrays["targets"].shape[1]
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    model.eval()
+    with torch.no_grad():
+        out = [model(packed[i : i + batch_size].to(device), steps=steps)[:, :, 0].float().cpu()
+               for i in range(0, len(packed), batch_size)]
+    return torch.cat(out).numpy().astype(np.float64) if out else np.empty(arrays["targets"].shape)
+
+
+def residual_scaling(train_arrays: dict) -> tuple[float, float]:
+    """``(scale, offset)`` of a residual model: the spread of the training anomalies, the training mean."""
+    scale = float(np.nanstd(train_arrays["inputs"] - train_arrays["clim_inputs"]))
+    return (scale if np.isfinite(scale) and scale > 0 else 1.0), float(np.nanmean(train_arrays["inputs"]))
+
+
+def scene_inputs(da, model: ResidualForecaster, steps: int, *, dims=("time", "y", "x"), months: int | None = None):
+    """The packed inputs of ``model`` for a whole scene, from the series' own history (lazy).
+
+    The climatology is the mean of each period of the year over all of ``da``; the damping of
+    anomaly persistence is fitted on all of its consecutive anomalies; the last ``input_steps``
+    periods are the inputs and the baseline covers the ``steps`` periods after them. Returns a
+    ``(frames, y, x)`` DataArray (Dask-backed when ``da`` is) to cut into patches like any input
+    (with no normalisation: the model works in data units).
+    """
+    import xarray as xr
+
+    from glacierxr._range import clip_to_range, valid_range
+    from glacierxr.evaluate import climatology, period_of_year, steps_per_year
+    from glacierxr.ml.predict import future_times
+
+    if model.baseline in ("none", "snow_state"):
+        raise ConfigError(f"scene_inputs: a {model.baseline!r} model has no baseline to build from the history; "
+                          "predict it without packing (baseline 'none') or with SnowStateModel.predict (snow_state).")
+    time_dim, y_dim, x_dim = dims
+    da = da.transpose(time_dim, y_dim, x_dim).astype(np.float32)
+    times = da[time_dim].to_index()
+    period = steps_per_year(da, time_dim=time_dim)
+    clim = climatology(da, period=period, time_dim=time_dim).rename(period_of_year=time_dim)
+    phases_in = period_of_year(times[-model.input_steps :], period)
+    phases_out = period_of_year(future_times(times, int(steps), months=months), period)
+    seen = da.isel({time_dim: slice(-model.input_steps, None)})
+    clim_in = clim.isel({time_dim: phases_in}).drop_vars(time_dim, errors="ignore")
+    clim_out = clim.isel({time_dim: phases_out}).drop_vars(time_dim, errors="ignore")
+    anomalies = (seen.drop_vars(time_dim) - clim_in).fillna(0.0)
+    base = clim_out
+    if model.baseline == "anomaly_persistence":
+        decay = _lazy_damping(da, clim, period, time_dim) ** xr.DataArray(np.arange(1, int(steps) + 1), dims=time_dim)
+        base = clim_out + decay * anomalies.isel({time_dim: -1})
+    base = clip_to_range(base.fillna(model.offset), valid_range(da))
+    frames = [anomalies / model.scale]
+    if "climatology" in model.context:
+        frames.append((clim_in.fillna(model.offset) - model.offset) / model.scale)
+    if "scene_anomaly" in model.context:
+        frames.append(xr.zeros_like(anomalies) + (seen.drop_vars(time_dim) - clim_in).mean((y_dim, x_dim)).fillna(0.0)
+                      / model.scale)
+    packed = xr.concat([f.transpose(time_dim, y_dim, x_dim) for f in [*frames, base]], dim=time_dim)
+    return packed.astype(np.float32)
+
+
+def _lazy_damping(da, clim, period: int, time_dim: str):
+    """The anomaly-persistence damping of ``da`` (lag-1 least squares of its anomalies), as a lazy 0-d array."""
+    import xarray as xr
+
+    from glacierxr.evaluate import period_of_year
+
+    phases = period_of_year(da[time_dim].to_index(), period)
+    anomalies = da.data - clim.data[phases]
+    now, after = anomalies[:-1], anomalies[1:]
+    ok = np.isfinite(now) & np.isfinite(after)  # np.where and sum stay lazy on Dask arrays
+    numerator = np.where(ok, now * after, 0.0).sum(dtype=np.float64)
+    denominator = np.where(ok, now * now, 0.0).sum(dtype=np.float64)
+    return xr.DataArray(np.clip(numerator / np.maximum(denominator, 1e-12), 0.0, 1.0))
