@@ -16,7 +16,7 @@ Forecasters:
   climatology, damped anomaly persistence, the damping fitted on the training months);
 * the statistical :class:`~glacierxr.ml.snowstate.SnowStateModel` (one regional snow state
   forecast by regression, a learnt response of each pixel to it, a local level; fitted by least
-  squares on the training months);
+  squares on the training months; the months of local level, 12, 24 or 36, chosen on val);
 * every (model, residual) pair: each network of the zoo at small sizes, trained with the
   :class:`~glacierxr.ml.train.Trainer` on the raw masks (``none``) or on the residual of
   damped anomaly persistence or of the snow-state model
@@ -82,6 +82,8 @@ STEPS_IN = STEPS_OUT = 4
 BATCH, LR = 32, 3e-3
 BASELINES = ("persistence", "seasonal_naive", "climatology", "anomaly_persistence")
 SHRINKAGE = (0.25, 0.5, 0.75, 1.0)
+#: Months of local level of the snow-state model tried on val (one, two, three years).
+SNOW_STATE_LEVELS = (12, 24, 36)
 #: Sizes of the ensembles (mean of the k best forecasters on val) that compete with single models.
 ENSEMBLE_SIZES = (3, 5)
 
@@ -182,28 +184,25 @@ def fit_variants(ds, preset: dict, model_names, seed: int):
     the ``k`` best of them on val (``k`` in ENSEMBLE_SIZES): every setting is chosen on val only.
     """
     from glacierxr.evaluate import window_arrays
-    from glacierxr.ml.snowstate import SnowStateModel
+    from glacierxr.ml.models.residual import forecast_arrays, residual_scaling
 
     arrays = {s: window_arrays(ds, split=s) for s in ("train", "val", "test")}
-    snow_state = SnowStateModel().fit(ds)
+    level, snow_state = _snow_state_on_val(ds, arrays["val"])
     for split, values in arrays.items():
         values["snow_state"] = snow_state.window_forecasts(ds, split)
-    train = arrays["train"]
-    scale = float(np.nanstd(train["inputs"] - train["clim_inputs"])) or 1.0
-    offset = float(np.nanmean(train["inputs"]))
+    scale, offset = residual_scaling(arrays["train"])
     val_forecast = arrays["val"]["snow_state"].astype(np.float64)
-    members = [(masked_mse(val_forecast, arrays["val"]), "snow_state", lambda a: a["snow_state"].astype(np.float64),
-                val_forecast)]  # (val MSE, label, forecast of a split's arrays, val forecast)
-    log(f"  snow_state: val MSE {members[0][0]:.5f}")
+    members = [(masked_mse(val_forecast, arrays["val"]), f"snow_state(level={level})",
+                lambda a: a["snow_state"].astype(np.float64), val_forecast)]  # (val MSE, label, forecast fn, val forecast)
     for name in model_names:
         for residual in preset["residuals"]:
             model, seconds = train_one(name, residual, arrays, scale, offset, preset, ds.patch, seed)
-            forecast = predict(model, arrays["val"], residual, scale, offset)
+            forecast = forecast_arrays(model, arrays["val"])
             base = _base(arrays["val"], residual, offset)
             scores = {lam: masked_mse(_shrink(base, forecast, lam), arrays["val"]) for lam in SHRINKAGE}
             lam = min(scores, key=scores.get)
             label = f"{name}+{residual}" + ("" if lam == 1.0 else f"@{lam:g}")
-            members.append((scores[lam], label, _network_forecast(model, residual, lam, scale, offset),
+            members.append((scores[lam], label, _network_forecast(model, residual, lam, offset),
                             _shrink(base, forecast, lam)))
             log(f"  {label}: val MSE {scores[lam]:.5f} (unshrunk {scores[1.0]:.5f}; {seconds:.0f} s)")
     members.sort(key=lambda member: member[0])
@@ -222,16 +221,31 @@ def fit_variants(ds, preset: dict, model_names, seed: int):
     return label, test_prediction, val_mse
 
 
+def _snow_state_on_val(ds, val_arrays):
+    """The SnowStateModel whose local level (months in SNOW_STATE_LEVELS) scores best on val."""
+    from glacierxr.ml.snowstate import SnowStateModel
+
+    scores = {}
+    for level in SNOW_STATE_LEVELS:
+        model = SnowStateModel(level=level).fit(ds)
+        scores[level] = (masked_mse(model.window_forecasts(ds, "val").astype(np.float64), val_arrays), model)
+        log(f"  snow_state(level={level}): val MSE {scores[level][0]:.5f}")
+    level = min(scores, key=lambda key: scores[key][0])
+    return level, scores[level][1]
+
+
 def _shrink(base: np.ndarray, forecast: np.ndarray, lam: float) -> np.ndarray:
     """The forecast with its correction to ``base`` scaled by ``lam``."""
     return base + lam * (forecast - base)
 
 
-def _network_forecast(model, residual: str, lam: float, scale: float, offset: float):
+def _network_forecast(model, residual: str, lam: float, offset: float):
     """``arrays -> forecast`` of a trained network, its correction shrunk like on val."""
+    from glacierxr.ml.models.residual import forecast_arrays
+
     def forecast(arrays):
         base = _base(arrays, residual, offset)
-        return _shrink(base, predict(model, arrays, residual, scale, offset), lam)
+        return _shrink(base, forecast_arrays(model, arrays), lam)
     return forecast
 
 
@@ -270,19 +284,6 @@ def train_one(name, residual, arrays, scale, offset, preset, patch, seed):
     started = time.perf_counter()
     trainer.fit(data["train"], data["val"])
     return model, time.perf_counter() - started
-
-
-def predict(model, arrays, residual, scale, offset) -> np.ndarray:
-    import torch
-
-    from glacierxr.ml.models.residual import residual_dataset
-
-    baseline, context = _variant(residual)
-    packed = residual_dataset(arrays, baseline, scale, offset=offset, context=context).tensors[0]
-    model.eval()
-    with torch.no_grad():
-        out = torch.cat([model(packed[i : i + 256], steps=STEPS_OUT) for i in range(0, len(packed), 256)])
-    return out[:, :, 0].numpy().astype(np.float64)
 
 
 def masked_mse(prediction, arrays) -> float:
@@ -465,7 +466,8 @@ def markdown(summary: dict, mode: str, preset: dict, wall: float, jobs: int = 1)
              f"`{command}` — {wall / 60:.0f} min on CPU ({jobs} process{'es' if jobs > 1 else ''}, "
              f"torch 1 thread each). Test split; skill = 1 − MSE / MSE of the best baseline (lowest test MSE among "
              f"{', '.join(BASELINES)}); 95 % paired bootstrap interval. Models: the statistical snow-state model "
-             f"(snow_state: regional snow state + per-pixel response + local level, least squares) and the networks "
+             f"(snow_state: regional snow state + per-pixel response + local level of {'/'.join(map(str, SNOW_STATE_LEVELS))} "
+             "months chosen on val, least squares) and the networks "
              f"{', '.join(preset['models'])} × residual on {', '.join(preset['residuals'])} × shrinkage of the "
              f"correction {SHRINKAGE}; the best forecaster, or the mean of the 3 or 5 best, is chosen on the val "
              "split (suffix @shrinkage when not 1).", "",

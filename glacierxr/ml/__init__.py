@@ -15,7 +15,6 @@ _LAZY = {
     "list_models": ("glacierxr.ml.models", "list_models"),
     "Trainer": ("glacierxr.ml.train", "Trainer"),
     "predict": ("glacierxr.ml.predict", "predict"),
-    "SnowStateModel": ("glacierxr.ml.snowstate", "SnowStateModel"),
 }
 __all__ = list(_LAZY)
 __getattr__, __dir__ = lazy_attributes("glacierxr.ml", _LAZY, globals(), before=lambda: require_torch("glacierxr.ml"))

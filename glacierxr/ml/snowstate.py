@@ -24,8 +24,9 @@ The model, with ``t`` a period (e.g. a month) and ``p`` a pixel:
    over them: a pixel near the expected snow line gets a probability, not a hard edge.
 4. **Local level** ``l_p(t)``: what the response misses at the pixel (``value − g_p(S)``) averaged
    over the last ``level`` periods (slow change such as a retreating terminus or a growing lake),
-   plus the latest departure from that level, damped by ``damping ** k`` (fitted on the training
-   periods like :func:`glacierxr.evaluate.fit_damping`).
+   shrunk towards 0 where that mean does not stand out of the pixel's noise (a level is carried
+   only where there is one), plus the latest departure from it, damped by ``damping ** k``
+   (fitted on the training periods like :func:`glacierxr.evaluate.fit_damping`).
 
 The forecast is ``mean over members of g_p(z⁻¹(ẑ(t + k) + e)) + l_p(t) + damping ** k ·
 (value_p(t) − g_p(S(t)) − l_p(t))``, clipped to the variable's valid range.
@@ -74,7 +75,7 @@ class SnowStateModel:
     lags : int
         Past state anomalies the state forecast regresses on (≥ 1).
     level : int
-        Periods averaged for each pixel's local level (≥ 1; 12 months is a year).
+        Periods averaged for each pixel's local level (≥ 1; 24 months are two years).
     members : int
         Quantiles of the state forecast's training errors averaged over (1: no spread).
 
@@ -86,10 +87,10 @@ class SnowStateModel:
         Damping of a pixel's departure from its local level.
     """
 
-    def __init__(self, *, bins: int = 24, lags: int = 2, level: int = 12, members: int = 25) -> None:
+    def __init__(self, *, bins: int = 24, lags: int = 2, level: int = 24, members: int = 25) -> None:
         self.bins = require_positive(bins, name="bins", integer=True, example=24)
         self.lags = require_positive(lags, name="lags", integer=True, example=2)
-        self.level = require_positive(level, name="level", integer=True, example=12)
+        self.level = require_positive(level, name="level", integer=True, example=24)
         self.members = require_positive(members, name="members", integer=True, example=25)
         if self.bins < 2:
             raise ConfigError(f"bins={bins!r}: the response needs at least 2 bins of the scene state.")
@@ -125,6 +126,8 @@ class SnowStateModel:
         self._fit_regression(anomaly, issues, sequences.target_steps)
         self._values, self._state, self._anomaly_series = values, state, anomaly
         self._residual = values - self.response(state)
+        steps = np.diff(self._residual[train], axis=0)[np.diff(train) == 1]  # consecutive training periods
+        self._noise = np.nan_to_num(0.5 * _nanmean(steps**2))  # per pixel; a level shift counts once
         self.damping_ = self._fit_damping(issues)
         self.bounds_ = valid_range(sequences.data)
         self._fitted = (layout.data.shape, sequences.target_steps)
@@ -187,9 +190,16 @@ class SnowStateModel:
             self._members[k - 1] = np.quantile(errors, quantiles) if self.members > 1 else 0.0
 
     def _level(self, t: int) -> np.ndarray:
-        """Mean of the last ``level`` residuals at ``t`` (0 where a pixel has none)."""
+        """Mean of the last ``level`` residuals at ``t``, shrunk where it does not stand out of the noise.
+
+        ``mean * mean² / (mean² + noise / n)`` with ``n`` the residuals averaged and ``noise`` the
+        pixel's residual variance (half the mean squared change between consecutive training
+        periods); 0 where a pixel has no residual.
+        """
         recent = self._residual[max(0, t - self.level + 1) : t + 1]
-        return np.nan_to_num(_nanmean(recent))
+        mean = np.nan_to_num(_nanmean(recent))
+        count = np.maximum(np.isfinite(recent).sum(axis=0), 1)
+        return mean * mean**2 / np.maximum(mean**2 + self._noise / count, 1e-12)
 
     def _departure(self, t: int) -> np.ndarray:
         return np.nan_to_num(self._residual[t] - self._level(t))
