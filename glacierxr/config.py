@@ -118,19 +118,28 @@ MODEL_RESIDUALS = ("none", "climatology", "anomaly_persistence")
 MODEL_CONTEXTS = ("climatology", "scene_anomaly")
 
 
+#: What a model is shown besides its patch when ``context`` is not given (measured better on the
+#: demo and in benchmarks/skill.py; see docs/benchmarks.md).
+DEFAULT_CONTEXT = ("climatology", "scene_anomaly")
+
+
 @dataclass
 class ModelConfig:
     """A model of the registry, its constructor keywords (any extra key goes to the model), and
     the baseline it forecasts a residual on (``residual``, with ``context``; ``"none"``: the
-    plain model)."""
+    plain model). By default a model forecasts a correction to damped anomaly persistence and
+    sees the climatology and the scene-wide anomaly (``context`` left out: those two, or none
+    with ``residual = "none"``)."""
 
     name: str = "convlstm"
     params: dict[str, Any] = field(default_factory=dict)
-    residual: str = "none"
-    context: list[str] = field(default_factory=list)
+    residual: str = "anomaly_persistence"
+    context: list[str] | None = None
 
     def __post_init__(self) -> None:
         require_choice(self.residual, MODEL_RESIDUALS, name="[model] residual")
+        if self.context is None:
+            self.context = [] if self.residual == "none" else list(DEFAULT_CONTEXT)
         if not isinstance(self.context, (list, tuple)) or len(set(self.context)) != len(self.context):
             raise ConfigError(f"[model] context = {self.context!r}: a list of distinct names from {MODEL_CONTEXTS}.")
         for name in self.context:
@@ -308,7 +317,7 @@ class RunConfig:
                 values = dict(values)
                 model_name = values.pop("name", ModelConfig.name)
                 residual = values.pop("residual", ModelConfig.residual)
-                context = values.pop("context", [])
+                context = values.pop("context", None)
                 params = dict(values.pop("params", {}))
                 params.update(values)
                 sections[name] = ModelConfig(name=str(model_name), params=params, residual=residual, context=context)

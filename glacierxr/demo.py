@@ -778,7 +778,8 @@ def _training_lines(config: RunConfig, facts: dict) -> list[str]:
         "",
         *_section("5. Training", "learning curve", "learning_curve.png"),
         f"A ConvLSTM ({tr['parameters']:,} parameters, hidden channels "
-        f"{list(size.hidden_channels)}) learned to map 4 composites to the next 4 on "
+        f"{list(size.hidden_channels)}) learned to map 4 composites to the next 4"
+        f"{_residual_words(config)} on "
         f"{config.patches.patch} × {config.patches.patch} px patches (stride {config.patches.stride}) "
         f"with a temporal split: periods {_range(ranges.get('train'))} for training "
         f"({sequences['train']} sequences), {_range(ranges.get('val'))} for validation "
@@ -797,6 +798,19 @@ def _training_lines(config: RunConfig, facts: dict) -> list[str]:
         + "The model is in [run/model.pt](run/model.pt).",
         "",
     ]
+
+
+def _residual_words(config: RunConfig) -> str:
+    """How the model forecasts (``[model] residual``), in words."""
+    m = config.model
+    if m.residual == "none":
+        return ""
+    base = "damped anomaly persistence" if m.residual == "anomaly_persistence" else "the climatology"
+    shown = {"climatology": "the climatology of the input and target seasons",
+             "scene_anomaly": "the scene-wide anomaly of each input period"}
+    context = f", shown {' and '.join(shown[c] for c in m.context)} besides its patch" if m.context else ""
+    return (f" as a correction to {base} (`[model] residual = \"{m.residual}\"`: it starts from that "
+            f"forecast and learns what it misses{context})")
 
 
 def _forecast_lines(fc: dict) -> list[str]:

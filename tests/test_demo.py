@@ -75,7 +75,9 @@ def test_demo__numbers_in_the_report_match_the_outputs(demo_out):
     assert f"**{int(scenes.kept.sum())}** have at most 20 % cloud cover" in text
 
     metrics = pd.read_csv(out / "metrics.csv")
-    assert {"convlstm", "persistence", "seasonal_naive", "climatology"} <= set(metrics.model)
+    assert {"persistence", "seasonal_naive", "climatology"} <= set(metrics.model)
+    # the model (first row) forecasts a correction to damped anomaly persistence, with context
+    assert metrics.model.iloc[0] == "convlstm+anomaly_persistence+climatology+scene_anomaly"
     assert set(metrics.lead.astype(str)) == {"1", "2", "3", "4", "all"}
     assert np.isfinite(metrics.mse).all()
     markdown = (out / "metrics.md").read_text()
@@ -108,7 +110,7 @@ def test_demo__forecast_store_is_labelled_and_georeferenced(demo_out):
     np.testing.assert_array_equal(forecast["x"].values, composites["x"].values)
     np.testing.assert_array_equal(forecast["y"].values, composites["y"].values)
     assert forecast.rio.crs is not None and forecast.rio.crs.to_epsg() == 32643
-    assert forecast.attrs["model"] == "convlstm"
+    assert forecast.attrs["model"] == "convlstm+anomaly_persistence+climatology+scene_anomaly"
     assert len(forecast.attrs["checkpoint_sha256"]) == 64
     values = forecast.values
     assert np.isfinite(values).all()

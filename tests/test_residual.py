@@ -223,6 +223,23 @@ def test_residual__config_refuses_bad_residual_options():
     with pytest.raises(ConfigError, match="residual"):
         RunConfig.from_dict({"model": {"residual": "persistence"}})
     with pytest.raises(ConfigError, match="needs a residual"):
-        RunConfig.from_dict({"model": {"context": ["climatology"]}})
+        RunConfig.from_dict({"model": {"residual": "none", "context": ["climatology"]}})
+    default = RunConfig.from_dict({}).model  # measured better than the plain model (docs/benchmarks.md)
+    assert (default.residual, default.context) == ("anomaly_persistence", ["climatology", "scene_anomaly"])
+    assert RunConfig.from_dict({"model": {"residual": "none"}}).model.context == []
+    again = RunConfig.from_dict(RunConfig.from_dict({"model": {"residual": "climatology"}}).to_dict()).model
+    assert (again.residual, again.context) == ("climatology", ["climatology", "scene_anomaly"])
     with pytest.raises(ConfigError, match="context"):
         RunConfig.from_dict({"model": {"residual": "climatology", "context": ["weather"]}})
+
+
+def test_residual__freeze_names_the_inner_models_parameters_like_the_bare_model():
+    model = ResidualForecaster(get_model("convlstm", hidden_channels=(2,)), input_steps=4, baseline="climatology",
+                               scale=0.2)
+    trainer = Trainer(model, freeze=("encoder",), progress=False, device="cpu")
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(name.startswith("model.encoder.") for name in frozen)
+    assert any(p.requires_grad for name, p in model.named_parameters() if name.startswith("model.forecaster."))
+    assert trainer.parameter_counts["frozen"] == sum(p.numel() for p in model.model.encoder.parameters())
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        Trainer(model, freeze=("decoder",), progress=False, device="cpu")

@@ -589,10 +589,16 @@ class Trainer:
         }
         return trainer
 
+    def _under(self, name: str, prefix: str) -> bool:
+        """Whether parameter ``name`` starts with ``prefix`` (for a wrapper such as a
+        ResidualForecaster, also counted from its inner model: ``encoder`` names ``model.encoder.*``)."""
+        inner = getattr(self.model, "inner_prefix", "")
+        return name.startswith(prefix) or bool(inner) and name.startswith(inner + prefix)
+
     def _apply_freeze(self) -> dict:
         names = [name for name, _ in self.model.named_parameters()]
         for prefix in self.freeze:
-            matched = [name for name in names if name.startswith(prefix)]
+            matched = [name for name in names if self._under(name, prefix)]
             if not matched:
                 top = sorted({name.split(".")[0] for name in names})
                 raise ConfigError(
@@ -600,7 +606,7 @@ class Trainer:
                     f"{type(self.model).__name__}. Top-level parameter names: {top}."
                 )
         for name, parameter in self.model.named_parameters():
-            if any(name.startswith(prefix) for prefix in self.freeze):
+            if any(self._under(name, prefix) for prefix in self.freeze):
                 parameter.requires_grad_(False)
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)

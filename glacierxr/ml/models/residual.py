@@ -82,6 +82,10 @@ class ResidualForecaster(nn.Module):
         Subtracted from the baseline before scaling it for the model (e.g. the training mean).
     """
 
+    #: Prefix of the inner model's parameter names (a Trainer's ``freeze=("encoder",)`` freezes
+    #: ``model.encoder.*``, as for the bare model).
+    inner_prefix = "model."
+
     def __init__(self, model: nn.Module, *, input_steps: int, baseline: str, scale: float,
                  context: tuple[str, ...] = (), offset: float = 0.0) -> None:
         super().__init__()
@@ -251,7 +255,7 @@ def scene_inputs(da, model: ResidualForecaster, steps: int, *, dims=("time", "y"
         raise ConfigError(f"scene_inputs: a {model.baseline!r} model has no baseline to build from the history; "
                           "predict it without packing (baseline 'none') or with SnowStateModel.predict (snow_state).")
     time_dim, y_dim, x_dim = dims
-    da = da.transpose(time_dim, y_dim, x_dim).astype(np.float32)
+    da = da.transpose(time_dim, y_dim, x_dim).astype(np.float32).reset_coords(drop=True)  # the values only
     times = da[time_dim].to_index()
     period = steps_per_year(da, time_dim=time_dim)
     clim = climatology(da, period=period, time_dim=time_dim).rename(period_of_year=time_dim)
