@@ -9,7 +9,10 @@ the machine. A script that fails (non-zero exit, time-out, or no result line) is
 failed with the tail of its stderr, and this runner then exits with status 1.
 
     python benchmarks/run.py --quick            # every script, small inputs
-    python benchmarks/run.py --only load        # one script, full size
+    python benchmarks/run.py --only load        # one script, full size -> RESULTS-load.md
+
+A run of some scripts (``--only``) writes ``RESULTS-<names>.md`` beside it unless ``--output``
+says otherwise, so the whole ``RESULTS.md`` is never replaced by a part of it.
 """
 
 from __future__ import annotations
@@ -290,13 +293,21 @@ def render(outcomes: list[Outcome], *, quick: bool, command: str, environment) -
     return "\n".join(lines).rstrip() + "\n"
 
 
+def output_path(only: list[str] | None) -> Path:
+    """``RESULTS.md`` for a run of every script, ``RESULTS-<names>.md`` for a run of some."""
+    names = "-".join(sorted(name.removesuffix(".py") for name in only or ()))
+    return HERE / (f"RESULTS-{names}.md" if names else "RESULTS.md")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="pass --quick to every script")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these scripts")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per script (default 300 quick, 3600 full)")
-    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default RESULTS.md; RESULTS-<names>.md with --only (the whole file is kept)")
     args = parser.parse_args(argv)
+    args.output = args.output or output_path(args.only)
     timeout = args.timeout or (300.0 if args.quick else 3600.0)
 
     environment = machine()

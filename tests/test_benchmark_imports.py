@@ -43,3 +43,13 @@ def test_benchmark__names_it_imports_from_tests_exist(script):
 
 def test_borrowed__finds_the_imports_it_checks():
     assert ("yahtse_data", "read_yahtse") in _borrowed(ROOT / "benchmarks" / "velocity.py")
+
+
+def test_run_only_some_scripts_keeps_the_whole_results_file():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    assert run.output_path(None).name == "RESULTS.md"
+    assert run.output_path(["velocity.py", "load"]).name == "RESULTS-load-velocity.md"
