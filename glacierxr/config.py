@@ -179,8 +179,8 @@ class VelocityConfig:
     """The velocity stage: pairs (:func:`glacierxr.velocity.select_pairs`) and flow's settings.
 
     ``None`` keeps the default of the function: ``band`` is ``"pan"`` where the scenes have a
-    panchromatic band, else ``"green"``; ``method`` and ``spacing`` are those of
-    :func:`glacierxr.flow.flow`.  ``outlines`` is a GeoJSON file of glacier outlines (stable
+    panchromatic band, else ``"green"``; ``method``, ``spacing`` and ``winsize`` (Farnebäck's
+    window) are those of :func:`glacierxr.flow.flow`.  ``outlines`` is a GeoJSON file of glacier outlines (stable
     ground lies outside them).  ``composite`` is a pandas period alias (``"YS"``, ``"QS-DEC"``):
     when set, the robust composite is written beside the cube.
     """
@@ -192,6 +192,7 @@ class VelocityConfig:
     months: list[int] | None = None
     method: str | None = None
     spacing: float | None = None
+    winsize: int | None = None
     outlines: str | None = None
     composite: str | None = None
 

@@ -187,6 +187,11 @@ def demo_config(catalog: str | Path, size: DemoSize) -> RunConfig:
                 **({"patience": size.patience} if size.patience else {}),
             },
             "predict": {"steps": 4, "overlap": size.patch // 2},
+            "velocity": {  # what the demo's velocity stage uses, so `glacierxr velocity` repeats it
+                "min_days": float(_FLOW_MIN_DAYS), "max_days": float(_FLOW_MAX_GAP_DAYS),
+                "min_clear": 1.0 - _FLOW_MAX_MISSING, "months": list(_FLOW_MONTHS), "method": _FLOW_METHOD,
+                **({"winsize": size.flow_winsize} if _FLOW_METHOD == "farneback" else {}),
+            },
         },
         source="demo",
     )
@@ -274,7 +279,8 @@ def run_demo(out: str | os.PathLike, *, quick: bool = False, progress: bool = Tr
         plot.save(figure, out / "composites.png")
 
     with stages.run("flow"):
-        facts["flow"] = _velocity(masked, truth, size, out)
+        facts["flow"] = _velocity(masked, truth, config, size, out)
+        (out / "config.toml").write_text(_portable(config, out).to_toml())  # with the pairs' clear share used
 
     with _torch_threads(_TORCH_THREADS):
         with stages.run("train"):
@@ -387,31 +393,35 @@ def _alignment(stored: xr.Dataset, truth: xr.Dataset) -> dict:
     }
 
 
-def _flow_pairs(masked: xr.Dataset) -> pd.DataFrame | None:
-    """Late-summer pairs 5 to 33 days apart, nearly cloud-free (relaxed when there are none)."""
+def _flow_pairs(masked: xr.Dataset, v) -> pd.DataFrame | None:
+    """Pairs as ``[velocity]`` says (late summer, 5 to 33 days apart, nearly cloud-free), the
+    clear share relaxed to 0.8 then 0.5 when there are none (``v.min_clear`` records the one used)."""
     from glacierxr.errors import NoPairsError
     from glacierxr.velocity import select_pairs
 
-    for min_clear in (1.0 - _FLOW_MAX_MISSING, 0.8, 0.5):
+    for min_clear in dict.fromkeys((v.min_clear, 0.8, 0.5)):
         try:  # masked carries its missing fractions: choosing reads no pixel
-            return select_pairs(masked["green"], min_days=_FLOW_MIN_DAYS, max_days=_FLOW_MAX_GAP_DAYS,
-                                min_clear=min_clear, months=_FLOW_MONTHS)
+            pairs = select_pairs(masked["green"], min_days=v.min_days, max_days=v.max_days, min_clear=min_clear,
+                                 months=v.months)
         except NoPairsError:
             continue
+        v.min_clear = min_clear
+        return pairs
     return None
 
 
-def _velocity(masked: xr.Dataset, truth: xr.Dataset, size: DemoSize, out: Path) -> dict:
+def _velocity(masked: xr.Dataset, truth: xr.Dataset, config: RunConfig, size: DemoSize, out: Path) -> dict:
     """Velocity cube of the late-summer pairs and its composite, against the sample's true velocity."""
     from glacierxr import plot, report
     from glacierxr.io import read, write
     from glacierxr.velocity import composite, velocity_cube
 
-    pairs = _flow_pairs(masked)
+    v = config.velocity
+    pairs = _flow_pairs(masked, v)
     if pairs is None:
         return {"pairs": 0}
     grid = {"y": masked["y"].values, "x": masked["x"].values}
-    options = {"method": "farneback", "winsize": size.flow_winsize} if _FLOW_METHOD == "farneback" else {}
+    options = {key: getattr(v, key) for key in ("method", "winsize") if getattr(v, key) is not None}
     cube = velocity_cube(masked["green"], pairs, stable=truth["stable"].assign_coords(grid), **options)
     write(cube, out / "velocity.zarr", overwrite=True)  # computes it: one task per pair
     cube = read(out / "velocity.zarr").compute()

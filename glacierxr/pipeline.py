@@ -502,7 +502,7 @@ def velocity(
     """Scenes → pairs → velocity cube written to Zarr or NetCDF (atomically); returns its path.
 
     Pairs follow ``[velocity]`` (see :func:`glacierxr.velocity.select_pairs`); every pair is
-    tracked by :func:`glacierxr.flow.flow` with ``[velocity] method``/``spacing``/``outlines``.
+    tracked by :func:`glacierxr.flow.flow` with ``[velocity] method``/``spacing``/``winsize``/``outlines``.
     With ``[velocity] composite`` (a period alias) the robust composite of the written cube is
     written beside it (:func:`velocity_composite_path`).
     """
@@ -514,7 +514,7 @@ def velocity(
     v = config.velocity
     scenes = velocity_scenes(config, data=data)
     pairs = select_pairs(scenes, min_days=v.min_days, max_days=v.max_days, min_clear=v.min_clear, months=v.months)
-    kwargs = {key: getattr(v, key) for key in ("method", "spacing", "outlines") if getattr(v, key) is not None}
+    kwargs = {key: getattr(v, key) for key in ("method", "spacing", "winsize", "outlines") if getattr(v, key) is not None}
     cube = velocity_cube(scenes, pairs, **kwargs)
     cube.attrs.update(provenance(config))
     if progress:

@@ -147,6 +147,21 @@ def test_demo__velocity_numbers_are_the_cube_against_the_truth(demo_out):
 
 
 @pytest.mark.slow
+def test_demo__config_file_repeats_the_velocity_pairs(demo_out):
+    """`glacierxr velocity --config demo-out/config.toml` chooses the demo's pairs (one file reproduces a run)."""
+    out, _ = demo_out
+    config = gx.config.RunConfig.from_toml(out / "config.toml")
+    v = config.velocity
+    assert (v.months, v.max_days, v.method) == ([7, 8, 9, 10], 33.0, "farneback") and v.winsize
+    pairs = gx.velocity.select_pairs(gx.pipeline.velocity_scenes(config), min_days=v.min_days, max_days=v.max_days,
+                                     min_clear=v.min_clear, months=v.months)
+    cube = gx.io.read(out / "velocity.zarr")
+    assert len(pairs) == cube.sizes["mid_date"]
+    np.testing.assert_array_equal(np.sort(pd.DatetimeIndex(pairs["time_start"]).values),
+                                  np.sort(pd.DatetimeIndex(cube["time_start"].values).values))
+
+
+@pytest.mark.slow
 def test_demo__cli_exits_zero_and_reuses_a_sample(demo_out, tmp_path, capsys):
     import shutil
 
