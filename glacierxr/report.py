@@ -202,11 +202,12 @@ def velocity_comparison_figure(
 
 
 def _error_field(velocity: xr.Dataset) -> tuple[xr.DataArray, str]:
-    """The map of the third panel: ``v_error`` of a pair, else the spread of a composite."""
-    if "v_error" in velocity:
-        return velocity["v_error"], "speed error v_error"
+    """The map of the third panel: the spread of a composite's pairs (how well they agree; its
+    ``v_error`` is that over the square root of the count), else ``v_error`` of a pair."""
     if "vx_spread" in velocity and "vy_spread" in velocity:
         return np.hypot(velocity["vx_spread"], velocity["vy_spread"]), "spread of the pairs (NMAD of vx and vy, combined)"
+    if "v_error" in velocity:
+        return velocity["v_error"], "speed error v_error"
     raise MissingBandError(
         f"velocity_figure needs v_error (a pair) or vx_spread and vy_spread (a composite); found "
         f"{sorted(velocity.data_vars)}."

@@ -49,6 +49,8 @@ __all__ = ["PAIR_FIELDS", "COMPOSITE_FIELDS", "select_pairs", "velocity_cube", "
 
 #: Normal-consistent scale of the median absolute deviation (NMAD = 1.4826 * MAD).
 NMAD_SCALE = 1.4826
+#: Standard error of a median of n normal values: sqrt(pi / 2) * sigma / sqrt(n) (large n).
+_MEDIAN_EFFICIENCY = float(np.sqrt(np.pi / 2.0))
 
 #: Per-pair fields: columns of :func:`select_pairs`'s table and coordinates of the cube along
 #: ``mid_date`` (``index_img1`` / ``index_img2`` are positions in the input, table only).
@@ -73,6 +75,9 @@ COMPOSITE_FIELDS: dict[str, dict[str, str]] = {
     "vx": {"long_name": "median of the pairs' velocity along x (east)"},
     "vy": {"long_name": "median of the pairs' velocity along y (north)"},
     "v": {"long_name": "speed of the median velocity, hypot(vx, vy)"},
+    "vx_error": {"units": "m/year", "long_name": "standard error of the median vx, 1.2533 x vx_spread / sqrt(count)"},
+    "vy_error": {"units": "m/year", "long_name": "standard error of the median vy, 1.2533 x vy_spread / sqrt(count)"},
+    "v_error": {"units": "m/year", "long_name": "standard error of the speed v, from vx_error and vy_error"},
     "vx_spread": {"units": "m/year", "long_name": "NMAD (1.4826 x MAD) of the pairs' vx; NaN below 2 pairs"},
     "vy_spread": {"units": "m/year", "long_name": "NMAD (1.4826 x MAD) of the pairs' vy; NaN below 2 pairs"},
     "count": {"units": "1", "long_name": "number of pairs with a valid vx and vy at the pixel"},
@@ -643,8 +648,13 @@ def _reduce(cube: xr.Dataset, min_count: int) -> xr.Dataset:
         dask="parallelized", output_dtypes=[np.float32] * 4 + [np.int32],
     )
     speed = np.hypot(med_x, med_y).astype(np.float32)
-    out = xr.Dataset({"vx": med_x, "vy": med_y, "v": speed, "vx_spread": spread_x,
-                      "vy_spread": spread_y, "count": count})
+    error_x, error_y = (_MEDIAN_EFFICIENCY * spread / np.sqrt(count) for spread in (spread_x, spread_y))
+    # the speed's error from its components' (first order; their root-mean-square where the speed is 0)
+    error = xr.where(speed > 0, np.hypot(med_x * error_x, med_y * error_y) / speed,
+                     np.hypot(error_x, error_y) / np.sqrt(2.0))
+    out = xr.Dataset({"vx": med_x, "vy": med_y, "v": speed, "vx_error": error_x.astype(np.float32),
+                      "vy_error": error_y.astype(np.float32), "v_error": error.astype(np.float32),
+                      "vx_spread": spread_x, "vy_spread": spread_y, "count": count})
     return out.drop_vars([c for c in out.coords if c not in out.dims and c != "spatial_ref"])
 
 
@@ -690,7 +700,9 @@ def composite(
     Returns
     -------
     xarray.Dataset
-        ``vx``, ``vy`` (median, m/year), ``v`` (speed of the medians), ``vx_spread``,
+        ``vx``, ``vy`` (median, m/year), ``v`` (speed of the medians), ``vx_error``,
+        ``vy_error``, ``v_error`` (standard errors of those: ``sqrt(pi / 2) * NMAD / sqrt(count)``
+        per component, propagated to the speed), ``vx_spread``,
         ``vy_spread`` (NMAD of the pairs, m/year; NaN where fewer than 2 pairs), ``count``
         (valid pairs per pixel) on the cube's grid; with ``period``, a ``time`` dimension (the
         period's start) and

@@ -485,3 +485,24 @@ def test_pipeline_velocity_stage__one_small_compute_before_the_write(velocity_sa
         cube = velocity_cube(scenes, pairs)
     assert counter.total_computes == 1
     assert scenes.name == "green" and dask.is_dask_collection(cube["vx"].data)
+
+
+def test_composite__errors_match_the_scatter_of_medians_over_independent_draws():
+    """v_error against a Monte Carlo written here: many pixels, each the median of 15 noisy pairs."""
+    from glacierxr.velocity import composite
+
+    rng = np.random.default_rng(3)
+    n, sigma, shape = 15, 12.0, (60, 60)
+    mid = pd.date_range("2020-06-01", periods=n, freq="7D")
+    vx = 300.0 + sigma * rng.standard_normal((n, *shape))
+    vy = -400.0 + sigma * rng.standard_normal((n, *shape))
+    cube = xr.Dataset({"vx": (("mid_date", "y", "x"), vx), "vy": (("mid_date", "y", "x"), vy)},
+                      coords={"mid_date": mid})
+    out = composite(cube)
+    scatter_x = float(out["vx"].std())  # how far each pixel's median is from the truth, across pixels
+    scatter_v = float(out["v"].std())
+    assert float(out["vx_error"].mean()) == pytest.approx(scatter_x, rel=0.15)
+    assert float(out["v_error"].mean()) == pytest.approx(scatter_v, rel=0.15)
+    assert out["v_error"].attrs["units"] == "m/year"
+    single = composite(cube.isel(mid_date=[0]))
+    assert np.isnan(single["v_error"]).all()  # one pair: no spread, no error
