@@ -31,8 +31,8 @@ The model, with ``t`` a period (e.g. a month) and ``p`` a pixel:
 The forecast is ``mean over members of g_p(z⁻¹(ẑ(t + k) + e)) + l_p(t) + damping ** k ·
 (value_p(t) − g_p(S(t)) − l_p(t))``, clipped to the variable's valid range.
 
-Memory: the whole cube is read once (``(time, y, x)`` float32), plus the same again for the
-residuals and ``bins`` frames of response.
+Memory: the whole cube is read once (``(time, y, x)`` float32); the model keeps the residuals
+(the same size) and ``bins`` frames of response.
 
 Examples
 --------
@@ -124,8 +124,8 @@ class SnowStateModel:
         anomaly = self._anomaly(state, train, period)
         issues = np.unique(layout.decompose(layout.split_ids["train"])[0]) + sequences.input_steps - 1
         self._fit_regression(anomaly, issues, sequences.target_steps)
-        self._values, self._state, self._anomaly_series = values, state, anomaly
-        self._residual = values - self.response(state)
+        self._anomaly_series = anomaly
+        self._residual = values - self.response(state)  # the cube itself is not kept
         steps = np.diff(self._residual[train], axis=0)[np.diff(train) == 1]  # consecutive training periods
         self._noise = np.nan_to_num(0.5 * _nanmean(steps**2))  # per pixel; a level shift counts once
         self.damping_ = self._fit_damping(issues)
