@@ -7,6 +7,7 @@ Outputs record the configuration and package versions that made them.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import warnings
@@ -323,8 +324,9 @@ def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, i
     import torch
 
     torch.manual_seed(config.train.seed)  # the initial weights, so that a run repeats exactly
-    model = load_model(init_checkpoint) if init_checkpoint is not None else _new_model(config, sequences)
-    train_data, validation = _training_data(sequences, model)
+    windows = functools.cache(lambda split: _window_arrays(sequences, split))  # each split read once
+    model = load_model(init_checkpoint) if init_checkpoint is not None else _new_model(config, windows)
+    train_data, validation = _training_data(sequences, model, windows)
     t = config.train
     trainer = Trainer(
         model,
@@ -352,21 +354,27 @@ def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, i
     return model, history
 
 
-def _new_model(config: RunConfig, sequences):
-    """The configured model; wrapped to forecast a residual on ``[model] residual`` unless "none"."""
+def _window_arrays(sequences, split: str) -> dict:
+    from glacierxr.evaluate import window_arrays
+
+    return window_arrays(sequences, split=split)
+
+
+def _new_model(config: RunConfig, windows):
+    """The configured model; wrapped to forecast a residual on ``[model] residual`` unless "none"
+    (``windows(split)``: the split's window arrays, for the residual's scaling)."""
     from glacierxr.ml.models import get_model
 
     name, params, m = config.model.name, config.model.params, config.model
     input_steps = config.patches.input_steps
     if m.residual == "none":
         return get_model(name, input_steps=input_steps, **params) if _accepts(name, "input_steps") else get_model(name, **params)
-    from glacierxr.evaluate import window_arrays
     from glacierxr.ml.models.residual import ResidualForecaster, inner_steps, residual_scaling
 
     context = tuple(m.context)
     if _accepts(name, "input_steps"):  # a model built for a fixed number of frames sees the packed ones
         params = {"input_steps": inner_steps(input_steps, config.patches.target_steps, context=context), **params}
-    scale, offset = residual_scaling(window_arrays(sequences, split="train"))
+    scale, offset = residual_scaling(windows("train"))
     return ResidualForecaster(get_model(name, **params), input_steps=input_steps, baseline=m.residual, scale=scale,
                               context=context, offset=offset)
 
@@ -377,15 +385,14 @@ def _is_residual(model) -> bool:
     return isinstance(model, ResidualForecaster)
 
 
-def _training_data(sequences, model):
+def _training_data(sequences, model, windows):
     """``(train, val or None)``: the sequences, or for a residual model its packed windows."""
     splits = {s: sequences.split(s) for s in ("train", "val")}
     if not _is_residual(model):
         return splits["train"], splits["val"] if len(splits["val"]) else None
-    from glacierxr.evaluate import window_arrays
     from glacierxr.ml.models.residual import residual_dataset
 
-    return tuple(residual_dataset(window_arrays(sequences, split=s), model.baseline, model.scale, offset=model.offset,
+    return tuple(residual_dataset(windows(s), model.baseline, model.scale, offset=model.offset,
                                   context=model.context) if len(splits[s]) else None for s in ("train", "val"))
 
 
