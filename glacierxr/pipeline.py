@@ -438,19 +438,29 @@ def evaluate_run(composites: xr.DataArray, model, config: RunConfig, *, split: s
 
 #: Fewest training periods per response bin of the snow-state model (and fewest bins).
 _PERIODS_PER_BIN, _MIN_BINS = 4, 3
+#: Largest cube (values) the snow-state model is fitted on beside a run: it holds the cube in
+#: memory twice (float32), about 1.6 GB here.
+_SNOW_STATE_MAX_VALUES = 200_000_000
 
 
 def snow_state_others(sequences, split: str) -> dict:
     """``{"snow_state": forecasts of split}`` from a SnowStateModel fitted on the training periods.
 
     Up to 24 response bins, one per 4 training periods; ``{}`` when there are fewer than 12
-    training periods (too short a series for a response per pixel).
+    training periods (too short a series for a response per pixel) or the cube has more than
+    200 million values (the model reads it whole; fit it yourself on a part of the scene).
     """
+    import logging
+
     from glacierxr.evaluate import train_periods
     from glacierxr.ml.snowstate import SnowStateModel
 
     bins = min(24, train_periods(sequences).size // _PERIODS_PER_BIN)
     if bins < _MIN_BINS:
+        return {}
+    if sequences.data.size > _SNOW_STATE_MAX_VALUES:
+        logging.getLogger(__name__).info("snow_state not scored: the cube has %d values (more than %d)",
+                                         sequences.data.size, _SNOW_STATE_MAX_VALUES)
         return {}
     model = SnowStateModel(bins=bins).fit(sequences)
     return {"snow_state": model.window_forecasts(sequences, split)}
