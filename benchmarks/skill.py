@@ -44,7 +44,7 @@ Outputs: ``benchmarks/skill_summary.json`` (schema of issue 12), ``benchmarks/sk
 (``*_quick.*`` with ``--quick``), and JSON lines for ``benchmarks/run.py``.
 
     python benchmarks/skill.py --quick   # 48 x 48 px, 8 years, 2 models: a few minutes
-    python benchmarks/skill.py --jobs 2  # 64 x 64 px, 30 years, 5 models x 3 residual options
+    python benchmarks/skill.py --jobs 2  # 64 x 64 px, 30 years, 5 models x 4 residual options (~30 min)
 """
 
 from __future__ import annotations
