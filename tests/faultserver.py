@@ -23,7 +23,6 @@ absolute URI such as ``http://acc.blob.core.windows.net/c/x.tif``) are mapped by
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -193,20 +192,8 @@ def _serve_forever(directory: str) -> None:
 class FaultyRangeServer(FileServer):
     """:class:`httpserver.FileServer` that injects network faults into chosen requests."""
 
-    def start(self) -> FaultyRangeServer:
-        if self._process is None:
-            self._process = subprocess.Popen(
-                [sys.executable, "-u", str(Path(__file__).resolve()), str(self.directory)],
-                stdout=subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
-                text=True,
-            )
-            line = self._process.stdout.readline()
-            if not line.strip().isdigit():
-                self.stop()
-                raise RuntimeError(f"fault server did not start (said {line!r})")
-            self._port = int(line)
-        return self
+    script = Path(__file__).resolve()
+    what = "fault server"
 
     def fault(
         self,

@@ -273,10 +273,14 @@ class FileServer:
         self._port: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
+    #: The script run as the server process (a subclass's module serves its own handler).
+    script = Path(__file__).resolve()
+    what = "test HTTP server"
+
     def start(self) -> FileServer:
         if self._process is None:
             self._process = subprocess.Popen(
-                [sys.executable, "-u", str(Path(__file__).resolve()), str(self.directory)],
+                [sys.executable, "-u", str(self.script), str(self.directory)],
                 stdout=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
                 text=True,
@@ -284,7 +288,7 @@ class FileServer:
             line = self._process.stdout.readline()
             if not line.strip().isdigit():
                 self.stop()
-                raise RuntimeError(f"test HTTP server did not start (said {line!r})")
+                raise RuntimeError(f"{self.what} did not start (said {line!r})")
             self._port = int(line)
         return self
 
