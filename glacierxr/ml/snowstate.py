@@ -205,8 +205,9 @@ class SnowStateModel:
         count = np.maximum(np.isfinite(recent).sum(axis=0), 1)
         return mean * mean**2 / np.maximum(mean**2 + _LEVEL_SHRINK * self._noise / count, 1e-12)
 
-    def _departure(self, t: int) -> np.ndarray:
-        return np.nan_to_num(self._residual[t] - self._level(t))
+    def _departure(self, t: int, level: np.ndarray) -> np.ndarray:
+        """The residual at ``t`` minus ``level`` (its local level at ``t``); 0 where unobserved."""
+        return np.nan_to_num(self._residual[t] - level)
 
     def _fit_damping(self, issues: np.ndarray) -> float:
         from glacierxr.evaluate import fit_damping
@@ -214,8 +215,9 @@ class SnowStateModel:
         issues = issues[issues + 1 < len(self.times_)]
         if not issues.size:
             return 0.0
-        now = np.stack([self._departure(t) for t in issues])
-        after = np.stack([self._residual[t + 1] - self._level(t) for t in issues])
+        levels = [self._level(t) for t in issues]
+        now = np.stack([self._departure(t, level) for t, level in zip(issues, levels)])
+        after = np.stack([self._residual[t + 1] - level for t, level in zip(issues, levels)])
         return fit_damping(np.stack([now, after]))
 
     # ---------------------------------------------------------------- forecasting
@@ -232,7 +234,8 @@ class SnowStateModel:
         if not 0 <= issue < len(self.times_):
             raise ConfigError(f"issue={issue} is not a position on the time axis (0 … {len(self.times_) - 1}).")
         predictors = self._predictors(self._anomaly_series, np.array([issue]))[0]
-        level, departure = self._level(issue), self._departure(issue)
+        level = self._level(issue)
+        departure = self._departure(issue, level)
         period = self._z_clim.size
         out = np.empty((steps, *self._response.shape[1:]))
         for k in range(1, steps + 1):
