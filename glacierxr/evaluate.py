@@ -60,6 +60,7 @@ __all__ = [
     "climatology",
     "anomaly_persistence",
     "fit_damping",
+    "damping_of",
     "best_baseline",
     "window_arrays",
     "train_periods",
@@ -559,13 +560,17 @@ def fit_damping(anomalies, *, time_dim: str = "time") -> float:
     """
     if isinstance(anomalies, xr.DataArray):
         anomalies = anomalies.transpose(time_dim, ...).to_numpy()
-    values = np.asarray(anomalies, dtype=np.float64)
-    now, after = values[:-1], values[1:]
-    ok = np.isfinite(now) & np.isfinite(after)
-    denominator = float(np.sum(np.where(ok, now * now, 0.0)))
-    if denominator == 0.0:
-        return 0.0
-    return float(np.clip(np.sum(np.where(ok, now * after, 0.0)) / denominator, 0.0, 1.0))
+    return float(damping_of(np.asarray(anomalies, dtype=np.float64)))
+
+
+def damping_of(anomalies):
+    """:func:`fit_damping`'s value for a NumPy or Dask ``(time, …)`` array, as a 0-d array of the
+    same kind (lazy for Dask: nothing is read until it is computed)."""
+    now, after = anomalies[:-1], anomalies[1:]
+    ok = np.isfinite(now) & np.isfinite(after)  # np.where and sum dispatch to Dask
+    numerator = np.where(ok, now * after, 0.0).sum(dtype=np.float64)
+    denominator = np.where(ok, now * now, 0.0).sum(dtype=np.float64)
+    return np.where(denominator > 0, np.clip(numerator / np.where(denominator > 0, denominator, 1.0), 0.0, 1.0), 0.0)
 
 
 def anomaly_persistence(last, clim_last, clim_future, damping: float):

@@ -296,3 +296,23 @@ def test_evaluate__anomaly_persistence_matches_a_hand_computation_and_is_the_bes
         low, mse, high = table.loc[("climatology", "all"), ["mse_low", "mse", "mse_high"]]
         assert mse == rows.loc[("climatology", "all"), "mse"]
         assert (low == mse == high) if degenerate else (low < mse < high)
+
+
+def test_damping_of__lazy_on_dask_and_equal_to_the_least_squares_by_hand():
+    import dask.array as dsa
+
+    from glacierxr.testing import raise_if_dask_computes
+
+    rng = np.random.default_rng(2)
+    values = np.zeros((120, 3, 3))
+    for t in range(1, 120):
+        values[t] = 0.6 * values[t - 1] + rng.standard_normal((3, 3))
+    values[10, 1, 1] = np.nan
+    now, after = values[:-1], values[1:]
+    ok = np.isfinite(now) & np.isfinite(after)
+    by_hand = np.sum((now * after)[ok]) / np.sum((now * now)[ok])
+    with raise_if_dask_computes():
+        lazy = ev.damping_of(dsa.from_array(values, chunks=(30, 3, 3)))
+    assert float(lazy.compute()) == pytest.approx(by_hand)
+    assert ev.fit_damping(values) == pytest.approx(by_hand)
+    assert ev.fit_damping(-values[::-1] * 0) == 0.0  # no pair with a nonzero anomaly

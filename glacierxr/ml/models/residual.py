@@ -264,7 +264,8 @@ def scene_inputs(da, model: ResidualForecaster, steps: int, *, dims=("time", "y"
     seen = da.isel({time_dim: slice(-model.input_steps, None)})
     clim_in = clim.isel({time_dim: phases_in}).drop_vars(time_dim, errors="ignore")
     clim_out = clim.isel({time_dim: phases_out}).drop_vars(time_dim, errors="ignore")
-    anomalies = (seen.drop_vars(time_dim) - clim_in).fillna(0.0)
+    departure = seen.drop_vars(time_dim) - clim_in
+    anomalies = departure.fillna(0.0)
     base = clim_out
     if model.baseline == "anomaly_persistence":
         decay = _lazy_damping(da, clim, period, time_dim) ** xr.DataArray(np.arange(1, int(steps) + 1), dims=time_dim)
@@ -274,8 +275,7 @@ def scene_inputs(da, model: ResidualForecaster, steps: int, *, dims=("time", "y"
     if "climatology" in model.context:
         frames.append((clim_in.fillna(model.offset) - model.offset) / model.scale)
     if "scene_anomaly" in model.context:
-        frames.append(xr.zeros_like(anomalies) + (seen.drop_vars(time_dim) - clim_in).mean((y_dim, x_dim)).fillna(0.0)
-                      / model.scale)
+        frames.append(xr.zeros_like(anomalies) + departure.mean((y_dim, x_dim)).fillna(0.0) / model.scale)
     packed = xr.concat([f.transpose(time_dim, y_dim, x_dim) for f in [*frames, base]], dim=time_dim)
     return packed.astype(np.float32)
 
@@ -284,12 +284,7 @@ def _lazy_damping(da, clim, period: int, time_dim: str):
     """The anomaly-persistence damping of ``da`` (lag-1 least squares of its anomalies), as a lazy 0-d array."""
     import xarray as xr
 
-    from glacierxr.evaluate import period_of_year
+    from glacierxr.evaluate import damping_of, period_of_year
 
     phases = period_of_year(da[time_dim].to_index(), period)
-    anomalies = da.data - clim.data[phases]
-    now, after = anomalies[:-1], anomalies[1:]
-    ok = np.isfinite(now) & np.isfinite(after)  # np.where and sum stay lazy on Dask arrays
-    numerator = np.where(ok, now * after, 0.0).sum(dtype=np.float64)
-    denominator = np.where(ok, now * now, 0.0).sum(dtype=np.float64)
-    return xr.DataArray(np.clip(numerator / np.maximum(denominator, 1e-12), 0.0, 1.0))
+    return xr.DataArray(damping_of(da.data - clim.data[phases]))
