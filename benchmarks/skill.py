@@ -256,10 +256,9 @@ def _variant(residual: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _base(arrays, residual: str, offset: float) -> np.ndarray:
-    residual, _ = _variant(residual)
-    if residual == "none":
-        return np.full(arrays["targets"].shape, offset)
-    return np.where(np.isfinite(arrays[residual]), arrays[residual], offset).astype(np.float64)
+    from glacierxr.ml.models.residual import baseline_forecast
+
+    return baseline_forecast(arrays, _variant(residual)[0], offset).astype(np.float64)
 
 
 def train_one(name, residual, arrays, scale, offset, preset, patch, seed):

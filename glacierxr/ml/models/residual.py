@@ -53,7 +53,7 @@ from torch import nn
 from glacierxr.errors import ConfigError, DimensionError
 
 __all__ = ["CONTEXTS", "RESIDUAL_BASELINES", "ResidualForecaster", "from_config", "inner_steps", "residual_dataset",
-           "forecast_arrays", "residual_scaling", "scene_inputs", "unpack_inputs"]
+           "baseline_forecast", "forecast_arrays", "residual_scaling", "scene_inputs", "unpack_inputs"]
 
 #: Baselines a model can forecast a residual on ("none": the plain model; "snow_state": the
 #: forecast of :class:`glacierxr.ml.snowstate.SnowStateModel`, put into the arrays by the caller).
@@ -159,6 +159,15 @@ def unpack_inputs(inputs: torch.Tensor, input_steps: int, steps: int | None = No
     return inputs[:, :front], inputs[:, front:]
 
 
+def baseline_forecast(arrays: dict, baseline: str, offset: float) -> np.ndarray:
+    """The forecast a residual model corrects, ``(N, T_out, P, P)`` float32: ``arrays[baseline]``
+    (``offset`` where it is missing: a pixel never observed in that season), or ``offset``
+    everywhere for ``"none"``."""
+    if baseline == "none":
+        return np.full(arrays["targets"].shape, offset, np.float32)
+    return np.where(np.isfinite(arrays[baseline]), arrays[baseline], offset).astype(np.float32)
+
+
 def residual_dataset(arrays: dict, baseline: str, scale: float, *, offset: float = 0.0, context=()):
     """A ``TensorDataset`` ``(packed inputs, targets, valid)`` for :class:`ResidualForecaster`.
 
@@ -186,11 +195,11 @@ def residual_dataset(arrays: dict, baseline: str, scale: float, *, offset: float
         raise ConfigError(f"The arrays hold no {baseline!r} forecasts; add them first (for 'snow_state': "
                           "arrays['snow_state'] = SnowStateModel().fit(sequences).window_forecasts(sequences, split)).")
     inputs, targets = arrays["inputs"], arrays["targets"]
+    base = baseline_forecast(arrays, baseline, offset)
     if baseline == "none":
-        anomalies, base = inputs - offset, np.full(targets.shape, offset, np.float32)
-    else:  # a pixel without climatology (never observed in that season): anomaly 0, baseline offset
+        anomalies = inputs - offset
+    else:  # a pixel without climatology (never observed in that season): anomaly 0
         anomalies = np.nan_to_num(inputs - arrays["clim_inputs"], nan=0.0)
-        base = np.where(np.isfinite(arrays[baseline]), arrays[baseline], offset)
     frames = [anomalies / scale]
     if "climatology" in context:
         frames.append((np.where(np.isfinite(arrays["clim_inputs"]), arrays["clim_inputs"], offset) - offset) / scale)
