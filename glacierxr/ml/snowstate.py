@@ -108,7 +108,7 @@ class SnowStateModel:
         sequences : glacierxr.ml.PatchSequences
             Its cube is read whole; the periods its ``train`` windows cover are the training data.
         """
-        from glacierxr.evaluate import _observed, _train_climatology, period_of_year, scene_mean, steps_per_year, train_periods
+        from glacierxr.evaluate import _observed, climatology, period_of_year, scene_mean, steps_per_year, train_periods
 
         layout = sequences._layout
         time_dim = layout.dims[0]
@@ -117,10 +117,11 @@ class SnowStateModel:
             raise DimensionError(f"SnowStateModel: the train split covers {train.size} periods, too few for "
                                  f"bins={self.bins}; use fewer bins or a longer series.")
         period = steps_per_year(sequences.data, time_dim=time_dim)
-        clim, _ = _train_climatology(sequences, period)
         self.times_ = sequences.data[time_dim].to_index()
         self._phase = period_of_year(self.times_, period)
-        values = _observed(layout, np.arange(len(self.times_)), np.float32)
+        values = _observed(layout, np.arange(len(self.times_)), np.float32)  # the one read of the cube
+        training = sequences.data.transpose(*layout.dims).isel({time_dim: train}).copy(data=values[train])
+        clim = climatology(training, period=period, time_dim=time_dim).transpose("period_of_year", ...).to_numpy()
         state = scene_mean(clim)[self._phase] + scene_mean(values - clim[self._phase])  # S(t)
         self._fit_response(state[train], values[train])
         self._probit = bool(0.0 <= state[train].min() and state[train].max() <= 1.0)
