@@ -719,13 +719,7 @@ def evaluate(
         sequences = sequences.split(split, shuffle=False)
     if len(sequences) == 0:
         raise DimensionError(f"The {sequences.name!r} sequences are empty; nothing to evaluate.")
-    layout = sequences._layout
-    t_in, t_out, patch = sequences.input_steps, sequences.target_steps, sequences.patch
-    time_dim, _, _ = layout.dims
-    times = sequences.data[time_dim].to_index()
-
     reference = _Baselines(sequences, baselines, period)
-    period, history = reference.period, reference.history
 
     if type(model_or_predictions).__name__ == "ResidualForecaster":  # it reads packed inputs, not the patches
         from glacierxr.ml.models.residual import forecast_arrays
@@ -740,6 +734,21 @@ def evaluate(
         raise ConfigError("Nothing to evaluate: no model or predictions and no baselines.")
     if len(set(names)) != len(names):
         raise ConfigError(f"Two forecasters share a name in {names}; give the model and others distinct names.")
+    sums, ids = _score_batches(sequences, forecasters, reference, names, baselines, batch_size, threshold)
+    groups = _bootstrap_groups(sequences, ids, bootstrap_by)
+    table = _table(sums, names, list(baselines), groups, n_resamples, confidence, seed, sequences.target_steps)
+    table.attrs.update(
+        split=sequences.name, threshold=threshold, n_resamples=n_resamples, confidence=confidence,
+        bootstrap_by=bootstrap_by, period=reference.period, n_sequences=int(ids.size),
+        damping=reference.damping, **range_attrs(reference.bounds),
+        best_baseline=best_baseline(table, baselines) if len(baselines) else None,
+    )
+    return table
+
+
+def _score_batches(sequences, forecasters, reference, names, baselines, batch_size, threshold):
+    """Per-sample sums of every forecaster on the pixels all of them cover, and the kept window ids."""
+    t_in, history = sequences.input_steps, reference.history
     stats = {n: [] for n in names}
     kept_ids = []
     for batch in sequences._stream(batch_size=batch_size, mode="raw", history=history):
@@ -766,23 +775,20 @@ def evaluate(
             "No sequence has the history the seasonal-naive baseline needs "
             f"({history} periods before its first input); drop 'seasonal_naive' from baselines."
         )
-    sums = {n: np.concatenate(s) for n, s in stats.items()}
-    ids = np.concatenate(kept_ids)
-    groups = None
+    return {n: np.concatenate(s) for n, s in stats.items()}, np.concatenate(kept_ids)
+
+
+def _bootstrap_groups(sequences, ids, bootstrap_by: str):
+    """The resampling unit of each kept window: its patch-sized block, its issue year, or itself."""
+    layout, patch = sequences._layout, sequences.patch
     if bootstrap_by == "block":
         _, y0, x0 = layout.decompose(ids)
-        groups = (y0 // patch) * (int(layout.x_starts[-1]) // patch + 1) + x0 // patch
-    elif bootstrap_by == "time":
+        return (y0 // patch) * (int(layout.x_starts[-1]) // patch + 1) + x0 // patch
+    if bootstrap_by == "time":
         t0, _, _ = layout.decompose(ids)
-        groups = times[t0 + t_in - 1].year.to_numpy()
-    table = _table(sums, names, [b for b in baselines], groups, n_resamples, confidence, seed, t_out)
-    table.attrs.update(
-        split=sequences.name, threshold=threshold, n_resamples=n_resamples, confidence=confidence,
-        bootstrap_by=bootstrap_by, period=period, n_sequences=int(ids.size),
-        damping=reference.damping, **range_attrs(reference.bounds),
-        best_baseline=best_baseline(table, baselines) if len(baselines) else None,
-    )
-    return table
+        times = sequences.data[layout.dims[0]].to_index()
+        return times[t0 + sequences.input_steps - 1].year.to_numpy()
+    return None
 
 
 class _Baselines:
