@@ -92,6 +92,25 @@ def test_snow_state__a_permanent_local_change_is_carried_by_the_level():
     assert climatology.max() > 0.5  # what a forecaster that keeps the training seasons says there
 
 
+def test_snow_state__a_change_inside_the_training_years_is_left_out_of_the_scene_state():
+    # The block turns from glacier to rock in month 90, inside the training periods: counted in
+    # the scene state, it would read as a lasting loss of snow cover (a step in the state).
+    cube, _, _, state = _snow_world(seed=2, retreat_at=90)
+    ds = _sequences(cube)
+    train = ev.train_periods(ds)
+    assert train.max() > 90
+    kept, counted = SnowStateModel().fit(ds), SnowStateModel(trend_t=None).fit(ds)
+    assert not kept.state_pixels_[:6, :6].any()  # the changed block is left out of the state
+    assert kept.state_pixels_.mean() > 0.9  # and little else
+    assert counted.state_pixels_.all()
+    # the state anomaly follows the generator's AR(1) snow-line state more closely without it
+    # (the anomaly falls as the snow line rises: a negative correlation)
+    follows = [abs(np.corrcoef(m._anomaly_series[train], state[train])[0, 1]) for m in (kept, counted)]
+    assert follows[0] > follows[1] + 0.01
+    arrays = ev.window_arrays(ds, split="test")
+    assert _mse(kept.window_forecasts(ds, "test"), arrays) < _mse(counted.window_forecasts(ds, "test"), arrays)
+
+
 def test_snow_state__uses_nothing_after_the_issue_period():
     cube, *_ = _snow_world(seed=2)
     issue = int(0.8 * MONTHS)
@@ -123,6 +142,8 @@ def test_snow_state__clear_errors():
         SnowStateModel(bins=1)
     with pytest.raises(ConfigError, match="lags"):
         SnowStateModel(lags=0)
+    with pytest.raises(ConfigError, match="trend_t"):
+        SnowStateModel(trend_t=-1.0)
     with pytest.raises(ConfigError, match="fit"):
         SnowStateModel().forecast(10)
     model = SnowStateModel().fit(ds)

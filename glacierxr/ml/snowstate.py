@@ -13,7 +13,13 @@ The model, with ``t`` a period (e.g. a month) and ``p`` a pixel:
 
 1. **State** ``S(t)``: the scene's mean value (the climatology's scene mean plus the mean
    departure from the climatology over the observed pixels, so clouds do not bias it). It falls
-   as the snow line rises.
+   as the snow line rises. Pixels whose departures carry a significant linear trend over the
+   training periods (a retreating terminus, a growing lake) are left out of both means: their
+   slow change would otherwise read as a lasting change of the snow cover, and shift where every
+   other pixel seems to turn snow-free. The test is a least-squares slope whose standard error
+   is inflated by ``(1 + r) / (1 − r)``, ``r`` the lag-1 autocorrelation of the pixel's
+   residuals (the usual correction for autocorrelated series); ``|t| > trend_t`` leaves a pixel
+   out.
 2. **Response** ``g_p(S)``: the mean value of pixel ``p`` over the training periods in each of
    ``bins`` quantile bins of ``S``, linear between bin centres: at which state a pixel turns
    snow-free, learnt from the data.
@@ -81,20 +87,28 @@ class SnowStateModel:
         Periods averaged for each pixel's local level (≥ 1; 24 months are two years).
     members : int
         Quantiles of the state forecast's training errors averaged over (1: no spread).
+    trend_t : float or None
+        Pixels whose departures from the climatology trend over the training periods with a
+        t statistic beyond this (AR(1)-corrected) are left out of the scene state (``None``
+        keeps every pixel). See the module docstring, step 1.
 
     Attributes (after :meth:`fit`)
     ------------------------------
+    state_pixels_ : numpy.ndarray
+        ``(y, x)`` bool: the pixels the scene state is measured on.
     coefficients_ : numpy.ndarray
         ``(lead, lags)`` regression of the future state anomaly on the past ones.
     damping_ : float
         Damping of a pixel's departure from its local level.
     """
 
-    def __init__(self, *, bins: int = 24, lags: int = 2, level: int = 24, members: int = 25) -> None:
+    def __init__(self, *, bins: int = 24, lags: int = 2, level: int = 24, members: int = 25,
+                 trend_t: float | None = 3.0) -> None:
         self.bins = require_positive(bins, name="bins", integer=True, example=24)
         self.lags = require_positive(lags, name="lags", integer=True, example=2)
         self.level = require_positive(level, name="level", integer=True, example=24)
         self.members = require_positive(members, name="members", integer=True, example=25)
+        self.trend_t = require_positive(trend_t, name="trend_t", allow_none=True, example=3.0)
         if self.bins < 2:
             raise ConfigError(f"bins={bins!r}: the response needs at least 2 bins of the scene state.")
         self._fitted = None
@@ -122,7 +136,12 @@ class SnowStateModel:
         values = _observed(layout, np.arange(len(self.times_)), np.float32)  # the one read of the cube
         training = sequences.data.transpose(*layout.dims).isel({time_dim: train}).copy(data=values[train])
         clim = climatology(training, period=period, time_dim=time_dim).transpose("period_of_year", ...).to_numpy()
-        state = scene_mean(clim)[self._phase] + scene_mean(values - clim[self._phase])  # S(t)
+        departures = values - clim[self._phase]
+        self.state_pixels_ = _untrended(departures[train], train, self.trend_t)
+        if not self.state_pixels_.any():  # every pixel trends: a state of the whole scene beats none
+            self.state_pixels_[:] = True
+        outside = ~self.state_pixels_
+        state = scene_mean(np.where(outside, np.nan, clim))[self._phase] + scene_mean(np.where(outside, np.nan, departures))
         self._fit_response(state[train], values[train])
         self._probit = bool(0.0 <= state[train].min() and state[train].max() <= 1.0)
         anomaly = self._anomaly(state, train, period)
@@ -279,10 +298,11 @@ class SnowStateModel:
         time_dim, y_dim, x_dim = self._dims
         history = self._data.isel({time_dim: slice(0, issue + 1)})
         coords = forecast_coords(history, values.shape[0], self._dims, months=self._data.attrs.get("months"))
-        settings = dict(bins=self.bins, lags=self.lags, level=self.level, members=self.members)
+        settings = dict(bins=self.bins, lags=self.lags, level=self.level, members=self.members, trend_t=self.trend_t)
+        shown = {k: v for k, v in settings.items() if v is not None}  # netCDF attributes cannot be None
         attrs = {"units": self._data.attrs.get("units", "1"), "model": "snow_state", "issue_time": str(self.times_[issue].date()),
                  "long_name": f"snow-state forecast of {self._data.attrs.get('long_name', self._data.name or 'the input')}",
-                 **settings}
+                 **shown}
         out = xr.DataArray(values.astype(np.float32), dims=self._dims, coords=coords, attrs=attrs,
                            name=f"{self._data.name or 'snow_mask'}_forecast")
         call = f"SnowStateModel({', '.join(f'{k}={v}' for k, v in settings.items())}).predict(steps={values.shape[0]})"
@@ -312,6 +332,40 @@ class SnowStateModel:
     def _check_fitted(self) -> None:
         if self._fitted is None:
             raise ConfigError("SnowStateModel: call fit(sequences) before forecasting.")
+
+
+def _untrended(departures: np.ndarray, positions: np.ndarray, t_max: float | None) -> np.ndarray:
+    """``(y, x)`` bool: pixels whose ``departures`` (``(time, y, x)`` at time ``positions``) do not trend.
+
+    Per pixel, the least-squares slope of the finite departures on ``positions``; its t statistic
+    uses the residual variance inflated by ``(1 + r) / (1 - r)`` (``r``: lag-1 autocorrelation of
+    the residuals, clipped to [0, 0.99]). A pixel with ``|t| > t_max`` is trending; one with fewer
+    than three observations is kept. ``t_max=None`` keeps every pixel.
+
+    >>> rng = np.random.default_rng(0)
+    >>> noise = rng.standard_normal((60, 1, 2))
+    >>> noise[:, 0, 1] += np.linspace(0, 6, 60)  # the second pixel drifts
+    >>> _untrended(noise, np.arange(60), 3.0).tolist()
+    [[True, False]]
+    """
+    shape = departures.shape[1:]
+    if t_max is None:
+        return np.ones(shape, bool)
+    finite = np.isfinite(departures)
+    count = finite.sum(axis=0)
+    x = np.where(finite, np.asarray(positions, np.float64)[:, None, None], 0.0)
+    y = np.where(finite, departures, 0.0).astype(np.float64)
+    n = np.maximum(count, 1)
+    xc = np.where(finite, x - x.sum(axis=0) / n, 0.0)
+    yc = np.where(finite, y - y.sum(axis=0) / n, 0.0)
+    sxx = np.maximum((xc**2).sum(axis=0), 1e-12)
+    slope = (xc * yc).sum(axis=0) / sxx
+    residual = np.where(finite, yc - slope * xc, 0.0)
+    power = np.maximum((residual**2).sum(axis=0), 1e-12)
+    r = np.clip((residual[1:] * residual[:-1]).sum(axis=0) / power, 0.0, 0.99)
+    variance = power / np.maximum(count - 2, 1) * (1.0 + r) / (1.0 - r)
+    t = slope / np.sqrt(variance / sxx)
+    return (np.abs(t) <= t_max) | (count < 3)
 
 
 def _nanmean(values: np.ndarray) -> np.ndarray:
