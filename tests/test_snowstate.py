@@ -111,6 +111,25 @@ def test_snow_state__a_change_inside_the_training_years_is_left_out_of_the_scene
     assert _mse(kept.window_forecasts(ds, "test"), arrays) < _mse(counted.window_forecasts(ds, "test"), arrays)
 
 
+def test_snow_state__monotone_response_is_scipys_isotonic_regression_for_every_pixel():
+    from scipy.optimize import isotonic_regression
+
+    from glacierxr.ml.snowstate import _isotonic
+
+    rng = np.random.default_rng(3)
+    values = rng.random((24, 5, 7))
+    weights = rng.integers(0, 12, size=values.shape)
+    fit = _isotonic(values, weights)
+    for y in range(5):
+        for x in range(7):
+            reference = isotonic_regression(values[:, y, x], weights=np.maximum(weights[:, y, x], 1e-6)).x
+            np.testing.assert_allclose(fit[:, y, x], reference, atol=1e-9)
+    cube, *_ = _snow_world(seed=3)
+    noisy = _sequences(cube.copy(data=np.clip(cube.values + 0.2 * rng.standard_normal(cube.shape), 0, 1)))
+    assert (np.diff(SnowStateModel(monotone=False).fit(noisy)._response, axis=0) < -1e-3).any()  # noise dips
+    assert (np.diff(SnowStateModel().fit(noisy)._response, axis=0) >= -1e-6).all()  # non-decreasing in the state
+
+
 def test_snow_state__uses_nothing_after_the_issue_period():
     cube, *_ = _snow_world(seed=2)
     issue = int(0.8 * MONTHS)
@@ -144,6 +163,8 @@ def test_snow_state__clear_errors():
         SnowStateModel(lags=0)
     with pytest.raises(ConfigError, match="trend_t"):
         SnowStateModel(trend_t=-1.0)
+    with pytest.raises(ConfigError, match="monotone"):
+        SnowStateModel(monotone="yes")
     with pytest.raises(ConfigError, match="fit"):
         SnowStateModel().forecast(10)
     model = SnowStateModel().fit(ds)

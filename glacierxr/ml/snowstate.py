@@ -22,7 +22,9 @@ The model, with ``t`` a period (e.g. a month) and ``p`` a pixel:
    out.
 2. **Response** ``g_p(S)``: the mean value of pixel ``p`` over the training periods in each of
    ``bins`` quantile bins of ``S``, linear between bin centres: at which state a pixel turns
-   snow-free, learnt from the data.
+   snow-free, learnt from the data. With ``monotone`` (default) it is made non-decreasing in
+   ``S`` by a weighted isotonic fit: a pixel's bin means are averages of a few months each, and
+   where they dip the dip is noise, not a pixel that loses snow as the scene gains it.
 3. **State anomaly** ``a(t) = z(S(t)) − mean of z(S) in the same period of the year``, with ``z``
    the probit for values in [0, 1] (the identity otherwise), forecast ``k`` periods ahead by a
    least-squares regression on ``a(t), …, a(t − lags + 1)``, one per lead. The regression's
@@ -91,6 +93,10 @@ class SnowStateModel:
         Pixels whose departures from the climatology trend over the training periods with a
         t statistic beyond this (AR(1)-corrected) are left out of the scene state (``None``
         keeps every pixel). See the module docstring, step 1.
+    monotone : bool
+        Make each pixel's response non-decreasing in the state (weighted isotonic regression
+        over the bins): more snow in the scene never means less at a pixel. It removes the noise
+        of bins seen a few times only (step 2).
 
     Attributes (after :meth:`fit`)
     ------------------------------
@@ -103,12 +109,15 @@ class SnowStateModel:
     """
 
     def __init__(self, *, bins: int = 24, lags: int = 2, level: int = 24, members: int = 25,
-                 trend_t: float | None = 3.0) -> None:
+                 trend_t: float | None = 3.0, monotone: bool = True) -> None:
         self.bins = require_positive(bins, name="bins", integer=True, example=24)
         self.lags = require_positive(lags, name="lags", integer=True, example=2)
         self.level = require_positive(level, name="level", integer=True, example=24)
         self.members = require_positive(members, name="members", integer=True, example=25)
         self.trend_t = require_positive(trend_t, name="trend_t", allow_none=True, example=3.0)
+        if not isinstance(monotone, (bool, np.bool_)):
+            raise ConfigError(f"monotone must be True or False, got {monotone!r}.")
+        self.monotone = bool(monotone)
         if self.bins < 2:
             raise ConfigError(f"bins={bins!r}: the response needs at least 2 bins of the scene state.")
         self._fitted = None
@@ -158,17 +167,22 @@ class SnowStateModel:
         return self
 
     def _fit_response(self, state: np.ndarray, values: np.ndarray) -> None:
-        """Per-pixel mean of ``values`` in quantile bins of ``state`` (bins without data merged)."""
+        """Per-pixel mean of ``values`` in quantile bins of ``state`` (bins without data merged),
+        made non-decreasing in the state with ``monotone``."""
         edges = np.quantile(state, np.linspace(0.0, 1.0, self.bins + 1))
         which = np.clip(np.searchsorted(edges, state, side="right") - 1, 0, self.bins - 1)
         used = np.unique(which)
         self.centers_ = np.array([state[which == b].mean() for b in used])
         response = np.stack([_nanmean(values[which == b]) for b in used])
+        counts = np.stack([np.isfinite(values[which == b]).sum(axis=0) for b in used])
         keep = np.concatenate([[True], np.diff(self.centers_) > 0])  # equal centres: one bin
-        self.centers_, response = self.centers_[keep], response[keep]
+        self.centers_, response, counts = self.centers_[keep], response[keep], counts[keep]
         fallback = _nanmean(response)  # a pixel never seen in a bin: its mean over the others
         fallback = np.where(np.isfinite(fallback), fallback, np.nanmean(values) if np.isfinite(values).any() else 0.0)
-        self._response = np.where(np.isfinite(response), response, fallback).astype(np.float32)
+        response = np.where(np.isfinite(response), response, fallback)
+        if self.monotone:
+            response = _isotonic(response, counts)
+        self._response = response.astype(np.float32)
 
     def response(self, state) -> np.ndarray:
         """``g_p(S)`` for each state of ``state`` (1-D): ``(len(state), y, x)``."""
@@ -298,8 +312,9 @@ class SnowStateModel:
         time_dim, y_dim, x_dim = self._dims
         history = self._data.isel({time_dim: slice(0, issue + 1)})
         coords = forecast_coords(history, values.shape[0], self._dims, months=self._data.attrs.get("months"))
-        settings = dict(bins=self.bins, lags=self.lags, level=self.level, members=self.members, trend_t=self.trend_t)
-        shown = {k: v for k, v in settings.items() if v is not None}  # netCDF attributes cannot be None
+        settings = dict(bins=self.bins, lags=self.lags, level=self.level, members=self.members, trend_t=self.trend_t,
+                        monotone=self.monotone)
+        shown = {k: int(v) if isinstance(v, bool) else v for k, v in settings.items() if v is not None}  # netCDF: no None/bool
         attrs = {"units": self._data.attrs.get("units", "1"), "model": "snow_state", "issue_time": str(self.times_[issue].date()),
                  "long_name": f"snow-state forecast of {self._data.attrs.get('long_name', self._data.name or 'the input')}",
                  **shown}
@@ -332,6 +347,29 @@ class SnowStateModel:
     def _check_fitted(self) -> None:
         if self._fitted is None:
             raise ConfigError("SnowStateModel: call fit(sequences) before forecasting.")
+
+
+def _isotonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted least-squares non-decreasing fit along the first axis, for every pixel at once.
+
+    The min-max form of isotonic regression: the fit at ``i`` is the largest, over blocks
+    starting at ``j <= i``, of the smallest weighted mean of ``values[j : k + 1]`` over ``k >= i``.
+    ``O(n²)`` vector operations for ``n`` bins (a few dozen), exact. A weight of 0 (a bin the
+    pixel was never seen in) counts as a tiny one, so that bin follows its neighbours.
+
+    >>> _isotonic(np.array([[0.0], [0.5], [0.2], [1.0]]), np.array([[1], [1], [1], [1]])).ravel().tolist()
+    [0.0, 0.35, 0.35, 1.0]
+    """
+    weights = np.maximum(np.asarray(weights, np.float64), 1e-6)
+    zero = np.zeros((1, *values.shape[1:]))
+    total = np.concatenate([zero, np.cumsum(weights * values, axis=0)])
+    weight = np.concatenate([zero, np.cumsum(weights, axis=0)])
+    fit = np.full(values.shape, -np.inf)
+    for j in range(values.shape[0]):
+        means = (total[j + 1 :] - total[j]) / (weight[j + 1 :] - weight[j])  # blocks j..k, k = j, j+1, …
+        lowest = np.minimum.accumulate(means[::-1], axis=0)[::-1]  # min over k >= i, for i = j, j+1, …
+        fit[j:] = np.maximum(fit[j:], lowest)
+    return fit
 
 
 def _untrended(departures: np.ndarray, positions: np.ndarray, t_max: float | None) -> np.ndarray:
