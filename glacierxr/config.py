@@ -114,7 +114,7 @@ class PatchConfig:
 
 #: Baselines a model trained by ``glacierxr train`` can forecast a residual on, and the context
 #: it can be shown (:mod:`glacierxr.ml.models.residual`; a test pins them to its names).
-MODEL_RESIDUALS = ("none", "climatology", "anomaly_persistence")
+MODEL_RESIDUALS = ("none", "climatology", "anomaly_persistence", "snow_state")
 MODEL_CONTEXTS = ("climatology", "scene_anomaly")
 
 

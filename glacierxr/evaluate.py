@@ -722,10 +722,11 @@ def evaluate(
     reference = _Baselines(sequences, baselines, period)
 
     if type(model_or_predictions).__name__ == "ResidualForecaster":  # it reads packed inputs, not the patches
-        from glacierxr.ml.models.residual import forecast_arrays
+        from glacierxr.ml.models.residual import forecast_arrays, window_inputs
 
         name = name or model_or_predictions.model_name
-        model_or_predictions = forecast_arrays(model_or_predictions, window_arrays(sequences))
+        arrays = window_inputs(sequences, None, model_or_predictions.baseline)
+        model_or_predictions = forecast_arrays(model_or_predictions, arrays)
     forecasters = [_Forecaster(model_or_predictions, sequences, name, device)]
     forecasters += [_Forecaster(other, sequences, str(key), device) for key, other in (others or {}).items()]
     forecasters = [f for f in forecasters if f.active]

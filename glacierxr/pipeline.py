@@ -392,8 +392,14 @@ def _training_data(sequences, model, windows):
         return splits["train"], splits["val"] if len(splits["val"]) else None
     from glacierxr.ml.models.residual import residual_dataset
 
-    return tuple(residual_dataset(windows(s), model.baseline, model.scale, offset=model.offset,
-                                  context=model.context) if len(splits[s]) else None for s in ("train", "val"))
+    arrays = {s: windows(s) for s in splits if len(splits[s])}
+    if model.baseline == "snow_state":  # its forecasts, from one model fitted on the training periods
+        from glacierxr.ml.snowstate import fit_for
+
+        snow_state = fit_for(sequences, required="[model] residual = \"snow_state\"")
+        arrays = {s: {**a, "snow_state": snow_state.window_forecasts(sequences, s)} for s, a in arrays.items()}
+    return tuple(residual_dataset(arrays[s], model.baseline, model.scale, offset=model.offset, context=model.context)
+                 if s in arrays else None for s in ("train", "val"))
 
 
 def _accepts(model_name: str, argument: str) -> bool:
@@ -436,8 +442,6 @@ def evaluate_run(composites: xr.DataArray, model, config: RunConfig, *, split: s
     return evaluate(model, sequences, split=split, others=snow_state_others(sequences, split))
 
 
-#: Fewest training periods per response bin of the snow-state model (and fewest bins).
-_PERIODS_PER_BIN, _MIN_BINS = 4, 3
 #: Largest cube (values) the snow-state model is fitted on beside a run: it holds the cube in
 #: memory twice (float32), about 1.6 GB here.
 _SNOW_STATE_MAX_VALUES = 200_000_000
@@ -446,24 +450,20 @@ _SNOW_STATE_MAX_VALUES = 200_000_000
 def snow_state_others(sequences, split: str) -> dict:
     """``{"snow_state": forecasts of split}`` from a SnowStateModel fitted on the training periods.
 
-    Up to 24 response bins, one per 4 training periods; ``{}`` when there are fewer than 12
+    Sized by :func:`glacierxr.ml.snowstate.fit_for`; ``{}`` when there are fewer than 12
     training periods (too short a series for a response per pixel) or the cube has more than
     200 million values (the model reads it whole; fit it yourself on a part of the scene).
     """
     import logging
 
-    from glacierxr.evaluate import train_periods
-    from glacierxr.ml.snowstate import SnowStateModel
+    from glacierxr.ml.snowstate import fit_for
 
-    bins = min(24, train_periods(sequences).size // _PERIODS_PER_BIN)
-    if bins < _MIN_BINS:
-        return {}
     if sequences.data.size > _SNOW_STATE_MAX_VALUES:
         logging.getLogger(__name__).info("snow_state not scored: the cube has %d values (more than %d)",
                                          sequences.data.size, _SNOW_STATE_MAX_VALUES)
         return {}
-    model = SnowStateModel(bins=bins).fit(sequences)
-    return {"snow_state": model.window_forecasts(sequences, split)}
+    model = fit_for(sequences)
+    return {} if model is None else {"snow_state": model.window_forecasts(sequences, split)}
 
 
 def _velocity_band(config: RunConfig, names) -> str:

@@ -215,6 +215,35 @@ def test_residual__glacierxr_train_evaluate_and_predict_a_residual_model(tmp_pat
     np.testing.assert_allclose(pipeline.forecast(da, zero, config).values, baseline, atol=1e-5)
 
 
+def test_residual__on_the_snow_state_model_through_train_evaluate_and_a_lazy_predict(tmp_path, one_torch_thread):
+    from glacierxr import pipeline
+    from glacierxr.config import RunConfig
+    from glacierxr.ml import PatchSequences
+    from glacierxr.ml.checkpoint import load_model
+    from glacierxr.ml.snowstate import SnowStateModel
+    from glacierxr.testing import raise_if_dask_computes
+
+    da = _quarterly()
+    config = RunConfig.from_dict({"model": {"name": "convlstm", "residual": "snow_state", "hidden_channels": [2]},
+                                  "patches": {"patch": 12, "stride": 6}, "train": {"max_epochs": 1, "batch_size": 8}})
+    assert config.model.context == ["climatology", "scene_anomaly"]
+    pipeline.train(da, config, tmp_path / "run", progress=False)
+    zero = load_model(tmp_path / "run" / "model.pt")
+    assert zero.model_name == "convlstm+snow_state+climatology+scene_anomaly"
+    for parameter in zero.parameters():
+        parameter.data.zero_()  # a zero correction: the forecast is the snow-state model's
+    pooled = pipeline.evaluate_run(da, zero, config).query("lead == 'all'").set_index("model")
+    assert pooled.loc[zero.model_name, "mse"] == pytest.approx(pooled.loc["snow_state", "mse"], rel=1e-5)
+    with raise_if_dask_computes():  # the snow-state model is fitted when the forecast is computed
+        scene = pipeline.forecast(da.chunk({"time": 8}), zero, config)
+    # predict fits it on the whole history, like the climatology of the other baselines
+    history = PatchSequences(da, patch=24, stride=24, val_fraction=0.0, test_fraction=0.0)
+    by_hand = SnowStateModel(bins=da.sizes["time"] // 4).fit(history).forecast(da.sizes["time"] - 1, 4)
+    np.testing.assert_allclose(scene.values, by_hand, atol=1e-5)
+    with pytest.raises(DimensionError, match="snow-state model"):
+        pipeline.train(da.isel(time=slice(0, 26)), config, tmp_path / "short", progress=False)
+
+
 def test_residual__config_refuses_bad_residual_options():
     from glacierxr.config import MODEL_CONTEXTS, MODEL_RESIDUALS, RunConfig
     from glacierxr.ml.models.residual import CONTEXTS, RESIDUAL_BASELINES

@@ -68,7 +68,7 @@ from glacierxr._range import clip_to_range, valid_range
 from glacierxr._validate import require_positive
 from glacierxr.errors import ConfigError, DimensionError
 
-__all__ = ["SnowStateModel"]
+__all__ = ["SnowStateModel", "fit_for"]
 
 _PROBIT_CLIP = 0.005  # states within this of 0 or 1 are clipped before the probit
 #: A local level of k standard errors keeps the weight k² / (k² + _LEVEL_SHRINK): half at two.
@@ -347,6 +347,31 @@ class SnowStateModel:
     def _check_fitted(self) -> None:
         if self._fitted is None:
             raise ConfigError("SnowStateModel: call fit(sequences) before forecasting.")
+
+
+#: Response bins when they follow the length of the series: one per this many training periods,
+#: at least MIN_BINS (else the series is too short for a response per pixel), at most MAX_BINS.
+PERIODS_PER_BIN, MIN_BINS, MAX_BINS = 4, 3, 24
+
+
+def fit_for(sequences, *, required: str | None = None) -> SnowStateModel | None:
+    """A :class:`SnowStateModel` with as many response bins as the training periods of
+    ``sequences`` support (one per 4 periods, at most 24), fitted on them.
+
+    ``None`` when there are fewer than 12 training periods, unless ``required`` names what needs
+    the model: then a :class:`~glacierxr.errors.DimensionError` says so.
+    """
+    from glacierxr.evaluate import train_periods
+
+    periods = train_periods(sequences).size
+    bins = min(MAX_BINS, periods // PERIODS_PER_BIN)
+    if bins >= MIN_BINS:
+        return SnowStateModel(bins=bins).fit(sequences)
+    if required is None:
+        return None
+    raise DimensionError(f"{required} needs the snow-state model, which needs at least "
+                         f"{MIN_BINS * PERIODS_PER_BIN} training periods; the train split covers {periods}. "
+                         "Use a longer series or another baseline (e.g. 'anomaly_persistence').")
 
 
 def _isotonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -53,7 +53,8 @@ from torch import nn
 from glacierxr.errors import ConfigError, DimensionError
 
 __all__ = ["CONTEXTS", "RESIDUAL_BASELINES", "ResidualForecaster", "from_config", "inner_steps", "residual_dataset",
-           "baseline_forecast", "forecast_arrays", "residual_scaling", "scene_inputs", "unpack_inputs"]
+           "baseline_forecast", "forecast_arrays", "residual_scaling", "scene_inputs", "unpack_inputs",
+           "window_inputs"]
 
 #: Baselines a model can forecast a residual on ("none": the plain model; "snow_state": the
 #: forecast of :class:`glacierxr.ml.snowstate.SnowStateModel`, put into the arrays by the caller).
@@ -212,6 +213,24 @@ def residual_dataset(arrays: dict, baseline: str, scale: float, *, offset: float
                          torch.from_numpy(valid[:, :, None].copy()))
 
 
+def window_inputs(sequences, split: str | None, baseline: str, *, snow_state=None) -> dict:
+    """:func:`glacierxr.evaluate.window_arrays` of ``split``, with what a ``baseline`` residual reads.
+
+    For ``"snow_state"`` the arrays also hold the snow-state forecasts of the windows, from
+    ``snow_state`` (a fitted :class:`~glacierxr.ml.snowstate.SnowStateModel`) or from one sized
+    and fitted on the training periods here (:func:`glacierxr.ml.snowstate.fit_for`).
+    """
+    from glacierxr.evaluate import window_arrays
+
+    arrays = window_arrays(sequences, split=split)
+    if baseline == "snow_state":
+        from glacierxr.ml.snowstate import fit_for
+
+        snow_state = snow_state or fit_for(sequences, required="A residual on 'snow_state'")
+        arrays["snow_state"] = snow_state.window_forecasts(sequences, split)
+    return arrays
+
+
 def from_config(config: dict) -> ResidualForecaster:
     """Rebuild a :class:`ResidualForecaster` (untrained) from its :meth:`~ResidualForecaster.get_config`."""
     from glacierxr.ml.models import get_model
@@ -249,10 +268,12 @@ def scene_inputs(da, model: ResidualForecaster, steps: int, *, dims=("time", "y"
     """The packed inputs of ``model`` for a whole scene, from the series' own history (lazy).
 
     The climatology is the mean of each period of the year over all of ``da``; the damping of
-    anomaly persistence is fitted on all of its consecutive anomalies; the last ``input_steps``
+    anomaly persistence is fitted on all of its consecutive anomalies, the snow-state model
+    (:func:`glacierxr.ml.snowstate.fit_for`) on all of its periods; the last ``input_steps``
     periods are the inputs and the baseline covers the ``steps`` periods after them. Returns a
-    ``(frames, y, x)`` DataArray (Dask-backed when ``da`` is) to cut into patches like any input
-    (with no normalisation: the model works in data units).
+    ``(frames, y, x)`` DataArray (Dask-backed when ``da`` is: the snow-state model is fitted when
+    it is computed) to cut into patches like any input (with no normalisation: the model works
+    in data units).
     """
     import xarray as xr
 
@@ -260,9 +281,9 @@ def scene_inputs(da, model: ResidualForecaster, steps: int, *, dims=("time", "y"
     from glacierxr.evaluate import climatology, period_of_year, steps_per_year
     from glacierxr.ml.predict import future_times
 
-    if model.baseline in ("none", "snow_state"):
-        raise ConfigError(f"scene_inputs: a {model.baseline!r} model has no baseline to build from the history; "
-                          "predict it without packing (baseline 'none') or with SnowStateModel.predict (snow_state).")
+    if model.baseline == "none":
+        raise ConfigError("scene_inputs: a model with baseline 'none' has no baseline to build from the history; "
+                          "predict it without packing.")
     time_dim, y_dim, x_dim = dims
     da = da.transpose(time_dim, y_dim, x_dim).astype(np.float32).reset_coords(drop=True)  # the values only
     times = da[time_dim].to_index()
@@ -279,6 +300,8 @@ def scene_inputs(da, model: ResidualForecaster, steps: int, *, dims=("time", "y"
     if model.baseline == "anomaly_persistence":
         decay = _lazy_damping(da, clim, period, time_dim) ** xr.DataArray(np.arange(1, int(steps) + 1), dims=time_dim)
         base = clim_out + decay * anomalies.isel({time_dim: -1})
+    elif model.baseline == "snow_state":
+        base = _snow_state_forecast(da, model.input_steps, int(steps))
     base = clip_to_range(base.fillna(model.offset), valid_range(da))
     frames = [anomalies / model.scale]
     if "climatology" in model.context:
@@ -287,6 +310,38 @@ def scene_inputs(da, model: ResidualForecaster, steps: int, *, dims=("time", "y"
         frames.append(xr.zeros_like(anomalies) + departure.mean((y_dim, x_dim)).fillna(0.0) / model.scale)
     packed = xr.concat([f.transpose(time_dim, y_dim, x_dim) for f in [*frames, base]], dim=time_dim)
     return packed.astype(np.float32)
+
+
+def _snow_state_forecast(da, input_steps: int, steps: int):
+    """``(steps, y, x)``: the snow-state forecast after the last period of ``da`` (a SnowStateModel
+    fitted on all of its periods; lazy where ``da`` is Dask-backed, read whole when computed)."""
+    import xarray as xr
+
+    time_dim, y_dim, x_dim = da.dims
+    side = min(da.sizes[y_dim], da.sizes[x_dim])
+    if da.sizes[time_dim] < input_steps + steps:
+        raise DimensionError(f"The snow-state baseline is fitted on the history: it needs at least "
+                             f"{input_steps + steps} periods, the series has {da.sizes[time_dim]}.")
+
+    def fit_and_forecast(values: np.ndarray) -> np.ndarray:
+        from glacierxr.ml.patches import PatchSequences
+        from glacierxr.ml.snowstate import fit_for
+
+        cube = da.copy(data=values)
+        history = PatchSequences(cube, input_steps=input_steps, target_steps=steps, patch=side, stride=side,
+                                 val_fraction=0.0, test_fraction=0.0, time_dim=time_dim, y_dim=y_dim, x_dim=x_dim)
+        model = fit_for(history, required="A residual on 'snow_state'")
+        return model.forecast(values.shape[0] - 1, steps).astype(np.float32)
+
+    import dask
+    import dask.array as dsa
+
+    shape = (steps, da.sizes[y_dim], da.sizes[x_dim])
+    if dask.is_dask_collection(da.data):
+        forecast = dsa.from_delayed(dask.delayed(fit_and_forecast)(da.data), shape=shape, dtype=np.float32)
+    else:
+        forecast = fit_and_forecast(np.asarray(da.data))
+    return xr.DataArray(forecast, dims=(time_dim, y_dim, x_dim), coords={y_dim: da[y_dim], x_dim: da[x_dim]})
 
 
 def _lazy_damping(da, clim, period: int, time_dim: str):
