@@ -36,3 +36,15 @@ def test_fit_observation__recovers_offset_and_per_pixel_coefficients(skill):
     np.testing.assert_allclose(b[inner], beta[inner], atol=0.02)
     np.testing.assert_allclose(g[inner], gamma[inner], atol=0.02)
     np.testing.assert_allclose(a[inner], alpha[inner], atol=0.02)
+
+
+def test_persistence__is_the_lag_1_autocorrelation_of_an_ar1_generator(skill):
+    rng = np.random.default_rng(1)
+    phi, months = np.array([[0.0, 0.6]]), 4000  # a pixel without memory, one with
+    series = np.zeros((months, 1, 2))
+    for t in range(1, months):
+        series[t] = phi * series[t - 1] + rng.standard_normal((1, 2))
+    series[:, 0, 0] *= 0.01  # the memoryless pixel carries little of the variance
+    assert skill._persistence(series[:-1], series[1:]) == pytest.approx(0.6, abs=0.04)
+    series[:, 0, 1] = 0.0  # only the memoryless pixel left
+    assert abs(skill._persistence(series[:-1], series[1:])) < 0.06
