@@ -114,7 +114,9 @@ class PatchConfig:
 
 #: Baselines a model trained by ``glacierxr train`` can forecast a residual on, and the context
 #: it can be shown (:mod:`glacierxr.ml.models.residual`; a test pins them to its names).
-MODEL_RESIDUALS = ("none", "climatology", "anomaly_persistence", "snow_state")
+#: ``"auto"``: ``"snow_state"`` where the training periods are enough for the snow-state model
+#: (at least 12), else ``"anomaly_persistence"`` (:func:`glacierxr.pipeline.resolve_residual`).
+MODEL_RESIDUALS = ("auto", "none", "climatology", "anomaly_persistence", "snow_state")
 MODEL_CONTEXTS = ("climatology", "scene_anomaly")
 
 
@@ -127,13 +129,14 @@ DEFAULT_CONTEXT = ("climatology", "scene_anomaly")
 class ModelConfig:
     """A model of the registry, its constructor keywords (any extra key goes to the model), and
     the baseline it forecasts a residual on (``residual``, with ``context``; ``"none"``: the
-    plain model). By default a model forecasts a correction to damped anomaly persistence and
-    sees the climatology and the scene-wide anomaly (``context`` left out: those two, or none
-    with ``residual = "none"``)."""
+    plain model). By default (``"auto"``) a model forecasts a correction to the snow-state model
+    where the series is long enough for it, else to damped anomaly persistence, and sees the
+    climatology and the scene-wide anomaly (``context`` left out: those two, or none with
+    ``residual = "none"``)."""
 
     name: str = "convlstm"
     params: dict[str, Any] = field(default_factory=dict)
-    residual: str = "anomaly_persistence"
+    residual: str = "auto"
     context: list[str] | None = None
 
     def __post_init__(self) -> None:

@@ -563,6 +563,7 @@ def _train(composites: xr.DataArray, config: RunConfig, size: DemoSize, out: Pat
     )
     pooled = baselines[baselines["lead"].astype(str) == "all"].set_index("model")["mse"]
     facts = {
+        "residual": getattr(model, "baseline", "none"),  # what "auto" became for this series
         "epochs": len(history),
         "best_epoch": int(history.attrs.get("best_epoch", len(history))),
         "best_loss": float(history.attrs.get("best_loss", np.nan)),
@@ -789,7 +790,7 @@ def _training_lines(config: RunConfig, facts: dict) -> list[str]:
         *_section("5. Training", "learning curve", "learning_curve.png"),
         f"A ConvLSTM ({tr['parameters']:,} parameters, hidden channels "
         f"{list(size.hidden_channels)}) learned to map 4 composites to the next 4"
-        f"{_residual_words(config)} on "
+        f"{_residual_words(config, tr.get('residual', config.model.residual))} on "
         f"{config.patches.patch} × {config.patches.patch} px patches (stride {config.patches.stride}) "
         f"with a temporal split: periods {_range(ranges.get('train'))} for training "
         f"({sequences['train']} sequences), {_range(ranges.get('val'))} for validation "
@@ -810,16 +811,18 @@ def _training_lines(config: RunConfig, facts: dict) -> list[str]:
     ]
 
 
-def _residual_words(config: RunConfig) -> str:
-    """How the model forecasts (``[model] residual``), in words."""
+def _residual_words(config: RunConfig, residual: str) -> str:
+    """How the model forecasts (``residual``: the baseline it was trained on, from ``[model] residual``), in words."""
     m = config.model
-    if m.residual == "none":
+    if residual == "none":
         return ""
-    base = "damped anomaly persistence" if m.residual == "anomaly_persistence" else "the climatology"
+    base = {"anomaly_persistence": "damped anomaly persistence", "climatology": "the climatology",
+            "snow_state": "the snow-state model of section 7"}[residual]
+    setting = f"`[model] residual = \"{m.residual}\"`" + (f", here `{residual}`" if m.residual != residual else "")
     shown = {"climatology": "the climatology of the input and target seasons",
              "scene_anomaly": "the scene-wide anomaly of each input period"}
     context = f", shown {' and '.join(shown[c] for c in m.context)} besides its patch" if m.context else ""
-    return (f" as a correction to {base} (`[model] residual = \"{m.residual}\"`: it starts from that "
+    return (f" as a correction to {base} ({setting}: it starts from that "
             f"forecast and learns what it misses{context})")
 
 

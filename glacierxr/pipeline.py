@@ -7,6 +7,7 @@ Outputs record the configuration and package versions that made them.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import platform
@@ -34,6 +35,7 @@ __all__ = [
     "open_composites",
     "make_sequences",
     "train",
+    "resolve_residual",
     "forecast",
     "evaluate_run",
     "snow_state_others",
@@ -325,7 +327,11 @@ def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, i
 
     torch.manual_seed(config.train.seed)  # the initial weights, so that a run repeats exactly
     windows = functools.cache(lambda split: _window_arrays(sequences, split))  # each split read once
-    model = load_model(init_checkpoint) if init_checkpoint is not None else _new_model(config, windows)
+    if init_checkpoint is None:
+        config = resolve_residual(config, sequences)  # "auto" -> what the series supports, recorded as such
+        model = _new_model(config, windows)
+    else:
+        model = load_model(init_checkpoint)
     train_data, validation = _training_data(sequences, model, windows)
     t = config.train
     trainer = Trainer(
@@ -358,6 +364,27 @@ def _window_arrays(sequences, split: str) -> dict:
     from glacierxr.evaluate import window_arrays
 
     return window_arrays(sequences, split=split)
+
+
+def resolve_residual(config: RunConfig, sequences) -> RunConfig:
+    """``config`` with ``[model] residual = "auto"`` made concrete for ``sequences``.
+
+    ``"snow_state"`` where its training periods are enough for the snow-state model (at least 12:
+    :func:`glacierxr.ml.snowstate.fit_for`) and the cube is small enough to fit it beside the run
+    (:func:`snow_state_others`' limit), else ``"anomaly_persistence"``. The snow-state residual
+    measured better in ``benchmarks/skill.py`` (every seed and the real series, chosen on val) and
+    on the demo (see docs/benchmarks.md). Any other setting is returned unchanged.
+    """
+    if config.model.residual != "auto":
+        return config
+    from glacierxr.evaluate import train_periods
+    from glacierxr.ml.snowstate import MIN_BINS, PERIODS_PER_BIN
+
+    enough = (train_periods(sequences).size >= MIN_BINS * PERIODS_PER_BIN
+              and sequences.data.size <= _SNOW_STATE_MAX_VALUES)
+    resolved = copy.deepcopy(config)
+    resolved.model.residual = "snow_state" if enough else "anomaly_persistence"
+    return resolved
 
 
 def _new_model(config: RunConfig, windows):

@@ -244,17 +244,36 @@ def test_residual__on_the_snow_state_model_through_train_evaluate_and_a_lazy_pre
         pipeline.train(da.isel(time=slice(0, 26)), config, tmp_path / "short", progress=False)
 
 
+def test_residual__auto_is_the_snow_state_model_where_the_series_supports_it(tmp_path, one_torch_thread):
+    from glacierxr import pipeline
+    from glacierxr.config import RunConfig
+    from glacierxr.ml.checkpoint import load_model
+
+    config = RunConfig.from_dict({"model": {"name": "convlstm", "hidden_channels": [2]},
+                                  "patches": {"patch": 12, "stride": 6}, "train": {"max_epochs": 1, "batch_size": 8}})
+    assert config.model.residual == "auto"
+    long, short = _quarterly(), _quarterly().isel(time=slice(0, 26))  # 33 and 10 training periods
+    assert pipeline.resolve_residual(config, pipeline.make_sequences(long, config)).model.residual == "snow_state"
+    assert pipeline.resolve_residual(config, pipeline.make_sequences(short, config)).model.residual == "anomaly_persistence"
+    assert config.model.residual == "auto"  # the caller's config is not changed
+    explicit = RunConfig.from_dict({"model": {"residual": "climatology"}, "patches": {"patch": 12, "stride": 6}})
+    assert pipeline.resolve_residual(explicit, pipeline.make_sequences(long, explicit)) is explicit
+    pipeline.train(short, config, tmp_path / "run", progress=False)  # a short series still trains
+    assert load_model(tmp_path / "run" / "model.pt").baseline == "anomaly_persistence"
+    assert RunConfig.from_toml(tmp_path / "run" / "config.toml").model.residual == "anomaly_persistence"  # as run
+
+
 def test_residual__config_refuses_bad_residual_options():
     from glacierxr.config import MODEL_CONTEXTS, MODEL_RESIDUALS, RunConfig
     from glacierxr.ml.models.residual import CONTEXTS, RESIDUAL_BASELINES
 
-    assert set(MODEL_RESIDUALS) <= set(RESIDUAL_BASELINES) and MODEL_CONTEXTS == CONTEXTS
+    assert set(MODEL_RESIDUALS) - {"auto"} <= set(RESIDUAL_BASELINES) and MODEL_CONTEXTS == CONTEXTS
     with pytest.raises(ConfigError, match="residual"):
         RunConfig.from_dict({"model": {"residual": "persistence"}})
     with pytest.raises(ConfigError, match="needs a residual"):
         RunConfig.from_dict({"model": {"residual": "none", "context": ["climatology"]}})
     default = RunConfig.from_dict({}).model  # measured better than the plain model (docs/benchmarks.md)
-    assert (default.residual, default.context) == ("anomaly_persistence", ["climatology", "scene_anomaly"])
+    assert (default.residual, default.context) == ("auto", ["climatology", "scene_anomaly"])
     assert RunConfig.from_dict({"model": {"residual": "none"}}).model.context == []
     again = RunConfig.from_dict(RunConfig.from_dict({"model": {"residual": "climatology"}}).to_dict()).model
     assert (again.residual, again.context) == ("climatology", ["climatology", "scene_anomaly"])
