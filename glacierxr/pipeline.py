@@ -469,8 +469,8 @@ def evaluate_run(composites: xr.DataArray, model, config: RunConfig, *, split: s
     return evaluate(model, sequences, split=split, others=snow_state_others(sequences, split))
 
 
-#: Largest cube (values) the snow-state model is fitted on beside a run: it holds the cube in
-#: memory twice (float32), about 1.6 GB here.
+#: Largest cube (values) the snow-state model is fitted on beside a run: fitting peaks at about
+#: three times the cube (float32; benchmarks/snowstate.py), about 2.4 GB here.
 _SNOW_STATE_MAX_VALUES = 200_000_000
 
 

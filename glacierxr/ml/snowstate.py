@@ -40,7 +40,9 @@ The forecast is ``mean over members of g_p(z⁻¹(ẑ(t + k) + e)) + l_p(t) + da
 (value_p(t) − g_p(S(t)) − l_p(t))``, clipped to the variable's valid range.
 
 Memory: the whole cube is read once (``(time, y, x)`` float32); the model keeps the residuals
-(the same size) and ``bins`` frames of response.
+(the same size, float32) and ``bins`` frames of response. Fitting works frame by frame and in
+blocks of rows: it peaks at about three times the cube (measured on 58 million values by
+``benchmarks/snowstate.py``; the earlier whole-cube version peaked at thirteen).
 
 Examples
 --------
@@ -131,7 +133,7 @@ class SnowStateModel:
         sequences : glacierxr.ml.PatchSequences
             Its cube is read whole; the periods its ``train`` windows cover are the training data.
         """
-        from glacierxr.evaluate import _observed, climatology, period_of_year, scene_mean, steps_per_year, train_periods
+        from glacierxr.evaluate import _observed, climatology, period_of_year, steps_per_year, train_periods
 
         layout = sequences._layout
         time_dim = layout.dims[0]
@@ -145,40 +147,54 @@ class SnowStateModel:
         values = _observed(layout, np.arange(len(self.times_)), np.float32)  # the one read of the cube
         training = sequences.data.transpose(*layout.dims).isel({time_dim: train}).copy(data=values[train])
         clim = climatology(training, period=period, time_dim=time_dim).transpose("period_of_year", ...).to_numpy()
-        departures = values - clim[self._phase]
-        self.state_pixels_ = _untrended(departures[train], train, self.trend_t)
+        self.state_pixels_ = _trend_free(values, clim, self._phase, train, self.trend_t)
         if not self.state_pixels_.any():  # every pixel trends: a state of the whole scene beats none
             self.state_pixels_[:] = True
-        outside = ~self.state_pixels_
-        state = scene_mean(np.where(outside, np.nan, clim))[self._phase] + scene_mean(np.where(outside, np.nan, departures))
-        self._fit_response(state[train], values[train])
+        state = self._state(values, clim)
+        self._fit_response(state[train], values, train)
         self._probit = bool(0.0 <= state[train].min() and state[train].max() <= 1.0)
         anomaly = self._anomaly(state, train, period)
         issues = np.unique(layout.decompose(layout.split_ids["train"])[0]) + sequences.input_steps - 1
         self._fit_regression(anomaly, issues, sequences.target_steps)
         self._anomaly_series = anomaly
-        self._residual = values - self.response(state)  # the cube itself is not kept
-        steps = np.diff(self._residual[train], axis=0)[np.diff(train) == 1]  # consecutive training periods
-        self._noise = np.nan_to_num(0.5 * _nanmean(steps**2))  # per pixel; a level shift counts once
+        self._residual = np.empty(values.shape, np.float32)  # kept instead of the cube
+        for t in range(len(values)):  # frame by frame: memory stays a few times the cube
+            self._residual[t] = values[t] - self.response(state[t : t + 1])[0]
+        del values
+        self._noise = self._fit_noise(train)
         self.damping_ = self._fit_damping(issues)
         self.bounds_ = valid_range(sequences.data)
         self._fitted = (layout.data.shape, sequences.target_steps)
         self._data, self._dims = sequences.data, tuple(layout.dims)
         return self
 
-    def _fit_response(self, state: np.ndarray, values: np.ndarray) -> None:
-        """Per-pixel mean of ``values`` in quantile bins of ``state`` (bins without data merged),
-        made non-decreasing in the state with ``monotone``."""
+    def _state(self, values: np.ndarray, clim: np.ndarray) -> np.ndarray:
+        """``S(t)``: the climatology's mean plus the mean departure, over the state pixels that are
+        observed (a frame without any: its climatology's mean), frame by frame."""
+        pixels = self.state_pixels_
+        clim_mean = np.array([_finite_mean(c[pixels]) for c in clim])
+        departure = np.array([_finite_mean(values[t][pixels] - clim[phase][pixels])
+                              for t, phase in enumerate(self._phase)])
+        return clim_mean[self._phase] + departure
+
+    def _fit_response(self, state: np.ndarray, values: np.ndarray, train: np.ndarray) -> None:
+        """Per-pixel mean of ``values`` (at the periods ``train``, whose states are ``state``) in
+        quantile bins of the state (bins without data merged), made non-decreasing in the state
+        with ``monotone``."""
         edges = np.quantile(state, np.linspace(0.0, 1.0, self.bins + 1))
         which = np.clip(np.searchsorted(edges, state, side="right") - 1, 0, self.bins - 1)
         used = np.unique(which)
         self.centers_ = np.array([state[which == b].mean() for b in used])
-        response = np.stack([_nanmean(values[which == b]) for b in used])
-        counts = np.stack([np.isfinite(values[which == b]).sum(axis=0) for b in used])
+        response = np.stack([_nanmean(values[train[which == b]]) for b in used])
+        counts = np.stack([np.isfinite(values[train[which == b]]).sum(axis=0) for b in used])
         keep = np.concatenate([[True], np.diff(self.centers_) > 0])  # equal centres: one bin
         self.centers_, response, counts = self.centers_[keep], response[keep], counts[keep]
         fallback = _nanmean(response)  # a pixel never seen in a bin: its mean over the others
-        fallback = np.where(np.isfinite(fallback), fallback, np.nanmean(values) if np.isfinite(values).any() else 0.0)
+        if not np.isfinite(fallback).all():  # a pixel never seen at all: the mean of every training value
+            sums = np.array([(np.sum(values[t], where=np.isfinite(values[t]), dtype=np.float64),
+                              np.isfinite(values[t]).sum()) for t in train])
+            fallback = np.where(np.isfinite(fallback), fallback, sums[:, 0].sum() / sums[:, 1].sum()
+                                if sums[:, 1].sum() else 0.0)
         response = np.where(np.isfinite(response), response, fallback)
         if self.monotone:
             response = _isotonic(response, counts)
@@ -243,16 +259,29 @@ class SnowStateModel:
         """The residual at ``t`` minus ``level`` (its local level at ``t``); 0 where unobserved."""
         return np.nan_to_num(self._residual[t] - level)
 
-    def _fit_damping(self, issues: np.ndarray) -> float:
-        from glacierxr.evaluate import fit_damping
+    def _fit_noise(self, train: np.ndarray) -> np.ndarray:
+        """Per pixel, half the mean squared change of the residual between consecutive training
+        periods (a level shift counts once); 0 where no pair is observed."""
+        total = np.zeros(self._residual.shape[1:])
+        count = np.zeros(self._residual.shape[1:])
+        for t in train[:-1][np.diff(train) == 1]:
+            change = self._residual[t + 1].astype(np.float64) - self._residual[t]
+            observed = np.isfinite(change)
+            total += np.where(observed, change**2, 0.0)
+            count += observed
+        return np.where(count > 0, 0.5 * total / np.maximum(count, 1), 0.0)
 
-        issues = issues[issues + 1 < len(self.times_)]
-        if not issues.size:
-            return 0.0
-        levels = [self._level(t) for t in issues]
-        now = np.stack([self._departure(t, level) for t, level in zip(issues, levels)])
-        after = np.stack([self._residual[t + 1] - level for t, level in zip(issues, levels)])
-        return fit_damping(np.stack([now, after]))
+    def _fit_damping(self, issues: np.ndarray) -> float:
+        """Lag-1 least squares of the departure from the local level (as
+        :func:`glacierxr.evaluate.fit_damping`), summed issue by issue."""
+        numerator = denominator = 0.0
+        for t in issues[issues + 1 < len(self.times_)]:
+            level = self._level(t)
+            now, after = self._departure(t, level), self._residual[t + 1] - level
+            pair = np.isfinite(now) & np.isfinite(after)
+            numerator += float(np.sum(now * after, where=pair))
+            denominator += float(np.sum(now * now, where=pair))
+        return float(np.clip(numerator / denominator, 0.0, 1.0)) if denominator > 0 else 0.0
 
     # ---------------------------------------------------------------- forecasting
     def forecast(self, issue: int, steps: int | None = None) -> np.ndarray:
@@ -395,6 +424,26 @@ def _isotonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
         lowest = np.minimum.accumulate(means[::-1], axis=0)[::-1]  # min over k >= i, for i = j, j+1, …
         fit[j:] = np.maximum(fit[j:], lowest)
     return fit
+
+
+def _trend_free(values: np.ndarray, clim: np.ndarray, phase: np.ndarray, train: np.ndarray,
+                t_max: float | None, block_values: int = 1_000_000) -> np.ndarray:
+    """:func:`_untrended` of the departures ``values - clim[phase]`` at the periods ``train``,
+    computed over blocks of rows (about ``block_values`` values each), so memory stays small."""
+    height, width = values.shape[1:]
+    rows = max(1, block_values // max(1, train.size * width))
+    out = np.ones((height, width), bool)
+    for top in range(0, height, rows):
+        band = slice(top, top + rows)
+        out[band] = _untrended(values[train, band] - clim[phase[train], band], train, t_max)
+    return out
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite values (float64), 0 when there is none."""
+    finite = np.isfinite(values)
+    count = int(finite.sum())
+    return float(np.sum(values, where=finite, dtype=np.float64)) / count if count else 0.0
 
 
 def _untrended(departures: np.ndarray, positions: np.ndarray, t_max: float | None) -> np.ndarray:

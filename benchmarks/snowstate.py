@@ -1,0 +1,87 @@
+"""Benchmark: what fitting the snow-state model costs, beside the baseline it is compared with.
+
+On one synthetic cube of monthly snow masks (a snow line with memory over a sloping scene, 10 %
+of the values missing), measured in one run:
+
+* ``fit_peak_memory``: the peak of memory allocated while
+  :meth:`glacierxr.ml.snowstate.SnowStateModel.fit` runs (``tracemalloc``, which sees NumPy's
+  allocations), against the size of the cube itself (float32): ratio = how many cubes it holds
+  at its peak;
+* ``fit_seconds``: its wall time against fitting damped anomaly persistence on the same training
+  periods (:func:`glacierxr.evaluate.climatology` + :func:`glacierxr.evaluate.fit_damping`, read
+  from the same array): ratio = what the snow-state model costs beyond the strongest naive
+  baseline.
+
+``--quick``: 120 months of 100 x 100 px; full size: 360 months of 400 x 400 px (58 million
+values, 220 MiB). Prints one JSON object per line (``benchmarks/run.py`` collects them).
+
+    python benchmarks/snowstate.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import tracemalloc
+
+import numpy as np
+
+
+def emit(metric: str, value, unit: str, **extra) -> None:
+    print(json.dumps({"benchmark": "snowstate", "metric": metric, "value": value, "unit": unit, **extra}), flush=True)
+
+
+def cube(months: int, size: int):
+    from glacierxr.testing import make_series
+
+    rng = np.random.default_rng(0)
+    anomaly = np.zeros(months)
+    for t in range(1, months):  # a snow-line anomaly (m) that lasts a few months
+        anomaly[t] = 0.8 * anomaly[t - 1] + 90.0 * rng.standard_normal()
+    line = 2000.0 + 400.0 * np.cos(2 * np.pi * (np.arange(months) % 12 - 7) / 12) + anomaly
+    height = 1400.0 + 1200.0 * np.arange(size)[:, None] / size + 300.0 * np.arange(size)[None, :] / size
+    values = (height[None] > line[:, None, None]).astype(np.float32)
+    values[rng.random(values.shape) < 0.1] = np.nan  # clouds
+    return make_series(values, freq="MS")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    months, size = (120, 100) if args.quick else (360, 400)
+
+    from glacierxr.evaluate import climatology, fit_damping, period_of_year, train_periods
+    from glacierxr.ml import PatchSequences
+    from glacierxr.ml.snowstate import SnowStateModel
+
+    da = cube(months, size)
+    sequences = PatchSequences(da, patch=50, stride=50, test_fraction=0.25)
+    cube_bytes = da.size * 4
+    shape = f"{months} x {size} x {size}"
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    SnowStateModel().fit(sequences)
+    seconds = time.perf_counter() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    emit("fit_peak_memory", round(peak / 2**20, 1), "MiB", baseline="the cube (float32)",
+         baseline_value=round(cube_bytes / 2**20, 1), ratio=round(peak / cube_bytes, 2),
+         note=f"SnowStateModel().fit on {shape} monthly snow masks")
+
+    started = time.perf_counter()
+    train = train_periods(sequences)
+    values = da.isel(time=train)
+    clim = climatology(values, period=12)
+    phase = period_of_year(values["time"].to_index(), 12)
+    fit_damping(values.to_numpy() - clim.to_numpy()[phase])
+    reference = time.perf_counter() - started
+    emit("fit_seconds", round(seconds, 2), "s", baseline="damped anomaly persistence (climatology + damping)",
+         baseline_value=round(reference, 2), ratio=round(seconds / reference, 2),
+         note=f"SnowStateModel().fit on {shape}")
+
+
+if __name__ == "__main__":
+    main()
