@@ -12,8 +12,8 @@ of the values missing), measured in one run:
   from the same array): ratio = what the snow-state model costs beyond the strongest naive
   baseline.
 
-``--quick``: 120 months of 100 x 100 px; full size: 360 months of 400 x 400 px (58 million
-values, 220 MiB). Prints one JSON object per line (``benchmarks/run.py`` collects them).
+``--quick``: 240 months of 300 x 300 px (22 million values); full size: 360 months of
+400 x 400 px (58 million values, 220 MiB). Prints one JSON object per line (``benchmarks/run.py`` collects them).
 
     python benchmarks/snowstate.py --quick
 """
@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    months, size = (120, 100) if args.quick else (360, 400)
+    months, size = (240, 300) if args.quick else (360, 400)
 
     from glacierxr.evaluate import climatology, fit_damping, period_of_year, train_periods
     from glacierxr.ml import PatchSequences
