@@ -61,6 +61,8 @@ __all__ = [
     "anomaly_persistence",
     "fit_damping",
     "damping_of",
+    "damping_sums",
+    "damping_from_sums",
     "best_baseline",
     "window_arrays",
     "train_periods",
@@ -566,10 +568,23 @@ def fit_damping(anomalies, *, time_dim: str = "time") -> float:
 def damping_of(anomalies):
     """:func:`fit_damping`'s value for a NumPy or Dask ``(time, …)`` array, as a 0-d array of the
     same kind (lazy for Dask: nothing is read until it is computed)."""
-    now, after = anomalies[:-1], anomalies[1:]
+    return damping_from_sums(*damping_sums(anomalies[:-1], anomalies[1:]))
+
+
+def damping_sums(now, after):
+    """``(Σ now·after, Σ now²)`` over the elements where both are finite, float64 (NumPy or Dask).
+
+    The two sums of :func:`fit_damping`'s least squares; sums of several pieces (a series read
+    frame by frame) add up to those of the whole, and :func:`damping_from_sums` turns them into
+    the damping.
+    """
     ok = np.isfinite(now) & np.isfinite(after)  # np.where and sum dispatch to Dask
-    numerator = np.where(ok, now * after, 0.0).sum(dtype=np.float64)
-    denominator = np.where(ok, now * now, 0.0).sum(dtype=np.float64)
+    return (np.where(ok, now * after, 0.0).sum(dtype=np.float64),
+            np.where(ok, now * now, 0.0).sum(dtype=np.float64))
+
+
+def damping_from_sums(numerator, denominator):
+    """``numerator / denominator`` clipped to [0, 1]; 0 where ``denominator`` is 0 (no pair)."""
     return np.where(denominator > 0, np.clip(numerator / np.where(denominator > 0, denominator, 1.0), 0.0, 1.0), 0.0)
 
 

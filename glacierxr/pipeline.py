@@ -417,14 +417,14 @@ def _training_data(sequences, model, windows):
     splits = {s: sequences.split(s) for s in ("train", "val")}
     if not _is_residual(model):
         return splits["train"], splits["val"] if len(splits["val"]) else None
-    from glacierxr.ml.models.residual import residual_dataset
+    from glacierxr.ml.models.residual import residual_dataset, window_inputs
+    from glacierxr.ml.snowstate import fit_for
 
-    arrays = {s: windows(s) for s in splits if len(splits[s])}
-    if model.baseline == "snow_state":  # its forecasts, from one model fitted on the training periods
-        from glacierxr.ml.snowstate import fit_for
-
+    snow_state = None  # one snow-state model, fitted on the training periods, for both splits
+    if model.baseline == "snow_state":
         snow_state = fit_for(sequences, required="[model] residual = \"snow_state\"")
-        arrays = {s: {**a, "snow_state": snow_state.window_forecasts(sequences, s)} for s, a in arrays.items()}
+    arrays = {s: window_inputs(sequences, s, model.baseline, snow_state=snow_state, arrays=windows(s))
+              for s in splits if len(splits[s])}
     return tuple(residual_dataset(arrays[s], model.baseline, model.scale, offset=model.offset, context=model.context)
                  if s in arrays else None for s in ("train", "val"))
 

@@ -250,6 +250,21 @@ def test_fit_damping_and_anomaly_persistence__hand_computed():
     np.testing.assert_allclose(forecast, [[0.6 + 0.5 * 0.4, 0.1 + 0.25 * 0.4]])
 
 
+
+def test_damping_sums__pieces_add_up_to_the_whole_series_like_a_plain_lag1_fit():
+    rng = np.random.default_rng(2)
+    series = rng.standard_normal((12, 5, 4))
+    for t in range(1, 12):  # AR(1), phi 0.6
+        series[t] += 0.6 * series[t - 1]
+    series[3, 1:3] = np.nan
+    now, after = series[:-1].ravel(), series[1:].ravel()
+    ok = np.isfinite(now) & np.isfinite(after)
+    reference = np.clip(np.dot(now[ok], after[ok]) / np.dot(now[ok], now[ok]), 0.0, 1.0)  # plain least squares
+    pieces = sum(np.array(ev.damping_sums(series[t], series[t + 1])) for t in range(11))  # frame by frame
+    assert float(ev.damping_from_sums(*pieces)) == pytest.approx(reference)
+    assert ev.fit_damping(series) == pytest.approx(reference)
+    assert float(ev.damping_from_sums(0.0, 0.0)) == 0.0
+
 def test_evaluate__anomaly_persistence_matches_a_hand_computation_and_is_the_best_baseline():
     from glacierxr.ml import PatchSequences
 

@@ -274,14 +274,13 @@ class SnowStateModel:
     def _fit_damping(self, issues: np.ndarray) -> float:
         """Lag-1 least squares of the departure from the local level (as
         :func:`glacierxr.evaluate.fit_damping`), summed issue by issue."""
-        numerator = denominator = 0.0
+        from glacierxr.evaluate import damping_from_sums, damping_sums
+
+        sums = np.zeros(2)
         for t in issues[issues + 1 < len(self.times_)]:
             level = self._level(t)
-            now, after = self._departure(t, level), self._residual[t + 1] - level
-            pair = np.isfinite(now) & np.isfinite(after)
-            numerator += float(np.sum(now * after, where=pair))
-            denominator += float(np.sum(now * now, where=pair))
-        return float(np.clip(numerator / denominator, 0.0, 1.0)) if denominator > 0 else 0.0
+            sums += damping_sums(self._departure(t, level), self._residual[t + 1] - level)
+        return float(damping_from_sums(*sums))
 
     # ---------------------------------------------------------------- forecasting
     def forecast(self, issue: int, steps: int | None = None) -> np.ndarray:

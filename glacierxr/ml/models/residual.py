@@ -213,16 +213,17 @@ def residual_dataset(arrays: dict, baseline: str, scale: float, *, offset: float
                          torch.from_numpy(valid[:, :, None].copy()))
 
 
-def window_inputs(sequences, split: str | None, baseline: str, *, snow_state=None) -> dict:
+def window_inputs(sequences, split: str | None, baseline: str, *, snow_state=None, arrays: dict | None = None) -> dict:
     """:func:`glacierxr.evaluate.window_arrays` of ``split``, with what a ``baseline`` residual reads.
 
     For ``"snow_state"`` the arrays also hold the snow-state forecasts of the windows, from
     ``snow_state`` (a fitted :class:`~glacierxr.ml.snowstate.SnowStateModel`) or from one sized
     and fitted on the training periods here (:func:`glacierxr.ml.snowstate.fit_for`).
+    ``arrays``: the split's window arrays when they were read already (they are not changed).
     """
     from glacierxr.evaluate import window_arrays
 
-    arrays = window_arrays(sequences, split=split)
+    arrays = dict(window_arrays(sequences, split=split) if arrays is None else arrays)
     if baseline == "snow_state":
         from glacierxr.ml.snowstate import fit_for
 
