@@ -12,7 +12,7 @@ Measured in one run, on the same frames:
   shift (+-2 px, cubic spline, 40 px border cropped), without and with 20 % of the pixels under
   cloud blobs.  Truth = applied shift plus, on the frames of the second scene, the pair's own
   offset on the rock measured by independent Lucas-Kanade tie points (the helpers of
-  ``tests/test_align.py``).  RMSE of recovered minus true shifts after removing the common
+  ``tests/references.py``).  RMSE of recovered minus true shifts after removing the common
   offset; baseline = the previous default.  ``coreg_yahtse_rmse_applied_only`` is the same
   against the applied shifts alone (what issue 11 first measured: it includes half the pair's
   real offset, whatever the method).
@@ -52,9 +52,9 @@ def emit(benchmark: str, metric: str, value, unit: str, **extra) -> None:
 
 
 def rmse(out, truth) -> float:
-    from test_align import _residual_rmse
+    from references import residual_rmse
 
-    return round(_residual_rmse(out, truth), 4)
+    return round(residual_rmse(out, truth), 4)
 
 
 def yahtse_frames(crop, cloud: float):
@@ -62,7 +62,7 @@ def yahtse_frames(crop, cloud: float):
     import pandas as pd
     import scipy.ndimage as ndi
     import xarray as xr
-    from test_align import cloud_blobs, yahtse_tie_points
+    from references import cloud_blobs, yahtse_tie_points
     from yahtse_data import read_yahtse
 
     pair = read_yahtse(SHARED).isel(y=crop[0], x=crop[1])
@@ -116,15 +116,15 @@ def bench_yahtse(crop, repeats: int) -> None:
 def bench_sample(name: str, **sample) -> None:
     import glacierxr as gx
     from glacierxr.align import align
-    from test_align import _shift_rmse
+    from references import shift_rmse
 
     with tempfile.TemporaryDirectory() as directory:
         catalog = gx.sample.write_catalog(directory, seed=0, start="2018-01-01", end="2020-01-01", **sample)
         items = gx.search(datetime=None, max_cloud=20, catalog=catalog)
         snow = (gx.load(items, resolution=30).glacier.mask(max_missing=0.5).glacier.ndsi()
                 .glacier.snow_mask().glacier.fill_gaps().chunk({"y": -1, "x": -1}).compute())
-        new = round(_shift_rmse(align(snow).compute(), catalog), 4)
-        old = round(_shift_rmse(align(snow, **PREVIOUS_DEFAULT).compute(), catalog), 4)
+        new = round(shift_rmse(align(snow).compute(), catalog), 4)
+        old = round(shift_rmse(align(snow, **PREVIOUS_DEFAULT).compute(), catalog), 4)
     emit(name, "rmse", new, "px", baseline="previous default (auto_stable=False)", baseline_value=old,
          scenes=int(snow.sizes["time"]), **sample)
 

@@ -82,7 +82,7 @@ def gapfill(workdir: Path) -> None:
 
 def docs(workdir: Path) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_docs import blocks  # the same extraction the tests use
+    from docblocks import blocks  # the same extraction the tests use
 
     for page in (ROOT / "README.md", ROOT / "docs" / "index.md"):
         folder = workdir / page.stem

@@ -11,7 +11,7 @@ Measured in one run, on the same pairs:
   Target: ratio to the bare loop <= 1.2.
 * ``yahtse_speed_ratio`` / ``yahtse_direction_deg``: median speed of flow over that of a plain
   NCC reference (48 px chips, +-24 px, parabolic peak, correlation >= 0.5, neighbour-consistent;
-  the reference of ``tests/test_flow.py``) on the terminus tongue (rows 680-960, columns
+  the reference of ``tests/references.py``) on the terminus tongue (rows 680-960, columns
   880-1060), and the angle between the median vectors; baseline = Farnebäck's.
 * ``yahtse_speed_ratio_prefilter_*`` (full mode): the same speed ratio without prefilter and
   with a plain high-pass, against the default Wallis filter.
@@ -111,7 +111,7 @@ def speed_rows(name: str, cube) -> object:
 def yahtse_rows(*, prefilters: bool) -> None:
     from glacierxr.flow import flow
     from yahtse_data import read_yahtse
-    from test_flow import neighbour_consistent, reference_ncc
+    from references import neighbour_consistent, reference_ncc
 
     cube = read_yahtse(SHARED)
     ours, farneback = speed_rows("yahtse", cube)
@@ -156,7 +156,7 @@ def yahtse_rows(*, prefilters: bool) -> None:
 def sample_pair(directory: Path, size: int):
     """The clearest consecutive pair of a summer of the sample, green band, size x size px."""
     import glacierxr as gx
-    from test_align import load_sample
+    from references import load_sample
 
     catalog = gx.sample.write_catalog(directory, seed=0, width=size, height=size,
                                       start="2018-07-10", end="2018-09-25")
@@ -168,8 +168,8 @@ def sample_pair(directory: Path, size: int):
 
 def sample_truth_rows(directory: Path) -> None:
     import glacierxr as gx
-    from conftest import _stack_sample_cogs as stack  # the tests' reader of a sample's COGs (not glacierxr.load)
-    from test_flow import sample_errors
+    from references import sample_errors
+    from references import stack_sample_cogs as stack  # a sample's COGs read without glacierxr.load
 
     for kind in ("valley", "fast"):
         catalog = gx.sample.write_catalog(directory / kind, seed=0, width=256, height=256,

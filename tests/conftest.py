@@ -6,13 +6,10 @@ import os
 from pathlib import Path
 
 import dask
-import numpy as np
-import pandas as pd
 import pytest
 import xarray as xr
 
 import glacierxr as gx
-from glacierxr.landsat import SR_NODATA, SR_OFFSET, SR_SCALE
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GLACIERXR_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -50,35 +47,14 @@ def yahtse_pan(shared_data) -> xr.DataArray:
     return read_yahtse(shared_data)
 
 
-def _stack_sample_cogs(catalog) -> xr.Dataset:
-    """A sample catalog's COGs stacked with pystac and rioxarray, not with :func:`glacierxr.load`.
-
-    ``green`` and ``swir16`` as reflectance (NaN nodata), ``qa_pixel`` as stored, a per-time
-    ``id``: a load()-like cube that does not depend on the loader.
-    """
-    import pystac
-
-    rioxarray = pytest.importorskip("rioxarray")
-    items = sorted(pystac.read_file(str(catalog)).get_items(recursive=True), key=lambda i: i.datetime)
-
-    def band(key, scale):
-        arrays = []
-        for item in items:
-            raw = rioxarray.open_rasterio(item.assets[key].get_absolute_href()).squeeze("band", drop=True)
-            reflectance = raw.where(raw != SR_NODATA).astype(np.float32) * SR_SCALE + SR_OFFSET
-            arrays.append(reflectance if scale else raw)
-        return xr.concat(arrays, "time")
-
-    times = pd.DatetimeIndex([item.datetime.replace(tzinfo=None) for item in items])
-    cube = xr.Dataset({"green": band("green", True), "swir16": band("swir16", True),
-                       "qa_pixel": band("qa_pixel", False)})
-    return cube.assign_coords(time=times, id=("time", [item.id for item in items]))
-
-
 @pytest.fixture(scope="session")
 def stack_sample_cogs():
-    """``stack(catalog) -> xr.Dataset``: a sample catalog read without :func:`glacierxr.load`."""
-    return _stack_sample_cogs
+    """``stack(catalog) -> xr.Dataset``: a sample catalog read without :func:`glacierxr.load`
+    (:func:`references.stack_sample_cogs`)."""
+    pytest.importorskip("rioxarray")
+    from references import stack_sample_cogs
+
+    return stack_sample_cogs
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import glacierxr as gx
 from glacierxr.align import align
 from glacierxr.errors import ChunkingError, ConfigError, DataTypeError, DimensionError, GridError
 from glacierxr.testing import make_series, raise_if_dask_computes, smooth_texture
+from references import cloud_blobs, load_sample, residual_rmse, shift_rmse, yahtse_tie_points
 
 SIZE = 96
 
@@ -44,13 +45,6 @@ def shifted_cube(shifts, *, seed=0, holes=True, noise=0.02, chunks=None, size=SI
 SHIFTS = [(0.0, 0.0), (0.37, -0.81), (-1.25, 0.5), (2.1, 1.3), (-0.6, -1.9), (1.4, -0.2)]
 
 
-def _residual_rmse(out: xr.DataArray, truth: np.ndarray) -> float:
-    """RMSE of recovered minus true shifts after removing the common offset."""
-    error = np.stack([out.shift_x.values, out.shift_y.values], axis=1) - np.asarray(truth)
-    error -= error.mean(axis=0)
-    return float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
-
-
 # ------------------------------------------------------------------------------------------
 # known truth
 # ------------------------------------------------------------------------------------------
@@ -58,7 +52,7 @@ def test_align__recovers_known_subpixel_shifts_to_the_mean():
     out = align(shifted_cube(SHIFTS))
     assert out.align_method.values.tolist() == ["ecc"] * len(SHIFTS)
     assert out.converged.values.all()
-    assert _residual_rmse(out, SHIFTS) <= 0.1
+    assert residual_rmse(out, SHIFTS) <= 0.1
     # the reference is the mean image, which sits at the mean shift: the shifts average ~0
     assert abs(float(out.shift_x.mean())) < 0.15 and abs(float(out.shift_y.mean())) < 0.15
 
@@ -137,7 +131,7 @@ def test_align__any_small_shift_is_recovered(dx, dy, seed):
 def test_align__every_feature_image_recovers_shifts(feature):
     out = align(shifted_cube(SHIFTS), feature=feature)
     assert (out.align_method.values == "ecc").all()
-    assert _residual_rmse(out, SHIFTS) <= 0.1
+    assert residual_rmse(out, SHIFTS) <= 0.1
     assert out.attrs["align_feature"] == feature
 
 
@@ -176,11 +170,11 @@ def test_align__gap_filled_pixels_do_not_drive_the_estimate():
     used = align(cube, auto_stable=False)
     ignored = align(cube, observed=None, auto_stable=False)
     assert used.attrs["align_observed_mask"] and not ignored.attrs["align_observed_mask"]
-    assert _residual_rmse(used, SHIFTS) <= 0.05  # measured 0.019 px; ignoring observed: 0.15
-    assert _residual_rmse(used, SHIFTS) < 0.3 * _residual_rmse(ignored, SHIFTS)
+    assert residual_rmse(used, SHIFTS) <= 0.05  # measured 0.019 px; ignoring observed: 0.15
+    assert residual_rmse(used, SHIFTS) < 0.3 * residual_rmse(ignored, SHIFTS)
     # the automatic stable ground also leaves most interpolated pixels out (they change)
-    assert _residual_rmse(align(cube), SHIFTS) <= 0.05
-    assert _residual_rmse(align(cube, observed=None), SHIFTS) < 0.5 * _residual_rmse(ignored, SHIFTS)
+    assert residual_rmse(align(cube), SHIFTS) <= 0.05
+    assert residual_rmse(align(cube, observed=None), SHIFTS) < 0.5 * residual_rmse(ignored, SHIFTS)
 
 
 def test_align__observed_coordinate_is_warped_with_the_scene():
@@ -205,8 +199,8 @@ def test_align__second_pass_against_the_refined_mean_is_better():
     shifts = [(0.0, 0.0), (2.2, -1.8), (-2.0, 1.9), (1.7, 2.1), (-1.9, -2.2)]
     cube = shifted_cube(shifts, holes=False, seed=4)
     one, two = align(cube, passes=1), align(cube, passes=2)
-    assert _residual_rmse(two, shifts) <= 0.75 * _residual_rmse(one, shifts)  # 0.014 vs 0.029 px
-    assert _residual_rmse(two, shifts) <= 0.05
+    assert residual_rmse(two, shifts) <= 0.75 * residual_rmse(one, shifts)  # 0.014 vs 0.029 px
+    assert residual_rmse(two, shifts) <= 0.05
 
 
 # ------------------------------------------------------------------------------------------
@@ -342,7 +336,7 @@ def test_align__scene_with_too_little_stable_ground_is_flagged_not_shifted():
     assert out.shift_x.values[2] == 0.0 and out.shift_y.values[2] == 0.0
     np.testing.assert_array_equal(np.isfinite(out.values[2]), np.isfinite(cube.values[2]))
     good = np.delete(np.arange(len(SHIFTS)), 2)
-    assert _residual_rmse(out.isel(time=good), np.asarray(SHIFTS)[good]) <= 0.05
+    assert residual_rmse(out.isel(time=good), np.asarray(SHIFTS)[good]) <= 0.05
     # quality of the others: the share of the scene that drove the estimate, a small residual
     assert (out.stable_fraction.values[good] > 0.1).all()
     np.testing.assert_allclose(out.stable_fraction, out.stable_pixels / cube[0].size)
@@ -543,53 +537,6 @@ def test_align__real_yahtse_pair_is_misregistered_by_a_fraction_of_a_pixel(yahts
 YAHTSE_ALIGN_CROP = (slice(150, 1000), slice(250, 1450))
 
 
-def lucas_kanade_shift(reference: np.ndarray, image: np.ndarray, iterations: int = 20) -> np.ndarray:
-    """Content displacement (dx, dy) of ``image`` relative to ``reference`` (independent method).
-
-    Gauss-Newton on ``image(p + d) = gain * reference(p) + offset`` with cubic-spline
-    resampling (scipy), not OpenCV's ECC: a reference written here to check align against.
-    """
-    import scipy.ndimage as ndi
-
-    reference = reference.astype(np.float64)
-    grad_y, grad_x = np.gradient(reference)
-    inner = (slice(4, -4), slice(4, -4))
-    design = np.c_[grad_x[inner].ravel(), grad_y[inner].ravel(), reference[inner].ravel(),
-                   np.ones(reference[inner].size)]
-    shift = np.zeros(2)
-    for _ in range(iterations):
-        back = ndi.shift(image.astype(np.float64), (-shift[1], -shift[0]), order=3, mode="nearest")
-        coefficients = np.linalg.lstsq(design, back[inner].ravel(), rcond=None)[0]
-        step = -coefficients[:2] / coefficients[2]
-        shift += step
-        if np.hypot(*step) < 1e-4:
-            break
-    return shift
-
-
-def yahtse_tie_points(first: np.ndarray, second: np.ndarray, chip: int = 96, step: int = 48):
-    """Per-chip displacement of ``second`` relative to ``first`` and the robust offset of the rock.
-
-    Returns ``(chips, offset)``: rows ``(row, col, correlation, dx, dy)`` of every chip (the
-    correlation of the two scenes' raw values; dx, dy only where it is >= 0.9, texture that is
-    the same in both, else NaN), and the median displacement of those within 3 MAD of their
-    median (moving ice and changing snow are the outliers), AROSICS-style.
-    """
-    chips = []
-    for row in range(0, first.shape[0] - chip + 1, step):
-        for col in range(0, first.shape[1] - chip + 1, step):
-            a, b = first[row:row + chip, col:col + chip], second[row:row + chip, col:col + chip]
-            correlation = np.corrcoef(a.ravel(), b.ravel())[0, 1]
-            shift = lucas_kanade_shift(a, b) if correlation >= 0.9 else (np.nan, np.nan)
-            chips.append((row, col, correlation, *shift))
-    chips = np.array(chips)
-    matched = chips[chips[:, 2] >= 0.9, 3:]
-    median = np.median(matched, axis=0)
-    mad = 1.4826 * np.median(np.abs(matched - median), axis=0)
-    inliers = np.all(np.abs(matched - median) <= 3 * mad + 1e-3, axis=1)
-    return chips, np.median(matched[inliers], axis=0)
-
-
 @pytest.fixture(scope="module")
 def yahtse_alternating(yahtse_pan):
     """The two real scenes alternated six times, each displaced by a known random shift.
@@ -618,14 +565,6 @@ def yahtse_alternating(yahtse_pan):
     truth = applied.copy()
     truth[1::2] += offset
     return pair, cube, truth, offset, chips
-
-
-def cloud_blobs(shape, fraction: float, seed: int) -> np.ndarray:
-    """True on smooth random blobs covering ``fraction`` of the pixels."""
-    import scipy.ndimage as ndi
-
-    field = ndi.gaussian_filter(np.random.default_rng(seed).standard_normal(shape), 25)
-    return field > np.quantile(field, 1 - fraction)
 
 
 @pytest.mark.slow
@@ -659,11 +598,11 @@ def test_align__real_yahtse_moving_glacier_is_not_read_as_misregistration(yahtse
         lazy = align(cube.chunk({"time": 2}))
     out = lazy.compute()
     assert out.align_reliable.values.all() and (out.align_method.values == "ecc").all()
-    assert _residual_rmse(out, truth) <= tolerance
+    assert residual_rmse(out, truth) <= tolerance
     # against the applied shifts alone, what is left is half the pair's own offset
     applied = truth.copy()
     applied[1::2] -= offset
-    assert _residual_rmse(out, applied) <= np.hypot(*offset) / 2 + 0.02
+    assert residual_rmse(out, applied) <= np.hypot(*offset) / 2 + 0.02
     assert out.attrs["align_stable_flag"] == 2
     # the stable ground it found avoids what changed between the two scenes (moving ice,
     # water, snow): chips whose raw values hardly correlate (the chips are on the uncropped
@@ -679,24 +618,6 @@ def test_align__real_yahtse_moving_glacier_is_not_read_as_misregistration(yahtse
 # ------------------------------------------------------------------------------------------
 # the embedded sample: load -> mask -> ndsi -> align vs the ground truth
 # ------------------------------------------------------------------------------------------
-def load_sample(catalog) -> xr.Dataset:
-    """The sample catalog's items read with pystac and loaded with :func:`glacierxr.load`."""
-    import pystac
-
-    items = sorted(pystac.read_file(str(catalog)).get_items(recursive=True), key=lambda i: i.datetime)
-    return gx.load(items, resolution=30)
-
-
-def truth_for(truth: xr.Dataset, ids) -> xr.Dataset:
-    """The truth rows of the scenes ``ids`` (scene ids survive masking as a coordinate)."""
-    order = {scene: i for i, scene in enumerate(truth.id.values)}
-    return truth.isel(time=[order[scene] for scene in ids])
-
-
-def _shift_rmse(out: xr.DataArray, catalog) -> float:
-    """RMSE (px) of the recovered vs the true misregistration of every scene of ``out``."""
-    truth = truth_for(gx.sample.open_truth(catalog), out.id.values)
-    return _residual_rmse(out, np.stack([truth.shift_x.values, truth.shift_y.values], axis=1))
 
 
 @pytest.mark.slow
@@ -725,7 +646,7 @@ def test_align__sample_design_chain_recovers_true_misregistration_of_every_scene
     assert out.sizes["time"] >= 15
     assert int(out.time.dt.month.isin([12, 1, 2, 3]).sum()) >= 4  # winter scenes are in
     assert (out.align_method.values == "ecc").all() and out.align_reliable.values.all()
-    assert _shift_rmse(out, sample_catalog) <= 0.05  # measured 0.034 px (auto_stable=False: 0.035)
+    assert shift_rmse(out, sample_catalog) <= 0.05  # measured 0.034 px (auto_stable=False: 0.035)
 
 
 def _design_chain(catalog) -> xr.DataArray:
@@ -748,7 +669,7 @@ def test_align__sample_where_the_glacier_covers_half_the_scene(tmp_path):
     assert float(gx.sample.open_truth(catalog)["glacier"].mean()) == pytest.approx(0.5, abs=0.02)
     out = _design_chain(catalog).glacier.align().compute()
     assert out.sizes["time"] >= 15 and out.align_reliable.values.all()
-    assert _shift_rmse(out, catalog) <= 0.1
+    assert shift_rmse(out, catalog) <= 0.1
 
 
 @pytest.mark.slow
@@ -759,4 +680,4 @@ def test_align__sample_ndsi_recovers_true_misregistration(sample_catalog, stack_
     ndsi = cube.glacier.mask(max_missing=0.5).glacier.ndsi()
     out = align(ndsi.chunk({"y": -1, "x": -1})).compute()
     assert out.sizes["time"] >= 20
-    assert _shift_rmse(out, sample_catalog) <= 0.1  # measured 0.035 px (seed 0)
+    assert shift_rmse(out, sample_catalog) <= 0.1  # measured 0.035 px (seed 0)

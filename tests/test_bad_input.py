@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
 import pytest
-import xarray as xr
 
 import glacierxr as gx
-from glacierxr import composite, evaluate, gapfill, indices, qa, stac
+from glacierxr import evaluate, gapfill, indices, qa
 from glacierxr.errors import (
     CatalogError,
     CheckpointError,

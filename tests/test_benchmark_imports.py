@@ -45,6 +45,17 @@ def test_borrowed__finds_the_imports_it_checks():
     assert ("yahtse_data", "read_yahtse") in _borrowed(ROOT / "benchmarks" / "velocity.py")
 
 
+@pytest.mark.parametrize("script", [*SCRIPTS, *sorted(TESTS.glob("*.py"))], ids=lambda s: f"{s.parent.name}/{s.name}")
+def test_shared_helpers__come_from_plain_modules_never_from_a_test_module_or_conftest(script):
+    # importing a test module runs its fixtures' module and ties the reader to its test layout;
+    # shared reference code lives in plain modules (references.py, docblocks.py, yahtse_data.py ...)
+    borrowed = {module for module, _ in _borrowed(script)}
+    borrowed |= {alias.name for node in ast.walk(ast.parse(script.read_text())) if isinstance(node, ast.Import)
+                 for alias in node.names if (TESTS / f"{alias.name}.py").is_file()}
+    wrong = sorted(m for m in borrowed if m.startswith("test_") or m == "conftest")
+    assert not wrong, f"{script.name} imports {wrong}: move what it needs to a plain module of tests/"
+
+
 def test_run_only_some_scripts_keeps_the_whole_results_file():
     import importlib.util
     import sys

@@ -26,45 +26,14 @@ import re
 import sys
 import time
 import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from docblocks import blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NETWORK = os.environ.get("GLACIERXR_DOCS_NETWORK") == "1"
-
-_FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
-                    re.S | re.M)
-_MARK = re.compile(r"<!--\s*docs-test:\s*(?P<mark>[\w-]+)\s*-->\s*$")
-_SETUP = re.compile(r"<!--\s*docs-test-setup\s*\n(?P<code>.*?)-->", re.S)
-
-
-@dataclass
-class Block:
-    line: int
-    code: str
-    mark: str | None  # "network", "stand-in", "setup" or None
-
-
-def blocks(page: Path) -> list[Block]:
-    """Python blocks and hidden setups of ``page`` in order, with the marker just before each."""
-    text = page.read_text()
-    found: list[Block] = []
-    for match in _SETUP.finditer(text):
-        found.append(Block(text.count("\n", 0, match.start()) + 1, match.group("code"), "setup"))
-    for match in _FENCE.finditer(text):
-        if match.group("lang") != "python":
-            continue
-        before = text[: match.start()].rstrip().splitlines()
-        mark = _MARK.search(before[-1]) if before else None
-        indent = match.group("indent")
-        code = "\n".join(line[len(indent):] if line.startswith(indent) else line
-                         for line in match.group("body").splitlines())
-        found.append(Block(text.count("\n", 0, match.start()) + 1, code, mark.group("mark") if mark else None))
-    return sorted(found, key=lambda block: block.line)
-
 
 def _pages_with_python() -> list[Path]:
     return [page for page in PAGES if any(block.mark != "setup" for block in blocks(page))]

@@ -4,7 +4,6 @@ real Yahtse Glacier pair against a plain OpenCV reference, and the embedded samp
 
 from __future__ import annotations
 
-import warnings
 
 import dask
 import dask.array
@@ -19,6 +18,7 @@ from glacierxr.errors import ChunkingError, ConfigError, DataTypeError, Dimensio
 from glacierxr.flow import EmptyPairWarning, flow
 from glacierxr import testing
 from glacierxr.testing import make_series, raise_if_dask_computes
+from references import end_point_error, neighbour_consistent, on_grid, reference_ncc, sample_errors
 
 SIZE = 128
 RESOLUTION = 30.0
@@ -61,19 +61,6 @@ def pair(d_col, d_row, *, seed=0, freq="16D", chunks=None, offset=(0.0, 0.0), no
     second = advect(first, np.broadcast_to(d_col, shape) + offset[0], np.broadcast_to(d_row, shape) + offset[1])
     second = second + rng.normal(0, noise, second.shape)
     return make_series(np.stack([first, second]).astype(np.float32), freq=freq, name="ndsi", chunks=chunks)
-
-
-def on_grid(result: xr.Dataset, cube: xr.DataArray, field: np.ndarray) -> np.ndarray:
-    """A (y, x) field of the input grid, at the output's points (chip centres are input pixels)."""
-    rows = np.searchsorted(-cube.y.values, -result.y.values)
-    cols = np.searchsorted(cube.x.values, result.x.values)
-    np.testing.assert_array_equal(cube.y.values[rows], result.y.values)
-    return np.asarray(field)[np.ix_(rows, cols)]
-
-
-def end_point_error(result: xr.Dataset, cube, d_col, d_row) -> np.ndarray:
-    first = result.isel(time=0)
-    return np.hypot(first.dx.values - on_grid(result, cube, d_col), first.dy.values - on_grid(result, cube, d_row))
 
 
 def interior(result: xr.Dataset, cube, margin: int = 12) -> np.ndarray:
@@ -420,46 +407,6 @@ def test_flow__bad_grids_masks_and_options_raise():
 YAHTSE_TONGUE = ((680, 960), (880, 1060))
 
 
-def reference_ncc(first: np.ndarray, second: np.ndarray, rows, cols, half=24, search=24) -> np.ndarray:
-    """Independent reference: a plain OpenCV loop, 48 px chips, +-24 px, parabolic peak.
-
-    Returns ``(len(rows), len(cols), 3)``: displacement along columns and rows (pixels) and the
-    peak correlation; NaN where the chip or its search window leaves the image.
-    """
-    import cv2
-
-    def vertex(m, c, p):
-        denominator = m - 2 * c + p
-        return 0.0 if denominator == 0 else 0.5 * (m - p) / denominator
-
-    out = np.full((len(rows), len(cols), 3), np.nan)
-    for a, row in enumerate(rows):
-        for b, col in enumerate(cols):
-            if not (half + search <= row < first.shape[0] - half - search
-                    and half + search <= col < first.shape[1] - half - search):
-                continue
-            template = first[row - half : row + half, col - half : col + half]
-            window = second[row - half - search : row + half + search, col - half - search : col + half + search]
-            score = cv2.matchTemplate(window, template, cv2.TM_CCOEFF_NORMED)
-            _, best, _, (j, i) = cv2.minMaxLoc(score)
-            dx = j - search + (vertex(*score[i, j - 1 : j + 2]) if 0 < j < score.shape[1] - 1 else 0)
-            dy = i - search + (vertex(*score[i - 1 : i + 2, j]) if 0 < i < score.shape[0] - 1 else 0)
-            out[a, b] = dx, dy, best
-    return out
-
-
-def neighbour_consistent(field: np.ndarray, tolerance: float = 2.0) -> np.ndarray:
-    """True where a vector is within ``tolerance`` px of the median of its 3 x 3 neighbours."""
-    padded = np.pad(field[..., :2], ((1, 1), (1, 1), (0, 0)), constant_values=np.nan)
-    rows, cols = field.shape[:2]
-    around = np.stack([padded[1 + i : 1 + i + rows, 1 + j : 1 + j + cols]
-                       for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods
-        median = np.nanmedian(around, axis=0)
-    return np.hypot(*(field[..., :2] - median).transpose(2, 0, 1)) <= tolerance
-
-
 @pytest.fixture(scope="module")
 def yahtse(yahtse_pan):
     """flow() with its defaults on the real pair, and the plain reference on its points."""
@@ -527,36 +474,6 @@ def test_flow__real_yahtse_arrow_figure(yahtse, tmp_path):
 # ------------------------------------------------------------------------------------------
 # the embedded sample: slow (valley) and fast (tidewater-like) glaciers with exact truth
 # ------------------------------------------------------------------------------------------
-def sample_errors(catalog, stack, **options) -> tuple[np.ndarray, np.ndarray, float]:
-    """flow() on every consecutive pair of a sample catalog against its exact truth.
-
-    Returns the end-point errors (px) on bare, clear ice of every pair with at least 50 such
-    points, the (dx, dy) residuals on clear stable ground, and the fastest true motion (px).
-    """
-    cube = stack(catalog).rio.write_crs(32643)
-    truth = gx.sample.open_truth(catalog)
-    clear = (cube.qa_pixel.values.astype(np.int64) & 0b11111) == 0  # not fill/cloud/shadow/cirrus
-    stable = xr.DataArray(truth["stable"].values, dims=("y", "x"), coords={"y": cube.y, "x": cube.x})
-    errors, still, fastest = [], [], 0.0
-    for a in range(cube.sizes["time"] - 1):
-        # bare ice (below both dates' snow line), clear in both scenes, away from edges
-        snow_line = min(float(truth.snow_line[a]), float(truth.snow_line[a + 1])) - 150
-        ice = truth["glacier"].values & (truth.elevation.values < snow_line) & clear[a] & clear[a + 1]
-        rock = truth["stable"].values & clear[a] & clear[a + 1]
-        result = flow(cube.green.isel(time=[a, a + 1]), stable=stable, **options).compute()
-        years = float(result.date_dt[0]) / 365.25
-        true_col = truth.u.values * years / truth.attrs["resolution"]
-        true_row = -truth.v.values * years / truth.attrs["resolution"]  # v north, rows down
-        ice = on_grid(result, cube, ndimage.binary_erosion(ice, iterations=8))
-        rock = on_grid(result, cube, ndimage.binary_erosion(rock, iterations=8))
-        if ice.sum() < 50:
-            continue
-        fastest = max(fastest, float(np.max(np.hypot(true_col, true_row))))
-        errors.append(end_point_error(result, cube, true_col, true_row)[ice])
-        still.append(np.stack([result.dx.values[0][rock], result.dy.values[0][rock]], axis=1))
-    if not errors:
-        return np.array([]), np.zeros((0, 2)), fastest
-    return np.concatenate(errors), np.concatenate(still), fastest
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ import json
 import pickle
 import string
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
