@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-__all__ = ["FileServer", "Request"]
+__all__ = ["FileServer", "JSONServer", "Request"]
 
 _RANGE_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 _CONTROL = "/__control__/"
@@ -350,6 +350,65 @@ class FileServer:
     def byte_requests(self, path_contains: str = "") -> list[Request]:
         """GET requests (the ones that move file bytes) whose path contains ``path_contains``."""
         return [r for r in self.requests if r.method == "GET" and path_contains in r.path]
+
+
+class JSONServer:
+    """A small JSON service on ``http://127.0.0.1:<free port>`` in a thread of this process.
+
+    The stand-in for a token endpoint or a STAC API: ``answer(handler)`` is called for every GET
+    or POST (the request body already read; ``handler.path`` and ``handler.command`` say what was
+    asked) and returns ``(status, document)``, sent as JSON, or ``None`` to close the connection
+    without an answer (a reset; sleep first to stall). Use it as a context manager or call
+    :meth:`close`.
+
+    Examples
+    --------
+    >>> import urllib.request
+    >>> with JSONServer(lambda handler: (200, {"path": handler.path})) as server:
+    ...     json.load(urllib.request.urlopen(server.url + "/token"))
+    {'path': '/token'}
+    """
+
+    def __init__(self, answer, *, http11: bool = False) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if http11 else "HTTP/1.0"
+
+            def _reply(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                reply = answer(self)
+                if reply is None:
+                    self.close_connection = True
+                    return
+                status, document = reply
+                body = json.dumps(document).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = _reply  # noqa: N815
+            do_POST = _reply  # noqa: N815
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> JSONServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 if __name__ == "__main__":

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import http.server
 import itertools
 import json
 import socket
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -43,6 +41,7 @@ from glacierxr.errors import AssetReadError, CatalogError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from faultserver import FaultyRangeServer  # noqa: E402
+from httpserver import JSONServer  # noqa: E402
 
 pytestmark = pytest.mark.network
 
@@ -292,32 +291,19 @@ class _TokenEndpoint:
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
         self.issued: list[str] = []
-        endpoint = self
+        self.server = JSONServer(self._answer)
+        self.url = self.server.url + "/token"
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                n = len(endpoint.issued) + 1
-                deadline = time.time() + endpoint.ttl_s
-                token = f"sv=2024-05-04&se={deadline:.3f}&sp=rl&sr=c&sig={SECRET}{n}"
-                endpoint.issued.append(token)
-                expiry = dt.datetime.fromtimestamp(deadline + 60, dt.timezone.utc)
-                body = json.dumps({"token": token, "msft:expiry": expiry.isoformat().replace("+00:00", "Z")})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def _answer(self, handler):
+        n = len(self.issued) + 1
+        deadline = time.time() + self.ttl_s
+        token = f"sv=2024-05-04&se={deadline:.3f}&sp=rl&sr=c&sig={SECRET}{n}"
+        self.issued.append(token)
+        expiry = dt.datetime.fromtimestamp(deadline + 60, dt.timezone.utc)
+        return 200, {"token": token, "msft:expiry": expiry.isoformat().replace("+00:00", "Z")}
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -406,55 +392,26 @@ class _FlakyStacApi:
         self.features = features
         self.faults = list(faults)
         self.log: list[tuple[str, str]] = []
-        api = self
+        self.server = JSONServer(self._answer, http11=True)
+        self.url = self.server.url
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _answer(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                fault = api.faults.pop(0) if api.faults else None
-                api.log.append((self.command, self.path, fault))
-                if fault == "stall":
-                    time.sleep(30)  # longer than any test may wait: only a time-out ends it
-                    self.close_connection = True
-                    return
-                if fault == "reset":
-                    self.close_connection = True
-                    return
-                if fault == "503":
-                    self._json(503, {"code": "ServiceUnavailable"})
-                    return
-                path = urlsplit(self.path).path.rstrip("/")
-                if path == "":
-                    self._json(200, api.landing())
-                elif path == "/search":
-                    self._json(200, {"type": "FeatureCollection", "features": api.features, "links": []})
-                elif path == "/collections":
-                    self._json(200, {"collections": [{"id": "landsat-c2-l2"}], "links": []})
-                else:
-                    self._json(404, {"code": "NotFound"})
-
-            do_GET = _answer  # noqa: N815
-            do_POST = _answer  # noqa: N815
-
-            def _json(self, status, document):
-                body = json.dumps(document).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def _answer(self, handler):
+        fault = self.faults.pop(0) if self.faults else None
+        self.log.append((handler.command, handler.path, fault))
+        if fault == "stall":
+            time.sleep(30)  # longer than any test may wait: only a time-out ends it
+        if fault in ("stall", "reset"):
+            return None
+        if fault == "503":
+            return 503, {"code": "ServiceUnavailable"}
+        path = urlsplit(handler.path).path.rstrip("/")
+        if path == "":
+            return 200, self.landing()
+        if path == "/search":
+            return 200, {"type": "FeatureCollection", "features": self.features, "links": []}
+        if path == "/collections":
+            return 200, {"collections": [{"id": "landsat-c2-l2"}], "links": []}
+        return 404, {"code": "NotFound"}
 
     def landing(self) -> dict:
         return {
@@ -477,8 +434,7 @@ class _FlakyStacApi:
         return self
 
     def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,12 @@ Real parts: the recorded Planetary Computer items in ../shared/data/stac, the em
 from __future__ import annotations
 
 import datetime as dt
-import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -36,6 +34,7 @@ from glacierxr.errors import (
     NoScenesError,
 )
 from glacierxr.stac import cql2_filter, parse_datetime, resign_href, search
+from httpserver import JSONServer
 
 L9_ITEMS = "stac/pc_landsat-c2-l2_items_20250722_L9_path084.geojson"
 L8_ITEMS = "stac/pc_landsat-8-c2-l2_items_path197_row023_62dates.geojson"
@@ -92,38 +91,22 @@ class _TokenEndpoint:
         self.ttl_s = ttl_s
         self.mode = "ok"  # "ok" | "fail" | "garbage"
         self.requests: list[str] = []
-        endpoint = self
+        self.server = JSONServer(self._answer)
+        self.url = self.server.url + "/token"
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                endpoint.requests.append(self.path)
-                n = len(endpoint.requests)
-                if endpoint.mode == "fail":
-                    body, status = b'{"detail": "token service down"}', 500
-                else:
-                    expiry = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=endpoint.ttl_s)
-                    token = f"sv=2024-05-04&se=x{n}&sp=rl&sr=c&sig=SECRET{n}"
-                    document = {"token": token}
-                    if endpoint.mode == "ok":
-                        document["msft:expiry"] = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
-                    body, status = json.dumps(document).encode(), 200
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def _answer(self, handler):
+        self.requests.append(handler.path)
+        n = len(self.requests)
+        if self.mode == "fail":
+            return 500, {"detail": "token service down"}
+        document = {"token": f"sv=2024-05-04&se=x{n}&sp=rl&sr=c&sig=SECRET{n}"}
+        if self.mode == "ok":
+            expiry = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.ttl_s)
+            document["msft:expiry"] = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return 200, document
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 def _use_sas_url(monkeypatch, url: str) -> None:
@@ -383,31 +366,16 @@ class _ScriptedServer:
         self.script = list(script)
         self.default = default
         self.count = 0
-        server = self
+        self.server = JSONServer(self._answer)
+        self.url = self.server.url
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                server.count += 1
-                status, document = server.script.pop(0) if server.script else server.default
-                if callable(document):
-                    document = document(self.path)
-                body = json.dumps(document).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def _answer(self, handler):
+        self.count += 1
+        status, document = self.script.pop(0) if self.script else self.default
+        return status, document(handler.path) if callable(document) else document
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.close()
 
 
 @pytest.mark.network
