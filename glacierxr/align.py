@@ -45,6 +45,7 @@ from glacierxr._validate import (
     check_single_chunk,
     require_cv2,
     require_choice,
+    require_dims,
     require_numeric,
     require_positive,
 )
@@ -432,12 +433,7 @@ def _register_block(
 def _check_options(da: xr.DataArray, options: dict, dims: tuple[str, str, str]) -> _Settings:
     """Validate the array's metadata and the keyword options; return the kernel's settings."""
     require_cv2("align")
-    for dim in dims:
-        if dim not in da.dims:
-            raise DimensionError(
-                f"align needs dimensions {dims}, but the array has {da.dims}. "
-                f"Name the dimensions with time_dim=, y_dim=, x_dim=, or rename them."
-            )
+    require_dims(da, dims, what="align")
     require_numeric(da, what="align")
     for name, allowed in (("motion", sorted(_MOTION_MODELS)), ("feature", list(_FEATURES)),
                           ("interpolation", ["linear", "cubic"]), ("unreliable", list(_UNRELIABLE))):

@@ -48,7 +48,7 @@ import xarray as xr
 
 from glacierxr import _cf
 from glacierxr._range import clip_to_range, range_attrs, valid_range
-from glacierxr._validate import require_monotonic_time
+from glacierxr._validate import require_dims, require_monotonic_time
 from glacierxr.errors import ConfigError, DataTypeError, DimensionError, GridError
 
 __all__ = [
@@ -488,8 +488,7 @@ def seasonal_naive(
     [nan, nan, nan, nan, 0.0, 0.2]
     """
     _check_steps(steps)
-    if time_dim not in series.dims:
-        raise DimensionError(f"series has dims {series.dims}, no {time_dim!r}; pass time_dim=.")
+    require_dims(series, [time_dim], what="seasonal_naive")
     require_monotonic_time(series, time_dim, what="seasonal_naive")  # "a year earlier" needs order
     period = period or steps_per_year(series, time_dim=time_dim)
     leads = [series.shift({time_dim: period * math.ceil(k / period)}) for k in range(1, steps + 1)]
@@ -530,8 +529,7 @@ def climatology(
     >>> climatology(series).isel(y=0, x=0).values.tolist()
     [2.0, 3.0, 4.0, 5.0]
     """
-    if time_dim not in train_series.dims:
-        raise DimensionError(f"train_series has dims {train_series.dims}, no {time_dim!r}; pass time_dim=.")
+    require_dims(train_series, [time_dim], what="climatology")
     require_monotonic_time(train_series, time_dim, what="climatology")  # duplicates would weigh twice
     period = period or steps_per_year(train_series, time_dim=time_dim)
     values = train_series if valid is None else train_series.where(valid)

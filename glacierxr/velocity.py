@@ -210,12 +210,7 @@ def _check_rules(min_days, max_days, min_clear, months) -> None:
 def _check_scenes(scenes, what: str, time_dim, y_dim, x_dim) -> None:
     if not isinstance(scenes, (xr.DataArray, xr.Dataset)):
         raise DataTypeError(f"{what} expects an xarray DataArray or Dataset of scenes, got {type(scenes).__name__}.")
-    absent = [d for d in (time_dim, y_dim, x_dim) if d not in scenes.dims]
-    if absent:
-        raise DimensionError(
-            f"{what} needs dimensions {[time_dim, y_dim, x_dim]} but lacks {absent}; it has "
-            f"{list(scenes.dims)}. Pass time_dim=/y_dim=/x_dim= or rename the dimensions."
-        )
+    require_dims(scenes, (time_dim, y_dim, x_dim), what=what)
     require_monotonic_time(scenes[time_dim], time_dim, what=what)
 
 

@@ -244,7 +244,7 @@ LIBRARY_CASES = [
     Case("fill_gaps/empty-time-axis", lambda e: gapfill.fill_gaps(e.snow.isel(time=[])), NoScenesError, "no scene", ""),
     # --- align ----------------------------------------------------------------------------
     Case("align/y-in-chunks", lambda e: e.snow.chunk({"y": 8}).glacier.align(), ChunkingError, "one dask chunk", '.chunk({"y": -1'),
-    Case("align/wrong-dims", lambda e: e.snow.rename(time="t").glacier.align(), DimensionError, "('t', 'y', 'x')", "time_dim="),
+    Case("align/wrong-dims", lambda e: e.snow.rename(time="t").glacier.align(), DimensionError, "['t', 'y', 'x']", "time_dim="),
     Case("align/strings", lambda e: e.snow.astype(str).glacier.align(), DataTypeError, "dtype", "astype"),
     Case("align/empty-time-axis", lambda e: e.snow.isel(time=[]).glacier.align(), NoScenesError, "no scene", ""),
     Case("align/max-shift-0", lambda e: e.snow.glacier.align(max_shift=0), ConfigError, "max_shift", "positive"),

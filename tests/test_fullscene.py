@@ -403,5 +403,5 @@ def test_denoise__bad_input_raises():
         denoise(np.zeros((2, 4, 4)), denoiser)
     with pytest.raises(DataTypeError, match="DenoisingUNet"):
         denoise(cube(times=2), small_convlstm())
-    with pytest.raises(DimensionError, match="missing"):
+    with pytest.raises(DimensionError, match=r"lacks dimension\(s\) \[.x.\]"):
         denoise(cube(times=2).rename(x="col"), denoiser)

@@ -57,7 +57,7 @@ import pandas as pd
 import xarray as xr
 
 from glacierxr._range import clip_to_range, range_attrs, valid_range
-from glacierxr._validate import require_positive, require_series, require_torch
+from glacierxr._validate import require_dims, require_positive, require_series, require_torch
 from glacierxr.errors import CheckpointError, ConfigError, DataTypeError, DimensionError, ModelError
 
 torch = require_torch("glacierxr.ml.fullscene")
@@ -1002,9 +1002,7 @@ def denoise(
         raise DataTypeError(
             f"denoiser must be a DenoisingUNet (from train_denoiser), got {type(denoiser).__name__}."
         )
-    missing = [d for d in (y_dim, x_dim) if d not in forecast.dims]
-    if missing:
-        raise DimensionError(f"forecast has dims {forecast.dims}; missing {missing}. Pass y_dim=/x_dim=.")
+    require_dims(forecast, (y_dim, x_dim), what="denoise")
     overlap = denoiser.receptive_radius if overlap is None else int(overlap)
     if overlap < 0:
         raise ConfigError(f"overlap must be >= 0, got {overlap}.")
