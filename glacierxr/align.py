@@ -333,14 +333,17 @@ def _coarse_estimate(ref_f, img_f, template_mask, input_mask, initial, settings:
 
 def _residual(img_f, ref_f, warp, used) -> float:
     """RMS of the warped feature image minus the reference's on ``used``, over the reference's RMS."""
+    cv2 = require_cv2("align")
     moved = _warp(img_f, used, warp, "linear")
     ok = np.isfinite(moved) & used
-    if ok.sum() < 2:
+    if np.count_nonzero(ok) < 2:
         return float("nan")
-    reference = ref_f[ok].astype(np.float64)
-    scale = np.sqrt(np.mean((reference - reference.mean()) ** 2))
-    difference = moved[ok] - reference
-    return float(np.sqrt(np.mean((difference - difference.mean()) ** 2)) / scale) if scale > 0 else float("nan")
+    # population standard deviations over ``ok`` (OpenCV sums in float64 and reads only the
+    # masked pixels, so the NaN outside them do not matter)
+    mask = ok.view(np.uint8)
+    scale = float(cv2.meanStdDev(ref_f, mask=mask)[1][0, 0])
+    spread = float(cv2.meanStdDev(moved - ref_f, mask=mask)[1][0, 0])
+    return spread / scale if scale > 0 else float("nan")
 
 
 def _register_scene(

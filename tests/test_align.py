@@ -343,6 +343,24 @@ def test_align__scene_with_too_little_stable_ground_is_flagged_not_shifted():
     assert (out.align_residual.values[good] < 0.5).all() and np.isnan(out.align_residual.values[2])
 
 
+
+def test_align__residual_is_the_relative_rms_misfit_of_the_registered_scene():
+    import scipy.ndimage as ndi
+
+    reference = 0.5 + 0.3 * smooth_texture(3, 80)  # spread 0.3: the misfit is relative to it
+    noise = np.random.default_rng(3).normal(0, 0.015, reference.shape)
+    scene = fourier_shift(reference, 0.4, -0.3) + noise
+    cube = make_series(np.stack([reference, scene]).astype(np.float32), name="ndsi")
+    out = align(cube, reference=0, feature="intensity", passes=1, auto_stable=False, margin=0, observed=None)
+    dx, dy = float(out.shift_x[1]), float(out.shift_y[1])
+    # independent: move the scene back by the recovered shift (scipy, bilinear) and compare
+    back = ndi.shift(scene, (-dy, -dx), order=1, mode="nearest")[4:-4, 4:-4]
+    inner = reference[4:-4, 4:-4]
+    misfit = back - inner
+    expected = misfit.std() / inner.std()
+    assert float(out.align_residual[1]) == pytest.approx(expected, rel=0.05)
+    assert float(out.align_residual[0]) == pytest.approx(0.0, abs=1e-6)  # the reference itself
+
 def test_align__unreliable_scenes_can_be_blanked_lazily_or_dropped():
     cube = _cube_with_a_hopeless_scene(chunks={"time": 2})
     kept = align(cube).compute()
