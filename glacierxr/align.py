@@ -280,6 +280,8 @@ def _phase_fallback(ref_f, img_f, keep, masks, settings: _Settings) -> _Estimate
     height, width = img_f.shape
     window = cv2.createHanningWindow((width, height), cv2.CV_32F)
     ref_p, img_p = ref_f, img_f
+    if not keep.any():
+        return _NONE
     if not keep.all():
         # only usable pixels may drive the estimate: flatten everything else to their mean
         ref_p = np.where(keep, ref_f, ref_f[keep].mean()).astype(np.float32)
@@ -312,22 +314,30 @@ def _coarse_estimate(ref_f, img_f, template_mask, input_mask, initial, settings:
 
     Full-resolution pixel ``X`` is ``2 x + 0.5`` at half resolution, so a warp ``A x + t`` there
     is ``A X + 2 t + 0.5 (I - A) 1`` here (a translation simply doubles).  A half-resolution
-    pixel counts where its four pixels all do.
+    pixel counts where its four pixels all do; where that leaves too few (small images, stable
+    ground in lines thinner than two pixels), the estimate is made at full resolution.
     """
     cv2 = require_cv2("align")
     height, width = (img_f.shape[0] // 2) * 2, (img_f.shape[1] // 2) * 2
-    if min(height, width) < 16:
-        return _estimate(ref_f, img_f, template_mask, input_mask, initial, settings)
 
     def half(image):
         return cv2.resize(np.ascontiguousarray(image[:height, :width], np.float32),
                           (width // 2, height // 2), interpolation=cv2.INTER_AREA)
 
-    coarse = _estimate(half(ref_f), half(img_f), half(template_mask) >= 1.0, half(input_mask) >= 1.0,
-                       (initial[0] / 2, initial[1] / 2), settings._replace(max_shift=settings.max_shift / 2))
+    if min(height, width) >= 16:
+        masks = half(template_mask) >= 1.0, half(input_mask) >= 1.0
+        usable = np.count_nonzero(masks[0] & masks[1])
+        if usable >= max(settings.min_stable_fraction * masks[1].size, 2):
+            return _upsampled(_estimate(half(ref_f), half(img_f), *masks, (initial[0] / 2, initial[1] / 2),
+                                        settings._replace(max_shift=settings.max_shift / 2)), img_f.shape)
+    return _estimate(ref_f, img_f, template_mask, input_mask, initial, settings)
+
+
+def _upsampled(coarse: _Estimate, shape: tuple[int, int]) -> _Estimate:
+    """A half-resolution estimate as the warp of the full-resolution image (see :func:`_coarse_estimate`)."""
     warp = coarse.warp.astype(np.float64).copy()
     warp[:, 2] = 2 * warp[:, 2] + 0.5 * (np.eye(2) - warp[:, :2]).sum(axis=1)
-    dx, dy = _centre_displacement(warp, *img_f.shape)
+    dx, dy = _centre_displacement(warp, *shape)
     return coarse._replace(warp=warp.astype(np.float32), dx=dx, dy=dy)
 
 
@@ -599,7 +609,9 @@ def align(
     pixels whose texture did not change through the first pass's aligned scenes
     (:func:`glacierxr.stable.stable_from_variability`: no moving ice, no moving snow line, no
     water or cloud), further restricted by ``stable`` and ``outlines`` when given.  With the
-    mean reference each pass matches the mean of the scenes aligned by the previous one.
+    mean reference each pass matches the mean of the scenes aligned by the previous one.  With
+    the automatic ground the first pass only has to be close and works on 2 x 2 block means
+    (where the usable ground is too thin for them, at full resolution).
 
     When ECC raises, returns a non-finite warp, a correlation below ``min_correlation`` or a
     shift longer than ``max_shift``, :func:`cv2.phaseCorrelate` with a Hann window estimates

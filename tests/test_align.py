@@ -303,6 +303,24 @@ def test_align__glacier_outlines_keep_the_moving_ice_out(tmp_path):
     assert lazy.shift_y.values[1] == pytest.approx(-0.4, abs=0.1)
 
 
+
+def test_align__stable_ground_in_thin_lines_is_still_used_by_the_half_resolution_pass():
+    # rock in one-pixel lines (ridges, a rasterised outline's rim): no 2 x 2 block is all rock, so
+    # the half-resolution first pass falls back to full resolution instead of giving up
+    import warnings
+
+    shifts = [(0.0, 0.0), (0.6, -0.4), (-0.8, 0.3), (0.25, 0.9)]
+    cube = shifted_cube(shifts, holes=False)
+    lines = np.zeros((SIZE, SIZE), bool)
+    lines[::3, :] = lines[:, ::3] = True
+    stable = xr.DataArray(lines, dims=("y", "x"), coords={"y": cube.y, "x": cube.x})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no mean of an empty mask on the way
+        out = align(cube, stable=stable).compute()
+    assert out.align_method.values.tolist() == ["ecc"] * len(shifts)
+    assert out.align_reliable.values.all()
+    assert residual_rmse(out, shifts) <= 0.05
+
 def test_align__automatic_stable_ground_finds_the_moving_glacier_itself():
     # a glacier on 40 of 128 columns: the first pass leans to the rock, whose texture then
     # matches while the ice's does not (measured: 0.01 px off; with every pixel 0.49 px off)
