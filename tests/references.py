@@ -1,10 +1,11 @@
 """Reference methods and readers shared by the tests and the benchmarks (a plain module, not a
 test module, like ``yahtse_data.py``).
 
-Everything here is independent of the glacierxr code path it checks: a Lucas-Kanade shift and
-AROSICS-style tie points (scipy) for co-registration, a plain OpenCV template-matching loop for
-velocity, and a reader of a sample's COGs with pystac and rioxarray in place of
-:func:`glacierxr.load`.
+The reference methods are independent of the glacierxr code they check: a Lucas-Kanade shift
+and AROSICS-style tie points (scipy) for co-registration, a plain OpenCV template-matching loop
+for velocity, and a reader of a sample's COGs with pystac and rioxarray in place of
+:func:`glacierxr.load`. The sample helpers (``load_sample``, ``shift_rmse``, ``sample_errors``)
+run glacierxr itself and score it against the sample's exact truth.
 """
 
 from __future__ import annotations
