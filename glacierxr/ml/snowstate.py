@@ -163,8 +163,8 @@ class SnowStateModel:
         if not self.state_pixels_.any():  # every pixel trends: a state of the whole scene beats none
             self.state_pixels_[:] = True
         state = self._state(values, clim)
-        self._fit_response(state[train], values, train)
-        self._fit_recent_response(state[train], values, train)
+        self.centers_, self._response = self._binned_response(state[train], values, train)
+        self._refit_trending(state[train], values, train)
         self._probit = bool(0.0 <= state[train].min() and state[train].max() <= 1.0)
         anomaly = self._anomaly(state, train, period)
         issues = np.unique(layout.decompose(layout.split_ids["train"])[0]) + sequences.input_steps - 1
@@ -190,31 +190,35 @@ class SnowStateModel:
                               for t, phase in enumerate(self._phase)])
         return clim_mean[self._phase] + departure
 
-    def _fit_recent_response(self, state: np.ndarray, values: np.ndarray, train: np.ndarray) -> None:
-        """The response of the trending pixels, fitted on the latest ``recent`` share of ``train``
-        and read at the centres of the full fit's bins (``state`` holds the states of ``train``)."""
+    def _refit_trending(self, state: np.ndarray, values: np.ndarray, train: np.ndarray) -> None:
+        """Refit the response of the trending pixels on the latest ``recent`` share of ``train``,
+        read at the centres of the full fit's bins (``state`` holds the states of ``train``)."""
         trending = ~self.state_pixels_
         latest = len(train) if self.recent is None else max(round(self.recent * len(train)), 2 * self.bins)
         if not trending.any() or latest >= len(train):
             return
-        centers, response = self.centers_, self._response
-        self._fit_response(state[-latest:], values, train[-latest:])
-        recent = self.response(centers)
-        self.centers_ = centers
-        self._response = np.where(trending, recent, response).astype(np.float32)
+        centers, response = self._binned_response(state[-latest:], values, train[-latest:], pixels=trending)
+        self._response[:, trending] = _piecewise(centers, response, self.centers_)
 
-    def _fit_response(self, state: np.ndarray, values: np.ndarray, train: np.ndarray) -> None:
-        """Per-pixel mean of ``values`` (at the periods ``train``, whose states are ``state``) in
-        quantile bins of the state (bins without data merged), made non-decreasing in the state
-        with ``monotone``."""
+    def _binned_response(self, state: np.ndarray, values: np.ndarray, train: np.ndarray,
+                         pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(centers, response)``: per-pixel mean of ``values`` (at the periods ``train``, whose
+        states are ``state``) in quantile bins of the state (bins without data merged), made
+        non-decreasing in the state with ``monotone``; over the ``(y, x)`` mask ``pixels`` only
+        when given (``response`` then ``(bins, pixels.sum())``)."""
         edges = np.quantile(state, np.linspace(0.0, 1.0, self.bins + 1))
         which = np.clip(np.searchsorted(edges, state, side="right") - 1, 0, self.bins - 1)
         used = np.unique(which)
-        self.centers_ = np.array([state[which == b].mean() for b in used])
-        response = np.stack([_nanmean(values[train[which == b]]) for b in used])
-        counts = np.stack([np.isfinite(values[train[which == b]]).sum(axis=0) for b in used])
-        keep = np.concatenate([[True], np.diff(self.centers_) > 0])  # equal centres: one bin
-        self.centers_, response, counts = self.centers_[keep], response[keep], counts[keep]
+        centers = np.array([state[which == b].mean() for b in used])
+        response, counts = [], []
+        for b in used:  # one bin's periods at a time
+            block = values[train[which == b]]
+            block = block if pixels is None else block[:, pixels]
+            response.append(_nanmean(block))
+            counts.append(np.isfinite(block).sum(axis=0))
+        response, counts = np.stack(response), np.stack(counts)
+        keep = np.concatenate([[True], np.diff(centers) > 0])  # equal centres: one bin
+        centers, response, counts = centers[keep], response[keep], counts[keep]
         fallback = _nanmean(response)  # a pixel never seen in a bin: its mean over the others
         if not np.isfinite(fallback).all():  # a pixel never seen at all: the mean of every training value
             sums = np.array([(np.sum(values[t], where=np.isfinite(values[t]), dtype=np.float64),
@@ -224,17 +228,11 @@ class SnowStateModel:
         response = np.where(np.isfinite(response), response, fallback)
         if self.monotone:
             response = _isotonic(response, counts)
-        self._response = response.astype(np.float32)
+        return centers, response.astype(np.float32)
 
     def response(self, state) -> np.ndarray:
         """``g_p(S)`` for each state of ``state`` (1-D): ``(len(state), y, x)``."""
-        state = np.atleast_1d(np.asarray(state, dtype=np.float64))
-        centers = self.centers_
-        if centers.size == 1:
-            return np.repeat(self._response[:1], state.size, axis=0)
-        low = np.clip(np.searchsorted(centers, state) - 1, 0, centers.size - 2)
-        weight = np.clip((state - centers[low]) / (centers[low + 1] - centers[low]), 0.0, 1.0)[:, None, None]
-        return (1.0 - weight) * self._response[low] + weight * self._response[low + 1]
+        return _piecewise(self.centers_, self._response, state)
 
     def _z(self, state):
         return ndtri(np.clip(state, _PROBIT_CLIP, 1.0 - _PROBIT_CLIP)) if self._probit else np.asarray(state)
@@ -449,6 +447,18 @@ def _isotonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
         lowest = np.minimum.accumulate(means[::-1], axis=0)[::-1]  # min over k >= i, for i = j, j+1, …
         fit[j:] = np.maximum(fit[j:], lowest)
     return fit
+
+
+def _piecewise(centers: np.ndarray, table: np.ndarray, state) -> np.ndarray:
+    """``table`` (``(bins, …)``, one row per centre) linear between ``centers``, flat beyond them,
+    at each state of ``state`` (1-D): ``(len(state), …)``."""
+    state = np.atleast_1d(np.asarray(state, dtype=np.float64))
+    if centers.size == 1:
+        return np.repeat(table[:1], state.size, axis=0)
+    low = np.clip(np.searchsorted(centers, state) - 1, 0, centers.size - 2)
+    weight = np.clip((state - centers[low]) / (centers[low + 1] - centers[low]), 0.0, 1.0)
+    weight = weight.reshape((-1,) + (1,) * (table.ndim - 1))
+    return (1.0 - weight) * table[low] + weight * table[low + 1]
 
 
 def _trend_free(values: np.ndarray, clim: np.ndarray, phase: np.ndarray, train: np.ndarray,
