@@ -998,16 +998,27 @@ def scene_mean(values: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 
-def _observed(layout, periods: np.ndarray, dtype) -> np.ndarray:
+def _observed(layout, periods: np.ndarray, dtype, block_bytes: int = 64 * 2**20) -> np.ndarray:
     """The cube's values at ``periods`` (positions on its time axis) in the layout's dim order, NaN
-    where the layout's valid mask says unobserved (computed)."""
+    where the layout's valid mask says unobserved (computed): a new array the caller may write into.
+
+    The periods are read a group at a time (about ``block_bytes`` each) straight into that array, so
+    a read holds the values once, beside one group (not every chunk and their concatenation too).
+    """
     time_dim = layout.dims[0]
-    data = layout.data.isel({time_dim: periods})
-    values = np.asarray(data.transpose(*layout.dims).to_numpy(), dtype=dtype)
-    if layout.valid is not None:
-        valid = layout.valid.isel({time_dim: periods}) if time_dim in layout.valid.dims else layout.valid
-        valid = np.asarray(valid.transpose(*[d for d in layout.dims if d in valid.dims]).to_numpy(), dtype=bool)
-        values = np.where(np.broadcast_to(valid, values.shape), values, np.nan)
+    periods = np.asarray(periods)
+    values = np.empty((periods.size, *(layout.data.sizes[d] for d in layout.dims[1:])), dtype=dtype)
+    valid = layout.valid
+    if valid is not None:
+        valid = valid.transpose(*[d for d in layout.dims if d in valid.dims])
+    fixed = None if valid is None or time_dim in valid.dims else ~np.asarray(valid.to_numpy(), bool)
+    step = max(1, block_bytes // max(1, values[:1].nbytes))
+    for first in range(0, periods.size, step):
+        part = slice(first, first + step)
+        values[part] = layout.data.isel({time_dim: periods[part]}).transpose(*layout.dims).to_numpy()
+        if valid is not None:  # NaN where unobserved, broadcast like the values (trailing dims)
+            hidden = fixed if fixed is not None else ~np.asarray(valid.isel({time_dim: periods[part]}).to_numpy(), bool)
+            np.copyto(values[part], np.nan, where=hidden)
     return values
 
 

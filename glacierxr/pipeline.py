@@ -470,8 +470,8 @@ def evaluate_run(composites: xr.DataArray, model, config: RunConfig, *, split: s
 
 
 #: Largest cube (values) the snow-state model is fitted on beside a run: fitting peaks at about
-#: three times the cube (float32; benchmarks/snowstate.py), about 2.4 GB here.
-_SNOW_STATE_MAX_VALUES = 200_000_000
+#: 1.4 times the cube (float32; benchmarks/snowstate.py), about 2.3 GB here.
+_SNOW_STATE_MAX_VALUES = 400_000_000
 
 
 def snow_state_others(sequences, split: str) -> dict:
@@ -479,7 +479,7 @@ def snow_state_others(sequences, split: str) -> dict:
 
     Sized by :func:`glacierxr.ml.snowstate.fit_for`; ``{}`` when there are fewer than 12
     training periods (too short a series for a response per pixel) or the cube has more than
-    200 million values (the model reads it whole; fit it yourself on a part of the scene).
+    400 million values (the model holds it whole; fit it yourself on a part of the scene).
     """
     import logging
 

@@ -331,3 +331,30 @@ def test_damping_of__lazy_on_dask_and_equal_to_the_least_squares_by_hand():
     assert float(lazy.compute()) == pytest.approx(by_hand)
     assert ev.fit_damping(values) == pytest.approx(by_hand)
     assert ev.fit_damping(-values[::-1] * 0) == 0.0  # no pair with a nonzero anomaly
+
+
+@pytest.mark.parametrize("valid_dims", [None, ("time", "y", "x"), ("y", "x")])
+def test_observed__reads_periods_in_groups_into_a_new_array_masked_like_numpy(valid_dims):
+    """The read behind the baselines and the snow-state model: the values at the asked periods,
+    NaN where the valid coordinate says unobserved, in the same order whatever the grouping, and
+    an array of its own (the snow-state fit writes its residuals into it)."""
+    pytest.importorskip("torch")
+    from glacierxr.ml import PatchSequences
+
+    rng = np.random.default_rng(5)
+    raw = rng.random((30, 12, 16)).astype(np.float32)
+    cube = make_series(raw.copy(), freq="MS")
+    expected = raw.copy()
+    if valid_dims is not None:
+        seen = rng.random([{"time": 30, "y": 12, "x": 16}[d] for d in valid_dims]) > 0.3
+        cube = cube.assign_coords(observed=(valid_dims, seen))
+        expected = np.where(seen, raw, np.nan)
+    periods = np.array([0, 1, 2, 7, 8, 20, 29])
+    frame = raw[0].nbytes
+    for data in (cube, cube.chunk({"time": 4, "y": 5})):
+        layout = PatchSequences(data, patch=6, stride=6)._layout
+        for block_bytes in (frame, 3 * frame, 100 * frame):  # a period a group, three, all at once
+            values = ev._observed(layout, periods, np.float32, block_bytes=block_bytes)
+            np.testing.assert_array_equal(values, expected[periods])
+            values[:] = -1.0
+    np.testing.assert_array_equal(cube.values, raw)  # the caller's cube is never written into

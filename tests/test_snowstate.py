@@ -136,6 +136,30 @@ def test_snow_state__a_pixel_that_changed_regime_responds_like_its_latest_years(
     same = latest.state_pixels_
     np.testing.assert_array_equal(latest._response[:, same], every._response[:, same])
 
+
+def test_snow_state__fitting_by_blocks_of_pixels_changes_nothing_and_leaves_the_cube_alone(monkeypatch):
+    # The fit works on blocks of rows and pixels to bound its memory (benchmarks/snowstate.py) and
+    # turns the values it read into its residuals in place: with one-row bands and one-pixel
+    # isotonic blocks it must learn exactly what it learns on the whole scene at once, and the
+    # caller's cube (NumPy-backed, here with clouds and an `observed` coordinate) must not change.
+    from glacierxr.ml import snowstate
+
+    cube, *_ = _snow_world(seed=4, retreat_at=60, after="seasonal")
+    rng = np.random.default_rng(1)
+    values = np.where(rng.random(cube.shape) < 0.15, np.nan, cube.values).astype(np.float32)
+    cube = cube.copy(data=values.copy()).assign_coords(observed=(cube.dims, rng.random(cube.shape) > 0.1))
+    ds = _sequences(cube)
+    whole = SnowStateModel().fit(ds)
+    assert not whole.state_pixels_.all() and whole.monotone  # the trending refit and the isotonic fit run
+    monkeypatch.setattr(snowstate, "_BLOCK_VALUES", 1)
+    blocks = SnowStateModel().fit(ds)
+    for name in ("_response", "centers_", "state_pixels_", "_residual", "_noise"):
+        np.testing.assert_array_equal(getattr(blocks, name), getattr(whole, name), err_msg=name)
+    assert blocks.damping_ == whole.damping_
+    np.testing.assert_array_equal(blocks.forecast(200, 4), whole.forecast(200, 4))
+    np.testing.assert_array_equal(cube.values, values)
+
+
 def test_snow_state__monotone_response_is_scipys_isotonic_regression_for_every_pixel():
     from scipy.optimize import isotonic_regression
 

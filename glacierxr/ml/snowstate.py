@@ -41,10 +41,11 @@ The model, with ``t`` a period (e.g. a month) and ``p`` a pixel:
 The forecast is ``mean over members of g_p(z⁻¹(ẑ(t + k) + e)) + l_p(t) + damping ** k ·
 (value_p(t) − g_p(S(t)) − l_p(t))``, clipped to the variable's valid range.
 
-Memory: the whole cube is read once (``(time, y, x)`` float32); the model keeps the residuals
-(the same size, float32) and ``bins`` frames of response. Fitting works frame by frame and in
-blocks of rows: it peaks at about three times the cube (measured on 58 million values by
-``benchmarks/snowstate.py``; the earlier whole-cube version peaked at thirteen).
+Memory: the whole cube is read once (``(time, y, x)`` float32, a group of periods at a time) and
+becomes the residuals the model keeps, in place; beside it the model keeps ``bins`` frames of
+response. Fitting works frame by frame, bin by bin and in blocks of pixels: it peaks at about 1.4
+times the cube (measured on 58 million values by ``benchmarks/snowstate.py``; three times before
+the residuals replaced the values in place, thirteen in the first whole-cube version).
 
 Examples
 --------
@@ -78,6 +79,8 @@ _PROBIT_CLIP = 0.005  # states within this of 0 or 1 are clipped before the prob
 #: A local level of k standard errors keeps the weight k² / (k² + _LEVEL_SHRINK): half at two.
 #: (Chosen on the validation years of benchmarks/skill.py: 4 scored better than 1 on all three seeds.)
 _LEVEL_SHRINK = 4.0
+#: Values per block when fitting works on part of the pixels at a time (memory, not results).
+_BLOCK_VALUES = 1_000_000
 
 
 class SnowStateModel:
@@ -145,7 +148,7 @@ class SnowStateModel:
         sequences : glacierxr.ml.PatchSequences
             Its cube is read whole; the periods its ``train`` windows cover are the training data.
         """
-        from glacierxr.evaluate import _observed, climatology, period_of_year, steps_per_year, train_periods
+        from glacierxr.evaluate import _observed, period_of_year, steps_per_year, train_periods
 
         layout = sequences._layout
         time_dim = layout.dims[0]
@@ -156,10 +159,9 @@ class SnowStateModel:
         period = steps_per_year(sequences.data, time_dim=time_dim)
         self.times_ = sequences.data[time_dim].to_index()
         self._phase = period_of_year(self.times_, period)
-        values = _observed(layout, np.arange(len(self.times_)), np.float32)  # the one read of the cube
-        training = sequences.data.transpose(*layout.dims).isel({time_dim: train}).copy(data=values[train])
-        clim = climatology(training, period=period, time_dim=time_dim).transpose("period_of_year", ...).to_numpy()
-        self.state_pixels_ = _trend_free(values, clim, self._phase, train, self.trend_t)
+        values = _observed(layout, np.arange(len(self.times_)), np.float32)  # the one read; ours to overwrite
+        clim, self.state_pixels_ = _climatology_and_trend(values, self.times_[train], train, self._phase, period,
+                                                          self.trend_t)
         if not self.state_pixels_.any():  # every pixel trends: a state of the whole scene beats none
             self.state_pixels_[:] = True
         state = self._state(values, clim)
@@ -170,10 +172,9 @@ class SnowStateModel:
         issues = np.unique(layout.decompose(layout.split_ids["train"])[0]) + sequences.input_steps - 1
         self._fit_regression(anomaly, issues, sequences.target_steps)
         self._anomaly_series = anomaly
-        self._residual = np.empty(values.shape, np.float32)  # kept instead of the cube
-        for t in range(len(values)):  # frame by frame: memory stays a few times the cube
-            self._residual[t] = values[t] - self.response(state[t : t + 1])[0]
-        del values
+        for t in range(len(values)):  # the residuals replace the values frame by frame: one cube in memory
+            values[t] -= self.response(state[t : t + 1])[0]
+        self._residual = values
         self._noise = self._fit_noise(train)
         self.damping_ = self._fit_damping(issues)
         self.bounds_ = valid_range(sequences.data)
@@ -203,32 +204,38 @@ class SnowStateModel:
     def _binned_response(self, state: np.ndarray, values: np.ndarray, train: np.ndarray,
                          pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(centers, response)``: per-pixel mean of ``values`` (at the periods ``train``, whose
-        states are ``state``) in quantile bins of the state (bins without data merged), made
-        non-decreasing in the state with ``monotone``; over the ``(y, x)`` mask ``pixels`` only
-        when given (``response`` then ``(bins, pixels.sum())``)."""
+        states are ``state``) in quantile bins of the state (bins without data left out, bins of
+        equal centres merged), made non-decreasing in the state with ``monotone``; over the
+        ``(y, x)`` mask ``pixels`` only when given (``response`` then ``(bins, pixels.sum())``).
+        Beyond ``values``, memory stays about two float64 frames per bin."""
         edges = np.quantile(state, np.linspace(0.0, 1.0, self.bins + 1))
         which = np.clip(np.searchsorted(edges, state, side="right") - 1, 0, self.bins - 1)
         used = np.unique(which)
         centers = np.array([state[which == b].mean() for b in used])
-        response, counts = [], []
-        for b in used:  # one bin's periods at a time
+        keep = np.concatenate([[True], np.diff(centers) > 0])
+        response = np.zeros((int(keep.sum()), *(values.shape[1:] if pixels is None else (int(pixels.sum()),))))
+        counts = np.zeros(response.shape, np.int32)
+        for row, b in zip(np.cumsum(keep) - 1, used):  # one bin's periods at a time (float64 sums)
             block = values[train[which == b]]
             block = block if pixels is None else block[:, pixels]
-            response.append(_nanmean(block))
-            counts.append(np.isfinite(block).sum(axis=0))
-        response, counts = np.stack(response), np.stack(counts)
-        keep = np.concatenate([[True], np.diff(centers) > 0])  # equal centres: one bin
-        centers, response, counts = centers[keep], response[keep], counts[keep]
+            finite = np.isfinite(block)
+            response[row] += np.sum(block, axis=0, where=finite, dtype=np.float64)
+            counts[row] += finite.sum(axis=0, dtype=np.int32)
+        with np.errstate(invalid="ignore"):
+            response /= counts  # NaN where the pixel was never seen in the bin (0 / 0)
         fallback = _nanmean(response)  # a pixel never seen in a bin: its mean over the others
         if not np.isfinite(fallback).all():  # a pixel never seen at all: the mean of every training value
             sums = np.array([(np.sum(values[t], where=np.isfinite(values[t]), dtype=np.float64),
                               np.isfinite(values[t]).sum()) for t in train])
             fallback = np.where(np.isfinite(fallback), fallback, sums[:, 0].sum() / sums[:, 1].sum()
                                 if sums[:, 1].sum() else 0.0)
-        response = np.where(np.isfinite(response), response, fallback)
-        if self.monotone:
-            response = _isotonic(response, counts)
-        return centers, response.astype(np.float32)
+        np.copyto(response, np.broadcast_to(fallback, response.shape), where=~np.isfinite(response))
+        if self.monotone:  # pixel block by pixel block: the isotonic fit holds a few copies of its input
+            flat, weights = response.reshape(len(response), -1), counts.reshape(len(counts), -1)
+            step = max(1, _BLOCK_VALUES // (8 * len(flat)))  # ~8 float64 copies: ~8 MB
+            for first in range(0, flat.shape[1], step):
+                flat[:, first : first + step] = _isotonic(flat[:, first : first + step], weights[:, first : first + step])
+        return centers[keep], response.astype(np.float32)
 
     def response(self, state) -> np.ndarray:
         """``g_p(S)`` for each state of ``state`` (1-D): ``(len(state), y, x)``."""
@@ -461,17 +468,28 @@ def _piecewise(centers: np.ndarray, table: np.ndarray, state) -> np.ndarray:
     return (1.0 - weight) * table[low] + weight * table[low + 1]
 
 
-def _trend_free(values: np.ndarray, clim: np.ndarray, phase: np.ndarray, train: np.ndarray,
-                t_max: float | None, block_values: int = 1_000_000) -> np.ndarray:
-    """:func:`_untrended` of the departures ``values - clim[phase]`` at the periods ``train``,
-    computed over blocks of rows (about ``block_values`` values each), so memory stays small."""
+def _climatology_and_trend(values: np.ndarray, times, train: np.ndarray, phase: np.ndarray, period: int,
+                           t_max: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(clim, untrended)``: the climatology ``(period, y, x)`` of ``values`` at the periods
+    ``train`` (:func:`glacierxr.evaluate.climatology`, whose labels are ``times``) and the
+    :func:`_untrended` mask of their departures from it, over blocks of rows (about
+    ``_BLOCK_VALUES`` values each) so that no copy of the training values is held whole."""
+    import xarray as xr
+
+    from glacierxr.evaluate import climatology
+
     height, width = values.shape[1:]
-    rows = max(1, block_values // max(1, train.size * width))
-    out = np.ones((height, width), bool)
+    rows = max(1, _BLOCK_VALUES // max(1, train.size * width))
+    clim = np.empty((period, height, width), np.float32)
+    untrended = np.ones((height, width), bool)
     for top in range(0, height, rows):
         band = slice(top, top + rows)
-        out[band] = _untrended(values[train, band] - clim[phase[train], band], train, t_max)
-    return out
+        departures = values[train, band]  # a copy: the band's training values
+        series = xr.DataArray(departures, dims=("time", "y", "x"), coords={"time": times})
+        clim[:, band] = climatology(series, period=period).transpose("period_of_year", ...).to_numpy()
+        departures -= clim[phase[train], band]
+        untrended[band] = _untrended(departures, train, t_max)
+    return clim, untrended
 
 
 def _finite_mean(values: np.ndarray) -> float:
