@@ -319,6 +319,45 @@ def test_predict_fullscene__lazy_labelled_and_equal_to_the_model():
     np.testing.assert_allclose(forecast.values, np.clip(expected, 0.0, 1.0), rtol=1e-5, atol=1e-6)
 
 
+
+def test_predict_fullscene__a_residual_model_reads_its_baseline_from_the_history():
+    # A residual model trained on patches, wrapped to forecast whole scenes. Its network is zeroed,
+    # so the forecast is its baseline, damped anomaly persistence, computed here by hand: each
+    # month's climatology plus phi**k times the last anomaly, phi the lag-1 least squares of the
+    # anomalies. The raw periods (what the wrapper read before) would be refused by the model.
+    from glacierxr.ml.models.residual import ResidualForecaster
+
+    rng = np.random.default_rng(2)
+    months, size = 36, 10
+    season = 0.5 + 0.2 * np.cos(2 * np.pi * np.arange(months) / 12)
+    weather = np.zeros(months)
+    for t in range(1, months):
+        weather[t] = 0.7 * weather[t - 1] + 0.05 * rng.standard_normal()
+    values = season[:, None, None] + weather[:, None, None] + 0.02 * rng.standard_normal((months, size, size))
+    da = make_series(values.astype(np.float32), freq="MS").chunk({"time": 12})
+    network = small_convlstm()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.zero_()
+    model = ResidualForecaster(network, input_steps=4, baseline="anomaly_persistence", scale=0.1,
+                               context=("climatology", "scene_anomaly"))
+    with raise_if_dask_computes():
+        forecast = predict_fullscene(da, FullSceneModel(model, patch=4), steps=3)
+    clim = np.stack([values[phase::12].mean(axis=0) for phase in range(12)])
+    anomaly = values - clim[np.arange(months) % 12]
+    phi = np.sum(anomaly[1:] * anomaly[:-1]) / np.sum(anomaly[:-1] ** 2)
+    expected = np.stack([clim[(months - 1 + k) % 12] + phi**k * anomaly[-1] for k in (1, 2, 3)])
+    np.testing.assert_allclose(forecast.values, expected, atol=1e-5)
+    assert forecast.lead.values.tolist() == [1, 2, 3] and str(forecast.time.values[0])[:7] == "2023-01"
+
+
+def test_full_scene_trainer__refuses_a_residual_model_with_the_way_to_train_it():
+    from glacierxr.ml.models.residual import ResidualForecaster
+
+    model = ResidualForecaster(small_convlstm(), input_steps=4, baseline="anomaly_persistence", scale=0.1)
+    with pytest.raises(ModelError, match="Train it on patches"):
+        FullSceneTrainer(FullSceneModel(model, patch=4))
+
 # --------------------------------------------------------------------------------------------
 # the U-Net denoiser
 # --------------------------------------------------------------------------------------------

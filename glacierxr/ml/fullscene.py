@@ -599,6 +599,15 @@ class FullSceneTrainer(Trainer):
                 f"FullSceneTrainer trains a FullSceneModel (it needs the tile size), got "
                 f"{type(model).__name__}. Wrap it: FullSceneModel(model, patch=...)."
             )
+        from glacierxr.ml.models.residual import ResidualForecaster
+
+        if isinstance(model.model, ResidualForecaster):
+            raise ModelError(
+                "FullSceneTrainer trains on FullSceneSequences, whose inputs are the raw periods; a "
+                "ResidualForecaster reads packed inputs (anomalies, context and its baseline). Train it on "
+                "patches (glacierxr train, or Trainer on residual_dataset windows), then forecast whole "
+                "scenes with predict_fullscene(da, FullSceneModel(model, patch=...)) or predict(da, model)."
+            )
         if isinstance(seam_weight, bool) or not isinstance(seam_weight, (int, float)) or not seam_weight >= 0:
             raise ConfigError(f"seam_weight must be a number >= 0, got {seam_weight!r}.")
         super().__init__(model, **kwargs)
@@ -658,7 +667,10 @@ def predict_fullscene(
     """Forecast the periods after ``da`` with a :class:`FullSceneModel` over the whole scene (lazy).
 
     The last ``model.input_steps`` periods of ``da`` are the input; the scene is one task (a
-    full-scene model sees it whole). Output like :func:`glacierxr.ml.predict.predict`: named
+    full-scene model sees it whole). A wrapped
+    :class:`~glacierxr.ml.models.residual.ResidualForecaster` (a residual model trained on patches)
+    reads its packed inputs built from the series' own history instead, in data units, as in
+    :func:`glacierxr.ml.predict.predict`. Output like :func:`glacierxr.ml.predict.predict`: named
     ``<name>_forecast``, future ``time`` and a ``lead`` coordinate, the input's ``x``/``y`` and
     ``spatial_ref``, attrs ``model``, ``checkpoint_sha256``, ``input_period`` …
 
@@ -671,7 +683,7 @@ def predict_fullscene(
     steps : int
         Periods to forecast.
     normalization : (mean, std) or {"mean", "std"}, optional
-        Default ``model.normalization`` when set, else none.
+        Default ``model.normalization`` when set, else none (not used by a residual model).
     device : str
         Torch device.
     """
@@ -679,7 +691,8 @@ def predict_fullscene(
     import dask.array as dsa
 
     from glacierxr.ml.checkpoint import weights_sha256
-    from glacierxr.ml.predict import forecast_coords
+    from glacierxr.ml.models.residual import ResidualForecaster
+    from glacierxr.ml.predict import _model_inputs, forecast_coords
 
     if not isinstance(model, FullSceneModel):
         raise DataTypeError(f"model must be a FullSceneModel, got {type(model).__name__}. Wrap it first.")
@@ -690,13 +703,11 @@ def predict_fullscene(
         raise DimensionError(
             f"The model needs {input_steps} input periods but the series has {da.sizes[time_dim]}."
         )
-    if normalization is None:
-        normalization = getattr(model, "normalization", None) or (0.0, 1.0)
-    if isinstance(normalization, Mapping):
-        normalization = (normalization.get("mean", 0.0), normalization.get("std", 1.0))
-    mean, std = (float(v) for v in normalization)
-
-    history = da.transpose(time_dim, y_dim, x_dim).isel({time_dim: slice(-input_steps, None)})
+    # the frames the model reads, as predict() builds them: the last periods normalised like the
+    # model was trained, or a residual model's packed inputs from the series' history (data units)
+    residual = isinstance(model.model, ResidualForecaster)
+    history, (mean, std) = _model_inputs(da, model.model if residual else model, int(steps), input_steps,
+                                         normalization, (time_dim, y_dim, x_dim))
     data = history.data
     if not isinstance(data, dsa.Array):
         data = dsa.from_array(np.asarray(data), chunks=-1)
