@@ -597,7 +597,7 @@ def local_cluster(*, workers: int, memory_limit: str, scratch: Path, malloc: str
             threads_per_worker=1,
             processes=True,
             memory_limit=memory_limit,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: None still binds 8787 (distributed 2026.8)
             local_directory=str(scratch),
         ) as cluster,
         Client(cluster) as client,

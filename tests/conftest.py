@@ -67,7 +67,7 @@ def local_cluster(tmp_path_factory):
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # a free port: None still binds 8787 (distributed 2026.8)
         local_directory=str(scratch),
         memory_limit="2GiB",
     ) as cluster, Client(cluster, set_as_default=False) as client:

@@ -59,7 +59,7 @@ class _StandInCluster:
 
         _StandInCluster.started.append(self)
         self.cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                    dashboard_address=None, local_directory=str(spill))
+                                    dashboard_address=":0", local_directory=str(spill))
 
     def __getattr__(self, name):
         return getattr(self.cluster, name)
@@ -128,7 +128,7 @@ def stand_ins(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "dask_jobqueue", _slurm_stand_in(spill, record["slurm"]))
     monkeypatch.setitem(sys.modules, "coiled", _coiled_stand_in(spill, record["coiled"]))
     scheduler = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                             dashboard_address=None, local_directory=str(spill))
+                             dashboard_address=":0", local_directory=str(spill))
     record["scheduler"] = scheduler.scheduler_address
     # buckets and containers become an in-memory filesystem (credentials are not looked at)
     memory = fsspec.filesystem("memory")

@@ -68,7 +68,7 @@ def test_cluster__worker_killed_mid_run_gives_the_same_result(tmp_path):
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # a free port: None still binds 8787 (distributed 2026.8)
         local_directory=str(tmp_path / "dask"),
         memory_limit="2GiB",
     ) as cluster, Client(cluster) as client:
