@@ -7,6 +7,8 @@ of the values missing), measured in one run:
   :meth:`glacierxr.ml.snowstate.SnowStateModel.fit` runs (``tracemalloc``, which sees NumPy's
   allocations), against the size of the cube itself (float32): ratio = how many cubes it holds
   at its peak;
+* ``fit_peak_memory_dask``: the same for the cube Dask-backed, chunked whole in time like a
+  composite store (the chunks are made as they are read, so the read is part of the peak);
 * ``fit_seconds``: its wall time against fitting damped anomaly persistence on the same training
   periods (:func:`glacierxr.evaluate.climatology` + :func:`glacierxr.evaluate.fit_damping`, read
   from the same array): ratio = what the snow-state model costs beyond the strongest naive
@@ -68,6 +70,17 @@ def main(argv=None) -> None:
     emit("fit_peak_memory", round(peak / 2**20, 1), "MiB", baseline="the cube (float32)",
          baseline_value=round(cube_bytes / 2**20, 1), ratio=round(peak / cube_bytes, 2),
          note=f"SnowStateModel().fit on {shape} monthly snow masks")
+
+    # the same cube as a Dask-backed store would give it: whole in time, chunks made when read
+    lazy = da.chunk({"time": -1, "y": size // 4, "x": size // 4}) * np.float32(1)
+    lazy_sequences = PatchSequences(lazy, patch=50, stride=50, test_fraction=0.25)
+    tracemalloc.start()
+    SnowStateModel().fit(lazy_sequences)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    emit("fit_peak_memory_dask", round(peak / 2**20, 1), "MiB", baseline="the cube (float32)",
+         baseline_value=round(cube_bytes / 2**20, 1), ratio=round(peak / cube_bytes, 2),
+         note=f"SnowStateModel().fit on the same cube, Dask-backed (time=-1, 4 x 4 chunks)")
 
     started = time.perf_counter()  # timed apart: tracemalloc slows every allocation it traces
     SnowStateModel().fit(sequences)

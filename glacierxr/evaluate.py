@@ -42,6 +42,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -1002,24 +1003,47 @@ def _observed(layout, periods: np.ndarray, dtype, block_bytes: int = 64 * 2**20)
     """The cube's values at ``periods`` (positions on its time axis) in the layout's dim order, NaN
     where the layout's valid mask says unobserved (computed): a new array the caller may write into.
 
-    The periods are read a group at a time (about ``block_bytes`` each) straight into that array, so
-    a read holds the values once, beside one group (not every chunk and their concatenation too).
+    The values are read straight into that array, about ``block_bytes`` at a time: a Dask-backed
+    cube chunk by chunk (each chunk computed once, whatever its shape: ``time=-1`` stores are not
+    read again for every group of periods), an in-memory one a group of periods at a time. So a
+    read holds the values once, not every chunk and their concatenation beside them.
     """
     time_dim = layout.dims[0]
     periods = np.asarray(periods)
     values = np.empty((periods.size, *(layout.data.sizes[d] for d in layout.dims[1:])), dtype=dtype)
-    valid = layout.valid
-    if valid is not None:
-        valid = valid.transpose(*[d for d in layout.dims if d in valid.dims])
-    fixed = None if valid is None or time_dim in valid.dims else ~np.asarray(valid.to_numpy(), bool)
-    step = max(1, block_bytes // max(1, values[:1].nbytes))
-    for first in range(0, periods.size, step):
-        part = slice(first, first + step)
-        values[part] = layout.data.isel({time_dim: periods[part]}).transpose(*layout.dims).to_numpy()
-        if valid is not None:  # NaN where unobserved, broadcast like the values (trailing dims)
-            hidden = fixed if fixed is not None else ~np.asarray(valid.isel({time_dim: periods[part]}).to_numpy(), bool)
-            np.copyto(values[part], np.nan, where=hidden)
+
+    def observed(index) -> xr.DataArray:  # lazily where the cube is
+        take = periods[index]
+        if take.size and np.array_equal(take, np.arange(take[0], take[0] + take.size)):
+            take = slice(int(take[0]), int(take[0]) + take.size)  # a run of periods: views, not copies
+        part = layout.data.isel({time_dim: take})
+        if layout.valid is not None:
+            valid = layout.valid
+            part = part.where(valid.isel({time_dim: take}) if time_dim in valid.dims else valid)
+        return part.transpose(*layout.dims)
+
+    lazy = observed(slice(None)) if _is_lazy(layout) else None
+    if lazy is None:
+        step = max(1, block_bytes // max(1, values[:1].nbytes))
+        for first in range(0, periods.size, step):
+            values[first : first + step] = observed(slice(first, first + step)).to_numpy()
+        return values
+    blocks = lazy.data.astype(dtype).to_delayed().ravel()  # C order, like np.ndindex
+    edges = [np.cumsum((0, *chunks)) for chunks in lazy.chunks]
+    where = [tuple(slice(e[i], e[i + 1]) for e, i in zip(edges, index)) for index in np.ndindex(lazy.data.numblocks)]
+    sizes = [values[w].nbytes for w in where]  # views: nothing is allocated
+    group = np.cumsum(sizes) // max(1, block_bytes)  # consecutive blocks, about block_bytes a group
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        for k, block in zip(members, dask.compute(*blocks[members])):
+            values[where[k]] = block
     return values
+
+
+def _is_lazy(layout) -> bool:
+    """Whether the cube (or its valid mask) is Dask-backed."""
+    return dask.is_dask_collection(layout.data.data) or (
+        layout.valid is not None and dask.is_dask_collection(layout.valid.data))
 
 
 def train_periods(sequences) -> np.ndarray:

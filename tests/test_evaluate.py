@@ -358,3 +358,25 @@ def test_observed__reads_periods_in_groups_into_a_new_array_masked_like_numpy(va
             np.testing.assert_array_equal(values, expected[periods])
             values[:] = -1.0
     np.testing.assert_array_equal(cube.values, raw)  # the caller's cube is never written into
+
+
+def test_observed__computes_each_chunk_of_a_lazy_cube_once():
+    """A store chunked whole in time (``time=-1``, how composites are written) is read chunk by
+    chunk: reading the periods in groups would compute every chunk again for every group."""
+    pytest.importorskip("torch")
+    from glacierxr.ml import PatchSequences
+
+    calls = []
+
+    def counted(block):
+        calls.append(block.shape)
+        return block
+
+    raw = np.random.default_rng(6).random((40, 12, 18)).astype(np.float32)
+    cube = make_series(raw, freq="MS").chunk({"time": -1, "y": 6, "x": 9})
+    cube = cube.copy(data=cube.data.map_blocks(counted, dtype=np.float32))
+    layout = PatchSequences(cube, patch=6, stride=6)._layout
+    calls.clear()
+    values = ev._observed(layout, np.arange(3, 40), np.float32, block_bytes=raw[0].nbytes)
+    np.testing.assert_array_equal(values, raw[3:])
+    assert len(calls) == 4  # the 2 x 2 chunks, once each

@@ -44,8 +44,9 @@ The forecast is ``mean over members of g_p(z⁻¹(ẑ(t + k) + e)) + l_p(t) + da
 Memory: the whole cube is read once (``(time, y, x)`` float32, a group of periods at a time) and
 becomes the residuals the model keeps, in place; beside it the model keeps ``bins`` frames of
 response. Fitting works frame by frame, bin by bin and in blocks of pixels: it peaks at about 1.4
-times the cube (measured on 58 million values by ``benchmarks/snowstate.py``; three times before
-the residuals replaced the values in place, thirteen in the first whole-cube version).
+times the cube, 1.5 for a Dask-backed cube whose chunks are made as they are read (measured on 58
+million values by ``benchmarks/snowstate.py``; three times before the residuals replaced the
+values in place, thirteen in the first whole-cube version).
 
 Examples
 --------
