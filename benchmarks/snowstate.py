@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     tracemalloc.stop()
     emit("fit_peak_memory_dask", round(peak / 2**20, 1), "MiB", baseline="the cube (float32)",
          baseline_value=round(cube_bytes / 2**20, 1), ratio=round(peak / cube_bytes, 2),
-         note=f"SnowStateModel().fit on the same cube, Dask-backed (time=-1, 4 x 4 chunks)")
+         note="SnowStateModel().fit on the same cube, Dask-backed (time=-1, 4 x 4 chunks)")
 
     started = time.perf_counter()  # timed apart: tracemalloc slows every allocation it traces
     SnowStateModel().fit(sequences)
