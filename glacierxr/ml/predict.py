@@ -14,6 +14,7 @@ numbers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import dask
@@ -383,7 +384,7 @@ def _normalization(model, normalization) -> tuple[float, float]:
     """``(mean, std)`` from the argument, else the model's, else no scaling."""
     if normalization is None:
         normalization = getattr(model, "normalization", None) or (0.0, 1.0)
-    if isinstance(normalization, dict):  # as stored by PatchSequences / checkpoints
+    if isinstance(normalization, Mapping):  # as stored by PatchSequences / checkpoints
         normalization = (normalization.get("mean", 0.0), normalization.get("std", 1.0))
     return tuple(float(v) for v in normalization)
 

@@ -41,7 +41,7 @@ The model, with ``t`` a period (e.g. a month) and ``p`` a pixel:
 The forecast is ``mean over members of g_p(z⁻¹(ẑ(t + k) + e)) + l_p(t) + damping ** k ·
 (value_p(t) − g_p(S(t)) − l_p(t))``, clipped to the variable's valid range.
 
-Memory: the whole cube is read once (``(time, y, x)`` float32, a group of periods at a time) and
+Memory: the whole cube is read once, straight into one ``(time, y, x)`` float32 array, which
 becomes the residuals the model keeps, in place; beside it the model keeps ``bins`` frames of
 response. Fitting works frame by frame, bin by bin and in blocks of pixels: it peaks at about 1.4
 times the cube, 1.5 for a Dask-backed cube whose chunks are made as they are read (measured on 58
