@@ -9,6 +9,8 @@ of the values missing), measured in one run:
   at its peak;
 * ``fit_peak_memory_dask``: the same for the cube Dask-backed, chunked whole in time like a
   composite store (the chunks are made as they are read, so the read is part of the peak);
+* ``baselines_fit_peak_memory``: the same for fitting the baselines it is scored against (the
+  climatology and the damping of anomaly persistence, as :func:`glacierxr.evaluate.evaluate` does);
 * ``fit_seconds``: its wall time against fitting damped anomaly persistence on the same training
   periods (:func:`glacierxr.evaluate.climatology` + :func:`glacierxr.evaluate.fit_damping`, read
   from the same array): ratio = what the snow-state model costs beyond the strongest naive
@@ -70,6 +72,16 @@ def main(argv=None) -> None:
     emit("fit_peak_memory", round(peak / 2**20, 1), "MiB", baseline="the cube (float32)",
          baseline_value=round(cube_bytes / 2**20, 1), ratio=round(peak / cube_bytes, 2),
          note=f"SnowStateModel().fit on {shape} monthly snow masks")
+
+    from glacierxr.evaluate import _Baselines  # what evaluate() fits for the naive baselines
+
+    tracemalloc.start()
+    _Baselines(sequences, ["climatology", "anomaly_persistence"], None)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    emit("baselines_fit_peak_memory", round(peak / 2**20, 1), "MiB", baseline="the cube (float32)",
+         baseline_value=round(cube_bytes / 2**20, 1), ratio=round(peak / cube_bytes, 2),
+         note="the climatology and damped anomaly persistence fitted on the same training periods")
 
     # the same cube as a Dask-backed store would give it: whole in time, chunks made when read
     lazy = da.chunk({"time": -1, "y": size // 4, "x": size // 4}) * np.float32(1)

@@ -1079,11 +1079,13 @@ def _train_climatology(sequences, period: int, damping: bool = False) -> tuple[n
     clim = np.asarray(clim.transpose("period_of_year", *layout.dims[1:]).to_numpy(), dtype=np.float64)
     if not damping:
         return clim, None
-    values = _observed(layout, index, np.float64)
-    anomalies = values - clim[period_of_year(train[time_dim].to_index(), period)]
-    consecutive = np.diff(index) == 1
-    pairs = np.stack([anomalies[:-1][consecutive], anomalies[1:][consecutive]], axis=1)  # (n, 2, y, x)
-    return clim, fit_damping(np.moveaxis(pairs, 1, 0)) if pairs.size else 0.0
+    values = _observed(layout, index, np.float32)  # the training periods, read once
+    phases = period_of_year(train[time_dim].to_index(), period)
+    sums = np.zeros(2)
+    for i in np.flatnonzero(np.diff(index) == 1):  # consecutive periods, a pair of frames at a time
+        now, after = (values[j] - clim[phases[j]] for j in (i, i + 1))  # float64 anomalies
+        sums += damping_sums(now, after)
+    return clim, float(damping_from_sums(*sums))
 
 
 def _gather_climatology(clim: np.ndarray, phases: np.ndarray, y0: np.ndarray, x0: np.ndarray, patch: int) -> np.ndarray:
