@@ -736,11 +736,11 @@ def evaluate(
     reference = _Baselines(sequences, baselines, period)
 
     if type(model_or_predictions).__name__ == "ResidualForecaster":  # it reads packed inputs, not the patches
-        from glacierxr.ml.models.residual import forecast_arrays, window_inputs
+        from glacierxr.ml.models.residual import ResidualWindows, forecast_arrays
 
         name = name or model_or_predictions.model_name
-        arrays = window_inputs(sequences, None, model_or_predictions.baseline)
-        model_or_predictions = forecast_arrays(model_or_predictions, arrays)
+        windows = ResidualWindows.for_model(sequences, None, model_or_predictions)
+        model_or_predictions = forecast_arrays(model_or_predictions, windows)  # packed batch by batch
     forecasters = [_Forecaster(model_or_predictions, sequences, name, device)]
     forecasters += [_Forecaster(other, sequences, str(key), device) for key, other in (others or {}).items()]
     forecasters = [f for f in forecasters if f.active]
@@ -961,20 +961,74 @@ def window_arrays(sequences, *, split: str | None = None, baselines: Sequence[st
     periods, where = np.unique(inputs_at, return_inverse=True)
     out["scene_anomaly"] = _scene_anomaly(reference, periods)[where.reshape(inputs_at.shape)]
     for batch in sequences._stream(batch_size=batch_size, mode="raw"):
-        raw, valid = batch.arrays
-        seen = np.where(np.isnan(raw[:, :t_in]), reference.fill, raw[:, :t_in])
-        forecasts = reference(raw, seen, batch.ids)
-        t0, y0, x0 = reference.layout.decompose(batch.ids)
-        index = (t0[:, None] + np.arange(t_in)).ravel()
-        phases = period_of_year(reference.times[index], reference.period).reshape(-1, t_in)
-        at = batch.positions
-        out["inputs"][at], out["targets"][at] = seen, raw[:, t_in:]
-        out["valid"][at] = valid[:, t_in:] & np.isfinite(raw[:, t_in:])
-        out["clim_inputs"][at] = _gather_climatology(reference.clim, phases, y0, x0, patch)
-        for name in baselines:
-            out[name][at] = forecasts[name]
+        for name, values in _window_batch(reference, *batch.arrays, batch.ids, t_in, baselines).items():
+            out[name][batch.positions] = values
     out["damping"] = np.array(np.nan if reference.damping is None else reference.damping)
     return out
+
+
+def _window_batch(reference: _Baselines, raw: np.ndarray, valid: np.ndarray, ids: np.ndarray, t_in: int,
+                  baselines: Sequence[str]) -> dict[str, np.ndarray]:
+    """:func:`window_arrays`' arrays (but the scene anomaly) of the windows ``ids``, from their raw
+    values and validity ``(N, T_in + T_out, P, P)``."""
+    seen = np.where(np.isnan(raw[:, :t_in]), reference.fill, raw[:, :t_in])
+    forecasts = reference(raw, seen, ids)
+    t0, y0, x0 = reference.layout.decompose(ids)
+    index = (t0[:, None] + np.arange(t_in)).ravel()
+    phases = period_of_year(reference.times[index], reference.period).reshape(-1, t_in)
+    out = {"inputs": seen, "targets": raw[:, t_in:],
+           "clim_inputs": _gather_climatology(reference.clim, phases, y0, x0, reference.patch),
+           **{name: forecasts[name] for name in baselines}}
+    out = {name: values.astype(np.float32, copy=False) for name, values in out.items()}  # window_arrays' dtype
+    return {**out, "valid": valid[:, t_in:] & np.isfinite(raw[:, t_in:])}
+
+
+class WindowCutter:
+    """:func:`window_arrays` of any set of windows, cut when asked for from the cube held in memory.
+
+    ``window_arrays`` fills an array per field for every window of a split: with overlapping
+    patches (``stride < patch``) every pixel stands in many windows, and the arrays grow far beyond
+    the cube (hundreds of times with ``patch=50, stride=10``). A cutter reads the cube once (its
+    values and validity, 1.25 times the cube as float32 and bool), fits the baselines once, and
+    :meth:`cut` gives the same arrays for a batch of window ids, bit for bit.
+
+    Parameters
+    ----------
+    sequences : glacierxr.ml.PatchSequences
+        The sequences (any view: the baselines learn from their training periods).
+    baselines : sequence of str
+        As in :func:`window_arrays`.
+    """
+
+    def __init__(self, sequences, baselines: Sequence[str] = ("climatology", "anomaly_persistence"),
+                 period: int | None = None) -> None:
+        self.baselines = list(baselines)
+        self.reference = _Baselines(sequences, list(dict.fromkeys(["climatology", *baselines])), period)
+        layout = self.reference.layout
+        self.t_in, self.patch, self.steps = sequences.input_steps, sequences.patch, layout.steps
+        self.raw, self.valid = _read_cube(layout)
+        self.scene_anomaly = _scene_anomaly(self.reference, np.arange(self.raw.shape[0]))
+        self.damping = np.array(np.nan if self.reference.damping is None else self.reference.damping)
+
+    def cut(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The arrays of the windows ``ids`` (in that order), as :func:`window_arrays` gives them."""
+        ids = np.asarray(ids)
+        t0, y0, x0 = self.reference.layout.decompose(ids)
+        shape = (self.steps, self.patch, self.patch)
+        raw, valid = (np.lib.stride_tricks.sliding_window_view(a, shape)[t0, y0, x0] for a in (self.raw, self.valid))
+        out = _window_batch(self.reference, raw, valid, ids, self.t_in, self.baselines)
+        out["scene_anomaly"] = self.scene_anomaly[t0[:, None] + np.arange(self.t_in)]
+        out["damping"] = self.damping
+        return out
+
+
+def _read_cube(layout) -> tuple[np.ndarray, np.ndarray]:
+    """The whole cube as patch windows read it (:func:`glacierxr.ml.patches._read_region`): float32
+    values, NaN where missing (a finite value the valid mask calls unobserved stays), and validity."""
+    from glacierxr.ml.patches import _read_region, _Region
+
+    sizes = [layout.data.sizes[d] for d in layout.dims]
+    return _read_region(layout, _Region(0, sizes[0], 0, sizes[1], 0, sizes[2]))
 
 
 def _scene_anomaly(reference: _Baselines, periods: np.ndarray) -> np.ndarray:
@@ -983,8 +1037,11 @@ def _scene_anomaly(reference: _Baselines, periods: np.ndarray) -> np.ndarray:
     ``periods`` are positions on the cube's time axis; only those periods are read.
     """
     values = _observed(reference.layout, periods, np.float32)
-    departure = values - reference.clim[period_of_year(reference.times[periods], reference.period)]
-    return scene_mean(departure).astype(np.float32)
+    phases = period_of_year(reference.times[periods], reference.period)
+    # frame by frame: a period's value does not depend on the others read with it, and no float64
+    # copy of every departure is held
+    return np.array([scene_mean(values[k : k + 1] - reference.clim[phase])[0] for k, phase in enumerate(phases)],
+                    np.float32)
 
 
 def scene_mean(values: np.ndarray) -> np.ndarray:

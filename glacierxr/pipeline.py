@@ -326,10 +326,10 @@ def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, i
     import torch
 
     torch.manual_seed(config.train.seed)  # the initial weights, so that a run repeats exactly
-    windows = functools.cache(lambda split: _window_arrays(sequences, split))  # each split read once
+    windows = functools.cache(lambda: _window_cutter(sequences))  # the cube read once, for every split
     if init_checkpoint is None:
         config = resolve_residual(config, sequences)  # "auto" -> what the series supports, recorded as such
-        model = _new_model(config, windows)
+        model = _new_model(config, windows, sequences)
     else:
         model = load_model(init_checkpoint)
     train_data, validation = _training_data(sequences, model, windows)
@@ -360,10 +360,10 @@ def _fit_run(composites, config: RunConfig, out_dir: Path, *, resume, replace, i
     return model, history
 
 
-def _window_arrays(sequences, split: str) -> dict:
-    from glacierxr.evaluate import window_arrays
+def _window_cutter(sequences):
+    from glacierxr.evaluate import WindowCutter
 
-    return window_arrays(sequences, split=split)
+    return WindowCutter(sequences)
 
 
 def resolve_residual(config: RunConfig, sequences) -> RunConfig:
@@ -387,21 +387,23 @@ def resolve_residual(config: RunConfig, sequences) -> RunConfig:
     return resolved
 
 
-def _new_model(config: RunConfig, windows):
+def _new_model(config: RunConfig, windows, sequences):
     """The configured model; wrapped to forecast a residual on ``[model] residual`` unless "none"
-    (``windows(split)``: the split's window arrays, for the residual's scaling)."""
+    (``windows()``: a :class:`~glacierxr.evaluate.WindowCutter` of ``sequences``, for the residual's
+    scaling)."""
     from glacierxr.ml.models import get_model
 
     name, params, m = config.model.name, config.model.params, config.model
     input_steps = config.patches.input_steps
     if m.residual == "none":
         return get_model(name, input_steps=input_steps, **params) if _accepts(name, "input_steps") else get_model(name, **params)
-    from glacierxr.ml.models.residual import ResidualForecaster, inner_steps, residual_scaling
+    from glacierxr.ml.models.residual import ResidualForecaster, ResidualWindows, inner_steps, residual_scaling
 
     context = tuple(m.context)
     if _accepts(name, "input_steps"):  # a model built for a fixed number of frames sees the packed ones
         params = {"input_steps": inner_steps(input_steps, config.patches.target_steps, context=context), **params}
-    scale, offset = residual_scaling(windows("train"))
+    scale, offset = residual_scaling(ResidualWindows(sequences, "train", baseline="climatology", scale=1.0,
+                                                     cutter=windows()))
     return ResidualForecaster(get_model(name, **params), input_steps=input_steps, baseline=m.residual, scale=scale,
                               context=context, offset=offset)
 
@@ -413,20 +415,19 @@ def _is_residual(model) -> bool:
 
 
 def _training_data(sequences, model, windows):
-    """``(train, val or None)``: the sequences, or for a residual model its packed windows."""
+    """``(train, val or None)``: the sequences, or for a residual model its packed windows, cut
+    batch by batch from the cube held once (``windows()``: a :class:`~glacierxr.evaluate.WindowCutter`)."""
     splits = {s: sequences.split(s) for s in ("train", "val")}
     if not _is_residual(model):
         return splits["train"], splits["val"] if len(splits["val"]) else None
-    from glacierxr.ml.models.residual import residual_dataset, window_inputs
+    from glacierxr.ml.models.residual import ResidualWindows
     from glacierxr.ml.snowstate import fit_for
 
     snow_state = None  # one snow-state model, fitted on the training periods, for both splits
     if model.baseline == "snow_state":
         snow_state = fit_for(sequences, required="[model] residual = \"snow_state\"")
-    arrays = {s: window_inputs(sequences, s, model.baseline, snow_state=snow_state, arrays=windows(s))
-              for s in splits if len(splits[s])}
-    return tuple(residual_dataset(arrays[s], model.baseline, model.scale, offset=model.offset, context=model.context)
-                 if s in arrays else None for s in ("train", "val"))
+    return tuple(ResidualWindows.for_model(sequences, s, model, snow_state=snow_state, cutter=windows())
+                 if len(splits[s]) else None for s in ("train", "val"))
 
 
 def _accepts(model_name: str, argument: str) -> bool:

@@ -11,7 +11,13 @@ from glacierxr import evaluate as ev  # noqa: E402
 from glacierxr.errors import ConfigError, DimensionError  # noqa: E402
 from glacierxr.ml import PatchSequences  # noqa: E402
 from glacierxr.ml.models import get_model  # noqa: E402
-from glacierxr.ml.models.residual import ResidualForecaster, residual_dataset  # noqa: E402
+from glacierxr.ml.models.residual import (  # noqa: E402
+    ResidualForecaster,
+    ResidualWindows,
+    residual_dataset,
+    residual_scaling,
+    window_inputs,
+)
 from glacierxr.ml.train import Trainer  # noqa: E402
 from glacierxr.testing import make_series  # noqa: E402
 
@@ -291,3 +297,60 @@ def test_residual__freeze_names_the_inner_models_parameters_like_the_bare_model(
     assert trainer.parameter_counts["frozen"] == sum(p.numel() for p in model.model.encoder.parameters())
     with pytest.raises(ConfigError, match="matches no parameter"):
         Trainer(model, freeze=("decoder",), progress=False, device="cpu")
+
+
+def _cloudy_sequences(stride=3):
+    """60 months of 23 x 27 px with 20 % missing values and an `observed` mask that hides 10 % more."""
+    rng = np.random.default_rng(0)
+    raw = rng.random((60, 23, 27)).astype(np.float32)
+    raw[rng.random(raw.shape) < 0.2] = np.nan
+    cube = make_series(raw, freq="MS").assign_coords(observed=(("time", "y", "x"), rng.random(raw.shape) > 0.1))
+    return PatchSequences(cube, patch=8, stride=stride, normalize="auto")
+
+
+def test_window_cutter__cuts_what_window_arrays_holds_bit_for_bit():
+    ds = _cloudy_sequences()
+    cutter = ev.WindowCutter(ds)
+    for split in ("train", "test"):
+        whole = ev.window_arrays(ds, split=split)
+        ids = ds.split(split, shuffle=False).window_ids
+        pick = np.random.default_rng(1).permutation(ids.size)[:40]  # any windows, in any order
+        part = cutter.cut(ids[pick])
+        assert set(part) == set(whole)
+        for name, values in whole.items():
+            expected = values[pick] if values.ndim else values
+            assert part[name].dtype == expected.dtype, name
+            np.testing.assert_array_equal(part[name], expected, err_msg=name)
+
+
+@pytest.mark.parametrize(("baseline", "context"), [
+    ("none", ()), ("climatology", ("climatology",)),
+    ("anomaly_persistence", ("climatology", "scene_anomaly")), ("snow_state", ("scene_anomaly",))])
+def test_residual_windows__are_the_packed_windows_without_holding_them(baseline, context):
+    # What the pipeline trains on: cut batch by batch from the cube held once, the same samples
+    # (and, through a seeded loader, the same batches) as the whole in-memory TensorDataset.
+    ds = _cloudy_sequences()
+    cutter = ev.WindowCutter(ds)
+    for split in ("train", "val"):
+        whole = residual_dataset(window_inputs(ds, split, baseline), baseline, 0.3, offset=0.4, context=context)
+        lazy = ResidualWindows(ds, split, baseline=baseline, scale=0.3, offset=0.4, context=context, cutter=cutter)
+        assert len(lazy) == len(whole)
+        pick = np.random.default_rng(2).permutation(len(lazy))[:40]
+        for got, expected in zip(lazy.tensors(pick), whole.tensors):
+            assert torch.equal(got, expected[pick])
+        loaders = [torch.utils.data.DataLoader(d, batch_size=16, shuffle=True,
+                                               generator=torch.Generator().manual_seed(3)) for d in (lazy, whole)]
+        for got, expected in zip(*loaders):
+            assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    with pytest.raises(IndexError):
+        lazy[len(lazy)]
+
+
+def test_residual_scaling__of_the_windows_read_in_batches_is_the_spread_of_all_of_them():
+    ds = _cloudy_sequences()
+    arrays = ev.window_arrays(ds, split="train")
+    expected = (np.nanstd(arrays["inputs"].astype(np.float64) - arrays["clim_inputs"]),
+                np.nanmean(arrays["inputs"].astype(np.float64)))
+    lazy = ResidualWindows(ds, "train", baseline="climatology", scale=1.0, batch_size=37)
+    np.testing.assert_allclose(residual_scaling(lazy), expected, rtol=1e-9)
+    np.testing.assert_allclose(residual_scaling(arrays), expected, rtol=1e-9)

@@ -49,12 +49,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from glacierxr.errors import ConfigError, DimensionError
 
-__all__ = ["CONTEXTS", "RESIDUAL_BASELINES", "ResidualForecaster", "from_config", "inner_steps", "residual_dataset",
-           "baseline_forecast", "forecast_arrays", "residual_scaling", "scene_inputs", "unpack_inputs",
-           "window_inputs"]
+__all__ = ["CONTEXTS", "RESIDUAL_BASELINES", "ResidualForecaster", "ResidualWindows", "from_config", "inner_steps",
+           "residual_dataset", "baseline_forecast", "forecast_arrays", "residual_scaling", "scene_inputs",
+           "unpack_inputs", "window_inputs"]
 
 #: Baselines a model can forecast a residual on ("none": the plain model; "snow_state": the
 #: forecast of :class:`glacierxr.ml.snowstate.SnowStateModel`, put into the arrays by the caller).
@@ -245,24 +246,131 @@ def from_config(config: dict) -> ResidualForecaster:
                               offset=float(config.get("offset", 0.0)))
 
 
-def forecast_arrays(model: ResidualForecaster, arrays: dict, *, batch_size: int = 256) -> np.ndarray:
-    """The model's forecasts of the windows of ``arrays`` (:func:`glacierxr.evaluate.window_arrays`),
-    ``(N, T_out, P, P)`` float64 in data units (eval mode, no gradients, on the model's device)."""
-    packed = residual_dataset(arrays, model.baseline, model.scale, offset=model.offset, context=model.context).tensors[0]
-    steps = arrays["targets"].shape[1]
+def forecast_arrays(model: ResidualForecaster, arrays, *, batch_size: int = 256) -> np.ndarray:
+    """The model's forecasts of the windows of ``arrays``, ``(N, T_out, P, P)`` float64 in data
+    units (eval mode, no gradients, on the model's device).
+
+    ``arrays``: the windows' arrays (:func:`window_inputs`), or a :class:`ResidualWindows` of the
+    model's windows, packed batch by batch (its packing settings must be the model's).
+    """
+    if isinstance(arrays, ResidualWindows):
+        batches = (arrays.tensors(positions)[0] for positions in arrays.batches())
+        steps, empty = arrays.cutter.reference.t_out, (0, arrays.cutter.reference.t_out, arrays.cutter.patch,
+                                                       arrays.cutter.patch)
+    else:
+        packed = residual_dataset(arrays, model.baseline, model.scale, offset=model.offset,
+                                  context=model.context).tensors[0]
+        batches = (packed[i : i + batch_size] for i in range(0, len(packed), batch_size))
+        steps, empty = arrays["targets"].shape[1], arrays["targets"].shape
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     model.eval()
     with torch.no_grad():
-        out = [model(packed[i : i + batch_size].to(device), steps=steps)[:, :, 0].float().cpu()
-               for i in range(0, len(packed), batch_size)]
-    return torch.cat(out).numpy().astype(np.float64) if out else np.empty(arrays["targets"].shape)
+        out = [model(packed.to(device), steps=steps)[:, :, 0].float().cpu() for packed in batches]
+    return torch.cat(out).numpy().astype(np.float64) if out else np.empty(empty)
 
 
-def residual_scaling(train_arrays: dict) -> tuple[float, float]:
-    """``(scale, offset)`` of a residual model: the spread of the training anomalies, the training mean."""
-    scale = float(np.nanstd(train_arrays["inputs"] - train_arrays["clim_inputs"]))
-    return (scale if np.isfinite(scale) and scale > 0 else 1.0), float(np.nanmean(train_arrays["inputs"]))
+def residual_scaling(train) -> tuple[float, float]:
+    """``(scale, offset)`` of a residual model: the spread of the training anomalies, the training mean.
+
+    ``train``: the training windows' arrays (:func:`glacierxr.evaluate.window_arrays`), or a
+    :class:`ResidualWindows` of the training split, read batch by batch (float64 sums either way).
+    """
+    parts = [train] if isinstance(train, dict) else (train.arrays(batch) for batch in train.batches())
+    sums = np.zeros(5)  # anomalies: count, sum, sum of squares; inputs: count, sum
+    for arrays in parts:
+        anomaly = (arrays["inputs"] - arrays["clim_inputs"]).astype(np.float64)
+        inputs = arrays["inputs"].astype(np.float64)
+        known, seen = np.isfinite(anomaly), np.isfinite(inputs)
+        sums += [known.sum(), anomaly.sum(where=known), np.square(anomaly).sum(where=known), seen.sum(),
+                 inputs.sum(where=seen)]
+    n, total, squares, n_inputs, inputs_total = sums
+    variance = squares / n - (total / n) ** 2 if n else np.nan
+    scale = float(np.sqrt(max(variance, 0.0))) if n else np.nan
+    offset = float(inputs_total / n_inputs) if n_inputs else np.nan
+    return (scale if np.isfinite(scale) and scale > 0 else 1.0), offset
+
+
+class ResidualWindows(Dataset):
+    """The packed windows of a split for a :class:`ResidualForecaster`, cut batch by batch.
+
+    Sample for sample what ``residual_dataset(window_inputs(sequences, split, baseline), ...)``
+    holds, without holding every window: overlapping patches (``stride < patch``) put each pixel
+    in many windows, so those arrays grow to hundreds of times the cube (``patch=50, stride=10``).
+    Here the cube is held once (:class:`glacierxr.evaluate.WindowCutter`, 1.25 times it), with the
+    snow-state forecasts of the split's issue periods (``steps`` frames each), and a batch of
+    windows is cut and packed when a loader asks for it (``__getitems__``).
+
+    Parameters
+    ----------
+    sequences : glacierxr.ml.PatchSequences
+        The sequences; ``split`` names the view.
+    split : {"train", "val", "test"} or None
+        The split (``None``: every window of ``sequences``).
+    baseline, scale, offset, context
+        As in :func:`residual_dataset` (or take them from a model: :meth:`for_model`).
+    snow_state : SnowStateModel, optional
+        For ``baseline="snow_state"``: the fitted model (default: one fitted here,
+        :func:`glacierxr.ml.snowstate.fit_for`).
+    cutter : glacierxr.evaluate.WindowCutter, optional
+        A cutter of ``sequences`` to share (the cube is then held once for every split).
+    """
+
+    def __init__(self, sequences, split: str | None, *, baseline: str, scale: float, offset: float = 0.0,
+                 context=(), snow_state=None, cutter=None, batch_size: int = 256) -> None:
+        from glacierxr.evaluate import WindowCutter
+
+        self.context = _check_context(baseline, context)
+        self.baseline, self.scale, self.offset, self.batch_size = baseline, float(scale), float(offset), int(batch_size)
+        view = sequences if split is None else sequences.split(split, shuffle=False)
+        self.ids = view.window_ids  # the order of window_arrays
+        self.cutter = cutter if cutter is not None else WindowCutter(sequences)
+        self._scenes: dict[int, np.ndarray] = {}
+        if baseline == "snow_state":
+            from glacierxr.ml.snowstate import fit_for
+
+            snow_state = snow_state or fit_for(sequences, required="A residual on 'snow_state'")
+            t0 = sequences._layout.decompose(self.ids)[0]
+            self._scenes = {int(issue): snow_state.forecast(issue, sequences.target_steps).astype(np.float32)
+                            for issue in np.unique(t0 + sequences.input_steps - 1)}
+
+    @classmethod
+    def for_model(cls, sequences, split: str | None, model: ResidualForecaster, **kwargs) -> ResidualWindows:
+        """The windows ``model`` reads (its baseline, scale, offset and context)."""
+        return cls(sequences, split, baseline=model.baseline, scale=model.scale, offset=model.offset,
+                   context=model.context, **kwargs)
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def batches(self) -> list[np.ndarray]:
+        """Positions ``0 … len - 1`` in batches of ``batch_size``, in order."""
+        return [np.arange(first, min(first + self.batch_size, len(self))) for first in range(0, len(self), self.batch_size)]
+
+    def arrays(self, positions) -> dict:
+        """:func:`window_inputs`' arrays of the windows at ``positions`` (in that order)."""
+        ids = self.ids[np.asarray(positions, dtype=np.int64)]
+        arrays = self.cutter.cut(ids)
+        if self._scenes:
+            layout, p = self.cutter.reference.layout, self.cutter.patch
+            t0, y0, x0 = layout.decompose(ids)
+            arrays["snow_state"] = np.stack([self._scenes[int(t + self.cutter.t_in - 1)][:, y : y + p, x : x + p]
+                                             for t, y, x in zip(t0, y0, x0)]) if ids.size else \
+                np.empty((0, *arrays["targets"].shape[1:]), np.float32)
+        return arrays
+
+    def tensors(self, positions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(packed inputs, targets, valid)`` of the windows at ``positions``, batched."""
+        return residual_dataset(self.arrays(positions), self.baseline, self.scale, offset=self.offset,
+                                context=self.context).tensors
+
+    def __getitems__(self, positions) -> list:
+        return list(zip(*self.tensors(positions)))  # the samples, for the loader's collation
+
+    def __getitem__(self, position: int):
+        if not -len(self) <= int(position) < len(self):
+            raise IndexError(f"window {position} out of range for {len(self)} windows.")
+        return self.__getitems__([int(position) % len(self)])[0]
 
 
 def scene_inputs(da, model: ResidualForecaster, steps: int, *, dims=("time", "y", "x"), months: int | None = None):
