@@ -38,6 +38,7 @@ to find, nothing wrongly found) and 0 where only one of them is.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -736,11 +737,11 @@ def evaluate(
     reference = _Baselines(sequences, baselines, period)
 
     if type(model_or_predictions).__name__ == "ResidualForecaster":  # it reads packed inputs, not the patches
-        from glacierxr.ml.models.residual import ResidualWindows, forecast_arrays
+        from glacierxr.ml.models.residual import ResidualWindows
 
-        name = name or model_or_predictions.model_name
-        windows = ResidualWindows.for_model(sequences, None, model_or_predictions)
-        model_or_predictions = forecast_arrays(model_or_predictions, windows)  # packed batch by batch
+        windows = ResidualWindows.for_model(sequences, None, model_or_predictions)  # packed batch by batch
+        model_or_predictions = _ByPosition(functools.partial(windows.forecast, model_or_predictions),
+                                           name or model_or_predictions.model_name)
     forecasters = [_Forecaster(model_or_predictions, sequences, name, device)]
     forecasters += [_Forecaster(other, sequences, str(key), device) for key, other in (others or {}).items()]
     forecasters = [f for f in forecasters if f.active]
@@ -876,6 +877,14 @@ def _table(sums, names, baselines, groups, n_resamples, confidence, seed, t_out)
     return pd.DataFrame(rows)
 
 
+class _ByPosition:
+    """Forecasts of a view's windows made batch by batch from their positions (in the order of
+    ``window_ids``) and never held whole: ``forecasts(positions) -> (N, T_out, P, P)``."""
+
+    def __init__(self, forecasts, name: str) -> None:
+        self.forecasts, self.name = forecasts, name
+
+
 class _Forecaster:
     """Runs a torch model in batches, or slices precomputed predictions, in data units."""
 
@@ -883,9 +892,13 @@ class _Forecaster:
         self.sequences = sequences
         self.model = None
         self.predictions = None
+        self.by_position = None
         self.active = model_or_predictions is not None
         if not self.active:
             self.name = name or "model"
+            return
+        if isinstance(model_or_predictions, _ByPosition):
+            self.by_position, self.name = model_or_predictions.forecasts, name or model_or_predictions.name
             return
         if callable(model_or_predictions) and not isinstance(model_or_predictions, np.ndarray):
             import torch
@@ -913,6 +926,8 @@ class _Forecaster:
     def __call__(self, seen: np.ndarray, positions: np.ndarray) -> np.ndarray:
         if self.predictions is not None:
             return np.asarray(self.predictions[positions], dtype=np.float64)
+        if self.by_position is not None:
+            return np.asarray(self.by_position(positions), dtype=np.float64)
         import torch
 
         inputs = self.sequences.normalize_values(seen).astype(np.float32)

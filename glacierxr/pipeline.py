@@ -491,7 +491,12 @@ def snow_state_others(sequences, split: str) -> dict:
                                          sequences.data.size, _SNOW_STATE_MAX_VALUES)
         return {}
     model = fit_for(sequences)
-    return {} if model is None else {"snow_state": model.window_forecasts(sequences, split)}
+    if model is None:
+        return {}
+    from glacierxr.evaluate import _ByPosition
+
+    view = sequences.split(split, shuffle=False)  # forecast batch by batch as evaluate scores them
+    return {"snow_state": _ByPosition(lambda positions: model.window_forecasts(view, positions=positions), "snow_state")}
 
 
 def _velocity_band(config: RunConfig, names) -> str:

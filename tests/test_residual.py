@@ -354,3 +354,18 @@ def test_residual_scaling__of_the_windows_read_in_batches_is_the_spread_of_all_o
     lazy = ResidualWindows(ds, "train", baseline="climatology", scale=1.0, batch_size=37)
     np.testing.assert_allclose(residual_scaling(lazy), expected, rtol=1e-9)
     np.testing.assert_allclose(residual_scaling(arrays), expected, rtol=1e-9)
+
+
+def test_evaluate__scores_a_residual_model_batch_by_batch_like_its_forecasts_held_whole():
+    from glacierxr.ml.models.residual import forecast_arrays
+
+    ds = _cloudy_sequences(stride=4)
+    torch.manual_seed(0)
+    model = ResidualForecaster(get_model("convlstm", hidden_channels=(4,)), input_steps=4, baseline="anomaly_persistence",
+                               scale=0.3, offset=0.4, context=("climatology",))
+    held = forecast_arrays(model, window_inputs(ds, "test", model.baseline))  # the windows held whole
+    options = dict(split="test", baselines=("climatology",), n_resamples=0)
+    by_batch = ev.evaluate(model, ds, **options)
+    whole = ev.evaluate(held, ds, name=model.model_name, **options)
+    np.testing.assert_allclose(by_batch["mse"], whole["mse"], rtol=1e-6)
+    assert by_batch["model"].tolist() == whole["model"].tolist()

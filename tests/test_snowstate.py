@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.special import ndtr
 
@@ -13,7 +14,7 @@ from glacierxr.errors import ConfigError, DimensionError  # noqa: E402
 from glacierxr.ml import PatchSequences  # noqa: E402
 from glacierxr.ml.models import get_model  # noqa: E402
 from glacierxr.ml.models.residual import ResidualForecaster, residual_dataset  # noqa: E402
-from glacierxr.ml.snowstate import SnowStateModel  # noqa: E402
+from glacierxr.ml.snowstate import SnowStateModel, fit_for  # noqa: E402
 from glacierxr.testing import make_series  # noqa: E402
 
 PHI, STD, NOISE = 0.8, 150.0, 30.0  # monthly AR(1) of the snow-line anomaly (m), per-month weather (m)
@@ -246,6 +247,12 @@ def test_snow_state__scored_beside_the_model_in_runs_and_the_demo_report():
     assert "snow-state model" in words and f"{pooled.loc['snow_state', 'skill_vs_best_baseline']:+.2f}" in words
     short = _sequences(cube.isel(time=slice(0, 24)))
     assert pipeline.snow_state_others(short, "test") == {}  # too few training periods for a response
+    # scored batch by batch (its scene forecasts kept per issue), the same as its forecasts held whole
+    held = fit_for(ds).window_forecasts(ds, "test")
+    whole = ev.evaluate(network, ds, split="test", baselines=("climatology",), n_resamples=0, name="network",
+                        others={"snow_state": held})
+    pd.testing.assert_frame_equal(whole, ev.evaluate(network, ds, split="test", baselines=("climatology",),
+                                                     n_resamples=0, name="network", others=others), check_like=True)
 
 
 def test_snow_state__predict_is_a_labelled_forecast_on_the_scene_grid():

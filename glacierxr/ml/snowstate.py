@@ -139,6 +139,7 @@ class SnowStateModel:
         if self.bins < 2:
             raise ConfigError(f"bins={bins!r}: the response needs at least 2 bins of the scene state.")
         self._fitted = None
+        self._scenes: dict[tuple[int, int], np.ndarray] = {}  # scene forecasts kept for batches of windows
 
     # ------------------------------------------------------------------ fitting
     def fit(self, sequences) -> SnowStateModel:
@@ -180,6 +181,7 @@ class SnowStateModel:
         self.damping_ = self._fit_damping(issues)
         self.bounds_ = valid_range(sequences.data)
         self._fitted = (layout.data.shape, sequences.target_steps)
+        self._scenes = {}
         self._data, self._dims = sequences.data, tuple(layout.dims)
         return self
 
@@ -383,26 +385,36 @@ class SnowStateModel:
         call = f"SnowStateModel({', '.join(f'{k}={v}' for k, v in settings.items())}).predict(steps={values.shape[0]})"
         return _cf.finalize(_cf.describe_known(out), call, x_dim=str(x_dim), y_dim=str(y_dim), time_dim=str(time_dim))
 
-    def window_forecasts(self, sequences, split: str | None = None) -> np.ndarray:
+    def window_forecasts(self, sequences, split: str | None = None, positions=None) -> np.ndarray:
         """Forecasts of the windows of ``sequences`` (of ``split``), ``(N, T_out, P, P)`` float32.
 
         In the order of ``sequences.split(split, shuffle=False).windows`` (that of
-        :func:`glacierxr.evaluate.window_arrays`); ``sequences`` must be on the fitted cube.
+        :func:`glacierxr.evaluate.window_arrays`); ``sequences`` must be on the fitted cube. With
+        ``positions``, only the windows at those positions of that order (a batch): the scene
+        forecast of each issue period is then computed once and kept (``T_out`` float32 frames an
+        issue), so that batch after batch costs a crop.
         """
         self._check_fitted()
         if sequences._layout.data.shape != self._fitted[0]:
             raise DimensionError("window_forecasts: these sequences are not on the cube the model was fitted on.")
         if split is not None:
             sequences = sequences.split(split, shuffle=False)
-        t0, y0, x0 = sequences._layout.decompose(sequences.window_ids)
+        ids = sequences.window_ids if positions is None else sequences.window_ids[np.asarray(positions, np.int64)]
+        t0, y0, x0 = sequences._layout.decompose(ids)
         issues = t0 + sequences.input_steps - 1
         patch, steps = sequences.patch, sequences.target_steps
         out = np.empty((len(t0), steps, patch, patch), np.float32)
         for issue in np.unique(issues):
-            scene = self.forecast(issue, steps)
+            scene = self.forecast(issue, steps) if positions is None else self._kept_scene(int(issue), steps)
             for i in np.flatnonzero(issues == issue):
                 out[i] = scene[:, y0[i] : y0[i] + patch, x0[i] : x0[i] + patch]
         return out
+
+    def _kept_scene(self, issue: int, steps: int) -> np.ndarray:
+        """:meth:`forecast` of ``issue`` as float32, computed once (what a crop of it is stored as)."""
+        if (issue, steps) not in self._scenes:
+            self._scenes[issue, steps] = self.forecast(issue, steps).astype(np.float32)
+        return self._scenes[issue, steps]
 
     def _check_fitted(self) -> None:
         if self._fitted is None:

@@ -254,20 +254,23 @@ def forecast_arrays(model: ResidualForecaster, arrays, *, batch_size: int = 256)
     model's windows, packed batch by batch (its packing settings must be the model's).
     """
     if isinstance(arrays, ResidualWindows):
-        batches = (arrays.tensors(positions)[0] for positions in arrays.batches())
-        steps, empty = arrays.cutter.reference.t_out, (0, arrays.cutter.reference.t_out, arrays.cutter.patch,
-                                                       arrays.cutter.patch)
+        out = [arrays.forecast(model, positions) for positions in arrays.batches()]
+        steps, patch = arrays.view.target_steps, arrays.view.patch
     else:
         packed = residual_dataset(arrays, model.baseline, model.scale, offset=model.offset,
                                   context=model.context).tensors[0]
-        batches = (packed[i : i + batch_size] for i in range(0, len(packed), batch_size))
-        steps, empty = arrays["targets"].shape[1], arrays["targets"].shape
+        steps, patch = arrays["targets"].shape[1], arrays["targets"].shape[-1]
+        out = [_forecast_packed(model, packed[i : i + batch_size], steps) for i in range(0, len(packed), batch_size)]
+    return np.concatenate(out) if out else np.empty((0, steps, patch, patch))
+
+
+def _forecast_packed(model: ResidualForecaster, packed: torch.Tensor, steps: int) -> np.ndarray:
+    """``model`` on packed inputs, ``(N, steps, P, P)`` float64 (eval mode, no gradients, its device)."""
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     model.eval()
     with torch.no_grad():
-        out = [model(packed.to(device), steps=steps)[:, :, 0].float().cpu() for packed in batches]
-    return torch.cat(out).numpy().astype(np.float64) if out else np.empty(empty)
+        return model(packed.to(device), steps=steps)[:, :, 0].float().cpu().numpy().astype(np.float64)
 
 
 def residual_scaling(train) -> tuple[float, float]:
@@ -323,16 +326,13 @@ class ResidualWindows(Dataset):
         self.context = _check_context(baseline, context)
         self.baseline, self.scale, self.offset, self.batch_size = baseline, float(scale), float(offset), int(batch_size)
         view = sequences if split is None else sequences.split(split, shuffle=False)
-        self.ids = view.window_ids  # the order of window_arrays
+        self.view, self.ids = view, view.window_ids  # the order of window_arrays
         self.cutter = cutter if cutter is not None else WindowCutter(sequences)
-        self._scenes: dict[int, np.ndarray] = {}
+        self.snow_state = None
         if baseline == "snow_state":
             from glacierxr.ml.snowstate import fit_for
 
-            snow_state = snow_state or fit_for(sequences, required="A residual on 'snow_state'")
-            t0 = sequences._layout.decompose(self.ids)[0]
-            self._scenes = {int(issue): snow_state.forecast(issue, sequences.target_steps).astype(np.float32)
-                            for issue in np.unique(t0 + sequences.input_steps - 1)}
+            self.snow_state = snow_state or fit_for(sequences, required="A residual on 'snow_state'")
 
     @classmethod
     def for_model(cls, sequences, split: str | None, model: ResidualForecaster, **kwargs) -> ResidualWindows:
@@ -349,15 +349,16 @@ class ResidualWindows(Dataset):
 
     def arrays(self, positions) -> dict:
         """:func:`window_inputs`' arrays of the windows at ``positions`` (in that order)."""
-        ids = self.ids[np.asarray(positions, dtype=np.int64)]
-        arrays = self.cutter.cut(ids)
-        if self._scenes:
-            layout, p = self.cutter.reference.layout, self.cutter.patch
-            t0, y0, x0 = layout.decompose(ids)
-            arrays["snow_state"] = np.stack([self._scenes[int(t + self.cutter.t_in - 1)][:, y : y + p, x : x + p]
-                                             for t, y, x in zip(t0, y0, x0)]) if ids.size else \
-                np.empty((0, *arrays["targets"].shape[1:]), np.float32)
+        positions = np.asarray(positions, dtype=np.int64)
+        arrays = self.cutter.cut(self.ids[positions])
+        if self.snow_state is not None:  # its scene forecast of each issue period, cropped
+            arrays["snow_state"] = self.snow_state.window_forecasts(self.view, positions=positions)
         return arrays
+
+    def forecast(self, model: ResidualForecaster, positions) -> np.ndarray:
+        """``model``'s forecasts of the windows at ``positions``, ``(N, T_out, P, P)`` float64 in data
+        units (eval mode, no gradients, on the model's device)."""
+        return _forecast_packed(model, self.tensors(positions)[0], self.view.target_steps)
 
     def tensors(self, positions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(packed inputs, targets, valid)`` of the windows at ``positions``, batched."""
