@@ -65,34 +65,25 @@ def main(argv=None) -> None:
     cube_bytes = da.size * 4
     shape = f"{months} x {size} x {size}"
 
-    tracemalloc.start()
-    SnowStateModel().fit(sequences)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    emit("fit_peak_memory", round(peak / 2**20, 1), "MiB", baseline="the cube (float32)",
-         baseline_value=round(cube_bytes / 2**20, 1), ratio=round(peak / cube_bytes, 2),
-         note=f"SnowStateModel().fit on {shape} monthly snow masks")
-
     from glacierxr.evaluate import _Baselines  # what evaluate() fits for the naive baselines
 
-    tracemalloc.start()
-    _Baselines(sequences, ["climatology", "anomaly_persistence"], None)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    emit("baselines_fit_peak_memory", round(peak / 2**20, 1), "MiB", baseline="the cube (float32)",
-         baseline_value=round(cube_bytes / 2**20, 1), ratio=round(peak / cube_bytes, 2),
-         note="the climatology and damped anomaly persistence fitted on the same training periods")
+    def peak_memory(metric: str, work, note: str) -> None:
+        tracemalloc.start()
+        work()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        emit(metric, round(peak / 2**20, 1), "MiB", baseline="the cube (float32)",
+             baseline_value=round(cube_bytes / 2**20, 1), ratio=round(peak / cube_bytes, 2), note=note)
 
+    peak_memory("fit_peak_memory", lambda: SnowStateModel().fit(sequences),
+                f"SnowStateModel().fit on {shape} monthly snow masks")
+    peak_memory("baselines_fit_peak_memory", lambda: _Baselines(sequences, ["climatology", "anomaly_persistence"], None),
+                "the climatology and damped anomaly persistence fitted on the same training periods")
     # the same cube as a Dask-backed store would give it: whole in time, chunks made when read
     lazy = da.chunk({"time": -1, "y": size // 4, "x": size // 4}) * np.float32(1)
     lazy_sequences = PatchSequences(lazy, patch=50, stride=50, test_fraction=0.25)
-    tracemalloc.start()
-    SnowStateModel().fit(lazy_sequences)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    emit("fit_peak_memory_dask", round(peak / 2**20, 1), "MiB", baseline="the cube (float32)",
-         baseline_value=round(cube_bytes / 2**20, 1), ratio=round(peak / cube_bytes, 2),
-         note="SnowStateModel().fit on the same cube, Dask-backed (time=-1, 4 x 4 chunks)")
+    peak_memory("fit_peak_memory_dask", lambda: SnowStateModel().fit(lazy_sequences),
+                "SnowStateModel().fit on the same cube, Dask-backed (time=-1, 4 x 4 chunks)")
 
     started = time.perf_counter()  # timed apart: tracemalloc slows every allocation it traces
     SnowStateModel().fit(sequences)
