@@ -67,6 +67,7 @@ __all__ = [
     "damping_from_sums",
     "best_baseline",
     "window_arrays",
+    "WindowCutter",
     "train_periods",
     "scene_mean",
     "steps_per_year",
