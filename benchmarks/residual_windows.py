@@ -27,7 +27,6 @@ import json
 import time
 import tracemalloc
 
-import numpy as np
 
 
 def emit(metric: str, value, unit: str, **extra) -> None:
@@ -36,18 +35,10 @@ def emit(metric: str, value, unit: str, **extra) -> None:
 
 
 def cube(months: int, height: int, width: int):
-    """Monthly snow masks: a snow line with memory over a sloping scene, 10 % of the values missing."""
-    from glacierxr.testing import make_series
+    """benchmarks/snowstate.py's monthly snow masks, ``height`` x ``width`` px, labelled monthly."""
+    from snowstate import cube as snow_masks  # benchmarks/ is on the path of a script run from it
 
-    rng = np.random.default_rng(0)
-    anomaly = np.zeros(months)
-    for t in range(1, months):
-        anomaly[t] = 0.8 * anomaly[t - 1] + 90.0 * rng.standard_normal()
-    line = 2000.0 + 400.0 * np.cos(2 * np.pi * (np.arange(months) % 12 - 7) / 12) + anomaly
-    elevation = 1400.0 + 1200.0 * np.arange(height)[:, None] / height + 300.0 * np.arange(width)[None, :] / width
-    values = (elevation[None] > line[:, None, None]).astype(np.float32)
-    values[rng.random(values.shape) < 0.1] = np.nan
-    da = make_series(values, freq="MS")
+    da = snow_masks(months, height, width)
     da.attrs["months"] = 1
     return da
 

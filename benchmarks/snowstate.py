@@ -36,15 +36,18 @@ def emit(metric: str, value, unit: str, **extra) -> None:
     print(json.dumps({"benchmark": "snowstate", "metric": metric, "value": value, "unit": unit, **extra}), flush=True)
 
 
-def cube(months: int, size: int):
+def cube(months: int, size: int, width: int | None = None):
+    """Monthly snow masks of ``size`` x ``width`` px (square by default): a snow line with memory
+    over a sloping scene, 10 % of the values missing (``benchmarks/residual_windows.py`` too)."""
     from glacierxr.testing import make_series
 
+    width = width or size
     rng = np.random.default_rng(0)
     anomaly = np.zeros(months)
     for t in range(1, months):  # a snow-line anomaly (m) that lasts a few months
         anomaly[t] = 0.8 * anomaly[t - 1] + 90.0 * rng.standard_normal()
     line = 2000.0 + 400.0 * np.cos(2 * np.pi * (np.arange(months) % 12 - 7) / 12) + anomaly
-    height = 1400.0 + 1200.0 * np.arange(size)[:, None] / size + 300.0 * np.arange(size)[None, :] / size
+    height = 1400.0 + 1200.0 * np.arange(size)[:, None] / size + 300.0 * np.arange(width)[None, :] / width
     values = (height[None] > line[:, None, None]).astype(np.float32)
     values[rng.random(values.shape) < 0.1] = np.nan  # clouds
     return make_series(values, freq="MS")
