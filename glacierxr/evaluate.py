@@ -1023,7 +1023,9 @@ class WindowCutter:
         layout = self.reference.layout
         self.t_in, self.patch, self.steps = sequences.input_steps, sequences.patch, layout.steps
         self.raw, self.valid = _read_cube(layout)
-        self.scene_anomaly = _scene_anomaly(self.reference, np.arange(self.raw.shape[0]))
+        self.scene_anomaly = _scene_anomaly(  # from the values held, not a second read of the cube
+            self.reference, np.arange(self.raw.shape[0]),
+            lambda t: np.where(self.valid[t : t + 1], self.raw[t : t + 1], np.float32(np.nan)))
         self.damping = np.array(np.nan if self.reference.damping is None else self.reference.damping)
 
     def cut(self, ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -1047,16 +1049,19 @@ def _read_cube(layout) -> tuple[np.ndarray, np.ndarray]:
     return _read_region(layout, _Region(0, sizes[0], 0, sizes[1], 0, sizes[2]))
 
 
-def _scene_anomaly(reference: _Baselines, periods: np.ndarray) -> np.ndarray:
+def _scene_anomaly(reference: _Baselines, periods: np.ndarray, observed=None) -> np.ndarray:
     """Mean departure from the climatology over the whole scene in each of ``periods`` (float32).
 
-    ``periods`` are positions on the cube's time axis; only those periods are read.
+    ``periods`` are positions on the cube's time axis; only those periods are read, unless
+    ``observed(k)`` gives the observed values of ``periods[k]`` (``(1, y, x)``) from memory.
     """
-    values = _observed(reference.layout, periods, np.float32)
+    if observed is None:
+        values = _observed(reference.layout, periods, np.float32)
+        observed = lambda k: values[k : k + 1]  # noqa: E731
     phases = period_of_year(reference.times[periods], reference.period)
     # frame by frame: a period's value does not depend on the others read with it, and no float64
     # copy of every departure is held
-    return np.array([scene_mean(values[k : k + 1] - reference.clim[phase])[0] for k, phase in enumerate(phases)],
+    return np.array([scene_mean(observed(k) - reference.clim[phase])[0] for k, phase in enumerate(phases)],
                     np.float32)
 
 
