@@ -246,22 +246,16 @@ def from_config(config: dict) -> ResidualForecaster:
                               offset=float(config.get("offset", 0.0)))
 
 
-def forecast_arrays(model: ResidualForecaster, arrays, *, batch_size: int = 256) -> np.ndarray:
-    """The model's forecasts of the windows of ``arrays``, ``(N, T_out, P, P)`` float64 in data
-    units (eval mode, no gradients, on the model's device).
+def forecast_arrays(model: ResidualForecaster, arrays: dict, *, batch_size: int = 256) -> np.ndarray:
+    """The model's forecasts of the windows of ``arrays`` (:func:`glacierxr.evaluate.window_arrays`),
+    ``(N, T_out, P, P)`` float64 in data units (eval mode, no gradients, on the model's device).
 
-    ``arrays``: the windows' arrays (:func:`window_inputs`), or a :class:`ResidualWindows` of the
-    model's windows, packed batch by batch (its packing settings must be the model's).
+    For windows cut batch by batch, use :meth:`ResidualWindows.forecast`.
     """
-    if isinstance(arrays, ResidualWindows):
-        out = [arrays.forecast(model, positions) for positions in arrays.batches()]
-        steps, patch = arrays.view.target_steps, arrays.view.patch
-    else:
-        packed = residual_dataset(arrays, model.baseline, model.scale, offset=model.offset,
-                                  context=model.context).tensors[0]
-        steps, patch = arrays["targets"].shape[1], arrays["targets"].shape[-1]
-        out = [_forecast_packed(model, packed[i : i + batch_size], steps) for i in range(0, len(packed), batch_size)]
-    return np.concatenate(out) if out else np.empty((0, steps, patch, patch))
+    packed = residual_dataset(arrays, model.baseline, model.scale, offset=model.offset, context=model.context).tensors[0]
+    steps = arrays["targets"].shape[1]
+    out = [_forecast_packed(model, packed[i : i + batch_size], steps) for i in range(0, len(packed), batch_size)]
+    return np.concatenate(out) if out else np.empty(arrays["targets"].shape)
 
 
 def _forecast_packed(model: ResidualForecaster, packed: torch.Tensor, steps: int) -> np.ndarray:
