@@ -721,10 +721,7 @@ def evaluate(
     average the data, so they are inside the range whenever the data are; damped anomaly
     persistence can overshoot and is clipped.)
     """
-    from glacierxr.ml.patches import PatchSequences
-
-    if not isinstance(sequences, PatchSequences):
-        raise DataTypeError(f"sequences must be a glacierxr.ml.PatchSequences, got {type(sequences).__name__}.")
+    _require_sequences(sequences)
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ConfigError(f"Unknown baselines {unknown}; choose from {list(BASELINES)}.")
@@ -962,9 +959,8 @@ def window_arrays(sequences, *, split: str | None = None, baselines: Sequence[st
         scene in each input period: what the snow line does beyond the patch, known at issue
         time) and ``damping`` (0-d, the fitted anomaly-persistence factor, NaN if not asked for).
     """
-    unknown = [b for b in baselines if b not in BASELINES or b == "seasonal_naive"]
-    if unknown:
-        raise ConfigError(f"window_arrays cannot give {unknown}; choose from persistence, climatology, anomaly_persistence.")
+    _require_sequences(sequences)
+    _check_window_baselines(baselines)
     if split is not None:
         sequences = sequences.split(split, shuffle=False)
     reference = _Baselines(sequences, list(dict.fromkeys(["climatology", *baselines])), period)
@@ -981,6 +977,21 @@ def window_arrays(sequences, *, split: str | None = None, baselines: Sequence[st
             out[name][batch.positions] = values
     out["damping"] = np.array(np.nan if reference.damping is None else reference.damping)
     return out
+
+
+def _require_sequences(sequences) -> None:
+    from glacierxr.ml.patches import PatchSequences
+
+    if not isinstance(sequences, PatchSequences):
+        raise DataTypeError(f"sequences must be a glacierxr.ml.PatchSequences, got {type(sequences).__name__}.")
+
+
+def _check_window_baselines(baselines: Sequence[str]) -> list[str]:
+    """The baselines :func:`window_arrays` can give, as a list (``ConfigError`` for any other)."""
+    unknown = [b for b in baselines if b not in BASELINES or b == "seasonal_naive"]
+    if unknown:
+        raise ConfigError(f"window_arrays cannot give {unknown}; choose from persistence, climatology, anomaly_persistence.")
+    return list(baselines)
 
 
 def _window_batch(reference: _Baselines, raw: np.ndarray, valid: np.ndarray, ids: np.ndarray, t_in: int,
@@ -1014,11 +1025,19 @@ class WindowCutter:
         The sequences (any view: the baselines learn from their training periods).
     baselines : sequence of str
         As in :func:`window_arrays`.
+
+    Raises
+    ------
+    DataTypeError
+        ``sequences`` is not a :class:`~glacierxr.ml.PatchSequences`.
+    ConfigError
+        A baseline :func:`window_arrays` cannot give.
     """
 
     def __init__(self, sequences, baselines: Sequence[str] = ("climatology", "anomaly_persistence"),
                  period: int | None = None) -> None:
-        self.baselines = list(baselines)
+        _require_sequences(sequences)
+        self.baselines = _check_window_baselines(baselines)
         self.reference = _Baselines(sequences, list(dict.fromkeys(["climatology", *baselines])), period)
         layout = self.reference.layout
         self.t_in, self.patch, self.steps = sequences.input_steps, sequences.patch, layout.steps

@@ -369,3 +369,18 @@ def test_evaluate__scores_a_residual_model_batch_by_batch_like_its_forecasts_hel
     whole = ev.evaluate(held, ds, name=model.model_name, **options)
     np.testing.assert_allclose(by_batch["mse"], whole["mse"], rtol=1e-6)
     assert by_batch["model"].tolist() == whole["model"].tolist()
+
+
+def test_window_cutter_and_residual_windows__refuse_bad_input_clearly():
+    from glacierxr.errors import DataTypeError
+
+    ds = _cloudy_sequences()
+    for build in (lambda: ev.WindowCutter("cube"), lambda: ResidualWindows("cube", "train", baseline="none", scale=1.0)):
+        with pytest.raises(DataTypeError, match="PatchSequences"):
+            build()
+    with pytest.raises(ConfigError, match="seasonal_naive"):
+        ev.WindowCutter(ds, baselines=("seasonal_naive",))
+    with pytest.raises(ConfigError, match="baseline"):
+        ResidualWindows(ds, "train", baseline="median", scale=1.0)
+    with pytest.raises(ConfigError, match="split"):
+        ResidualWindows(ds, "holdout", baseline="none", scale=1.0)

@@ -311,12 +311,20 @@ class ResidualWindows(Dataset):
         :func:`glacierxr.ml.snowstate.fit_for`).
     cutter : glacierxr.evaluate.WindowCutter, optional
         A cutter of ``sequences`` to share (the cube is then held once for every split).
+
+    Raises
+    ------
+    DataTypeError
+        ``sequences`` is not a :class:`~glacierxr.ml.PatchSequences`.
+    ConfigError
+        An unknown baseline, context or split.
     """
 
     def __init__(self, sequences, split: str | None, *, baseline: str, scale: float, offset: float = 0.0,
                  context=(), snow_state=None, cutter=None, batch_size: int = 256) -> None:
-        from glacierxr.evaluate import WindowCutter
+        from glacierxr.evaluate import WindowCutter, _require_sequences
 
+        _require_sequences(sequences)
         self.context = _check_context(baseline, context)
         self.baseline, self.scale, self.offset, self.batch_size = baseline, float(scale), float(offset), int(batch_size)
         view = sequences if split is None else sequences.split(split, shuffle=False)
